@@ -1,0 +1,26 @@
+# Set-up and main jobs. Every target is idempotent: re-running skips what is already done.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+
+.PHONY: setup test demo clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e ".[dev]"
+	touch $@
+
+# Runs the whole test suite (pytest exit code 5, "no tests collected", counts as a failure of the set-up).
+test: setup
+	$(PY) -m pytest -q tests
+
+demo: setup
+	$(VENV)/bin/prorl score datasets/samples/completions.jsonl -o runs/demo/scored.jsonl
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

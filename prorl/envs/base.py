@@ -1,0 +1,190 @@
+"""The environment API: `Task`, `Score` and the single-turn `Env` base class.
+
+Conventions follow Gymnasium (`reset` / `step`) with text observations: an observation is a list of chat
+messages, an action is the model's completion (a string). Every environment can also score standalone:
+`env.score(completion, task_dict)` takes a task in its public format (e.g. a MATH row, a reasoning-gym entry)
+and needs no `reset`.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar, Iterable, Sequence
+
+STATUSES = ("ok", "wrong", "format_error", "timeout", "infra_error")
+# Statuses that say nothing about the model's answer: trainers mask them, reports count them separately.
+UNSCORED_STATUSES = ("timeout", "infra_error")
+
+Messages = list[dict[str, str]]
+
+
+@dataclass
+class Task:
+    """One prompt of an environment, with what is needed to score an answer to it."""
+
+    id: str
+    env: str
+    prompt: Messages
+    reference: dict[str, Any] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Score:
+    """The verdict on one completion. `reward` is in [0, 1]; `status` is one of `STATUSES`."""
+
+    reward: float
+    status: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.status not in STATUSES:
+            raise ValueError(f"Score.status must be one of {STATUSES}, got {self.status!r}")
+        reward = float(self.reward)
+        if not 0.0 <= reward <= 1.0 or reward != reward:
+            raise ValueError(f"Score.reward must be in [0, 1], got {self.reward!r}")
+        self.reward = reward
+
+    @property
+    def masked(self) -> bool:
+        """True when the verdict is not about the model (timeout, infrastructure): do not train on it."""
+        return self.status in UNSCORED_STATUSES
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def graded(cls, reward: float, **details) -> "Score":
+        """`ok` for a full reward, `wrong` otherwise (partial credit keeps its reward)."""
+        return cls(reward, "ok" if reward >= 1.0 else "wrong", details)
+
+
+_THINK_OPEN = re.compile(r"<think>", re.IGNORECASE)
+_THINK_CLOSE = "</think>"
+
+
+def split_think(completion: str) -> tuple[str | None, bool]:
+    """Return (the text to score, whether a think block was present).
+
+    Only the text after the last `</think>` is scored. A completion that opens `<think>` and never closes it
+    has no answer: returns (None, True).
+    """
+    idx = completion.rfind(_THINK_CLOSE)
+    if idx >= 0:
+        return completion[idx + len(_THINK_CLOSE):], True
+    if _THINK_OPEN.search(completion):
+        return None, True
+    return completion, False
+
+
+class Env:
+    """Base class of single-turn verifiable-reward environments.
+
+    Subclasses set `id`/`description` (the registry fills `id`), and implement:
+      - `task_from_dict(row) -> Task`: accept the environment's public task format(s);
+      - `verify(answer_text, task) -> Score`: score the text after the think block;
+      - optionally `generate(rng) -> dict` for procedurally generated sources.
+    """
+
+    id: str = "base"
+    description: ClassVar[str] = ""
+    timeout_s: ClassVar[float] = 5.0
+    # Score in killable worker processes (pure-Python verifiers that may hang). Environments whose verifier
+    # already isolates and times out its own work (the code sandbox) score in threads instead.
+    score_in_subprocess: ClassVar[bool] = True
+
+    def __init__(self, dataset: Iterable[dict] | None = None, seed: int | None = None, **kwargs):
+        if kwargs:
+            raise TypeError(f"{type(self).__name__} got unknown arguments: {sorted(kwargs)}")
+        self.dataset = list(dataset) if dataset is not None else None
+        self._rng = random.Random(seed)
+        self._task: Task | None = None
+        self._count = 0
+
+    # -- Gymnasium-style interaction -------------------------------------------------------------------
+    def reset(self, seed: int | None = None, options: dict | None = None) -> tuple[Messages, dict]:
+        """Draw a task (from the given dataset, else the generator). Returns (messages, {"task": Task})."""
+        if seed is not None:
+            self._rng = random.Random(seed)
+        options = options or {}
+        if "task" in options:
+            row = options["task"]
+        elif self.dataset is not None:
+            if not self.dataset:
+                raise ValueError(f"{self.id}: the dataset given to the environment is empty")
+            row = self.dataset[self._rng.randrange(len(self.dataset))]
+        else:
+            row = self.generate(self._rng)
+        task = row if isinstance(row, Task) else self.task_from_dict(row)
+        self._task = task
+        return task.prompt, {"task": task}
+
+    def step(self, completion: str) -> tuple[Messages, float, bool, bool, dict]:
+        if self._task is None:
+            raise RuntimeError(f"{self.id}: call reset() before step()")
+        score = self.score(completion, self._task)
+        info = {"task": self._task, "score": score}
+        return [], score.reward, True, False, info
+
+    def generate(self, rng: random.Random) -> dict:
+        raise NotImplementedError(f"{self.id} has no generator: pass dataset=[...] to make()")
+
+    def sample_tasks(self, n: int, seed: int = 0) -> list[Task]:
+        """`n` tasks from the dataset (cycled) or the generator, deterministic for a seed."""
+        rng = random.Random(seed)
+        if self.dataset is not None:
+            return [self.task_from_dict(self.dataset[i % len(self.dataset)]) for i in range(n)]
+        return [self.task_from_dict(self.generate(rng)) for _ in range(n)]
+
+    # -- Scoring ---------------------------------------------------------------------------------------
+    def task_from_dict(self, row: dict) -> Task:
+        raise NotImplementedError
+
+    def verify(self, answer: str, task: Task) -> Score:
+        raise NotImplementedError
+
+    def as_task(self, task: Task | dict) -> Task:
+        if isinstance(task, Task):
+            return task
+        if not isinstance(task, dict):
+            raise TypeError(f"{self.id}: a task must be a Task or a dict, got {type(task).__name__}")
+        if {"prompt", "reference"} <= task.keys() and isinstance(task.get("reference"), dict):
+            return Task(
+                id=str(task.get("id", "")), env=task.get("env", self.id), prompt=task["prompt"],
+                reference=task["reference"], metadata=task.get("metadata") or {},
+            )
+        return self.task_from_dict(task)
+
+    def score(self, completion: str, task: Task | dict) -> Score:
+        """Score one completion. Only the text after the last `</think>` is looked at."""
+        if not isinstance(completion, str):
+            return Score(0.0, "format_error", {"error": f"completion is {type(completion).__name__}, not str"})
+        try:
+            task = self.as_task(task)
+        except (KeyError, TypeError, ValueError) as exc:
+            return Score(0.0, "format_error", {"error": f"bad task: {exc!r}"})
+        answer, had_think = split_think(completion)
+        if answer is None:
+            return Score(0.0, "format_error", {"error": "unterminated <think> block"})
+        score = self.verify(answer, task)
+        if had_think:
+            score.details.setdefault("think", True)
+        return score
+
+    def score_batch(self, completions: Sequence[str], tasks: Sequence[Task | dict], workers: int | None = None,
+                    timeout_s: float | None = None) -> list[Score]:
+        """Score many completions in parallel; a sample over `timeout_s` gets status `timeout`."""
+        from prorl.envs.workers import score_many
+
+        if len(completions) != len(tasks):
+            raise ValueError(f"score_batch: {len(completions)} completions but {len(tasks)} tasks")
+        return score_many([self] * len(tasks), completions, tasks, workers=workers, timeout_s=timeout_s)
+
+    # Environments hold only picklable state so worker processes can receive them.
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} id={self.id!r}>"

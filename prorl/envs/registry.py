@@ -1,0 +1,128 @@
+"""The environment registry: `register`, `make`, `list_envs`, `spec`.
+
+Like Gymnasium, an entry point is either a class/factory or a string "module:attr" imported on first `make`.
+Third-party packages add environments through the entry-point group `prorl.envs`: each entry point names either
+an Env class (registered under the entry point's name) or a zero-argument function that calls `prorl.register`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any, Callable
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "prorl.envs"
+
+
+@dataclass
+class EnvSpec:
+    id: str
+    entry_point: Any  # a class, a callable returning an Env, or "module:attr"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+    def load(self) -> Callable[..., Any]:
+        if isinstance(self.entry_point, str):
+            module, _, attr = self.entry_point.partition(":")
+            obj = importlib.import_module(module)
+            for part in attr.split("."):
+                obj = getattr(obj, part)
+            return obj
+        return self.entry_point
+
+
+_REGISTRY: dict[str, EnvSpec] = {}
+# Functions that register a family of ids on first lookup (e.g. every reasoning-gym task as `logic/<name>`),
+# so `import prorl` stays fast.
+_PROVIDERS: list[Callable[[], None]] = []
+_plugins_loaded = False
+
+
+def add_provider(fn: Callable[[], None]) -> None:
+    """Run `fn` (which calls `register`) lazily, before the first `make`/`spec`/`list_envs`."""
+    _PROVIDERS.append(fn)
+
+
+def register(env_id: str, entry_point: Any = None, *, description: str = "", override: bool = False, **kwargs):
+    """Register an environment id. Usable directly or as a class decorator:
+
+        prorl.register("my/env", "my_pkg.envs:MyEnv", difficulty=2)
+
+        @prorl.register("my/env")
+        class MyEnv(prorl.Env): ...
+    """
+    if not isinstance(env_id, str) or not env_id:
+        raise ValueError(f"env_id must be a non-empty string, got {env_id!r}")
+
+    def _do(ep):
+        if env_id in _REGISTRY and not override and _REGISTRY[env_id].entry_point is not ep:
+            raise ValueError(f"environment {env_id!r} is already registered (pass override=True to replace it)")
+        desc = description or (_first_line(getattr(ep, "description", "") or getattr(ep, "__doc__", "") or "")
+                               if not isinstance(ep, str) else "")
+        _REGISTRY[env_id] = EnvSpec(env_id, ep, dict(kwargs), desc)
+        return ep
+
+    if entry_point is None:
+        return _do
+    return _do(entry_point)
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0].strip() if text.strip() else ""
+
+
+def _load_plugins() -> None:
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    for provider in _PROVIDERS:
+        try:
+            provider()
+        except Exception as exc:
+            log.warning("environment provider %s failed: %r", getattr(provider, "__name__", provider), exc)
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            obj = ep.load()
+        except Exception as exc:  # a broken plugin must not break prorl
+            log.warning("prorl.envs plugin %r failed to load: %r", ep.name, exc)
+            continue
+        if isinstance(obj, type):
+            if ep.name not in _REGISTRY:
+                register(ep.name, obj)
+        elif callable(obj):
+            obj()
+
+
+def reload_plugins() -> None:
+    """Re-scan the `prorl.envs` entry points (after installing a plugin in a running process)."""
+    global _plugins_loaded
+    _plugins_loaded = False
+    _load_plugins()
+
+
+def spec(env_id: str) -> EnvSpec:
+    _load_plugins()
+    if env_id not in _REGISTRY:
+        close = [k for k in _REGISTRY if env_id.split("/")[0] in k][:5]
+        hint = f"; similar: {close}" if close else ""
+        raise KeyError(f"unknown environment {env_id!r} ({len(_REGISTRY)} registered: see `prorl envs`){hint}")
+    return _REGISTRY[env_id]
+
+
+def make(env_id: str, **kwargs):
+    """Build the environment registered as `env_id`; keyword arguments override the registered defaults."""
+    s = spec(env_id)
+    env = s.load()(**{**s.kwargs, **kwargs})
+    env.id = env_id
+    return env
+
+
+def list_envs() -> dict[str, str]:
+    """All registered ids with their one-line descriptions, sorted."""
+    _load_plugins()
+    return {k: _REGISTRY[k].description for k in sorted(_REGISTRY)}

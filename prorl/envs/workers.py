@@ -1,0 +1,231 @@
+"""Parallel scoring with a per-sample timeout that really stops a hung verifier.
+
+Verifiers such as math-verify can spin for minutes on a LaTeX bomb, and their signal-based timeouts only work in
+the main thread. Here every sample is scored in a worker *process*; the parent waits on a pipe with a deadline and,
+when the deadline passes, kills the worker (SIGKILL), reports `timeout` for that sample and starts a fresh worker.
+This works from any thread of the caller. Workers are started once per process and reused across calls; each keeps
+the environments it was sent.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import pickle
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+import traceback
+import uuid
+import weakref
+from concurrent.futures import ThreadPoolExecutor
+from multiprocessing.connection import Connection
+from typing import Sequence
+
+from prorl.envs.base import Env, Score, Task
+
+log = logging.getLogger(__name__)
+
+_STARTUP_TIMEOUT_S = 120.0
+
+
+def _worker_main(rfd: int, wfd: int) -> None:
+    """Loop of a scoring worker process: receive (env key, pickled env or None, completion, task), send a Score."""
+    import prorl.envs  # noqa: F401  (registers the built-in environments before any env is unpickled)
+
+    conn_in, conn_out = Connection(rfd, writable=False), Connection(wfd, readable=False)
+    conn_out.send("ready")
+    envs: dict[str, Env] = {}
+    while True:
+        try:
+            msg = conn_in.recv()
+        except (EOFError, OSError):
+            return
+        if msg is None:
+            return
+        key, blob, completion, task = msg
+        try:
+            if blob is not None:
+                envs[key] = pickle.loads(blob)
+            score = envs[key].score(completion, task)
+        except Exception as exc:  # a verifier bug must not kill the worker or the batch
+            score = Score(0.0, "infra_error", {"error": repr(exc), "traceback": traceback.format_exc(limit=4)})
+        try:
+            conn_out.send(score)
+        except (BrokenPipeError, OSError):
+            return
+
+
+class _Worker:
+    """One scoring process, started with `python -m prorl.envs.workers` (no fork of a threaded parent, and no
+    re-import of the caller's `__main__`, so user scripts need no `if __name__ == "__main__"` guard)."""
+
+    def __init__(self):
+        self.proc: subprocess.Popen | None = None
+        self.send_conn = self.recv_conn = None
+        self.known: set[str] = set()
+        self.ready = False
+
+    def _start(self) -> None:
+        r_child, w_parent = os.pipe()
+        r_parent, w_child = os.pipe()
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "prorl.envs.workers", str(r_child), str(w_child)],
+            pass_fds=(r_child, w_child), env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        os.close(r_child)
+        os.close(w_child)
+        self.send_conn = Connection(w_parent, readable=False)
+        self.recv_conn = Connection(r_parent, writable=False)
+        self.known = set()
+        self.ready = False
+
+    def _wait_ready(self) -> None:
+        if not self.ready:
+            if not self.recv_conn.poll(_STARTUP_TIMEOUT_S) or self.recv_conn.recv() != "ready":
+                raise OSError("scoring worker did not start")
+            self.ready = True
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)  # the verifier may have started children of its own
+            except (ProcessLookupError, PermissionError):
+                pass
+            self.proc.wait(timeout=10)
+        for conn in (self.send_conn, self.recv_conn):
+            if conn is not None:
+                conn.close()
+        self.proc = self.send_conn = self.recv_conn = None
+
+    def score(self, key: str, blob: bytes, completion, task, timeout_s: float) -> Score:
+        for attempt in (1, 2):  # a dead worker is replaced once before the sample is an infra error
+            if self.proc is None or self.proc.poll() is not None:
+                self.kill()
+                self._start()
+            send_blob = None if key in self.known else blob
+            try:
+                self._wait_ready()
+                t0 = time.monotonic()
+                self.send_conn.send((key, send_blob, completion, task))
+                self.known.add(key)
+                if self.recv_conn.poll(timeout_s):
+                    return self.recv_conn.recv()
+            except (EOFError, OSError) as exc:
+                self.kill()
+                if attempt == 2:
+                    return Score(0.0, "infra_error", {"error": f"scoring worker died: {exc!r}"})
+                continue
+            self.kill()
+            self._start()  # start the replacement now: its import overlaps with other work
+            return Score(0.0, "timeout", {"timeout_s": timeout_s, "elapsed_s": round(time.monotonic() - t0, 3)})
+        raise AssertionError("unreachable")
+
+
+class ScoringPool:
+    """A fixed set of killable worker processes, usable from many threads at once."""
+
+    def __init__(self, workers: int):
+        self.size = workers
+        self._idle: queue.Queue[_Worker] = queue.Queue()
+        self._all = [_Worker() for _ in range(workers)]
+        for w in self._all:
+            self._idle.put(w)
+        self._threads = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prorl-score")
+
+    def _one(self, key: str, blob: bytes, completion, task, timeout_s: float) -> Score:
+        w = self._idle.get()
+        try:
+            return w.score(key, blob, completion, task, timeout_s)
+        finally:
+            self._idle.put(w)
+
+    def map(self, jobs: list[tuple[str, bytes, str, object, float]]) -> list[Score]:
+        return list(self._threads.map(lambda j: self._one(*j), jobs))
+
+    def close(self) -> None:
+        self._threads.shutdown(wait=False, cancel_futures=True)
+        for w in self._all:
+            w.kill()
+
+
+_POOLS: dict[int, ScoringPool] = {}
+_POOLS_LOCK = threading.Lock()
+_ENV_BLOBS: "weakref.WeakKeyDictionary[Env, tuple[str, bytes | None]]" = weakref.WeakKeyDictionary()
+
+
+def get_pool(workers: int) -> ScoringPool:
+    with _POOLS_LOCK:
+        if workers not in _POOLS:
+            _POOLS[workers] = ScoringPool(workers)
+        return _POOLS[workers]
+
+
+@atexit.register
+def _close_pools() -> None:
+    for pool in _POOLS.values():
+        pool.close()
+    _POOLS.clear()
+
+
+def _env_blob(env: Env) -> tuple[str, bytes | None]:
+    if env not in _ENV_BLOBS:
+        try:
+            blob = pickle.dumps(env)
+        except Exception as exc:
+            log.warning("%s cannot be pickled (%r): scoring it in threads, without a killable timeout", env, exc)
+            blob = None
+        _ENV_BLOBS[env] = (uuid.uuid4().hex, blob)
+    return _ENV_BLOBS[env]
+
+
+def default_workers() -> int:
+    return max(1, int(os.environ.get("PRORL_SCORE_WORKERS", 0)) or (os.cpu_count() or 1))
+
+
+def _safe_score(env: Env, completion, task) -> Score:
+    try:
+        return env.score(completion, task)
+    except Exception as exc:
+        return Score(0.0, "infra_error", {"error": repr(exc), "env": env.id})
+
+
+def score_many(envs: Sequence[Env], completions: Sequence[str], tasks: Sequence[Task | dict],
+               workers: int | None = None, timeout_s: float | None = None) -> list[Score]:
+    """Score `completions[i]` against `tasks[i]` with `envs[i]`, in parallel, keeping order.
+
+    `workers=0` scores inline in the calling thread (no timeout: for debugging).
+    """
+    n = len(completions)
+    if not (len(envs) == len(tasks) == n):
+        raise ValueError(f"score_many: {len(envs)} envs, {n} completions, {len(tasks)} tasks")
+    workers = default_workers() if workers is None else workers
+    if workers == 0:
+        return [_safe_score(e, c, t) for e, c, t in zip(envs, completions, tasks)]
+    results: list[Score | None] = [None] * n
+    proc_jobs, proc_idx, thread_idx = [], [], []
+    for i, env in enumerate(envs):
+        key, blob = _env_blob(env) if env.score_in_subprocess else (None, None)
+        if blob is None:
+            thread_idx.append(i)
+        else:
+            proc_jobs.append((key, blob, completions[i], tasks[i], timeout_s or env.timeout_s))
+            proc_idx.append(i)
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as threads:
+        futures = {i: threads.submit(_safe_score, envs[i], completions[i], tasks[i]) for i in thread_idx}
+        if proc_jobs:
+            for i, score in zip(proc_idx, get_pool(workers).map(proc_jobs)):
+                results[i] = score
+        for i, fut in futures.items():
+            results[i] = fut.result()
+    return results  # type: ignore[return-value]
+
+
+if __name__ == "__main__":
+    _worker_main(int(sys.argv[1]), int(sys.argv[2]))

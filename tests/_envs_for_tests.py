@@ -1,0 +1,33 @@
+"""Small picklable environments used by the gym tests (importable by the scoring workers)."""
+
+import os
+import time
+
+from prorl.envs.base import Env, Score, Task
+
+
+class EchoEnv(Env):
+    """Reward 1 when the answer equals the task's `answer` field, after stripping."""
+
+    description = "test: exact match"
+
+    def task_from_dict(self, row):
+        return Task(id=str(row.get("id", "")), env=self.id, prompt=[{"role": "user", "content": row["q"]}],
+                    reference={"answer": row["answer"]})
+
+    def generate(self, rng):
+        a = rng.randint(0, 9)
+        return {"q": f"say {a}", "answer": str(a)}
+
+    def verify(self, answer, task):
+        text = answer.strip()
+        if text == "HANG":
+            while True:
+                pass
+        if text == "SLEEP":
+            time.sleep(60)
+        if text == "DIE":
+            os._exit(3)
+        if text == "RAISE":
+            raise RuntimeError("verifier bug")
+        return Score.graded(1.0 if text == task.reference["answer"] else 0.0)
