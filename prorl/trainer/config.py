@@ -1,0 +1,168 @@
+"""`ProRLConfig`: TRL's `GRPOConfig` with the ProRL recipe's defaults and the fields for dynamic sampling, hard
+resets of the reference policy and optimizer, training stages and the no-EOS penalty.
+
+Paper: Liu et al., "ProRL: Prolonged Reinforcement Learning Expands Reasoning Boundaries in Large Language Models",
+arXiv 2507.12507. Defaults below follow its Section 4 (DAPO decoupled clipping 0.2/0.4, temperature 1.2, 16 samples
+per prompt, constant learning rate 2e-6, a KL penalty, dynamic sampling, periodic reference/optimizer resets).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from trl import GRPOConfig
+
+# Stage overrides applied in place, at the reset that starts the stage (no restart needed).
+LIVE_STAGE_FIELDS = frozenset({
+    "max_completion_length", "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "no_eos_penalty",
+    "beta", "epsilon", "epsilon_high", "learning_rate", "mask_truncated_completions",
+    "dynamic_sampling", "dynamic_sampling_accuracy_window", "dynamic_sampling_std_tol",
+    "dynamic_sampling_max_rounds", "reset_every_steps", "reset_on_plateau", "reset_plateau_patience",
+    "reset_plateau_min_delta", "reset_on_kl", "reset_optimizer", "reset_min_interval",
+})
+# Stage overrides that change the shape of a generation batch: the data loader is built from them when training
+# starts, so the trainer saves a checkpoint and stops at that reset; resuming from the checkpoint applies them.
+RESTART_STAGE_FIELDS = frozenset({"num_generations", "per_device_train_batch_size", "steps_per_generation"})
+
+
+@dataclass
+class ProRLConfig(GRPOConfig):
+    r"""Configuration of [`ProRLTrainer`]: every [`~trl.GRPOConfig`] field plus the ProRL ones below.
+
+    Changed defaults (the paper's): `loss_type="dapo"`, `epsilon=0.2`, `epsilon_high=0.4`, `beta=1e-4`,
+    `temperature=1.2`, `num_generations=16`, `learning_rate=2e-6` with a constant schedule.
+    """
+
+    # -- The paper's defaults for existing GRPOConfig fields ------------------------------------------------
+    learning_rate: float = field(default=2e-6, metadata={"help": "AdamW learning rate (ProRL: 2e-6, constant)."})
+    lr_scheduler_type: str = field(
+        default="constant", metadata={"help": "Learning-rate schedule; ProRL keeps the rate constant."})
+    loss_type: str = field(
+        default="dapo", metadata={"help": "Policy loss aggregation (see GRPOConfig); ProRL uses DAPO's token-level "
+                                          "'dapo' loss."})
+    epsilon: float = field(default=0.2, metadata={"help": "Lower clipping range of the ratio (ProRL/DAPO: 0.2)."})
+    epsilon_high: float | None = field(
+        default=0.4, metadata={"help": "Upper clipping range (DAPO clip-higher; ProRL: 0.4)."})
+    beta: float = field(
+        default=1e-4,
+        metadata={"help": "KL coefficient against the reference policy. ProRL uses a KL penalty but the paper does "
+                          "not state its coefficient: 1e-4 is this library's choice, not the paper's."})
+    temperature: float = field(default=1.2, metadata={"help": "Sampling temperature (ProRL: 1.2)."})
+    num_generations: int | None = field(
+        default=16, metadata={"help": "Completions sampled per prompt (ProRL: 16, later 32)."})
+
+    # -- Dynamic sampling (DAPO) ----------------------------------------------------------------------------
+    dynamic_sampling: bool = field(
+        default=True,
+        metadata={"help": "Drop prompt groups that carry no learning signal (accuracy outside the window or reward "
+                          "std below the tolerance) and refill the batch with freshly sampled prompts."})
+    dynamic_sampling_accuracy_window: list[float] = field(
+        default_factory=lambda: [0.0, 1.0],
+        metadata={"help": "Keep a group only if its accuracy (mean reward of its scored completions; the pass rate "
+                          "for binary rewards) is strictly between these two values."})
+    dynamic_sampling_std_tol: float = field(
+        default=1e-6,
+        metadata={"help": "Drop a group whose reward standard deviation is <= this tolerance (a tolerance, not "
+                          "`== 0`: rounding leaves tiny non-zero std on constant groups)."})
+    dynamic_sampling_max_rounds: int = field(
+        default=4,
+        metadata={"help": "Most extra generation rounds per step. When reached, the step trains on the groups it "
+                          "has, completes the batch with dropped groups whose advantages are set to 0, and logs a "
+                          "warning."})
+
+    # -- Hard resets of the reference policy and the optimizer --------------------------------------------------
+    reset_every_steps: int | None = field(
+        default=None, metadata={"help": "Reset every N optimizer steps (None: no scheduled reset)."})
+    reset_on_plateau: str | None = field(
+        default=None,
+        metadata={"help": "Name of a logged metric (e.g. 'eval_reward'); reset when it has not improved by "
+                          "`reset_plateau_min_delta` for `reset_plateau_patience` observations."})
+    reset_plateau_patience: int = field(
+        default=3, metadata={"help": "Observations without improvement before a plateau reset."})
+    reset_plateau_min_delta: float = field(
+        default=0.0, metadata={"help": "Smallest change of the plateau metric that counts as an improvement."})
+    reset_plateau_mode: str = field(
+        default="max", metadata={"help": "'max' if a higher plateau metric is better, 'min' otherwise."})
+    reset_on_kl: float | None = field(
+        default=None, metadata={"help": "Reset when the KL to the reference (mean over the step) exceeds this."})
+    reset_optimizer: bool = field(
+        default=True,
+        metadata={"help": "At a reset also clear the optimizer state (AdamW moments and step counts); the "
+                          "learning-rate schedule continues."})
+    reset_min_interval: int = field(
+        default=0, metadata={"help": "Fewest optimizer steps between two triggered (plateau or KL) resets."})
+    stages: list[dict[str, Any]] | str | None = field(
+        default=None,
+        metadata={"help": "Overrides applied at successive resets: stages[0] at the first reset, stages[1] at the "
+                          "second, ... (a JSON list on the command line). Example: "
+                          "[{'max_completion_length': 16384}, {'num_generations': 32, 'temperature': 1.0}]. Keys "
+                          f"applied in place: {sorted(LIVE_STAGE_FIELDS)}. Keys that reshape the generation batch "
+                          f"({sorted(RESTART_STAGE_FIELDS)}) save a checkpoint and stop the run at that reset; "
+                          "resuming from that checkpoint applies them."})
+
+    # -- Reward shaping and scoring -------------------------------------------------------------------------
+    no_eos_penalty: float | None = field(
+        default=None,
+        metadata={"help": "Reward given to a completion cut at `max_completion_length` without an EOS token, in "
+                          "place of its environment reward (ProRL penalises such runaway completions; the paper "
+                          "gives no value). None: no penalty."})
+    reward_workers: int | None = field(
+        default=None,
+        metadata={"help": "Scoring worker processes for the environment reward (None: PRORL_SCORE_WORKERS or the "
+                          "number of CPUs)."})
+    reward_timeout_s: float | None = field(
+        default=None,
+        metadata={"help": "Per-sample scoring timeout in seconds (None: each environment's own). A timed-out sample "
+                          "is masked: neither rewarded nor penalised."})
+
+    def __post_init__(self):
+        if isinstance(self.stages, str):
+            try:
+                self.stages = json.loads(self.stages)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"stages: not valid JSON ({exc}): {self.stages!r}") from None
+        super().__post_init__()
+        self._validate_prorl()
+
+    def _validate_prorl(self) -> None:
+        window = self.dynamic_sampling_accuracy_window
+        if len(window) != 2 or not window[0] < window[1]:
+            raise ValueError(f"dynamic_sampling_accuracy_window must be [low, high] with low < high, got {window}")
+        self.dynamic_sampling_accuracy_window = [float(window[0]), float(window[1])]
+        _require(self.dynamic_sampling_std_tol >= 0, "dynamic_sampling_std_tol", "must be >= 0")
+        _require(self.dynamic_sampling_max_rounds >= 0, "dynamic_sampling_max_rounds", "must be >= 0")
+        _require(self.reset_every_steps is None or self.reset_every_steps > 0, "reset_every_steps", "must be > 0")
+        _require(self.reset_plateau_patience >= 1, "reset_plateau_patience", "must be >= 1")
+        _require(self.reset_plateau_mode in ("max", "min"), "reset_plateau_mode", "must be 'max' or 'min'")
+        _require(self.reset_on_kl is None or self.reset_on_kl > 0, "reset_on_kl", "must be > 0")
+        _require(self.reset_on_kl is None or self.beta > 0, "reset_on_kl",
+                 "needs beta > 0 (with beta = 0 there is no reference model and no KL)")
+        _require(self.reset_min_interval >= 0, "reset_min_interval", "must be >= 0")
+        if self.stages is None:
+            self.stages = []
+        if not isinstance(self.stages, list):
+            raise ValueError(f"stages must be a list of mappings, got {type(self.stages).__name__}")
+        known = {f.name for f in fields(self)}
+        for i, stage in enumerate(self.stages):
+            if not isinstance(stage, dict):
+                raise ValueError(f"stages[{i}] must be a mapping of field -> value, got {stage!r}")
+            for key in stage:
+                if key not in known:
+                    raise ValueError(f"stages[{i}]: {key!r} is not a ProRLConfig field")
+                if key not in LIVE_STAGE_FIELDS | RESTART_STAGE_FIELDS:
+                    raise ValueError(f"stages[{i}]: {key!r} cannot change during a run; stage keys are "
+                                     f"{sorted(LIVE_STAGE_FIELDS | RESTART_STAGE_FIELDS)}")
+            if "beta" in stage and self.beta == 0 and stage["beta"] != 0:
+                raise ValueError(f"stages[{i}]: beta cannot become non-zero when the run starts with beta = 0 "
+                                 "(no reference model is built)")
+
+    @property
+    def wants_resets(self) -> bool:
+        return bool(self.reset_every_steps or self.reset_on_plateau or self.reset_on_kl)
+
+
+def _require(ok: bool, name: str, message: str) -> None:
+    if not ok:
+        raise ValueError(f"{name} {message}")
