@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 from functools import lru_cache
 from typing import Any, Callable
 
@@ -211,7 +212,8 @@ class LogicMixEnv(LogicTaskEnv):
 
 def _describe(cls: type) -> str:
     doc = (cls.__doc__ or "").strip()
-    return doc.splitlines()[0].strip() if doc else ""
+    line = doc.splitlines()[0].strip() if doc else ""
+    return re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", line)  # markdown links -> their text
 
 
 def register_reasoning_gym_tasks() -> None:
@@ -219,5 +221,6 @@ def register_reasoning_gym_tasks() -> None:
     from reasoning_gym.factory import DATASETS
 
     for name, (dataset_cls, _config_cls) in sorted(DATASETS.items()):
-        desc = _describe(dataset_cls) or f"reasoning-gym task {name}"
-        register(f"logic/{name}", LogicTaskEnv, description=f"reasoning-gym: {desc}", override=True, task=name)
+        desc = _describe(dataset_cls)
+        desc = f"reasoning-gym: {desc}" if desc else f"reasoning-gym task {name}"
+        register(f"logic/{name}", LogicTaskEnv, description=desc, override=True, task=name)

@@ -1,0 +1,203 @@
+"""`prorl envs` (the registered environments) and `prorl score` (score a JSONL file of completions).
+
+    prorl score INPUT.jsonl -o OUT.jsonl [--env ID] [--workers N] [--resume]
+
+Each input line is a task dict in its public format plus `"completion"` (and `"env"` unless `--env` is given).
+Each output line is the input plus `reward`, `status` and `details` (`details.input_line` is the 1-based input
+line number, which `--resume` uses to skip lines already scored). Lines are scored in chunks through the
+killable worker pool and appended to OUT as each chunk finishes, so an interrupted run loses at most one chunk.
+A malformed line is reported with its line number and skipped; the others still score (exit status 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Iterator
+
+from prorl.envs.base import Env, Task
+
+
+def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
+    if name == "envs":
+        parser.add_argument("--filter", default="", help="only ids containing this text")
+        return
+    parser.add_argument("input", type=Path, help="JSONL: task dict + 'completion' (+ 'env') per line")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="JSONL with reward, status, details")
+    parser.add_argument("--env", default=None, help="environment id for every line (else each line's 'env')")
+    parser.add_argument("--workers", type=int, default=None, help="scoring processes (default: CPU count)")
+    parser.add_argument("--resume", action="store_true", help="keep OUT and skip the input lines already in it")
+    parser.add_argument("--timeout", type=float, default=None, help="per-sample timeout in seconds "
+                        "(default: each environment's own)")
+    parser.add_argument("--chunk-size", type=int, default=256, help="lines scored (and written) per batch")
+
+
+def run(args: argparse.Namespace, name: str) -> int:
+    return list_command(args) if name == "envs" else score_command(args)
+
+
+def list_command(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from prorl.envs.registry import list_envs
+
+    envs = {k: v for k, v in list_envs().items() if args.filter in k}
+    table = Table(title=f"prorl environments ({len(envs)})")
+    table.add_column("id", style="bold cyan", no_wrap=True)
+    table.add_column("description")
+    for env_id, desc in envs.items():
+        table.add_row(env_id, desc)
+    Console().print(table)
+    return 0
+
+
+# -- prorl score -----------------------------------------------------------------------------------------------
+class BadLine(ValueError):
+    """An input line that cannot be scored (the message names the problem)."""
+
+
+def _read_done(path: Path) -> tuple[set[int], list[dict]]:
+    """Input line numbers already in OUT, and its rows. Rewrites OUT without a partial/corrupt tail line."""
+    rows, kept = [], []
+    for raw in path.read_text().splitlines():
+        try:
+            row = json.loads(raw)
+            line = row["details"]["input_line"]
+        except (ValueError, KeyError, TypeError):
+            continue
+        if isinstance(line, int):
+            rows.append(row)
+            kept.append(raw)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text("".join(r + "\n" for r in kept))
+    tmp.replace(path)
+    return {r["details"]["input_line"] for r in rows}, rows
+
+
+class _Lines:
+    """Parses input lines into (line number, row, env, Task), reporting malformed ones."""
+
+    def __init__(self, env_id: str | None):
+        self.env_id = env_id
+        self.envs: dict[str, Env] = {}
+
+    def env(self, env_id: str) -> Env:
+        from prorl.envs.registry import make
+
+        if env_id not in self.envs:
+            try:
+                self.envs[env_id] = make(env_id)
+            except KeyError as exc:
+                raise BadLine(exc.args[0]) from None
+            except Exception as exc:
+                raise BadLine(f"environment {env_id!r} failed to build: {exc!r}") from None
+        return self.envs[env_id]
+
+    def parse(self, raw: str) -> tuple[dict, Env, Task]:
+        try:
+            row = json.loads(raw)
+        except ValueError as exc:
+            raise BadLine(f"invalid JSON ({exc})") from None
+        if not isinstance(row, dict):
+            raise BadLine(f"expected a JSON object, got {type(row).__name__}")
+        if not isinstance(row.get("completion"), str):
+            raise BadLine("field 'completion' is missing or not a string")
+        env_id = self.env_id or row.get("env")
+        if not isinstance(env_id, str) or not env_id:
+            raise BadLine("field 'env' is missing (or pass --env)")
+        env = self.env(env_id)
+        try:
+            task = env.as_task(row)
+        except KeyError as exc:
+            raise BadLine(f"task for {env_id!r} is missing field {exc.args[0]!r}") from None
+        except (TypeError, ValueError) as exc:
+            raise BadLine(f"bad task for {env_id!r}: {exc}") from None
+        return row, env, task
+
+
+def _chunks(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
+    chunk: list[Any] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def score_command(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from prorl.envs.workers import score_many
+
+    err = Console(stderr=True)
+    if not args.input.is_file():
+        err.print(f"[red]prorl score: no such input file: {args.input}")
+        return 2
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    done, previous = _read_done(args.output) if args.resume and args.output.exists() else (set(), [])
+    with args.input.open() as f:
+        todo = [i for i, raw in enumerate(f, 1) if raw.strip() and i not in done]
+    todo_set = set(todo)
+    lines = _Lines(args.env)
+    bad: list[tuple[int, str]] = []
+    results = list(previous)
+
+    def parsed() -> Iterator[tuple[int, dict, Env, Task]]:
+        with args.input.open() as f:
+            for i, raw in enumerate(f, 1):
+                if i not in todo_set:
+                    continue
+                try:
+                    yield (i, *lines.parse(raw))
+                except BadLine as exc:
+                    bad.append((i, str(exc)))
+                    err.print(f"[red]{args.input}:{i}: {exc}")
+                    progress.advance(bar)
+
+    columns = (TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err, transient=False) as progress, \
+            args.output.open("a" if args.resume else "w") as out:
+        bar = progress.add_task("score", total=len(todo))
+        for chunk in _chunks(parsed(), max(1, args.chunk_size)):
+            scores = score_many([c[2] for c in chunk], [c[1]["completion"] for c in chunk], [c[3] for c in chunk],
+                                workers=args.workers, timeout_s=args.timeout)
+            for (i, row, _env, _task), score in zip(chunk, scores):
+                res = {**row, "reward": score.reward, "status": score.status,
+                       "details": {**score.details, "input_line": i}}
+                out.write(json.dumps(res, default=str) + "\n")
+                results.append(res)
+            out.flush()
+            progress.advance(bar, len(chunk))
+    _print_summary(results, args.env, Console())
+    if done:
+        Console().print(f"resumed: {len(done)} lines were already in {args.output}")
+    if bad:
+        err.print(f"[red]{len(bad)} malformed line(s) skipped: {', '.join(str(i) for i, _ in bad[:20])}"
+                  + (" ..." if len(bad) > 20 else ""))
+        return 1
+    return 0
+
+
+def _print_summary(rows: list[dict], env_override: str | None, console) -> None:
+    from rich.table import Table
+
+    by_env: dict[str, list[dict]] = defaultdict(list)
+    for row in rows:
+        by_env[env_override or str(row.get("env"))].append(row)
+    table = Table(title="prorl score")
+    for col in ("env", "n", "mean reward", "% correct", "timeouts", "format errors", "infra errors"):
+        table.add_column(col, justify="left" if col == "env" else "right", no_wrap=col == "env")
+    for env_id in sorted(by_env):
+        group = by_env[env_id]
+        n = len(group)
+        count = lambda s: sum(r["status"] == s for r in group)  # noqa: E731
+        table.add_row(env_id, str(n), f"{sum(r['reward'] for r in group) / n:.3f}", f"{100 * count('ok') / n:.1f}",
+                      str(count("timeout")), str(count("format_error")), str(count("infra_error")))
+    console.print(table)
+
