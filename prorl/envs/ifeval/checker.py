@@ -8,6 +8,7 @@ fails loudly instead of being scored against a random default (what the official
 from __future__ import annotations
 
 import dataclasses
+import functools
 import typing
 from typing import Any, ClassVar, Literal
 
@@ -55,8 +56,8 @@ class Checker:
         if not isinstance(kwargs, dict):
             raise InstructionError(f"{cls.instruction_id}: kwargs must be an object, got {type(kwargs).__name__}")
         given = {k: v for k, v in kwargs.items() if v is not None}
-        hints = typing.get_type_hints(cls)
-        names = [f.name for f in dataclasses.fields(cls)]
+        hints = _kwarg_types(cls)
+        names = list(hints)
         unknown = sorted(set(given) - set(names))
         if unknown:
             raise InstructionError(f"{cls.instruction_id}: unknown kwargs {unknown}; expected {names or 'none'}")
@@ -67,6 +68,13 @@ class Checker:
         checker = cls(**values)
         checker.validate()
         return checker
+
+
+@functools.cache
+def _kwarg_types(cls: type[Checker]) -> dict[str, Any]:
+    """The checker's kwargs (its dataclass fields, in order) and their types."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
 def _coerce(instruction_id: str, name: str, value: Any, hint: Any) -> Any:
