@@ -1,0 +1,235 @@
+"""Hard resets of the reference policy and the optimizer, training stages, and the user hook `ResetCallback`.
+
+A reset (ProRL, Section 3.2) makes the current policy the new KL anchor (reference := policy weights), clears the
+optimizer state (AdamW moments and step counts; the learning-rate schedule continues), and may start the next
+stage of the run (`ProRLConfig.stages`). Triggers: every N steps, a plateau of a logged metric, or the KL to the
+reference exceeding a threshold. Every reset is appended to `output_dir/resets.jsonl` and kept in each checkpoint
+(`prorl_state.json`), so a resumed run has the same reset count, stage and plateau tracker.
+
+Users react to resets by subclassing `ResetCallback`:
+
+    class MyHook(ResetCallback):
+        def on_reset(self, args, state, control, event, trainer, **kwargs):
+            trainer.reward_funcs[0].env_kwargs["math"] = {"hard": True}
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from transformers import TrainerCallback
+
+if TYPE_CHECKING:
+    from prorl.trainer.trainer import ProRLTrainer
+
+log = logging.getLogger(__name__)
+
+RESETS_FILE = "resets.jsonl"
+STATE_FILE = "prorl_state.json"
+
+
+@dataclass
+class ResetEvent:
+    """One reset: when, why, with which metric values, and which stage it started."""
+
+    step: int
+    reset: int  # 1 for the first reset of the run
+    trigger: str  # "every_steps", "plateau", "kl" or "manual"
+    metrics: dict[str, float] = field(default_factory=dict)
+    stage: int = 0  # the stage in effect after the reset (0: the base config)
+    stage_overrides: dict[str, Any] = field(default_factory=dict)
+    restart_required: bool = False
+    time: float = 0.0
+
+
+class ResetCallback(TrainerCallback):
+    """Base class for user hooks called right after each reset (weights copied, optimizer cleared, stage applied)."""
+
+    def on_reset(self, args, state, control, event: ResetEvent, trainer: "ProRLTrainer", **kwargs):
+        """Override to change data, reward shaping or anything else of `trainer` at a reset."""
+
+
+@dataclass
+class ResetState:
+    """What a resumed run must continue from; saved in every checkpoint."""
+
+    reset_count: int = 0
+    stage: int = 0
+    last_reset_step: int = 0
+    plateau_best: float | None = None
+    plateau_bad: int = 0
+    refill_batches: int = 0  # generation batches drawn by dynamic sampling's refill stream
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+
+def copy_weights_(src: torch.nn.Module, dst: torch.nn.Module) -> None:
+    """dst's parameters := src's, matched by name. Under DeepSpeed ZeRO-3 each pair of partitioned parameters is
+    gathered, copied on rank 0 and re-partitioned, one pair at a time: both models are gathered (TRL #1971 gathered
+    only the policy and crashed), and never a whole model at once (memory stays at one layer's weights)."""
+    src_params, dst_params = dict(src.named_parameters()), dict(dst.named_parameters())
+    if src_params.keys() != dst_params.keys():
+        missing = sorted(src_params.keys() ^ dst_params.keys())[:5]
+        raise RuntimeError(f"policy and reference parameters differ by name (e.g. {missing}); FSDP1 flat "
+                           "parameters are not supported by resets, use FSDP2 or DeepSpeed")
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    zero3 = is_deepspeed_zero3_enabled()
+    with torch.no_grad():
+        for name, p in src_params.items():
+            q = dst_params[name]
+            if zero3:
+                import deepspeed
+
+                with deepspeed.zero.GatheredParameters([p, q], modifier_rank=0):
+                    if deepspeed.comm.get_rank() == 0:
+                        q.data.copy_(p.data)
+            else:  # plain tensors, or FSDP2 DTensors with identical sharding: a local shard copy
+                q.data.copy_(p.data)
+
+
+def reset_optimizer_state(optimizer: torch.optim.Optimizer | Any) -> None:
+    """Clear the optimizer state (AdamW moments, step counts). Torch optimizers rebuild it lazily on the next step.
+    Under DeepSpeed (whose ZeRO optimizers pre-allocate state) every state tensor is zeroed in place instead, which
+    gives the same next update as a fresh AdamW (m = v = 0, step = 0)."""
+    base, wrapped_by_deepspeed = optimizer, False
+    while getattr(base, "optimizer", None) is not None:
+        wrapped_by_deepspeed |= "deepspeed" in type(base).__module__
+        base = base.optimizer
+    if wrapped_by_deepspeed:
+        for state in base.state.values():
+            for key, value in state.items():
+                if torch.is_tensor(value):
+                    value.zero_()
+                elif isinstance(value, (int, float)):
+                    state[key] = type(value)(0)
+    else:
+        base.state.clear()
+
+
+class ResetController(TrainerCallback):
+    """Decides when to reset, performs resets through the trainer, and keeps the run's reset state.
+
+    Added to every `ProRLTrainer`; it needs the trainer (reference model, optimizer), which plain callbacks lack.
+    """
+
+    def __init__(self, trainer: "ProRLTrainer"):
+        self.trainer = trainer
+        self.state = ResetState()
+
+    # -- Triggers ----------------------------------------------------------------------------------------------
+    def on_step_end(self, args, state, control, **kwargs):
+        step = state.global_step
+        if args.reset_every_steps and step % args.reset_every_steps == 0:
+            self.reset("every_steps", {}, control)
+        elif args.reset_on_kl is not None and self._interval_ok(step):
+            kl = self.trainer.step_metric("kl")
+            if kl is not None and kl > args.reset_on_kl:
+                self.reset("kl", {"kl": kl}, control)
+        return control
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        name = args.reset_on_plateau
+        if not name or not logs or logs.get(name) is None:
+            return control
+        value = float(logs[name])
+        if math.isnan(value):
+            return control
+        s = self.state
+        better = (s.plateau_best is None
+                  or (value > s.plateau_best + args.reset_plateau_min_delta if args.reset_plateau_mode == "max"
+                      else value < s.plateau_best - args.reset_plateau_min_delta))
+        if better:
+            s.plateau_best, s.plateau_bad = value, 0
+        else:
+            s.plateau_bad += 1
+        if s.plateau_bad >= args.reset_plateau_patience and self._interval_ok(state.global_step):
+            self.reset("plateau", {name: value, f"{name}/best": s.plateau_best}, control)
+        return control
+
+    def _interval_ok(self, step: int) -> bool:
+        return step - self.state.last_reset_step >= self.trainer.args.reset_min_interval
+
+    # -- The reset -----------------------------------------------------------------------------------------------
+    def reset(self, trigger: str, metrics: dict[str, float], control=None) -> ResetEvent:
+        """Reference := policy, optimizer state cleared, next stage applied; returns the recorded event."""
+        tr, args, s = self.trainer, self.trainer.args, self.state
+        tr.sync_reference_to_policy()
+        if args.reset_optimizer and tr.optimizer is not None:
+            reset_optimizer_state(tr.optimizer)
+        overrides = args.stages[s.reset_count] if s.reset_count < len(args.stages) else {}
+        restart = tr.apply_stage(overrides, live=True)
+        s.reset_count += 1
+        s.stage = min(s.reset_count, len(args.stages))
+        s.last_reset_step = tr.state.global_step
+        s.plateau_best, s.plateau_bad = None, 0
+        event = ResetEvent(step=tr.state.global_step, reset=s.reset_count, trigger=trigger,
+                           metrics={k: float(v) for k, v in metrics.items()}, stage=s.stage,
+                           stage_overrides=dict(overrides), restart_required=restart, time=time.time())
+        s.events.append(asdict(event))
+        if tr.accelerator.is_main_process:
+            with open(os.path.join(args.output_dir, RESETS_FILE), "a") as f:
+                f.write(json.dumps(asdict(event)) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        log.info("reset %d at step %d (%s): stage %d %s", event.reset, event.step, trigger, event.stage, overrides)
+        if restart and control is not None:
+            log.warning("stage %d changes the generation batch shape (%s): saving a checkpoint and stopping; "
+                        "resume from it to continue with the new stage", s.stage, sorted(overrides))
+            control.should_save = True
+            control.should_training_stop = True
+        for cb in tr.callback_handler.callbacks:
+            if isinstance(cb, ResetCallback):
+                cb.on_reset(args, tr.state, control, event=event, trainer=tr)
+        return event
+
+    # -- Persistence -------------------------------------------------------------------------------------------
+    def save(self, checkpoint_dir: str) -> None:
+        with open(os.path.join(checkpoint_dir, STATE_FILE), "w") as f:
+            json.dump(asdict(self.state), f, indent=1)
+
+    def load(self, checkpoint_dir: str) -> bool:
+        """Restore the reset state of a checkpoint and re-apply its stages. False if it has none (not a ProRL run)."""
+        path = os.path.join(checkpoint_dir, STATE_FILE)
+        if not os.path.exists(path):
+            return False
+        with open(path) as f:
+            self.state = ResetState(**json.load(f))
+        for overrides in self.trainer.args.stages[: self.state.stage]:
+            self.trainer.apply_stage(overrides, live=False)
+        if self.trainer.accelerator.is_main_process:
+            lines = [json.dumps(e) + "\n" for e in self.state.events]
+            atomic_write(os.path.join(self.trainer.args.output_dir, RESETS_FILE), "".join(lines))
+        return True
+
+
+def atomic_write(path: str, text: str) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def truncate_jsonl(path: str, max_step: int) -> None:
+    """Keep the well-formed lines of a metrics file whose `step` <= max_step (used on resume: the lines a killed
+    run wrote after its last checkpoint are replayed by the resumed run)."""
+    if not os.path.exists(path):
+        return
+    kept = []
+    with open(path) as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # the half-written last line of a killed run
+            if row.get("step", 0) <= max_step:
+                kept.append(line if line.endswith("\n") else line + "\n")
+    atomic_write(path, "".join(kept))

@@ -1,0 +1,81 @@
+"""Dynamic sampling (DAPO, Section 3.2) on TRL's generation batches: which groups to keep, and row operations on
+the dict of tensors that `GRPOTrainer._generate_and_score_completions` returns.
+
+A generation batch holds `num_generations` consecutive rows per prompt (a *group*). Groups whose rewards are all
+the same have zero advantage and teach nothing; DAPO drops them and samples more prompts until the batch is full.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+# Keys of TRL's generation output that are (rows, completion tokens), right-padded; prompt keys are left-padded.
+PROMPT_KEYS = ("prompt_ids", "prompt_mask")
+COMPLETION_KEYS = ("completion_ids", "completion_mask", "old_per_token_logps", "ref_per_token_logps",
+                   "sampling_per_token_logps", "tool_mask")
+# Keys dynamic sampling cannot regroup (multimodal inputs carry per-image tensors not aligned with rows).
+UNSUPPORTED_KEYS = ("pixel_values", "image_grid_thw", "pixel_attention_mask", "spatial_shapes", "image_sizes",
+                    "num_images", "num_tiles", "token_type_ids", "mm_token_type_ids", "image_position_ids")
+
+
+def group_keep_mask(rewards: torch.Tensor, num_generations: int, accuracy_window: tuple[float, float],
+                    std_tol: float) -> torch.Tensor:
+    """Which groups carry a learning signal, from the per-completion total rewards of a whole (gathered) batch.
+
+    `rewards` has one value per completion, NaN for masked completions (timeouts, infrastructure errors). A group
+    is kept when at least two of its completions were scored, the std of their rewards exceeds `std_tol`, and their
+    mean ("accuracy": the pass rate for binary rewards) lies strictly inside `accuracy_window`. Returns a bool
+    tensor with one value per group.
+    """
+    if rewards.numel() % num_generations:
+        raise ValueError(f"{rewards.numel()} rewards do not form groups of {num_generations}")
+    grouped = rewards.view(-1, num_generations).float()
+    scored = ~torch.isnan(grouped)
+    count = scored.sum(dim=1)
+    mean = torch.nansum(grouped, dim=1) / count.clamp(min=1)
+    centered = torch.where(scored, grouped - mean.unsqueeze(1), torch.zeros_like(grouped))
+    std = (centered.pow(2).sum(dim=1) / (count - 1).clamp(min=1)).sqrt()  # unbiased, like TRL's nanstd
+    low, high = accuracy_window
+    return (count >= 2) & (std > std_tol) & (mean > low) & (mean < high)
+
+
+def check_supported(batch: dict) -> None:
+    bad = [k for k in UNSUPPORTED_KEYS if k in batch]
+    if bad:
+        raise NotImplementedError(f"dynamic sampling does not support multimodal batches (keys {bad}); "
+                                  "set dynamic_sampling=False")
+
+
+def select_rows(batch: dict, index: torch.Tensor) -> dict:
+    """The rows `index` (bool mask or integer indices) of every per-row tensor; drops `num_items_in_batch`."""
+    check_supported(batch)
+    return {k: v[index] for k, v in batch.items() if k != "num_items_in_batch"}
+
+
+def num_rows(batch: dict) -> int:
+    return int(batch["prompt_ids"].size(0))
+
+
+def concat_rows(parts: list[dict], pad_token_id: int, token_level_keys: tuple[str, ...] = ()) -> dict:
+    """Stack the rows of several generation outputs, padding prompts on the left and completions on the right.
+
+    `token_level_keys` names further (rows, completion tokens) keys, e.g. a token-level importance-sampling ratio.
+    `num_items_in_batch` is not carried over: the caller recomputes it for the merged batch.
+    """
+    parts = [p for p in parts if num_rows(p) > 0] or parts[:1]
+    completion_keys = set(COMPLETION_KEYS) | set(token_level_keys)
+    out = {}
+    for key in parts[0]:
+        if key == "num_items_in_batch":
+            continue
+        values = [p[key] for p in parts]
+        if key in PROMPT_KEYS or key in completion_keys:
+            width = max(v.size(1) for v in values)
+            fill = pad_token_id if key.endswith("_ids") else (1 if key == "tool_mask" else 0)
+            side = (lambda w: (w, 0)) if key in PROMPT_KEYS else (lambda w: (0, w))
+            values = [F.pad(v, side(width - v.size(1)), value=fill) for v in values]
+        elif any(v.shape[1:] != values[0].shape[1:] for v in values):
+            raise ValueError(f"cannot merge generation batches: {key!r} has shapes {[tuple(v.shape) for v in values]}")
+        out[key] = torch.cat(values, dim=0)
+    return out

@@ -1,0 +1,287 @@
+"""`ProRLTrainer`: TRL's `GRPOTrainer` plus dynamic sampling, hard resets, stages, the no-EOS penalty and the
+environment reward. Everything else (generation, vLLM, the DAPO loss, KL, logging, checkpointing) is TRL's.
+
+Extension points used (all methods of `GRPOTrainer`/`Trainer`, called with `super()`):
+  - `_generate_and_score_completions`: called repeatedly per step for dynamic sampling; the kept rows are merged.
+  - `_calculate_rewards`: the no-EOS penalty, and the rewards that dynamic sampling filters on.
+  - `log`: the ProRL metrics, and `output_dir/metrics.jsonl`.
+  - `_save_checkpoint` / `train`: the reset state travels with checkpoints and is restored on resume.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+import torch
+from accelerate.utils import gather, is_peft_model
+from datasets import IterableDataset
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from trl import GRPOTrainer
+from trl.trainer.utils import RepeatSampler, add_fused_lm_head
+
+from prorl.trainer.callbacks import ResetController, truncate_jsonl
+from prorl.trainer.config import LIVE_STAGE_FIELDS, RESTART_STAGE_FIELDS, ProRLConfig
+from prorl.trainer.rewards import EnvReward
+from prorl.trainer.sampling import concat_rows, group_keep_mask, num_rows, select_rows
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.jsonl"
+# The issue's metric names for values TRL already logs under its own names (both are kept).
+METRIC_ALIASES = {
+    "completion_length/mean": "completions/mean_length",
+    "completion_length/max": "completions/max_length",
+    "clip_ratio/low": "clip_ratio/low_mean",
+    "clip_ratio/high": "clip_ratio/high_mean",
+}
+
+
+class ProRLTrainer(GRPOTrainer):
+    """GRPO with the ProRL recipe. `reward_funcs` defaults to `EnvReward` (route each row to its `env`)."""
+
+    _tag_names = ["trl", "grpo", "prorl"]
+
+    def __init__(self, model, reward_funcs=None, args: ProRLConfig | None = None, train_dataset=None,
+                 eval_dataset=None, processing_class=None, callbacks=None, **kwargs):
+        if not isinstance(args, ProRLConfig):
+            raise TypeError(f"ProRLTrainer needs a ProRLConfig, got {type(args).__name__}")
+        if reward_funcs is None:
+            reward_funcs = EnvReward(workers=args.reward_workers, timeout_s=args.reward_timeout_s)
+        if args.dynamic_sampling and isinstance(train_dataset, IterableDataset):
+            raise ValueError("dynamic_sampling needs a map-style train_dataset (refill prompts are drawn by index)")
+        super().__init__(model, reward_funcs, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                         processing_class=processing_class, callbacks=callbacks, **kwargs)
+        if args.beta != 0 and is_peft_model(self.model) and (args.wants_resets or args.stages):
+            raise NotImplementedError("resets with a PEFT model are not supported (its reference is the base "
+                                      "model with adapters disabled); train without peft_config")
+        self.resets = ResetController(self)
+        self.add_callback(self.resets)
+        self._round_rewards: torch.Tensor | None = None
+        self._refill_iter = None
+        self._refill_epoch = 0
+        self._resumed_refill_batches = 0
+
+    # -- Rewards ---------------------------------------------------------------------------------------------
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        device = rewards_per_func.device
+        stop_ids = {*self.eos_token_ids, self._tokenizer.pad_token_id}
+        no_eos = gather(torch.tensor([not ids or ids[-1] not in stop_ids for ids in completion_ids_list],
+                                     device=device))
+        mode = "train" if self.model.training else "eval"
+        self._metrics[mode]["no_eos_fraction"].append(no_eos.float().mean().item())
+        if self.args.no_eos_penalty is not None:
+            rewards_per_func[no_eos] = float(self.args.no_eos_penalty)  # every reward function, so the total too
+        self._round_rewards = rewards_per_func
+        return rewards_per_func
+
+    def _total_rewards(self, rewards_per_func: torch.Tensor) -> torch.Tensor:
+        """Per-completion weighted total reward, NaN where every reward function abstained (as TRL computes it)."""
+        weights = self.reward_weights.to(rewards_per_func.device)
+        total = (rewards_per_func * weights.unsqueeze(0)).nansum(dim=1)
+        total[torch.isnan(rewards_per_func).all(dim=1)] = torch.nan
+        return total
+
+    # -- Dynamic sampling ------------------------------------------------------------------------------------
+    def _generate_and_score_completions(self, inputs):
+        if not (self.model.training and self.args.dynamic_sampling):
+            return super()._generate_and_score_completions(inputs)
+        target = len(inputs)
+        kept, spare = [], None
+        kept_local = kept_groups = dropped_groups = rounds = 0
+        batch = inputs
+        while True:
+            rounds += 1
+            out = super()._generate_and_score_completions(batch)
+            keep = group_keep_mask(self._total_rewards(self._round_rewards), self.num_generations,
+                                   self.args.dynamic_sampling_accuracy_window, self.args.dynamic_sampling_std_tol)
+            kept_groups += int(keep.sum())
+            dropped_groups += int((~keep).sum())
+            n = num_rows(out)
+            start = self.accelerator.process_index * n
+            keep_rows = keep.repeat_interleave(self.num_generations)[start:start + n].to(out["advantages"].device)
+            kept.append(select_rows(out, keep_rows))
+            spare = select_rows(out, ~keep_rows)
+            kept_local += int(keep_rows.sum())
+            # Every process must agree on whether to go on: stop when the emptiest one is full.
+            least = gather(torch.tensor([kept_local], device=keep_rows.device)).min().item()
+            if least >= target or rounds > self.args.dynamic_sampling_max_rounds:
+                break
+            batch = self._refill_batch()
+        filler_rows = max(0, target - kept_local)
+        if filler_rows:
+            spare = select_rows(spare, torch.arange(min(filler_rows, num_rows(spare))))
+            spare["advantages"] = torch.zeros_like(spare["advantages"])
+            kept.append(spare)
+        filled = gather(torch.tensor([filler_rows], device=keep_rows.device)).sum().item()
+        if filled:
+            log.warning("dynamic sampling: step %d hit the cap of %d extra rounds with %d rows missing; they are "
+                        "filled with dropped groups whose advantages are set to 0", self.state.global_step,
+                        self.args.dynamic_sampling_max_rounds, filled)
+        token_level = ("importance_sampling_ratio",) if self.vllm_importance_sampling_mode.startswith("token") else ()
+        merged = concat_rows(kept, self._tokenizer.pad_token_id, token_level)
+        merged = select_rows(merged, torch.arange(target))
+        loss_mask = merged["completion_mask"] * merged.get("tool_mask", 1)
+        merged["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
+        metrics = self._metrics["train"]
+        metrics["dynamic_sampling/kept_groups"].append(float(kept_groups))
+        metrics["dynamic_sampling/dropped_groups"].append(float(dropped_groups))
+        metrics["dynamic_sampling/rounds"].append(float(rounds))
+        metrics["dynamic_sampling/filled_rows"].append(float(filled))
+        return merged
+
+    def _refill_batch(self) -> list[dict[str, Any]]:
+        """The next generation batch of the refill stream: its own shuffled pass over the train set, grouped and
+        sharded across processes like TRL's, resumable (the number of batches drawn is checkpointed)."""
+        while True:
+            if self._refill_iter is None:
+                self._refill_iter = iter(self._refill_dataloader())
+                for _ in range(self._resumed_refill_batches):  # continue where the checkpointed run was
+                    next(self._refill_iter, None)
+                self._resumed_refill_batches = 0
+            batch = next(self._refill_iter, None)
+            if batch is not None:
+                self.resets.state.refill_batches += 1
+                return batch
+            self._refill_iter, self._refill_epoch = None, self._refill_epoch + 1
+
+    def _refill_dataloader(self):
+        def sampler(dataset):
+            return RepeatSampler(dataset, mini_repeat_count=self.num_generations,
+                                 batch_size=self.args.generation_batch_size // self.num_generations,
+                                 repeat_count=1, shuffle=self.shuffle_dataset,
+                                 seed=self.args.seed + 1 + self._refill_epoch)
+
+        return self._get_dataloader(self.train_dataset, "Refill", self._train_batch_size * self.args.steps_per_generation,
+                                    sampler_fn=sampler, is_training=True)
+
+    # -- Resets and stages -----------------------------------------------------------------------------------
+    def sync_reference_to_policy(self) -> None:
+        """Reference model := a copy of the current policy weights (no-op when beta = 0: there is none)."""
+        if self.ref_model is None:
+            return
+        from prorl.trainer.callbacks import copy_weights_
+
+        copy_weights_(self.accelerator.unwrap_model(self.model), self.accelerator.unwrap_model(self.ref_model))
+        self._refresh_buffered_reference_logps()
+
+    def _refresh_buffered_reference_logps(self) -> None:
+        """Generation batches already buffered for the next steps (steps_per_generation > gradient accumulation,
+        or num_iterations > 1) carry log-probs of the old reference: recompute them with the new one."""
+        generate_every = self.args.steps_per_generation * self.num_iterations
+        if not self._buffered_inputs or self._step % generate_every == 0:
+            return
+        with torch.no_grad():
+            for batch in self._buffered_inputs:
+                if "ref_per_token_logps" not in batch:
+                    continue
+                ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
+                mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
+                batch["ref_per_token_logps"], _, _ = self._get_per_token_logps_and_entropies(
+                    self.ref_model, ids, mask, batch["completion_ids"].size(1),
+                    batch_size=self.args.per_device_train_batch_size)
+
+    def apply_stage(self, overrides: dict[str, Any], live: bool) -> bool:
+        """Apply a stage's overrides to `args` and the trainer. With `live=True` (at a reset, mid-run) the fields
+        that reshape the generation batch are left for the restart; returns True if there are any."""
+        restart = {k: v for k, v in overrides.items() if k in RESTART_STAGE_FIELDS}
+        for key, value in overrides.items():
+            if key in LIVE_STAGE_FIELDS or not live:
+                setattr(self.args, key, value)
+        if restart and not live:
+            self._apply_batch_shape()
+        if "max_completion_length" in overrides:
+            self.max_completion_length = self.args.max_completion_length
+        for key in ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "max_completion_length"):
+            if key not in overrides:
+                continue
+            value = getattr(self.args, key)
+            setattr(self, key, value)
+            gen_key = "max_new_tokens" if key == "max_completion_length" else key
+            if self.use_vllm:
+                setattr(self.vllm_generation, key, value)
+            else:
+                self.generation_kwargs[gen_key] = value
+                setattr(self.generation_config, gen_key, value)
+        if "temperature" in overrides:  # the fused LM head divides the logits by the temperature
+            self._patch_fused_heads()
+        if "beta" in overrides:
+            self.beta = self.args.beta
+        if "epsilon" in overrides:
+            self.epsilon_low = self.args.epsilon
+        if "epsilon_high" in overrides or "epsilon" in overrides:
+            self.epsilon_high = self.args.epsilon_high if self.args.epsilon_high is not None else self.args.epsilon
+        if "mask_truncated_completions" in overrides:
+            self.mask_truncated_completions = self.args.mask_truncated_completions
+        if "learning_rate" in overrides and self.optimizer is not None:
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.args.learning_rate
+            if self.lr_scheduler is not None and hasattr(self.lr_scheduler, "base_lrs"):
+                self.lr_scheduler.base_lrs = [self.args.learning_rate] * len(self.lr_scheduler.base_lrs)
+        return bool(restart) and live
+
+    def _apply_batch_shape(self) -> None:
+        args = self.args
+        self.num_generations = args.num_generations
+        self._train_batch_size = args.per_device_train_batch_size
+        args.generation_batch_size = args.per_device_train_batch_size * args.world_size * args.steps_per_generation
+        if args.generation_batch_size % args.num_generations:
+            raise ValueError(f"stage: generation_batch_size {args.generation_batch_size} is not divisible by "
+                             f"num_generations {args.num_generations}")
+
+    def _patch_fused_heads(self) -> None:
+        policy = self.accelerator.unwrap_model(self.model)
+        add_fused_lm_head(policy.get_base_model() if is_peft_model(policy) else policy, temperature=self.temperature,
+                          cast_lm_head_to_fp32=self.args.cast_lm_head_to_fp32, outputs=("log_probs", "entropy"))
+        if self.ref_model is not None:
+            add_fused_lm_head(self.accelerator.unwrap_model(self.ref_model), temperature=self.temperature,
+                              cast_lm_head_to_fp32=self.args.cast_lm_head_to_fp32)
+
+    def step_metric(self, name: str) -> float | None:
+        """Mean of a train metric over the micro-batches of the latest optimizer step (None if not logged)."""
+        values = self._metrics["train"].get(name) or []
+        values = values[-self.args.gradient_accumulation_steps:]
+        return sum(values) / len(values) if values else None
+
+    # -- Logging and checkpoints ------------------------------------------------------------------------------
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self.model.training:
+            metrics = self._metrics["train"]
+            for alias, source in METRIC_ALIASES.items():
+                if source in metrics:
+                    metrics[alias] = list(metrics[source])
+            if metrics:
+                metrics["resets"] = [float(self.resets.state.reset_count)]
+                metrics["stage"] = [float(self.resets.state.stage)]
+        super().log(logs, start_time)
+        if self.accelerator.is_main_process and self.state.log_history:
+            with open(os.path.join(self.args.output_dir, METRICS_FILE), "a") as f:
+                f.write(json.dumps(self.state.log_history[-1]) + "\n")
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save:
+            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            self.resets.save(folder)
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
+            if resume_from_checkpoint is None:
+                raise ValueError(f"no checkpoint found in output_dir {self.args.output_dir} to resume from")
+        if resume_from_checkpoint:
+            self._restore_run_state(resume_from_checkpoint)
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    def _restore_run_state(self, checkpoint: str) -> None:
+        """Before the data loader is built: reset state and stages from the checkpoint, and the run's metric files
+        rolled back to the checkpoint's step (what a killed run logged after it will be logged again)."""
+        self.resets.load(checkpoint)
+        self._resumed_refill_batches = self.resets.state.refill_batches
+        with open(os.path.join(checkpoint, "trainer_state.json")) as f:
+            step = json.load(f)["global_step"]
+        if self.accelerator.is_main_process:
+            truncate_jsonl(os.path.join(self.args.output_dir, METRICS_FILE), step)

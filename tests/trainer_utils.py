@@ -1,0 +1,103 @@
+"""Fixtures and helpers for the trainer tests: a tiny Qwen2 built locally, small datasets, a fast ProRLConfig.
+
+Also runnable (`python tests/trainer_utils.py OUTPUT_DIR MODEL_DIR [--resume] [--kill-at-step N]`) to train in a
+subprocess for the kill-and-resume test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+TINY_SIZE = {"hidden_size": 64, "num_hidden_layers": 2, "intermediate_size": 128, "num_attention_heads": 4,
+             "num_key_value_heads": 2}
+
+
+def build_model(path: str | Path) -> str:
+    from prorl.demo.tiny import build_tiny_model
+
+    return build_tiny_model(str(path), seed=0, **TINY_SIZE)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    """Path of a 2-layer, 64-wide Qwen2 with a local tokenizer (a path, so TRL can build the reference model)."""
+    return build_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+def prompt_dataset(n: int = 8, prefix: str = "q"):
+    from datasets import Dataset
+
+    return Dataset.from_dict({
+        "prompt": [[{"role": "user", "content": f"{prefix}{i}: add 2 and {i}"}] for i in range(n)],
+        "qid": list(range(n)),
+    })
+
+
+def fast_config(output_dir: str | Path, **overrides):
+    """A ProRLConfig sized for 2 CPU cores: 2 prompts x 4 completions of 8 tokens per step."""
+    from prorl.trainer import ProRLConfig
+
+    kwargs = dict(
+        output_dir=str(output_dir), per_device_train_batch_size=8, num_generations=4, max_completion_length=8,
+        max_steps=3, logging_steps=1, save_strategy="no", report_to="none", bf16=False, use_cpu=True, seed=0,
+        gradient_checkpointing=False, dataloader_num_workers=0, disable_tqdm=True, learning_rate=1e-3,
+    )
+    kwargs.update(overrides)
+    return ProRLConfig(**kwargs)
+
+
+def text_hash_reward(prompts, completions, **kwargs):
+    """A reward that differs between completions: a hash of the completion text in [0, 1)."""
+    import zlib
+
+    return [zlib.crc32(c[-1]["content"].encode()) % 1000 / 1000 for c in completions]
+
+
+def half_constant_reward(prompts, completions, qid, **kwargs):
+    """0.5 for every completion of an even-`qid` prompt (a constant group), a text hash otherwise."""
+    varying = text_hash_reward(prompts, completions)
+    return [0.5 if q % 2 == 0 else r for q, r in zip(qid, varying)]
+
+
+def constant_reward(prompts, completions, **kwargs):
+    return [1.0] * len(completions)
+
+
+def _subprocess_main(argv: list[str]) -> None:
+    """Train 6 steps with a reset every 3 and a checkpoint every 2; optionally SIGKILL itself at a step."""
+    import signal
+
+    from transformers import TrainerCallback
+
+    from prorl.trainer import ProRLTrainer
+
+    out, model = argv[0], argv[1]
+    resume = "--resume" in argv
+    kill_at = int(argv[argv.index("--kill-at-step") + 1]) if "--kill-at-step" in argv else None
+
+    class Probe(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            s = trainer.resets.state
+            print("PROBE " + json.dumps({"step": state.global_step, "resets": s.reset_count, "stage": s.stage,
+                                         "temperature": trainer.temperature}), flush=True)
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            if kill_at is not None and state.global_step == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    args = fast_config(out, max_steps=6, save_strategy="steps", save_steps=2, reset_every_steps=3, beta=0.05,
+                       stages=[{"temperature": 0.9}], dynamic_sampling=False)
+    trainer = ProRLTrainer(model, reward_funcs=text_hash_reward, args=args, train_dataset=prompt_dataset(),
+                           callbacks=[Probe()])
+    trainer.train(resume_from_checkpoint=True if resume else None)
+
+
+if __name__ == "__main__":
+    _subprocess_main(sys.argv[1:])
