@@ -31,3 +31,9 @@ class EchoEnv(Env):
         if text == "RAISE":
             raise RuntimeError("verifier bug")
         return Score.graded(1.0 if text == task.reference["answer"] else 0.0)
+
+
+class ThreadEcho(EchoEnv):
+    """EchoEnv scored in threads (as environments that isolate their own work do)."""
+
+    score_in_subprocess = False

@@ -50,7 +50,11 @@ def _worker_main(rfd: int, wfd: int) -> None:
         key, blob, completion, task = msg
         try:
             if blob is not None:
-                envs[key] = pickle.loads(blob)
+                # The parent's sys.path when the env was first sent: a plugin installed or put on the path
+                # after this worker started must still be importable here.
+                paths, env_blob = pickle.loads(blob)
+                sys.path.extend(p for p in paths if p not in sys.path)
+                envs[key] = pickle.loads(env_blob)
             score = envs[key].score(completion, task)
         except Exception as exc:  # a verifier bug must not kill the worker or the batch
             score = Score(0.0, "infra_error", {"error": repr(exc), "traceback": traceback.format_exc(limit=4)})
@@ -177,7 +181,7 @@ def _close_pools() -> None:
 def _env_blob(env: Env) -> tuple[str, bytes | None]:
     if env not in _ENV_BLOBS:
         try:
-            blob = pickle.dumps(env)
+            blob = pickle.dumps((list(sys.path), pickle.dumps(env)))
         except Exception as exc:
             log.warning("%s cannot be pickled (%r): scoring it in threads, without a killable timeout", env, exc)
             blob = None

@@ -1,0 +1,202 @@
+"""The gym API: registry (direct, decorator, entry-point plugins), reset/step/score/score_batch, think-stripping,
+killable timeouts from a worker thread, and infrastructure errors reported as such."""
+
+import textwrap
+import threading
+import time
+
+import pytest
+
+import prorl
+from prorl.envs import Score, Task, list_envs, make, register, reload_plugins, split_think
+from prorl.envs.registry import spec
+
+from _envs_for_tests import EchoEnv, ThreadEcho
+
+
+@pytest.fixture(scope="module")
+def echo_id():
+    register("test/echo", "_envs_for_tests:EchoEnv", description="test: exact match", override=True)
+    return "test/echo"
+
+
+def test_builtin_ids_and_every_reasoning_gym_task_are_listed():
+    from reasoning_gym.factory import DATASETS
+
+    envs = list_envs()
+    assert {"math", "stem", "logic"} <= set(envs)
+    assert {f"logic/{name}" for name in DATASETS} <= set(envs)
+    assert len(DATASETS) == 106
+    assert all(isinstance(d, str) and d for k, d in envs.items() if k.startswith(("math", "stem", "logic")))
+
+
+def test_register_with_a_string_entry_point_and_defaults(echo_id):
+    env = make(echo_id)
+    assert isinstance(env, EchoEnv) and env.id == echo_id
+    register("test/echo-seeded", EchoEnv, seed=3, override=True)
+    a, b = make("test/echo-seeded"), make("test/echo-seeded", seed=3)
+    assert a.reset()[0] == b.reset()[0]
+    with pytest.raises(TypeError, match="unknown arguments"):
+        make(echo_id, bogus=1)
+
+
+def test_register_as_decorator_and_duplicate_ids():
+    @register("test/decorated", description="decorated env")
+    class Decorated(EchoEnv):
+        pass
+
+    assert isinstance(make("test/decorated"), Decorated)
+    assert list_envs()["test/decorated"] == "decorated env"
+    with pytest.raises(ValueError, match="already registered"):
+        register("test/decorated", EchoEnv)
+    register("test/decorated", EchoEnv, override=True)
+    assert type(make("test/decorated")) is EchoEnv
+
+
+def test_unknown_id_names_itself():
+    with pytest.raises(KeyError, match="logic/no_such_task"):
+        make("logic/no_such_task")
+    with pytest.raises(ValueError):
+        register("", EchoEnv)
+
+
+def test_reset_and_step_follow_gymnasium(echo_id):
+    env = make(echo_id)
+    with pytest.raises(RuntimeError, match="reset"):
+        env.step("1")
+    obs, info = env.reset(seed=7)
+    assert obs == env.reset(seed=7)[0]
+    task = info["task"]
+    assert isinstance(task, Task) and obs == task.prompt and obs[0]["role"] == "user"
+    obs2, reward, terminated, truncated, info2 = env.step(task.reference["answer"])
+    assert (obs2, reward, terminated, truncated) == ([], 1.0, True, False)
+    assert info2["score"].status == "ok"
+    _, reward, *_ = env.step("wrong")
+    assert reward == 0.0
+
+
+def test_reset_draws_from_a_given_dataset_and_options(echo_id):
+    rows = [{"q": "say 4", "answer": "4"}, {"q": "say 5", "answer": "5"}]
+    env = make(echo_id, dataset=rows, seed=0)
+    seen = {env.reset()[1]["task"].reference["answer"] for _ in range(20)}
+    assert seen == {"4", "5"}
+    _, info = env.reset(options={"task": {"q": "say 9", "answer": "9"}})
+    assert info["task"].reference["answer"] == "9"
+    assert [t.reference["answer"] for t in env.sample_tasks(3)] == ["4", "5", "4"]
+    with pytest.raises(ValueError, match="empty"):
+        make(echo_id, dataset=[]).reset()
+
+
+def test_score_standalone_and_think_stripping(echo_id):
+    env = make(echo_id)
+    task = {"q": "say 3", "answer": "3"}
+    assert env.score("3", task).status == "ok"
+    s = env.score("<think>maybe 4... no</think> 3", task)
+    assert s.status == "ok" and s.details["think"] is True
+    assert env.score("<think>3</think>4", task).status == "wrong"  # only the text after </think> counts
+    s = env.score("<think>3 is the answer", task)
+    assert (s.status, s.reward) == ("format_error", 0.0)
+    assert env.score(None, task).status == "format_error"
+    assert "bad task" in env.score("3", {"answer": "3"}).details["error"]  # missing "q"
+    assert split_think("a</think>b</think>c") == ("c", True)
+    assert split_think("plain") == ("plain", False)
+    # the Task dict form (Task.to_dict) round-trips
+    t = env.task_from_dict(task)
+    assert env.score("3", t.to_dict()).status == "ok"
+
+
+def test_score_validates_reward_and_status():
+    with pytest.raises(ValueError):
+        Score(1.5, "ok")
+    with pytest.raises(ValueError):
+        Score(0.5, "partial")
+    assert Score(0, "timeout").masked and not Score(0, "wrong").masked
+    assert Score.graded(0.5).status == "wrong" and Score.graded(1.0).status == "ok"
+
+
+def test_score_batch_keeps_order_and_reports_failures_as_such(echo_id):
+    env = make(echo_id)
+    tasks = [{"q": f"say {i}", "answer": str(i)} for i in range(6)]
+    comps = ["0", "x", "RAISE", "DIE", "4", "<think>5"]
+    scores = env.score_batch(comps, tasks, workers=2, timeout_s=20)
+    assert [s.status for s in scores] == ["ok", "wrong", "infra_error", "infra_error", "ok", "format_error"]
+    assert "verifier bug" in scores[2].details["error"]
+    assert "died" in scores[3].details["error"]
+    # the pool recovered from the dead worker
+    assert [s.status for s in env.score_batch(["1", "2"], tasks[1:3], workers=2)] == ["ok", "ok"]
+    with pytest.raises(ValueError):
+        env.score_batch(["1"], tasks, workers=2)
+
+
+def test_inline_and_thread_scoring_paths():
+    env = ThreadEcho()
+    tasks = [{"q": "say 1", "answer": "1"}, {"q": "say 2", "answer": "2"}]
+    assert [s.status for s in env.score_batch(["1", "RAISE"], tasks, workers=2)] == ["ok", "infra_error"]
+    assert [s.status for s in EchoEnv().score_batch(["1", "RAISE"], tasks, workers=0)] == ["ok", "infra_error"]
+
+
+def test_hanging_verifier_times_out_from_a_worker_thread(echo_id):
+    """A verifier stuck in pure Python (no signal can stop it outside the main thread) is killed in time."""
+    env = make(echo_id)
+    tasks = [{"q": f"say {i}", "answer": str(i)} for i in range(4)]
+    result = {}
+
+    def run():
+        t0 = time.monotonic()
+        result["scores"] = env.score_batch(["HANG", "1", "SLEEP", "3"], tasks, workers=2, timeout_s=1.0)
+        result["elapsed"] = time.monotonic() - t0
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(30)
+    assert not thread.is_alive()
+    assert [s.status for s in result["scores"]] == ["timeout", "ok", "timeout", "ok"]
+    assert all(s.details["elapsed_s"] <= 2.0 for s in result["scores"] if s.status == "timeout")
+    assert result["elapsed"] < 2 * (1.0 + 1.0) + 5  # two timeouts in parallel, plus worker restarts
+
+
+def test_installed_plugin_is_discovered_through_entry_points(tmp_path, monkeypatch):
+    """A tiny third-party package with `prorl.envs` entry points (a class, and a function that registers)."""
+    site = tmp_path / "site"
+    pkg = site / "prorl_plugin_demo"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text(textwrap.dedent('''
+        import prorl
+        from prorl.envs import Env, Score, Task
+
+        class ShoutEnv(Env):
+            """test plugin: reward 1 for an upper-case answer"""
+
+            def task_from_dict(self, row):
+                return Task(id="", env=self.id, prompt=[{"role": "user", "content": row["text"]}],
+                            reference={"text": row["text"]})
+
+            def generate(self, rng):
+                return {"text": "hello"}
+
+            def verify(self, answer, task):
+                return Score.graded(float(answer.strip() == task.reference["text"].upper()))
+
+        def register_all():
+            prorl.register("plugin/shout-loud", ShoutEnv, description="test plugin via a function")
+    '''))
+    dist = site / "prorl_plugin_demo-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: prorl-plugin-demo\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(
+        "[prorl.envs]\nplugin/shout = prorl_plugin_demo:ShoutEnv\nplugin-family = prorl_plugin_demo:register_all\n")
+    monkeypatch.syspath_prepend(str(site))
+    reload_plugins()
+    assert "plugin/shout" in list_envs() and "plugin/shout-loud" in list_envs()
+    env = make("plugin/shout")
+    obs, info = env.reset()
+    assert obs[0]["content"] == "hello"
+    assert env.step("HELLO")[1] == 1.0
+    # the plugin env crosses into the scoring worker processes too
+    scores = make("plugin/shout-loud").score_batch(["HI", "hi"], [{"text": "hi"}] * 2, workers=2)
+    assert [s.status for s in scores] == ["ok", "wrong"]
+    assert spec("plugin/shout").description.startswith("test plugin")
+
+
+def test_top_level_api_is_exported():
+    assert prorl.make is make and prorl.register is register and prorl.list_envs is list_envs
