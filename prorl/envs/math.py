@@ -31,27 +31,30 @@ PROMPT_SUFFIX = "Let's think step by step and output the final answer within \\b
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)\s*(\{)?")
 _NUMBER_RE = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)")
 _THOUSANDS_RE = re.compile(r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
-_ELLIPSIS_RE = re.compile(r"\\[lc]?dots|\\ldots|\\cdots|\.\.\.|…")
+_ELLIPSIS_RE = re.compile(r"\\[lc]?dots|\.\.\.|…")
 _SPACING_RE = re.compile(r"\\[,;:!]|\\quad|\\qquad|\\left|\\right|\s+|\$")
 
 
 def last_boxed(text: str) -> str | None:
-    """The content of the last `\\boxed{...}` / `\\fbox{...}` (braces matched), or None. `\\boxed 5` also counts."""
-    for match in reversed(list(_BOX_RE.finditer(text))):
-        if match.group(1) is None:  # "\boxed 5": the next token
-            token = re.match(r"\s*([^\s$]+)", text[match.end():])
-            if token:
-                return token.group(1)
-            continue
-        depth, start = 1, match.end()
-        for i in range(start, len(text)):
-            if text[i] == "{":
-                depth += 1
-            elif text[i] == "}":
-                depth -= 1
-                if depth == 0:
-                    return text[start:i].strip()
-        # an unclosed box (truncated completion): try the box before it
+    """The content of the last `\\boxed{...}` / `\\fbox{...}` (braces matched), or None.
+
+    `\\boxed 5` also counts. An unclosed last box (a truncated completion) is no answer: None.
+    """
+    matches = list(_BOX_RE.finditer(text))
+    if not matches:
+        return None
+    match = matches[-1]
+    if match.group(1) is None:  # "\boxed 5": the next token
+        token = re.match(r"\s*([^\s$]+)", text[match.end():])
+        return token.group(1) if token else None
+    depth, start = 1, match.end()
+    for i in range(start, len(text)):
+        if text[i] == "{":
+            depth += 1
+        elif text[i] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[start:i].strip()
     return None
 
 
