@@ -1,0 +1,188 @@
+"""ProRLTrainer on a tiny local Qwen2 (CPU): dynamic sampling, hard resets, triggers, stages, config validation."""
+
+import json
+import logging
+import math
+import re
+
+import pytest
+import torch
+from trainer_utils import (constant_reward, fast_config, half_constant_reward, prompt_dataset, text_hash_reward,
+                           tiny_model)  # noqa: F401  (tiny_model is a fixture)
+from transformers import TrainerCallback
+
+from prorl.trainer import ProRLConfig, ProRLTrainer, ResetCallback
+from prorl.trainer.sampling import concat_rows, group_keep_mask
+
+
+class RecordingTrainer(ProRLTrainer):
+    """Keeps every generation batch the trainer trains on."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.trained = []
+
+    def _generate_and_score_completions(self, inputs):
+        out = super()._generate_and_score_completions(inputs)
+        if self.model.training:
+            self.trained.append(out)
+        return out
+
+
+def _history(trainer, key):
+    return [h[key] for h in trainer.state.log_history if key in h]
+
+
+# -- Dynamic sampling --------------------------------------------------------------------------------------------
+def test_group_keep_mask_uses_a_tolerance_and_the_window():
+    nearly_constant = torch.tensor([0.5, 0.5 + 1e-9, 0.5, 0.5])
+    mixed = torch.tensor([0.0, 1.0, 1.0, 0.0])
+    all_right = torch.tensor([1.0, 1.0, 1.0, 1.0])
+    two_masked = torch.tensor([float("nan"), 1.0, float("nan"), 0.0])
+    one_scored = torch.tensor([float("nan"), 1.0, float("nan"), float("nan")])
+    rewards = torch.cat([nearly_constant, mixed, all_right, two_masked, one_scored])
+    keep = group_keep_mask(rewards, 4, (0.0, 1.0), std_tol=1e-6)
+    assert keep.tolist() == [False, True, False, True, False]
+    # a narrower window drops a group whose mean (0.75) is above it
+    keep = group_keep_mask(torch.tensor([1.0, 1.0, 1.0, 0.0]), 4, (0.0, 0.7), std_tol=1e-6)
+    assert keep.tolist() == [False]
+
+
+def test_concat_rows_pads_prompts_left_and_completions_right():
+    a = {"prompt_ids": torch.tensor([[5, 6]]), "prompt_mask": torch.ones(1, 2, dtype=torch.long),
+         "completion_ids": torch.tensor([[7]]), "completion_mask": torch.ones(1, 1, dtype=torch.long),
+         "advantages": torch.tensor([1.0]), "num_items_in_batch": torch.tensor(1)}
+    b = {"prompt_ids": torch.tensor([[8]]), "prompt_mask": torch.ones(1, 1, dtype=torch.long),
+         "completion_ids": torch.tensor([[9, 10, 11]]), "completion_mask": torch.ones(1, 3, dtype=torch.long),
+         "advantages": torch.tensor([-1.0]), "num_items_in_batch": torch.tensor(3)}
+    out = concat_rows([a, b], pad_token_id=0)
+    assert out["prompt_ids"].tolist() == [[5, 6], [0, 8]]
+    assert out["prompt_mask"].tolist() == [[1, 1], [0, 1]]
+    assert out["completion_ids"].tolist() == [[7, 0, 0], [9, 10, 11]]
+    assert out["completion_mask"].tolist() == [[1, 0, 0], [1, 1, 1]]
+    assert out["advantages"].tolist() == [1.0, -1.0]
+    assert "num_items_in_batch" not in out
+
+
+def test_dynamic_sampling_never_trains_on_a_constant_group(tiny_model, tmp_path):
+    trainer = RecordingTrainer(tiny_model, reward_funcs=half_constant_reward, args=fast_config(tmp_path),
+                               train_dataset=prompt_dataset())
+    trainer.train()
+    assert len(trainer.trained) == 3
+    tok = trainer.processing_class
+    for batch in trainer.trained:
+        assert batch["prompt_ids"].size(0) == 8  # the batch is full
+        texts = tok.batch_decode(batch["prompt_ids"], skip_special_tokens=True)
+        qids = [int(re.search(r"q(\d+):", t).group(1)) for t in texts]
+        assert all(q % 2 == 1 for q in qids), qids  # even prompts have a constant reward: never trained on
+        for g in range(0, 8, 4):  # groups stay contiguous; each has a non-zero advantage
+            assert len(set(qids[g:g + 4])) == 1
+            assert batch["advantages"][g:g + 4].abs().max() > 0
+        loss_tokens = batch["completion_mask"].sum()
+        assert batch["num_items_in_batch"] == loss_tokens
+    dropped = _history(trainer, "dynamic_sampling/dropped_groups")
+    assert len(dropped) == 3 and sum(dropped) > 0
+    assert all(r >= 1 for r in _history(trainer, "dynamic_sampling/rounds"))
+    assert _history(trainer, "dynamic_sampling/filled_rows") == [0.0, 0.0, 0.0]
+
+
+def test_dynamic_sampling_cap_finishes_the_step_with_a_warning(tiny_model, tmp_path, caplog):
+    args = fast_config(tmp_path, max_steps=1, dynamic_sampling_max_rounds=2)
+    trainer = RecordingTrainer(tiny_model, reward_funcs=constant_reward, args=args, train_dataset=prompt_dataset())
+    with caplog.at_level(logging.WARNING, logger="prorl.trainer.trainer"):
+        trainer.train()
+    assert trainer.state.global_step == 1
+    assert any("hit the cap of 2 extra rounds" in r.getMessage() for r in caplog.records)
+    assert _history(trainer, "dynamic_sampling/rounds") == [3.0]
+    assert _history(trainer, "dynamic_sampling/filled_rows") == [8.0]
+    assert _history(trainer, "dynamic_sampling/dropped_groups") == [6.0]
+    batch = trainer.trained[0]
+    assert batch["prompt_ids"].size(0) == 8 and torch.all(batch["advantages"] == 0)
+
+
+# -- Hard resets -------------------------------------------------------------------------------------------------
+class ResetProbe(ResetCallback):
+    """Checks the state right after each reset and on the step after it."""
+
+    def __init__(self):
+        self.events, self.ref_equal, self.opt_state_sizes, self.after = [], [], [], {}
+
+    def on_reset(self, args, state, control, event, trainer, **kwargs):
+        self.events.append(event)
+        policy = dict(trainer.model.named_parameters())
+        self.ref_equal.append(all(torch.equal(p, policy[n]) for n, p in trainer.ref_model.named_parameters()))
+        self.opt_state_sizes.append(len(trainer.optimizer.state))
+        self.trainer = trainer
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.events and state.global_step == self.events[-1].step + 1:
+            opt = self.trainer.optimizer
+            self.after = {"size": len(opt.state), "steps": {float(s["step"]) for s in opt.state.values()}}
+
+
+def test_hard_reset_copies_policy_clears_optimizer_and_zeroes_kl(tiny_model, tmp_path):
+    probe = ResetProbe()
+    args = fast_config(tmp_path, beta=0.1, reset_every_steps=2, dynamic_sampling=False)
+    trainer = ProRLTrainer(tiny_model, reward_funcs=text_hash_reward, args=args, train_dataset=prompt_dataset(),
+                           callbacks=[probe])
+    trainer.train()
+    assert [e.step for e in probe.events] == [2] and probe.events[0].trigger == "every_steps"
+    assert probe.ref_equal == [True]
+    assert probe.opt_state_sizes == [0]  # empty right after the reset...
+    n_params = sum(1 for p in trainer.model.parameters() if p.requires_grad)
+    assert probe.after == {"size": n_params, "steps": {1.0}}  # ...and rebuilt by the next step, from step 1
+    kl = _history(trainer, "kl")
+    assert kl[1] > 1e-4  # step 2: the policy had moved away from the initial reference
+    assert kl[2] < 1e-6  # step 3: the first step against the new reference
+    assert _history(trainer, "resets") == [0.0, 1.0, 1.0]
+    assert _history(trainer, "learning_rate") == [1e-3, 1e-3, 1e-3]  # the schedule continues
+    lines = (tmp_path / "resets.jsonl").read_text().splitlines()
+    assert len(lines) == 1
+    event = json.loads(lines[0])
+    assert event["step"] == 2 and event["reset"] == 1 and event["trigger"] == "every_steps" and event["stage"] == 0
+
+
+@pytest.mark.parametrize("trigger,extra", [
+    ("kl", {"reset_on_kl": 1e-5}),
+    ("plateau", {"reset_on_plateau": "reward", "reset_plateau_patience": 1, "reset_plateau_min_delta": 10.0}),
+])
+def test_triggered_resets(tiny_model, tmp_path, trigger, extra):
+    args = fast_config(tmp_path, beta=0.1, dynamic_sampling=False, reset_min_interval=2, **extra)
+    trainer = ProRLTrainer(tiny_model, reward_funcs=text_hash_reward, args=args, train_dataset=prompt_dataset())
+    trainer.train()
+    events = [json.loads(line) for line in (tmp_path / "resets.jsonl").read_text().splitlines()]
+    # step 1 never triggers (KL is 0 before any update; the first plateau value is the best so far); step 2 does,
+    # and the minimum interval of 2 steps keeps step 3 from resetting again.
+    assert [(e["step"], e["trigger"]) for e in events] == [(2, trigger)]
+    assert math.isfinite(next(iter(events[0]["metrics"].values())))
+
+
+def test_stage_overrides_apply_at_the_reset(tiny_model, tmp_path):
+    args = fast_config(tmp_path, beta=0.1, reset_every_steps=2, dynamic_sampling=False, no_eos_penalty=None,
+                       stages=[{"temperature": 0.7, "max_completion_length": 5, "no_eos_penalty": 0.0}])
+    trainer = ProRLTrainer(tiny_model, reward_funcs=text_hash_reward, args=args, train_dataset=prompt_dataset())
+    trainer.train()
+    assert trainer.temperature == 0.7 and trainer.generation_config.temperature == 0.7
+    assert trainer.generation_config.max_new_tokens == 5 and trainer.args.no_eos_penalty == 0.0
+    assert _history(trainer, "completion_length/max")[2] <= 5
+    assert _history(trainer, "stage") == [0.0, 1.0, 1.0]
+    # every step-3 completion ran out of tokens and got the no-EOS penalty of 0 (text_hash_reward is never 0 there)
+    assert _history(trainer, "no_eos_fraction")[2] == 1.0 and _history(trainer, "reward")[2] == 0.0
+    assert _history(trainer, "kl")[2] < 1e-6  # the temperature change is applied to the fused heads of both models
+
+
+def test_config_rejects_bad_fields(tmp_path):
+    with pytest.raises(ValueError, match="accuracy_window"):
+        fast_config(tmp_path, dynamic_sampling_accuracy_window=[0.8, 0.2])
+    with pytest.raises(ValueError, match=r"stages\[0\]: 'seed' cannot change"):
+        fast_config(tmp_path, stages=[{"seed": 3}])
+    with pytest.raises(ValueError, match=r"stages\[1\]: 'tempreature' is not a ProRLConfig field"):
+        fast_config(tmp_path, stages=[{}, {"tempreature": 1.0}])
+    with pytest.raises(ValueError, match="reset_on_kl needs beta > 0"):
+        fast_config(tmp_path, beta=0.0, reset_on_kl=0.1)
+    args = fast_config(tmp_path, stages='[{"temperature": 1.0}]')
+    assert args.stages == [{"temperature": 1.0}]
+    defaults = ProRLConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, per_device_train_batch_size=16)
+    assert (defaults.loss_type, defaults.epsilon, defaults.epsilon_high, defaults.beta, defaults.temperature,
+            defaults.num_generations, defaults.learning_rate) == ("dapo", 0.2, 0.4, 1e-4, 1.2, 16, 2e-6)
+    assert defaults.lr_scheduler_type == "constant"
