@@ -47,8 +47,8 @@ def gold_letter(answer: Any, options: dict[str, str]) -> str:
         letter = LETTERS[answer] if 0 <= answer < len(LETTERS) else ""
     else:
         text = str(answer).strip()
-        letter = text.strip("()").upper() if len(text.strip("()")) == 1 else ""
-        if not letter:
+        letter = text.strip("()").upper()
+        if letter not in options:
             letter = next((k for k, v in options.items() if v.strip() == text), "")
     if letter not in options:
         raise ValueError(f"field 'answer' {answer!r} is not one of the options {list(options)}")

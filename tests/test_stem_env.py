@@ -1,0 +1,71 @@
+"""The STEM environment: multiple choice (list/dict options, letter/index/text golds, final-letter extraction)
+and free-form answers graded like math."""
+
+import pytest
+
+from prorl.envs import make
+from prorl.envs.stem import extract_choice, gold_letter, normalize_options
+
+MC = {"question": "Which is a noble gas?", "options": ["Oxygen", "Neon", "Iron", "Sodium"], "answer": "B"}
+
+
+@pytest.mark.parametrize("completion, letter", [
+    ("Neon has a full shell.\nAnswer: B", "B"),
+    ("So the answer is (B).", "B"),
+    (r"\boxed{B}", "B"),
+    (r"\boxed{\text{(B)}}", "B"),
+    ("The answer is: **B**", "B"),
+    ("The answer is Option D", "D"),
+    ("(A) is wrong because ..., but (B) fits", "B"),
+    ("Answer: A ... wait, Answer: B", "B"),
+    ("the answer is a noble gas", None),
+    ("I cannot tell", None),
+])
+def test_extract_choice(completion, letter):
+    assert extract_choice(completion) == letter
+
+
+def test_multiple_choice_scoring():
+    env = make("stem")
+    assert env.score("Answer: B", MC).status == "ok"
+    assert env.score("Answer: C", MC).status == "wrong"
+    s = env.score("Neon, I think.", MC)
+    assert (s.status, s.reward) == ("format_error", 0.0)
+    assert env.score("<think>Answer: A</think>Answer: B", MC).status == "ok"
+    task = env.task_from_dict(MC)
+    text = task.prompt[0]["content"]
+    assert "A. Oxygen" in text and "D. Sodium" in text and "Answer: X" in text
+    assert task.reference == {"answer": "B", "options": {"A": "Oxygen", "B": "Neon", "C": "Iron", "D": "Sodium"}}
+
+
+def test_option_and_gold_formats():
+    opts = normalize_options({"b": "y", "a": "x"})
+    assert opts == {"A": "x", "B": "y"}
+    assert normalize_options([str(i) for i in range(10)])["J"] == "9"
+    assert gold_letter(1, opts) == "B" and gold_letter("(a)", opts) == "A" and gold_letter("y", opts) == "B"
+    with pytest.raises(ValueError):
+        normalize_options(["only one"])
+    with pytest.raises(ValueError):
+        normalize_options({"K": "x", "A": "y"})
+    with pytest.raises(ValueError):
+        gold_letter("E", opts)
+    env = make("stem")
+    assert env.score("Answer: E", {**MC, "answer": "E"}).status == "format_error"  # a bad task, not the model
+    assert "bad task" in env.score("Answer: E", {**MC, "answer": "E"}).details["error"]
+
+
+def test_free_form_answers_use_the_math_grader():
+    env = make("stem")
+    task = {"question": "A 2 kg mass accelerates at 3 m/s^2. Force in N?", "answer": "6"}
+    assert env.score(r"F = ma = \boxed{6}", task).status == "ok"
+    assert env.score(r"\boxed{6.0}", task).status == "ok"
+    assert env.score(r"\boxed{\frac{12}{2}}", task).status == "ok"
+    assert env.score(r"\boxed{5}", task).status == "wrong"
+    assert env.score("6 N", task).status == "format_error"
+
+
+def test_batch_scoring_in_workers():
+    env = make("stem")
+    comps = ["Answer: B", "Answer: A", r"\boxed{6}"]
+    tasks = [MC, MC, {"question": "3+3?", "answer": "6"}]
+    assert [s.reward for s in env.score_batch(comps, tasks, workers=2)] == [1.0, 0.0, 1.0]
