@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 # A small default for `composite`, which reasoning-gym cannot build without sub-datasets.
 COMPOSITE_DEFAULT = {"datasets": [
     {"name": "chain_sum", "weight": 1.0, "config": {}},
-    {"name": "propositional_logic", "weight": 1.0, "config": {}},
+    {"name": "basic_arithmetic", "weight": 1.0, "config": {}},
     {"name": "word_sorting", "weight": 1.0, "config": {}},
 ]}
 _TUPLE_BOARD_TASKS = ("arc_agi", "rearc")
