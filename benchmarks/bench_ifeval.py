@@ -5,7 +5,8 @@
 Three ways, timed in the same process after a warm-up (which loads the Punkt and langdetect models, and is timed
 on its own): `env.score` in strict mode (what training does), the full `eval-ifeval` report (strict + loose, the
 four official figures), and `env.score_batch` through the killable worker processes. Prints each rate and its ratio
-to the strict in-process rate, and the ratio of the 10 s budget to the report's time.
+to the strict in-process rate, and the ratio of the 10 s budget to the report's time. Last, the slowest checker on
+degenerate 60,000-character answers (runs of blank lines, brackets, ...), which a policy in training can produce.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import time
 from pathlib import Path
 
 import prorl
+from prorl.envs.ifeval import INSTRUCTIONS
 from prorl.envs.ifeval.report import evaluate_files
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ifeval"
@@ -65,6 +67,21 @@ def main() -> None:
         print(f"{name:<42} {seconds:>8.2f} {n / seconds:>12.1f} {n / seconds / base:>6.2f}")
     print(f"budget {BUDGET_S:.0f} s / report time (cold) = {BUDGET_S / cold_s:.1f}x")
     print("figures: " + ", ".join(f"{k} {f}/{t}" for k, (f, t) in figures.items()))
+
+    examples = {}  # one official kwargs per instruction id
+    for row in rows:
+        for instruction_id, kwargs in zip(row["instruction_id_list"], row["kwargs"]):
+            examples.setdefault(instruction_id, kwargs)
+    size = 60_000
+    degenerate = {"blank lines": "\n" * size, "spaces": " " * size, "brackets": "[" * size, "angles": "<" * size,
+                  "markup mix": "* - [ < P.S. \n" * (size // 14)}
+    worst = (0.0, "", "")
+    for label, answer in degenerate.items():
+        for instruction_id, kwargs in examples.items():
+            checker = INSTRUCTIONS[instruction_id].from_kwargs(kwargs)
+            seconds = best_of(1, lambda: checker.check(answer))
+            worst = max(worst, (seconds, instruction_id, label))
+    print(f"slowest checker on degenerate {size:,}-char answers: {worst[1]} on {worst[2]}, {worst[0]:.2f} s")
 
 
 if __name__ == "__main__":

@@ -168,3 +168,28 @@ def test_build_checkers_errors():
         {"keyword": "war", "frequency": 2, "relation": "at least"},
         {"keyword": "peace", "frequency": 1, "relation": "at least"}])
     assert [c.check("war war") for c in checkers] == [True, False]
+
+
+def test_linear_time_scanners_equal_the_official_regexes():
+    """Bullets, placeholders and titles are counted without the official regexes (quadratic on long runs of blank
+    lines or brackets); on random texts over the characters that matter, the results are the same."""
+    import random
+    import re
+
+    from prorl.envs.ifeval.checks_format import count_bullets, titles
+    from prorl.envs.ifeval.checks_length import count_placeholders
+
+    rng = random.Random(0)
+    alphabet = ["*", "**", "-", "\n", "\n\n", " ", "\t", "\r", "\u00a0", "a", "[", "]", "<<", ">>", "<", ">"]
+    for _ in range(20000):
+        t = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 24)))
+        assert count_bullets(t, "*") == len(re.findall(r"^\s*\*[^\*].*$", t, flags=re.MULTILINE)), repr(t)
+        assert count_bullets(t, "-") == len(re.findall(r"^\s*-.*$", t, flags=re.MULTILINE)), repr(t)
+        assert count_placeholders(t) == len(re.findall(r"\[.*?\]", t)), repr(t)
+        assert titles(t) == re.findall(r"<<[^\n]+>>", t), repr(t)
+
+
+def test_degenerate_answers_are_plain_verdicts():
+    deep = "[" * 100_000  # deeper than the interpreter's recursion limit for json
+    assert followed("detectable_format:json_format", {}, deep) is False
+    assert followed("detectable_format:number_bullet_lists", {"num_bullets": 0}, "\n" * 100_000) is True

@@ -11,8 +11,37 @@ import re
 
 from prorl.envs.ifeval.checker import Checker, instruction
 
-_STAR_BULLET = re.compile(r"^\s*\*[^\*].*$", flags=re.MULTILINE)
-_DASH_BULLET = re.compile(r"^\s*-.*$", flags=re.MULTILINE)
+_NON_SPACE = re.compile(r"\S")
+
+
+def count_bullets(text: str, marker: str) -> int:
+    """`len(re.findall(r"^\\s*\\*[^\\*].*$", text, re.M))` for marker `*`, or the same with `^\\s*-.*$` for `-`
+    (the official bullet patterns), in linear time: the regexes take quadratic time on long runs of blank lines.
+
+    As in the regex, `\\s*` may cross newlines, and after `*` any character but `*` (a newline too) is taken.
+    """
+    count, start, n = 0, 0, len(text)
+    while start <= n:  # `start` is a line start
+        found = _NON_SPACE.search(text, start)
+        if found is None:
+            break  # only whitespace left: every remaining line start fails
+        head = found.start()
+        if marker == "-":
+            matched, rest = text[head] == "-", head + 1
+        else:
+            matched, rest = text[head] == "*" and head + 1 < n and text[head + 1] != "*", head + 2
+        if matched:
+            count += 1
+            end = text.find("\n", rest)  # `.*$` runs to the end of the line
+            if end == -1:
+                break
+            start = end if text[end - 1] == "\n" else end + 1  # the next line start at or after the match end
+        else:  # every line start up to `head` reaches the same `head`: go to the first one after it
+            end = text.find("\n", head)
+            if end == -1:
+                break
+            start = end + 1
+    return count
 
 
 @instruction("detectable_format:number_bullet_lists")
@@ -22,8 +51,7 @@ class NumberOfBullets(Checker):
     num_bullets: int
 
     def check(self, response: str) -> bool:
-        count = len(_STAR_BULLET.findall(response)) + len(_DASH_BULLET.findall(response))
-        return count == self.num_bullets
+        return count_bullets(response, "*") + count_bullets(response, "-") == self.num_bullets
 
 
 CONSTRAINED_RESPONSES = ("My answer is yes.", "My answer is no.", "My answer is maybe.")
@@ -81,12 +109,22 @@ class JsonFormat(Checker):
         value = value.removesuffix("```").strip()
         try:
             json.loads(value)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nesting deeper than the interpreter's limit
             return False
         return True
 
 
-_TITLE = re.compile(r"<<[^\n]+>>")
+def titles(text: str) -> list[str]:
+    """`re.findall(r"<<[^\\n]+>>", text)` (the official title pattern) in linear time. On a line, the first `<<`
+    opens the only possible match, which the greedy `[^\\n]+` closes at the line's last `>>`."""
+    found = []
+    for line in text.split("\n"):
+        start = line.find("<<")
+        if start != -1:
+            end = line.rfind(">>")
+            if end >= start + 3:
+                found.append(line[start:end + 2])
+    return found
 
 
 @instruction("detectable_format:title")
@@ -94,7 +132,7 @@ class Title(Checker):
     """A title in double angular brackets, `<<like this>>`, non-empty and on one line."""
 
     def check(self, response: str) -> bool:
-        return any(title.lstrip("<").rstrip(">").strip() for title in _TITLE.findall(response))
+        return any(title.lstrip("<").rstrip(">").strip() for title in titles(response))
 
 
 @instruction("combination:two_responses")

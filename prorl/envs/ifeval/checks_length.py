@@ -95,7 +95,21 @@ class NthParagraphFirstWord(Checker):
         return count == self.num_paragraphs and "".join(first) == self.first_word.lower()
 
 
-_PLACEHOLDER = re.compile(r"\[.*?\]")
+def count_placeholders(text: str) -> int:
+    """`len(re.findall(r"\\[.*?\\]", text))` (the official placeholder pattern) in linear time: a `[` is closed by
+    the first `]` on its line; without one, no later `[` of that line is closed either."""
+    count, start, line_end = 0, text.find("["), -1
+    while start != -1:
+        if line_end < start:  # the end of the line holding `start` (len(text) on the last line)
+            line_end = text.find("\n", start)
+            line_end = len(text) if line_end == -1 else line_end
+        close = text.find("]", start + 1, line_end)
+        if close != -1:
+            count += 1
+            start = text.find("[", close + 1)
+        else:
+            start = text.find("[", line_end + 1)
+    return count
 
 
 @instruction("detectable_content:number_placeholders")
@@ -105,22 +119,23 @@ class NumberOfPlaceholders(Checker):
     num_placeholders: int
 
     def check(self, response: str) -> bool:
-        return len(_PLACEHOLDER.findall(response)) >= self.num_placeholders
+        return count_placeholders(response) >= self.num_placeholders
 
 
 @instruction("detectable_content:postscript")
 class Postscript(Checker):
-    """A line (case-insensitive) containing the postscript marker: `P.S.` also matches `p. s.`, `P.P.S` also
-    `p. p. s`; any other marker is matched literally."""
+    """The postscript marker appears (case-insensitive): `P.S.` also matches `p. s.`, `P.P.S` also `p. p. s`; any
+    other marker is matched literally. (The official patterns wrap these in `\\s*...$`, which changes no verdict
+    and takes quadratic time on long whitespace runs.)"""
 
     postscript_marker: str
 
     def check(self, response: str) -> bool:
         marker = self.postscript_marker.strip()
         if marker == "P.P.S":
-            pattern = r"\s*p\.\s?p\.\s?s.*$"
+            pattern = r"p\.\s?p\.\s?s"
         elif marker == "P.S.":
-            pattern = r"\s*p\.\s?s\..*$"
+            pattern = r"p\.\s?s\."
         else:
-            pattern = r"\s*" + re.escape(marker.lower()) + r".*$"
-        return re.search(pattern, response.lower(), flags=re.MULTILINE) is not None
+            pattern = re.escape(marker.lower())
+        return re.search(pattern, response.lower()) is not None
