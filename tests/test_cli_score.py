@@ -1,0 +1,112 @@
+"""`prorl envs` and `prorl score`: output rows, per-env summary, malformed lines named by number while the
+others score, incremental output and --resume."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from prorl.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLES = REPO / "datasets" / "samples" / "completions.jsonl"
+
+GOOD = [
+    {"env": "math", "problem": "1+1?", "answer": "2", "completion": r"so \boxed{2}"},
+    {"env": "math", "problem": "1+2?", "answer": "3", "completion": r"so \boxed{4}"},
+    {"env": "stem", "question": "Q?", "options": ["x", "y"], "answer": "A", "completion": "Answer: A"},
+    {"env": "math", "problem": "2+2?", "answer": "4", "completion": "4"},
+    {"env": "math", "problem": "bomb", "answer": "5", "completion": r"\boxed{10^{10^{10^{10}}}}"},
+]
+
+
+@pytest.fixture(autouse=True)
+def wide_console(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+
+
+def write_lines(path: Path, lines: list) -> Path:
+    path.write_text("".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines))
+    return path
+
+
+def read_rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_envs_lists_builtins_and_every_logic_task(capsys):
+    from reasoning_gym.factory import DATASETS
+
+    assert main(["envs"]) == 0
+    out = capsys.readouterr().out
+    for env_id in ["math", "stem", "logic", *(f"logic/{n}" for n in DATASETS)]:
+        assert f" {env_id} " in out
+    assert main(["envs", "--filter", "logic/sudoku"]) == 0
+    assert "logic/sudoku" in capsys.readouterr().out
+
+
+def test_score_writes_rows_and_a_summary(tmp_path, capsys):
+    inp = write_lines(tmp_path / "in.jsonl", GOOD)
+    out = tmp_path / "out" / "scored.jsonl"
+    assert main(["score", str(inp), "-o", str(out), "--workers", "2", "--timeout", "2"]) == 0
+    rows = read_rows(out)
+    assert [r["status"] for r in rows] == ["ok", "wrong", "ok", "format_error", "timeout"]
+    assert [r["reward"] for r in rows] == [1.0, 0.0, 1.0, 0.0, 0.0]
+    assert [r["details"]["input_line"] for r in rows] == [1, 2, 3, 4, 5]
+    assert all({k: r[k] for k in g} == g for r, g in zip(rows, GOOD))  # the input, plus the verdict
+    summary = capsys.readouterr().out
+    assert "prorl score" in summary and "math" in summary and "stem" in summary
+    assert "% correct" in summary and "timeouts" in summary and "format errors" in summary
+
+
+def test_malformed_lines_are_named_and_the_rest_scores(tmp_path, capsys):
+    lines = [GOOD[0], "{not json", [1, 2], {"env": "math", "answer": "1"}, {"env": "nope", "completion": "x"},
+             {"env": "math", "problem": "p", "completion": r"\boxed{1}"}, {"completion": "x", "answer": "1"},
+             "", GOOD[2]]
+    inp = write_lines(tmp_path / "in.jsonl", lines)
+    out = tmp_path / "out.jsonl"
+    assert main(["score", str(inp), "-o", str(out), "--workers", "2"]) == 1
+    err = capsys.readouterr().err
+    assert "in.jsonl:2: invalid JSON" in err
+    assert "in.jsonl:3: expected a JSON object" in err
+    assert "in.jsonl:4: field 'completion'" in err
+    assert "in.jsonl:5: unknown environment 'nope'" in err
+    assert "in.jsonl:6: task for 'math' is missing field 'answer'" in err
+    assert "in.jsonl:7: field 'env' is missing" in err
+    assert [r["details"]["input_line"] for r in read_rows(out)] == [1, 9]
+
+
+def test_env_flag_overrides_each_line(tmp_path):
+    inp = write_lines(tmp_path / "in.jsonl", [{"answer": "7", "completion": r"\boxed{7}"}])
+    out = tmp_path / "out.jsonl"
+    assert main(["score", str(inp), "-o", str(out), "--env", "math", "--workers", "2"]) == 0
+    assert read_rows(out)[0]["status"] == "ok"
+
+
+def test_resume_skips_scored_lines_and_repairs_a_partial_tail(tmp_path, capsys):
+    inp = write_lines(tmp_path / "in.jsonl", GOOD[:4])
+    out = tmp_path / "out.jsonl"
+    assert main(["score", str(inp), "-o", str(out), "--workers", "2", "--chunk-size", "2"]) == 0
+    full = read_rows(out)
+    # simulate a run killed after the first two lines, mid-way through writing the third
+    kept = out.read_text().splitlines()[:2]
+    out.write_text("\n".join(kept) + "\n" + kept[0][:25])
+    capsys.readouterr()
+    assert main(["score", str(inp), "-o", str(out), "--workers", "2", "--resume"]) == 0
+    rows = read_rows(out)
+    assert sorted(r["details"]["input_line"] for r in rows) == [1, 2, 3, 4]
+    assert rows == full
+    assert "resumed: 2 lines" in capsys.readouterr().out
+    # resuming a finished file scores nothing new
+    assert main(["score", str(inp), "-o", str(out), "--workers", "2", "--resume"]) == 0
+    assert read_rows(out) == full
+
+
+def test_sample_completions_score_cleanly(tmp_path):
+    out = tmp_path / "scored.jsonl"
+    assert main(["score", str(SAMPLES), "-o", str(out), "--workers", "2"]) == 0
+    rows = read_rows(out)
+    envs = {r["env"].split("/")[0] for r in rows}
+    assert {"math", "stem", "logic"} <= envs
+    assert {"ok", "wrong", "format_error"} <= {r["status"] for r in rows}
+    assert not any(r["status"] in ("timeout", "infra_error") for r in rows)
