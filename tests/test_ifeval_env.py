@@ -154,3 +154,15 @@ print("offline ok")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "offline ok" in done.stdout
+
+
+def test_prorl_score_handles_ifeval_lines(tmp_path):
+    lines = tmp_path / "in.jsonl"
+    rows = [dict(ROW, env="ifeval", completion="<think>a, b</think>The river and the river."),
+            dict(ROW, env="ifeval", completion="A river, once.")]
+    lines.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out.jsonl"
+    assert cli_main(["score", str(lines), "-o", str(out), "--workers", "1"]) == 0
+    scored = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(s["reward"], s["status"], s["details"]["followed"]) for s in scored] == [
+        (1.0, "ok", [True, True]), (0.0, "wrong", [False, False])]

@@ -8,6 +8,7 @@ fails loudly instead of being scored against a random default (what the official
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import typing
 from typing import Any, ClassVar, Literal
@@ -124,7 +125,8 @@ def build_checkers(instruction_ids: Any, kwargs_list: Any) -> list[Checker]:
     for index, (instruction_id, kwargs) in enumerate(zip(instruction_ids, kwargs_list)):
         cls = INSTRUCTIONS.get(instruction_id)
         if cls is None:
-            raise InstructionError(f"unknown instruction id {instruction_id!r} (instruction {index}); "
-                                   f"known ids: {sorted(INSTRUCTIONS)}")
+            close = difflib.get_close_matches(instruction_id, INSTRUCTIONS, n=3)
+            hint = f"did you mean {close}?" if close else f"known ids: {sorted(INSTRUCTIONS)}"
+            raise InstructionError(f"unknown instruction id {instruction_id!r} (instruction {index}); {hint}")
         checkers.append(cls.from_kwargs(kwargs))
     return checkers
