@@ -1,0 +1,73 @@
+"""A run SIGKILLed after a reset and resumed from its checkpoint continues with the same reset count, stage and
+step, and its metric files are neither truncated nor duplicated. Training runs in subprocesses (tests/trainer_utils.py
+`_subprocess_main`: 6 steps, reset every 3, checkpoint every 2, stages=[{temperature: 0.9}])."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from trainer_utils import fast_config, prompt_dataset, text_hash_reward, tiny_model  # noqa: F401
+
+from prorl.trainer import ProRLTrainer
+
+HERE = Path(__file__).resolve().parent
+
+
+def _run(out, model, *extra):
+    env = dict(os.environ, PRORL_SCORE_WORKERS="1", TOKENIZERS_PARALLELISM="false")
+    return subprocess.run([sys.executable, str(HERE / "trainer_utils.py"), str(out), model, *extra],
+                          capture_output=True, text=True, timeout=300, env=env)
+
+
+def _probe(stdout: str) -> dict:
+    return json.loads(next(line for line in stdout.splitlines() if line.startswith("PROBE "))[6:])
+
+
+@pytest.mark.slow
+def test_sigkill_after_reset_then_resume(tiny_model, tmp_path):
+    out = tmp_path / "run"
+    killed = _run(out, tiny_model, "--kill-at-step", "5")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    assert [json.loads(x)["step"] for x in (out / "resets.jsonl").read_text().splitlines()] == [3]
+    before = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in before] == [1, 2, 3, 4, 5]  # step 5 was logged after the last checkpoint
+
+    resumed = _run(out, tiny_model, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert _probe(resumed.stdout) == {"step": 4, "resets": 1, "stage": 1, "temperature": 0.9}
+
+    events = [json.loads(x) for x in (out / "resets.jsonl").read_text().splitlines()]
+    assert [(e["step"], e["reset"], e["stage"]) for e in events] == [(3, 1, 1), (6, 2, 1)]
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if "loss" in r]
+    assert [r["step"] for r in train_rows] == [1, 2, 3, 4, 5, 6]  # step 5 replaced, not duplicated
+    assert [r["resets"] for r in train_rows] == [0, 0, 1, 1, 1, 2]
+    assert [r["stage"] for r in train_rows] == [0, 0, 1, 1, 1, 1]
+    state = json.loads((out / "checkpoint-6" / "trainer_state.json").read_text())
+    steps = [h["step"] for h in state["log_history"] if "loss" in h]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    prorl_state = json.loads((out / "checkpoint-6" / "prorl_state.json").read_text())
+    assert prorl_state["reset_count"] == 2 and prorl_state["stage"] == 1
+
+
+def test_restart_stage_stops_and_applies_on_resume(tiny_model, tmp_path):
+    """A stage that reshapes the generation batch saves a checkpoint and stops; resuming applies it."""
+    args = fast_config(tmp_path, max_steps=4, beta=0.1, reset_every_steps=2, dynamic_sampling=False,
+                       save_strategy="steps", save_steps=10, stages=[{"num_generations": 2}])
+    trainer = ProRLTrainer(tiny_model, reward_funcs=text_hash_reward, args=args, train_dataset=prompt_dataset())
+    trainer.train()
+    assert trainer.state.global_step == 2 and (tmp_path / "checkpoint-2").is_dir()
+    event = json.loads((tmp_path / "resets.jsonl").read_text())
+    assert event["restart_required"] and event["stage_overrides"] == {"num_generations": 2}
+
+    args = fast_config(tmp_path, max_steps=4, beta=0.1, reset_every_steps=2, dynamic_sampling=False,
+                       save_strategy="no", stages=[{"num_generations": 2}])
+    trainer = ProRLTrainer(tiny_model, reward_funcs=text_hash_reward, args=args, train_dataset=prompt_dataset())
+    trainer.train(resume_from_checkpoint=True)
+    assert trainer.state.global_step == 4 and trainer.num_generations == 2
+    assert trainer.args.generation_batch_size == 8  # 4 prompts x 2 completions per step after the restart
