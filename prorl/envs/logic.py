@@ -17,6 +17,7 @@ reasoning_gym is imported only here, on first use, so `import prorl` stays fast.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import re
@@ -67,8 +68,14 @@ def _create(name: str, size: int, seed: int, config: dict | None):
 
 
 @lru_cache(maxsize=None)
-def _default_scorer(name: str) -> Callable[[str | None, dict], float]:
-    return _rg().get_score_answer_fn(name)
+def _scorer(name: str, config_json: str = "{}") -> Callable[[str | None, dict], float]:
+    """`score_answer` of a one-entry instance of the task with this config (scoring needs the config, not the
+    data; some tasks precompute their whole dataset, which costs seconds at generation sizes)."""
+    return _create(name, size=1, seed=0, config=json.loads(config_json)).score_answer
+
+
+def scorer_for(name: str, config: dict | None = None) -> Callable[[str | None, dict], float]:
+    return _scorer(name, json.dumps(config or {}, sort_keys=True, default=str))
 
 
 def _restore_tuples(value: Any) -> Any:
@@ -126,9 +133,11 @@ class LogicTaskEnv(Env):
                     metadata={"source_dataset": meta["source_dataset"]})
 
     def scorer(self, name: str) -> Callable[[str | None, dict], float]:
-        if name == self.task and self.task != "composite":
-            return self.procedural().score_answer  # honours this env's generation config
-        return _default_scorer(name)
+        """The scorer of task `name`, with the config this env generates it with (if any)."""
+        if self.task == "composite":  # entries are scored by their sub-dataset, with its config
+            subs = {d["name"]: d.get("config") for d in self.config.get("datasets", []) if isinstance(d, dict)}
+            return scorer_for(name, subs.get(name))
+        return scorer_for(name, self.config if name == self.task else None)
 
     def verify(self, answer: str, task: Task) -> Score:
         from reasoning_gym.utils import extract_answer
@@ -205,9 +214,7 @@ class LogicMixEnv(LogicTaskEnv):
         return super().task_from_dict(row)
 
     def scorer(self, name: str) -> Callable[[str | None, dict], float]:
-        if name in self.weights and name != "composite":
-            return self.sub(name).procedural().score_answer
-        return _default_scorer(name)
+        return scorer_for(name, self.configs.get(name) if name != "composite" else None)
 
 
 def _describe(cls: type) -> str:
