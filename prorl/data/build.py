@@ -1,0 +1,349 @@
+"""`build(recipe)`: read every source, normalise each row to one schema, validate, de-duplicate, mix, save.
+
+The schema (one row per prompt), read by the trainer's reward function and by `prorl eval`:
+
+    id        str                 "<source>/<task id or file:line>", unique
+    env       str                 environment id that scores the row (`prorl.make(env)`)
+    source    str                 recipe source name (for per-source mixture weights)
+    prompt    list[{role, content}]  chat messages, ending with the user message
+    reference dict (JSON column)  what the environment needs to score (`Task.reference`)
+    metadata  dict (JSON column)  `Task.metadata` + the recipe's constants + `origin` (file:line of the row)
+
+Rows that fail validation are reported with file:line and field, then skipped (or the build stops, with
+`on_error="fail"`); duplicates and filtered rows are counted by reason in the card.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import unicodedata
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from prorl.data.adapters import ADAPTERS, FieldError, get_dotted
+from prorl.data.recipe import Recipe, RecipeError, SourceConfig
+from prorl.data.sources import RawRow, generate_reasoning_gym, read_file, source_files
+from prorl.envs import Env, Task, make
+
+ROLES = ("system", "user", "assistant")
+QUESTION_FIELDS = ("question", "problem", "prompt")
+_PLACEHOLDER = re.compile(r"\{(\w+)\}")
+
+
+class DataError(ValueError):
+    """The build cannot go on (a bad row with on_error="fail", or too few rows with shortfall="error")."""
+
+
+@dataclass
+class Issue:
+    """A row left out, with where it came from and why."""
+
+    where: str
+    reason: str  # "invalid", "duplicate_exact", "duplicate_normalized", "heldout_overlap", "too_easy", "too_hard"
+    message: str
+    field: str | None = None
+
+    def __str__(self) -> str:
+        fld = f"field '{self.field}': " if self.field else ""
+        return f"{self.where}: {fld}{self.message}"
+
+
+@dataclass
+class SourceStats:
+    name: str
+    env: str
+    files: list[str] = field(default_factory=list)
+    read: int = 0
+    dropped: Counter = field(default_factory=Counter)
+    heldout: int = 0
+    available: int = 0
+    target: int = 0
+    selected: int = 0
+    per_task: Counter = field(default_factory=Counter)
+
+
+@dataclass
+class Candidate:
+    row: dict[str, Any]
+    question: str
+    where: str
+    stratum: str | None = None
+
+
+@dataclass
+class BuildResult:
+    recipe: Recipe
+    train: list[dict[str, Any]]
+    heldout: list[dict[str, Any]]
+    stats: dict[str, SourceStats]
+    issues: list[Issue]
+    scale: float
+    options: dict[str, Any]
+
+
+# -- normalisation ---------------------------------------------------------------------------------------------
+def normalize_text(text: str) -> str:
+    """The de-duplication key: NFKC, case-folded, every run of non-alphanumerics collapsed to one space."""
+    text = unicodedata.normalize("NFKC", text).casefold()
+    return " ".join(re.sub(r"[\W_]+", " ", text).split())
+
+
+def _fill(template: str, values: dict[str, Any]) -> str:
+    def sub(match: re.Match) -> str:
+        name = match.group(1)
+        if name not in values or values[name] is None:
+            raise FieldError(name, f"the template's {{{name}}} has no value in this row")
+        return str(values[name])
+
+    return _PLACEHOLDER.sub(sub, template)
+
+
+def _question_text(data: dict, source: SourceConfig, task: Task) -> str:
+    if source.question_field:
+        value = get_dotted(data, source.question_field)
+        if not isinstance(value, str) or not value.strip():
+            raise FieldError(source.question_field, "must be a non-empty string (the question text)")
+        return value
+    for key in QUESTION_FIELDS:
+        if isinstance(data.get(key), str) and data[key].strip():
+            return data[key]
+    users = [m["content"] for m in task.prompt if isinstance(m, dict) and m.get("role") == "user"]
+    if users and isinstance(users[-1], str):
+        return users[-1]
+    raise FieldError("question", f"no question text: none of {QUESTION_FIELDS} is a string (set question_field)")
+
+
+def _check_messages(prompt: Any) -> list[dict[str, str]]:
+    if not isinstance(prompt, list) or not prompt:
+        raise FieldError("prompt", "the environment built no prompt (is the question field empty?)")
+    for i, m in enumerate(prompt):
+        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+            raise FieldError(f"prompt[{i}]", f"must be {{'role': one of {ROLES}, 'content': str}}, got {m!r:.80}")
+    if prompt[-1]["role"] != "user" or not prompt[-1]["content"].strip():
+        raise FieldError("prompt", "must end with a non-empty user message")
+    return [{"role": m["role"], "content": m["content"]} for m in prompt]
+
+
+def _json_safe(value: Any, name: str) -> Any:
+    try:
+        return json.loads(json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise FieldError(name, f"is not JSON-serialisable: {exc}") from None
+
+
+def normalize_row(raw: RawRow, source: SourceConfig, env: Env) -> Candidate:
+    """One raw row -> a schema row (+ its question text). Raises FieldError for a bad row."""
+    if raw.data is None:
+        raise FieldError(None, raw.error or "unreadable row")
+    data = dict(raw.data)
+    for new, column in source.columns.items():
+        data[new] = get_dotted(raw.data, column)
+    if source.adapter:
+        data = ADAPTERS[source.adapter](data)
+    try:
+        task = env.task_from_dict(data)
+    except KeyError as exc:
+        name = exc.args[0] if exc.args and isinstance(exc.args[0], str) and " " not in exc.args[0] else None
+        raise FieldError(name, "missing" if name else str(exc)) from None
+    except (ValueError, TypeError) as exc:
+        raise FieldError(None, f"{source.env} rejected the row: {exc}") from None
+    question = _question_text(data, source, task)
+    prompt = task.prompt
+    if source.template:
+        prompt = [{"role": "user", "content": _fill(source.template, {**data, "question": question})}]
+        prompt = [m for m in task.prompt if m.get("role") == "system"] + prompt
+    if source.system_prompt:
+        prompt = [{"role": "system", "content": source.system_prompt}] + [m for m in prompt if m.get("role") != "system"]
+    if not isinstance(task.reference, dict):
+        raise FieldError("reference", f"must be a dict, got {type(task.reference).__name__}")
+    metadata = {**(task.metadata or {}), **source.metadata, "source": source.name, "origin": raw.where}
+    row = {"id": f"{source.name}/{task.id}" if str(task.id).strip() else "", "env": source.env, "source": source.name, "prompt": _check_messages(prompt),
+           "reference": _json_safe(task.reference, "reference"), "metadata": _json_safe(metadata, "metadata")}
+    return Candidate(row, question, raw.where, raw.stratum)
+
+
+# -- reading ---------------------------------------------------------------------------------------------------
+def _raw_rows(source: SourceConfig, recipe: Recipe, stats: SourceStats, sample_data: bool, root: str | None,
+              size: int, log: Callable[[str], None]) -> list[RawRow]:
+    if source.generate is not None and not (sample_data and source.sample):
+        log(f"{source.name}: generating {size} rows over {len(source.generate.tasks)} reasoning-gym tasks")
+        stats.files = [f"reasoning_gym (seed {source.generate.seed})"]
+        return generate_reasoning_gym(source.generate, size)
+    files = source_files(source, recipe, sample_data, root)
+    stats.files = files
+    rows: list[RawRow] = []
+    for path in files:
+        log(f"{source.name}: reading {path}")
+        rows.extend(read_file(path))
+    return rows
+
+
+def _report(issue: Issue, issues: list[Issue], stats: SourceStats, fatal: bool) -> None:
+    issues.append(issue)
+    stats.dropped[issue.reason] += 1
+    if fatal:
+        raise DataError(f"{issue} (on_error=fail; use --on-error skip to report and skip bad rows)")
+
+
+# -- the build -------------------------------------------------------------------------------------------------
+def build(recipe: Recipe, out_dir: str | Path | None = None, *, sample_data: bool = False, root: str | None = None,
+          on_error: str | None = None, difficulty: Any = None, log: Callable[[str], None] | None = None) -> BuildResult:
+    """Build the mixture of `recipe`; save it to `out_dir` when given (see `save`).
+
+    difficulty: an object with `low`, `high` and `pass_rates(rows) -> list[float]` (prorl.data.filter); rows whose
+    estimated pass rate is not strictly inside (low, high) are dropped before mixing.
+    """
+    import datasets
+
+    datasets.disable_progress_bars()  # one line per source from `log` instead of a bar per file
+    log = log or (lambda msg: None)
+    on_error = on_error or recipe.on_error
+    rng = random.Random(recipe.seed)
+    weights_total = sum(s.weight or 0 for s in recipe.sources)
+    wanted = {s.name: s.size if s.size is not None else round(recipe.total * s.weight / weights_total)
+              for s in recipe.sources}
+    stats = {s.name: SourceStats(s.name, s.env) for s in recipe.sources}
+    issues: list[Issue] = []
+    pools: dict[str, list[Candidate]] = {}
+    heldout: list[Candidate] = []
+    for source in recipe.sources:
+        st = stats[source.name]
+        try:
+            env = make(source.env)
+        except Exception as exc:
+            raise RecipeError(f"{recipe.path}: sources.{source.name}.env: cannot make {source.env!r}: {exc}") from exc
+        raws = _raw_rows(source, recipe, st, sample_data, root, wanted[source.name], log)
+        st.read = len(raws)
+        pool: list[Candidate] = []
+        used_ids: set[str] = set()
+        for raw in raws:
+            if source.where and raw.data is not None and not _selected(raw.data, source.where):
+                st.dropped["not_selected"] += 1
+                continue
+            try:
+                cand = normalize_row(raw, source, env)
+            except FieldError as exc:
+                _report(Issue(raw.where, "invalid", exc.message, exc.field), issues, st, on_error == "fail")
+                continue
+            if not cand.row["id"] or cand.row["id"] in used_ids:  # no id, or not unique: the row's location
+                cand.row["id"] = f"{source.name}/{Path(raw.where).name}"
+            used_ids.add(cand.row["id"])
+            (heldout if raw.holdout else pool).append(cand)
+            st.heldout += raw.holdout
+        if source.holdout:
+            if source.holdout >= len(pool):
+                raise DataError(f"sources.{source.name}.holdout={source.holdout} leaves no training rows "
+                                f"({len(pool)} valid rows)")
+            picked = set(random.Random(f"{recipe.seed}:holdout:{source.name}").sample(range(len(pool)), source.holdout))
+            heldout.extend(c for i, c in enumerate(pool) if i in picked)
+            pool = [c for i, c in enumerate(pool) if i not in picked]
+            st.heldout += source.holdout
+        pools[source.name] = pool
+    heldout = _dedup(heldout, recipe.dedup, {}, issues, stats, holdout=True)
+    held_keys = {k: "held-out" for c in heldout for k in _keys(c.question, recipe.dedup)}
+    seen: dict[str, str] = {}
+    for name in pools:
+        pools[name] = _dedup(pools[name], recipe.dedup, seen, issues, stats, held=held_keys)
+    if difficulty is not None:
+        for name, pool in pools.items():
+            log(f"{name}: estimating pass rates of {len(pool)} prompts")
+            pools[name] = _filter(pool, difficulty, issues, stats[name])
+    scale = _targets(recipe, wanted, pools, stats)
+    train: list[dict[str, Any]] = []
+    for source in recipe.sources:
+        pool, st = pools[source.name], stats[source.name]
+        picked = random.Random(f"{recipe.seed}:mix:{source.name}").sample(range(len(pool)), st.target)
+        for i in sorted(picked):
+            train.append(pool[i].row)
+            st.per_task[pool[i].stratum or source.env] += 1
+        st.selected = st.target
+    rng.shuffle(train)
+    _unique_ids(train + [c.row for c in heldout])
+    result = BuildResult(recipe, train, [c.row for c in heldout], stats, issues, scale,
+                         {"sample_data": sample_data, "root": root, "on_error": on_error,
+                          "difficulty": difficulty.describe() if difficulty is not None else None})
+    if out_dir is not None:
+        from prorl.data.card import save
+
+        save(result, Path(out_dir))
+    return result
+
+
+def _selected(data: dict, where: dict[str, Any]) -> bool:
+    try:
+        return all(get_dotted(data, key) == value for key, value in where.items())
+    except FieldError:
+        return False
+
+
+def _keys(question: str, mode: str) -> list[str]:
+    if mode == "none":
+        return []
+    exact = "x:" + question.strip()
+    return [exact] if mode == "exact" else [exact, "n:" + normalize_text(question)]
+
+
+def _dedup(cands: list[Candidate], mode: str, seen: dict[str, str], issues: list[Issue],
+           stats: dict[str, SourceStats], held: dict[str, str] | None = None, holdout: bool = False) -> list[Candidate]:
+    kept = []
+    for c in cands:
+        keys = _keys(c.question, mode)
+        hit = next((k for k in keys if held and k in held), None)
+        st = stats[c.row["source"]]
+        if hit is not None:
+            _report(Issue(c.where, "heldout_overlap", "same question as a held-out row"), issues, st, False)
+            continue
+        hit = next((k for k in keys if k in seen), None)
+        if hit is not None:
+            reason = "duplicate_exact" if hit.startswith("x:") else "duplicate_normalized"
+            _report(Issue(c.where, reason, f"same question as {seen[hit]}"), issues, st, False)
+            if holdout:
+                st.heldout -= 1
+            continue
+        for k in keys:
+            seen[k] = c.row["id"]
+        kept.append(c)
+    return kept
+
+
+def _filter(pool: list[Candidate], difficulty: Any, issues: list[Issue], st: SourceStats) -> list[Candidate]:
+    rates = difficulty.pass_rates([c.row for c in pool])
+    kept = []
+    for c, p in zip(pool, rates):
+        if difficulty.low < p < difficulty.high:
+            c.row["metadata"]["pass_rate"] = p
+            kept.append(c)
+        else:
+            reason = "too_easy" if p >= difficulty.high else "too_hard"
+            _report(Issue(c.where, reason, f"estimated pass rate {p:.3f} outside ({difficulty.low}, {difficulty.high})"),
+                    issues, st, False)
+    return kept
+
+
+def _targets(recipe: Recipe, wanted: dict[str, int], pools: dict[str, list], stats: dict[str, SourceStats]) -> float:
+    """Set each source's target count by the shortfall policy; returns the scale factor applied."""
+    avail = {n: len(p) for n, p in pools.items()}
+    for n in pools:
+        stats[n].available = avail[n]
+    short = {n: (avail[n], wanted[n]) for n in pools if avail[n] < wanted[n]}
+    scale = 1.0
+    if short and recipe.shortfall == "error":
+        listing = ", ".join(f"{n}: {a} of {w}" for n, (a, w) in short.items())
+        raise DataError(f"too few valid rows ({listing}); shortfall=scale keeps the proportions with fewer rows")
+    if short and recipe.shortfall == "scale":
+        scale = min(avail[n] / wanted[n] for n in short)
+    for n in pools:
+        stats[n].target = min(avail[n], round(wanted[n] * scale))
+    return scale
+
+
+def _unique_ids(rows: Sequence[dict[str, Any]]) -> None:
+    counts: Counter = Counter()
+    for row in rows:
+        counts[row["id"]] += 1
+        if counts[row["id"]] > 1:
+            row["id"] = f"{row['id']}~{counts[row['id']] - 1}"

@@ -1,0 +1,137 @@
+"""Saving a built mixture: the dataset (Parquet), its card (card.json + card.md) and the list of dropped rows.
+
+Layout of an output folder:
+    train.parquet    the mixture (a `datasets.Dataset`; `reference`/`metadata` are JSON columns)
+    heldout.parquet  held-out rows (generated hold-outs and `holdout:` rows of file sources), when there are any
+    card.json        counts per source/env, rows dropped by reason, scale factor, options, recipe hash
+    card.md          the same for people
+    dropped.jsonl    every row left out: {"where", "reason", "field", "message"}
+
+`load_rows(path, split)` reads such a folder (or a .parquet / .jsonl file of schema rows) back as dicts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+def features():
+    from datasets import Features, Json, List, Value
+
+    return Features({
+        "id": Value("string"), "env": Value("string"), "source": Value("string"),
+        "prompt": List({"role": Value("string"), "content": Value("string")}),
+        "reference": Json(), "metadata": Json(),
+    })
+
+
+def to_dataset(rows: list[dict[str, Any]]):
+    from datasets import Dataset
+
+    return Dataset.from_list(rows, features=features())
+
+
+def card_dict(result) -> dict[str, Any]:
+    from prorl import __version__
+
+    recipe = result.recipe
+    text = recipe.path.read_text() if recipe.path is not None and recipe.path.exists() else ""
+    total = len(result.train)
+    per_env = Counter(r["env"] for r in result.train)
+    wanted = {s.name: s.size or 0 for s in recipe.sources}
+    wanted_total = sum(wanted.values()) or 1
+    sources = {}
+    for s in recipe.sources:
+        st = result.stats[s.name]
+        sources[s.name] = {
+            "env": s.env, "files": st.files, "read": st.read, "heldout": st.heldout,
+            "dropped": dict(st.dropped), "available": st.available, "recipe_size": s.size, "recipe_weight": s.weight,
+            "selected": st.selected, "share": round(st.selected / total, 4) if total else 0.0,
+            "recipe_share": round(wanted[s.name] / wanted_total, 4) if s.size else None,
+            "per_task": dict(sorted(st.per_task.items())) if len(st.per_task) > 1 else None,
+        }
+    dropped = Counter(i.reason for i in result.issues)
+    return {
+        "name": recipe.name, "description": recipe.description,
+        "recipe": str(recipe.path) if recipe.path else None,
+        "recipe_sha256": hashlib.sha256(text.encode()).hexdigest() if text else None,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "prorl_version": __version__,
+        "seed": recipe.seed, "dedup": recipe.dedup, "shortfall": recipe.shortfall, "scale": result.scale,
+        "options": result.options,
+        "rows": {"train": total, "heldout": len(result.heldout)},
+        "per_env": dict(sorted(per_env.items())),
+        "heldout_per_env": dict(sorted(Counter(r["env"] for r in result.heldout).items())),
+        "sources": sources,
+        "dropped": dict(sorted(dropped.items())),
+        "dropped_examples": [str(i) for i in result.issues[:20]],
+    }
+
+
+def card_markdown(card: dict[str, Any]) -> str:
+    lines = [f"# {card['name']}", "", card["description"] or "", "",
+             f"- recipe: `{card['recipe']}` (sha256 `{(card['recipe_sha256'] or '')[:12]}`), seed {card['seed']}, "
+             f"dedup `{card['dedup']}`, shortfall `{card['shortfall']}`",
+             f"- rows: **{card['rows']['train']}** train, {card['rows']['heldout']} held out",
+             f"- scale factor applied to the recipe's sizes: {card['scale']:.6g}", "",
+             "| source | env | read | dropped | held out | available | recipe size | selected | share | recipe share |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, s in card["sources"].items():
+        rshare = f"{s['recipe_share']:.3f}" if s["recipe_share"] is not None else "-"
+        lines.append(f"| {name} | {s['env']} | {s['read']} | {sum(s['dropped'].values())} | {s['heldout']} | "
+                     f"{s['available']} | {s['recipe_size'] or '-'} | {s['selected']} | {s['share']:.3f} | {rshare} |")
+    lines += ["", "## Rows dropped", "", "| reason | rows |", "|---|---:|"]
+    lines += [f"| {k} | {v} |" for k, v in card["dropped"].items()] or ["| (none) | 0 |"]
+    if card["dropped_examples"]:
+        lines += ["", "First ones (all of them are in `dropped.jsonl`):", ""]
+        lines += [f"- `{e}`" for e in card["dropped_examples"]]
+    for name, s in card["sources"].items():
+        if s["per_task"]:
+            lines += ["", f"## {name}: rows per task", ""]
+            lines += [", ".join(f"{t} {n}" for t, n in s["per_task"].items())]
+    return "\n".join(lines) + "\n"
+
+
+def save(result, out_dir: Path) -> dict[str, Any]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    to_dataset(result.train).to_parquet(str(out_dir / "train.parquet"))
+    held = out_dir / "heldout.parquet"
+    if result.heldout:
+        to_dataset(result.heldout).to_parquet(str(held))
+    elif held.exists():
+        held.unlink()  # a stale split from an earlier build must not be evaluated by mistake
+    card = card_dict(result)
+    (out_dir / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+    (out_dir / "card.md").write_text(card_markdown(card))
+    with open(out_dir / "dropped.jsonl", "w") as f:
+        for issue in result.issues:
+            f.write(json.dumps({"where": issue.where, "reason": issue.reason, "field": issue.field,
+                                "message": issue.message}) + "\n")
+    return card
+
+
+def load_rows(path: str | Path, split: str = "train") -> list[dict[str, Any]]:
+    """Schema rows from a build folder (`split`: train or heldout), a .parquet file or a .jsonl file."""
+    from datasets import Dataset
+
+    path = Path(path)
+    if path.is_dir():
+        target = path / f"{split}.parquet"
+        if not target.exists():
+            have = sorted(p.stem for p in path.glob("*.parquet"))
+            raise FileNotFoundError(f"{path}: no {split}.parquet (splits here: {have or 'none'})")
+        path = target
+    if path.suffix == ".parquet":
+        return Dataset.from_parquet(str(path)).to_list()
+    rows = []
+    with open(path) as f:
+        for lineno, line in enumerate(f, start=1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"{path}:{lineno}: not valid JSON: {exc.msg}") from None
+    return rows

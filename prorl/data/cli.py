@@ -1,0 +1,112 @@
+"""`prorl data build RECIPE -o DIR`: build a training mixture from a recipe and print its card.
+
+    prorl data build datasets/prorl-mix.yaml -o runs/data/prorl-mix                 # public files under $PRORL_DATA
+    prorl data build datasets/prorl-mix.yaml -o runs/data/sample --sample-data      # the bundled samples
+    prorl data build datasets/prorl-mix.yaml -o out --set sources.math.path=/data/deepscaler.json
+    prorl data build RECIPE -o out --filter-model runs/sft --samples 8 --keep '0.0<p<1.0'
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rich.console import Console
+from rich.table import Table
+
+
+def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
+    sub = parser.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
+    b = sub.add_parser("build", help="Build a mixture (Parquet + card) from a YAML recipe",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    b.add_argument("recipe", help="the YAML recipe, e.g. datasets/prorl-mix.yaml")
+    b.add_argument("-o", "--output", required=True, help="output folder (train.parquet, heldout.parquet, card.*)")
+    b.add_argument("--sample-data", action="store_true",
+                   help="read each source's `sample` file (datasets/samples/) instead of its public `path`")
+    b.add_argument("--root", help="folder that relative paths in the recipe resolve against (default: its folder)")
+    b.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe field, e.g. --set sources.math.path=/data/deepscaler.json (repeatable)")
+    b.add_argument("--on-error", choices=("skip", "fail"), help="a bad row: report and skip it, or stop (default: "
+                                                                "the recipe's on_error)")
+    f = b.add_argument_group("difficulty filter (optional)")
+    f.add_argument("--filter-model", metavar="DIR", help="local model estimating each prompt's pass rate")
+    f.add_argument("--samples", type=int, default=8, metavar="K", help="completions per prompt (default 8)")
+    f.add_argument("--keep", default="0.0<p<1.0", help="keep prompts with LOW<p<HIGH (default '0.0<p<1.0')")
+    f.add_argument("--filter-temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
+    f.add_argument("--filter-max-new-tokens", type=int, default=1024, help="completion length cap (default 1024)")
+    f.add_argument("--filter-batch-size", type=int, default=64, help="sequences per generate call (default 64)")
+    b.add_argument("-q", "--quiet", action="store_true", help="print only errors and the output path")
+
+
+def _difficulty(args, console: Console):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from prorl.data.filter import DifficultyFilter, parse_keep
+    from prorl.data.sampling import SamplingConfig
+
+    low, high = parse_keep(args.keep)
+    if args.samples < 1:
+        raise ValueError("--samples must be >= 1")
+    bar = Progress(TextColumn("estimating pass rates"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                   console=console, disable=args.quiet)
+    task = bar.add_task("filter", total=None)
+
+    def progress(done: int, total: int) -> None:
+        bar.update(task, completed=done, total=total)
+
+    sampling = SamplingConfig(temperature=args.filter_temperature, top_p=1.0, max_new_tokens=args.filter_max_new_tokens,
+                              batch_size=args.filter_batch_size)
+    return DifficultyFilter(args.filter_model, samples=args.samples, low=low, high=high, sampling=sampling,
+                            progress=progress), bar
+
+
+def card_table(card: dict) -> Table:
+    table = Table(title=f"{card['name']}: {card['rows']['train']} rows ({card['rows']['heldout']} held out), "
+                        f"scale {card['scale']:.4g}")
+    for col in ("source", "env", "read", "dropped", "held out", "available", "selected", "share", "recipe share"):
+        table.add_column(col, justify="left" if col in ("source", "env") else "right")
+    for name, s in card["sources"].items():
+        rshare = f"{s['recipe_share']:.3f}" if s["recipe_share"] is not None else "-"
+        table.add_row(name, s["env"], str(s["read"]), str(sum(s["dropped"].values())), str(s["heldout"]),
+                      str(s["available"]), str(s["selected"]), f"{s['share']:.3f}", rshare)
+    return table
+
+
+def run(args: argparse.Namespace, name: str) -> int:
+    from prorl.data.build import DataError, build
+    from prorl.data.card import card_dict
+    from prorl.data.recipe import RecipeError, load_recipe
+
+    console = Console(stderr=False, quiet=False)
+    err = Console(stderr=True)
+    try:
+        recipe = load_recipe(args.recipe, args.overrides)
+        difficulty, bar = _difficulty(args, console) if args.filter_model else (None, None)
+        log = (lambda msg: None) if args.quiet else (lambda msg: console.print(f"[dim]{msg}[/]", highlight=False))
+        if bar is not None:
+            with bar:
+                result = build(recipe, args.output, sample_data=args.sample_data, root=args.root,
+                               on_error=args.on_error, difficulty=difficulty, log=log)
+        else:
+            result = build(recipe, args.output, sample_data=args.sample_data, root=args.root, on_error=args.on_error,
+                           log=log)
+    except (RecipeError, DataError, ValueError, FileNotFoundError) as exc:
+        err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+        return 2
+    invalid = [i for i in result.issues if i.reason == "invalid"]
+    for issue in invalid[:10]:
+        err.print(f"[yellow]skipped[/] {issue}", markup=True, highlight=False)
+    if len(invalid) > 10:
+        err.print(f"... and {len(invalid) - 10} more invalid rows (all in {args.output}/dropped.jsonl)")
+    if not args.quiet:
+        console.print(card_table(card_dict(result)))
+    console.print(f"wrote {args.output}/train.parquet ({len(result.train)} rows)"
+                  + (f", heldout.parquet ({len(result.heldout)} rows)" if result.heldout else "")
+                  + f", card.md, card.json, dropped.jsonl")
+    return 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="prorl data")
+    add_arguments(parser, "data")
+    sys.exit(run(parser.parse_args(), "data"))

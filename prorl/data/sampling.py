@@ -1,0 +1,120 @@
+"""Sampling n completions per prompt from a local model: batched Hugging Face `generate`, or vLLM when installed.
+
+Used by `prorl eval` (pass@k) and by the difficulty filter of `prorl data build`. Prompts are chat messages,
+rendered with the tokenizer's chat template (a tokenizer without one gets the messages' contents joined by blank
+lines). With the HF backend, sequences are batched across prompts (similar lengths together, left padding) and
+sampling is reproducible for a seed and batch size.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Sequence
+
+Messages = list[dict[str, str]]
+BACKENDS = ("auto", "hf", "vllm")
+
+
+@dataclass
+class SamplingConfig:
+    """How completions are sampled (defaults: the ProRL paper's evaluation protocol)."""
+
+    temperature: float = field(default=0.6, metadata={"help": "sampling temperature (the paper evaluates at 0.6)"})
+    top_p: float = field(default=0.95, metadata={"help": "nucleus sampling mass (the paper: 0.95)"})
+    max_new_tokens: int = field(default=1024, metadata={"help": "completion length cap in tokens"})
+    batch_size: int = field(default=64, metadata={"help": "sequences per HF generate call"})
+    seed: int = field(default=0, metadata={"help": "sampling seed"})
+    backend: str = field(default="auto", metadata={"help": "hf, vllm, or auto (vLLM when importable and on GPU)"})
+
+    def __post_init__(self):
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        if not self.temperature > 0 or not 0 < self.top_p <= 1 or self.max_new_tokens < 1 or self.batch_size < 1:
+            raise ValueError(f"bad sampling settings: {self}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def render(tokenizer, messages: Messages) -> str:
+    """The prompt text of a chat: the chat template with the generation prompt, or the contents joined."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return "\n\n".join(m["content"] for m in messages) + "\n\n"
+
+
+def resolve_backend(backend: str) -> str:
+    if backend != "auto":
+        return backend
+    import torch
+
+    return "vllm" if importlib.util.find_spec("vllm") is not None and torch.cuda.is_available() else "hf"
+
+
+class Sampler:
+    """Loads a model once; `sample(prompts, n)` returns n completions (strings) per prompt."""
+
+    def __init__(self, model_dir: str, config: SamplingConfig | None = None, device: str | None = None):
+        self.model_dir = str(model_dir)
+        self.config = config or SamplingConfig()
+        self.backend = resolve_backend(self.config.backend)
+        if self.backend == "vllm":
+            from vllm import LLM
+
+            self.llm = LLM(model=self.model_dir, seed=self.config.seed)
+            self.tokenizer = self.llm.get_tokenizer()
+            return
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
+        self.model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=dtype).to(self.device).eval()
+
+    def sample(self, prompts: Sequence[Messages], n: int,
+               progress: Callable[[int], None] | None = None) -> list[list[str]]:
+        """`n` completions for each prompt, in prompt order. `progress(k)` is called as k more sequences finish."""
+        texts = [render(self.tokenizer, p) for p in prompts]
+        if self.backend == "vllm":
+            return self._sample_vllm(texts, n, progress)
+        return self._sample_hf(texts, n, progress)
+
+    def _sample_vllm(self, texts: list[str], n: int, progress) -> list[list[str]]:
+        from vllm import SamplingParams
+
+        c = self.config
+        params = SamplingParams(n=n, temperature=c.temperature, top_p=c.top_p, max_tokens=c.max_new_tokens,
+                                seed=c.seed)
+        outputs = self.llm.generate(texts, params)
+        if progress:
+            progress(len(texts) * n)
+        return [[o.text for o in out.outputs] for out in outputs]
+
+    def _sample_hf(self, texts: list[str], n: int, progress) -> list[list[str]]:
+        import torch
+
+        c, tok = self.config, self.tokenizer
+        lengths = [len(ids) for ids in tok(texts, add_special_tokens=False)["input_ids"]]
+        jobs = sorted(((i, j) for i in range(len(texts)) for j in range(n)), key=lambda ij: (lengths[ij[0]], ij))
+        results: list[list[str | None]] = [[None] * n for _ in texts]
+        devices = [torch.device(self.device).index or 0] if self.device.startswith("cuda") else []
+        with torch.random.fork_rng(devices=devices):  # seeded sampling without touching the caller's RNG state
+            torch.manual_seed(c.seed)
+            for start in range(0, len(jobs), c.batch_size):
+                batch = jobs[start:start + c.batch_size]
+                enc = tok([texts[i] for i, _ in batch], return_tensors="pt", padding=True, add_special_tokens=False)
+                enc = {k: v.to(self.device) for k, v in enc.items()}
+                with torch.no_grad():
+                    out = self.model.generate(**enc, do_sample=True, temperature=c.temperature, top_p=c.top_p,
+                                              top_k=0, max_new_tokens=c.max_new_tokens, pad_token_id=tok.pad_token_id)
+                decoded = tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+                for (i, j), text in zip(batch, decoded):
+                    results[i][j] = text
+                if progress:
+                    progress(len(batch))
+        return results  # type: ignore[return-value]
