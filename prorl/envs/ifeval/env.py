@@ -28,11 +28,6 @@ def check_all(checkers: Sequence[Checker], response: str, mode: str = "strict") 
     return [any(checker.check(t) for t in texts) for checker in checkers]
 
 
-def checkers_of(task: Task) -> list[Checker]:
-    ref = task.reference
-    return build_checkers(ref.get("instruction_id_list"), ref.get("kwargs"))
-
-
 class IFEvalEnv(Env):
     """IFEval verifiable instructions (Zhou et al. 2023): all 25 instruction ids of the official checker.
 
@@ -59,19 +54,20 @@ class IFEvalEnv(Env):
         prompt = row["prompt"]
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError(f"ifeval task field 'prompt' must be a non-empty string, got {prompt!r}")
-        kwargs = row.get("kwargs")
-        build_checkers(row["instruction_id_list"], kwargs)  # fail now, naming the instruction, not at scoring time
+        instruction_ids, kwargs = row["instruction_id_list"], row.get("kwargs")
+        build_checkers(instruction_ids, kwargs)  # fail now, naming the instruction, not at scoring time
+        if kwargs is None:
+            kwargs = [{} for _ in instruction_ids]
         key = row.get("key", row.get("id", ""))
         return Task(
             id=str(key), env=self.id, prompt=[{"role": "user", "content": prompt}],
-            reference={"instruction_id_list": list(row["instruction_id_list"]),
-                       "kwargs": list(kwargs) if kwargs is not None else [{}] * len(row["instruction_id_list"])},
+            reference={"instruction_id_list": list(instruction_ids), "kwargs": [dict(k or {}) for k in kwargs]},
             metadata={"key": key},
         )
 
     def verify(self, answer: str, task: Task) -> Score:
-        try:
-            checkers = checkers_of(task)
+        try:  # checked again here: a Task built elsewhere, or edited, may hold anything
+            checkers = build_checkers(task.reference.get("instruction_id_list"), task.reference.get("kwargs"))
         except InstructionError as exc:
             return Score(0.0, "format_error", {"error": str(exc)})
         followed = check_all(checkers, answer, self.mode)
