@@ -110,7 +110,6 @@ def _load(name):
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-@pytest.mark.slow
 def test_acceptance_golds_against_themselves_and_other_answers():
     """GSM8K test + MATH-500: own gold boxed -> 100%; another problem's (different) gold -> < 2%."""
     env = make("math")
