@@ -1,0 +1,280 @@
+"""`prorl eval`: sample n completions per prompt, score them with the gym, report pass@1 and pass@k per env.
+
+    prorl eval --model runs/demo/rl --data runs/data/mix            # a build folder (held-out split when present)
+    prorl eval --model A --compare B --data datasets/prorl-mix.yaml --sample-data --n 16 --k 1,4,16 -o runs/eval
+
+Protocol (the ProRL paper's): temperature 0.6, top_p 0.95, n samples per prompt. A sample is correct when its
+reward is 1 (partial credit counts toward `mean_reward`, not toward pass@k). pass@1 is the mean over prompts of
+c/n; pass@k is the unbiased estimator of Chen et al. (2021), 1 - C(n-c, k) / C(n, k), averaged over prompts.
+Samples the gym could not score (timeout, infra_error) are left out of that prompt's n and counted as `masked`.
+
+`evaluate(model_dir, rows, n, ks)` is the Python entry point; `--data` takes a build folder, a .parquet/.jsonl of
+schema rows (or public rows with `--env`), or a recipe (built in memory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Sequence
+
+from prorl.data.sampling import SamplingConfig
+from prorl.envs import Score
+
+# -- pass@k ------------------------------------------------------------------------------------------------------
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k of Chen et al. (2021): P(at least one of k samples drawn without replacement from n, of
+    which c are correct, is correct) = 1 - C(n-c, k) / C(n, k), computed as a stable product."""
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
+    if n - c < k:
+        return 1.0
+    prod = 1.0
+    for i in range(n - c + 1, n + 1):
+        prod *= 1.0 - k / i
+    return 1.0 - prod
+
+
+def prompt_stats(scores: Sequence[Score]) -> dict[str, Any]:
+    """Counts of one prompt's samples: n (scored), correct, masked, format errors, summed reward."""
+    scored = [s for s in scores if not s.masked]
+    return {"n": len(scored), "correct": sum(s.reward >= 1.0 for s in scored), "masked": len(scores) - len(scored),
+            "format_error": sum(s.status == "format_error" for s in scored),
+            "reward_sum": sum(s.reward for s in scored)}
+
+
+def aggregate(per_prompt: Sequence[dict[str, Any]], ks: Sequence[int]) -> dict[str, Any]:
+    """pass@1, pass@k, mean reward and counts over prompts (each prompt as returned by `prompt_stats`)."""
+    out: dict[str, Any] = {"prompts": len(per_prompt), "samples": sum(p["n"] + p["masked"] for p in per_prompt),
+                           "masked": sum(p["masked"] for p in per_prompt),
+                           "format_error": sum(p["format_error"] for p in per_prompt)}
+    scored = sum(p["n"] for p in per_prompt)
+    out["mean_reward"] = sum(p["reward_sum"] for p in per_prompt) / scored if scored else None
+    for k in sorted(set(ks) | {1}):
+        usable = [p for p in per_prompt if p["n"] >= k]
+        out[f"pass@{k}"] = sum(pass_at_k(p["n"], p["correct"], k) for p in usable) / len(usable) if usable else None
+        if len(usable) < len(per_prompt):
+            out[f"pass@{k}_prompts"] = len(usable)  # prompts with fewer than k scored samples are left out
+    return out
+
+
+# -- evaluation --------------------------------------------------------------------------------------------------
+def evaluate(model_dir: str, rows: Sequence[dict[str, Any]], n: int = 16, ks: Sequence[int] = (1, 4, 16), *,
+             sampling: SamplingConfig | None = None, workers: int | None = None, timeout_s: float | None = None,
+             keep_completions: bool = False, progress: bool = False) -> dict[str, Any]:
+    """Sample `n` completions per row with the model in `model_dir`, score them, and return the report:
+
+    {"model", "n", "ks", "sampling", "wall_s", "overall": {...}, "per_env": {env: {...}}, "per_prompt": [...]}
+    where each summary holds prompts, samples, masked, format_error, mean_reward, pass@1 and pass@k.
+    Rows are schema rows ({"id", "env", "prompt", "reference", ...}, see prorl.data.build).
+    """
+    from prorl.data.sampling import Sampler
+    from prorl.envs import make
+    from prorl.envs.workers import score_many
+
+    ks = sorted(set(ks))
+    if n < 1 or not ks or ks[0] < 1 or ks[-1] > n:
+        raise ValueError(f"need n >= 1 and 1 <= k <= n for every k, got n={n}, ks={ks}")
+    if not rows:
+        raise ValueError("no prompts to evaluate")
+    sampling = sampling or SamplingConfig()
+    t0 = time.monotonic()
+    sampler = Sampler(model_dir, sampling)
+    bar = _progress_bar(len(rows) * n, f"sampling {Path(model_dir).name}") if progress else None
+    with bar or _Null():
+        completions = sampler.sample([r["prompt"] for r in rows], n,
+                                     progress=(lambda k: bar.advance(bar.task_ids[0], k)) if bar else None)
+    envs = {e: make(e) for e in sorted({r["env"] for r in rows})}
+    flat_rows = [r for r in rows for _ in range(n)]
+    flat = [c for cs in completions for c in cs]
+    scores = score_many([envs[r["env"]] for r in flat_rows], flat, flat_rows, workers=workers, timeout_s=timeout_s)
+    per_prompt, by_env = [], defaultdict(list)
+    for i, row in enumerate(rows):
+        mine = scores[i * n:(i + 1) * n]
+        stats = {"id": row.get("id", str(i)), "env": row["env"], **prompt_stats(mine)}
+        if keep_completions:
+            stats["samples"] = [{"completion": c, "reward": s.reward, "status": s.status}
+                                for c, s in zip(completions[i], mine)]
+        per_prompt.append(stats)
+        by_env[row["env"]].append(stats)
+    return {
+        "model": str(model_dir), "n": n, "ks": ks, "sampling": sampling.to_dict(), "backend": sampler.backend,
+        "wall_s": round(time.monotonic() - t0, 2), "overall": aggregate(per_prompt, ks),
+        "per_env": {env: aggregate(ps, ks) for env, ps in sorted(by_env.items())}, "per_prompt": per_prompt,
+    }
+
+
+class _Null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _progress_bar(total: int, label: str):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    bar.add_task(label, total=total)
+    return bar
+
+
+# -- data --------------------------------------------------------------------------------------------------------
+def load_eval_rows(spec: str, split: str | None = None, env: str | None = None, sample_data: bool = False,
+                   limit: int | None = None) -> list[dict[str, Any]]:
+    """Schema rows from a build folder, a .parquet/.jsonl file or a recipe; public rows are converted with
+    `--env`'s task_from_dict. `limit` keeps the first N prompts of each env."""
+    from prorl.data import build, load_recipe, load_rows
+    from prorl.envs import make
+
+    path = Path(spec)
+    if path.suffix in (".yaml", ".yml"):
+        result = build(load_recipe(path), sample_data=sample_data)
+        rows = result.heldout if (split or "heldout") == "heldout" and result.heldout else result.train
+    elif path.is_dir():
+        split = split or ("heldout" if (path / "heldout.parquet").exists() else "train")
+        rows = load_rows(path, split)
+    else:
+        rows = load_rows(path)
+    out = []
+    for i, row in enumerate(rows):
+        row_env = env or row.get("env")
+        if not row_env:
+            raise ValueError(f"{spec}: row {i} has no `env`; pass --env ID for files of public rows")
+        if not (isinstance(row.get("prompt"), list) and isinstance(row.get("reference"), dict)):
+            task = make(row_env).task_from_dict(row)
+            row = {"id": task.id or str(i), "env": row_env, "prompt": task.prompt, "reference": task.reference,
+                   "metadata": task.metadata}
+        out.append({**row, "env": row_env})
+    if limit:
+        seen: dict[str, int] = defaultdict(int)
+        kept = []
+        for row in out:
+            seen[row["env"]] += 1
+            if seen[row["env"]] <= limit:
+                kept.append(row)
+        out = kept
+    return out
+
+
+# -- reports -----------------------------------------------------------------------------------------------------
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def report_table(results: Sequence[dict[str, Any]]):
+    """A rich table: per env (+ overall) one row per model, and the difference when comparing two models."""
+    from rich.table import Table
+
+    ks = results[0]["ks"]
+    names = [Path(r["model"]).name or r["model"] for r in results]
+    table = Table(title=f"n={results[0]['n']} samples per prompt, temperature {results[0]['sampling']['temperature']}, "
+                        f"top_p {results[0]['sampling']['top_p']}")
+    for col in ["env", "model", "prompts"] + [f"pass@{k}" for k in ks] + ["mean reward", "masked"]:
+        table.add_column(col, justify="left" if col in ("env", "model") else "right")
+    for env in list(results[0]["per_env"]) + ["overall"]:
+        summaries = [r["overall"] if env == "overall" else r["per_env"].get(env, {}) for r in results]
+        for i, (name, s) in enumerate(zip(names, summaries)):
+            table.add_row(env if i == 0 else "", name, str(s.get("prompts", 0)),
+                          *[_fmt(s.get(f"pass@{k}")) for k in ks], _fmt(s.get("mean_reward")), str(s.get("masked", 0)),
+                          style="bold" if env == "overall" else None)
+        if len(results) == 2:
+            deltas = []
+            for key in [f"pass@{k}" for k in ks] + ["mean_reward"]:
+                a, b = summaries[0].get(key), summaries[1].get(key)
+                deltas.append("-" if a is None or b is None else f"{b - a:+.3f}")
+            table.add_row("", f"Δ {names[1]}", "", *deltas, "", style="dim")
+        table.add_section()
+    return table
+
+
+def plot(results: Sequence[dict[str, Any]], path: str | Path) -> None:
+    """A PNG bar chart: one panel per k, bars per env (+ overall), one colour per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ks = results[0]["ks"]
+    envs = list(results[0]["per_env"]) + ["overall"]
+    fig, axes = plt.subplots(1, len(ks), figsize=(max(4.0, 1.2 * len(envs)) * len(ks), 3.6), squeeze=False)
+    width = 0.8 / len(results)
+    for ax, k in zip(axes[0], ks):
+        for m, res in enumerate(results):
+            vals = [(res["overall"] if e == "overall" else res["per_env"].get(e, {})).get(f"pass@{k}") or 0.0
+                    for e in envs]
+            xs = [i + (m - (len(results) - 1) / 2) * width for i in range(len(envs))]
+            bars = ax.bar(xs, vals, width, label=Path(res["model"]).name or res["model"])
+            ax.bar_label(bars, fmt="%.2f", fontsize=7)
+        ax.set_xticks(range(len(envs)), envs, rotation=30, ha="right")
+        ax.set_ylim(0, 1)
+        ax.set_title(f"pass@{k} (n={results[0]['n']})")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("pass rate")
+    axes[0][-1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# -- CLI ---------------------------------------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
+    parser.description = __doc__.split("\n\n")[0]
+    parser.add_argument("--model", required=True, help="local model folder (transformers format)")
+    parser.add_argument("--data", required=True, help="build folder, .parquet/.jsonl file, or recipe .yaml")
+    parser.add_argument("--compare", metavar="DIR", help="a second model, evaluated on the same prompts")
+    parser.add_argument("--n", type=int, default=16, help="samples per prompt (default 16)")
+    parser.add_argument("--k", default="1,4,16", help="comma-separated k values, each <= n (default 1,4,16)")
+    parser.add_argument("--split", choices=("train", "heldout"), help="split of a build folder/recipe "
+                                                                      "(default: heldout when present)")
+    parser.add_argument("--env", help="environment of rows that have no `env` column (public files)")
+    parser.add_argument("--sample-data", action="store_true", help="with a recipe: build from its sample files")
+    parser.add_argument("--limit", type=int, help="at most this many prompts per env")
+    parser.add_argument("--temperature", type=float, default=0.6)
+    parser.add_argument("--top-p", type=float, default=0.95)
+    parser.add_argument("--max-new-tokens", type=int, default=1024)
+    parser.add_argument("--batch-size", type=int, default=64, help="sequences per generate call")
+    parser.add_argument("--backend", choices=("auto", "hf", "vllm"), default="auto")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, help="scoring processes (default: CPU count)")
+    parser.add_argument("-o", "--output", help="folder for results.json, passk.png and completions.jsonl")
+
+
+def run(args: argparse.Namespace, name: str) -> int:
+    from rich.console import Console
+
+    console, err = Console(), Console(stderr=True)
+    try:
+        ks = [int(k) for k in args.k.split(",") if k.strip()]
+        if any(k < 1 or k > args.n for k in ks):
+            raise ValueError(f"--k {args.k}: every k must be between 1 and --n {args.n}")
+        sampling = SamplingConfig(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
+                                  batch_size=args.batch_size, seed=args.seed, backend=args.backend)
+        rows = load_eval_rows(args.data, args.split, args.env, args.sample_data, args.limit)
+    except (ValueError, FileNotFoundError, KeyError) as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        return 2
+    console.print(f"{len(rows)} prompts, {args.n} samples each")
+    results = []
+    for model in [args.model] + ([args.compare] if args.compare else []):
+        results.append(evaluate(model, rows, args.n, ks, sampling=sampling, workers=args.workers,
+                                keep_completions=bool(args.output), progress=True))
+    console.print(report_table(results))
+    if args.output:
+        out = Path(args.output)
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / "completions.jsonl", "w") as f:
+            for res in results:
+                for p in res["per_prompt"]:
+                    for s in p.pop("samples", []):
+                        f.write(json.dumps({"model": res["model"], "id": p["id"], "env": p["env"], **s}) + "\n")
+        (out / "results.json").write_text(json.dumps(results if len(results) > 1 else results[0], indent=2) + "\n")
+        plot(results, out / "passk.png")
+        console.print(f"wrote {out}/results.json, {out}/passk.png, {out}/completions.jsonl")
+    return 0

@@ -1,0 +1,187 @@
+"""prorl eval: the pass@k estimator against brute force, aggregation, and evaluate()/CLI end to end with real tiny
+Hugging Face models whose outputs are known (built here from config: no download)."""
+
+import itertools
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+import prorl
+from prorl.cli import main as cli_main
+from prorl.envs import Score
+from prorl.eval import aggregate, evaluate, load_eval_rows, pass_at_k, prompt_stats
+
+from _envs_for_tests import EchoEnv
+
+for _id in ("test/echo", "test/echo_b"):
+    prorl.register(_id, EchoEnv, override=True)
+
+VOCAB = ["<pad>", "<eos>", "<unk>", "<go>", "7", "8", "9", "say", "q"]
+
+
+def build_transition_model(path: Path, next_tokens: dict[str, list[str]]) -> str:
+    """A real Qwen2 model whose next token depends only on the current one.
+
+    All attention/MLP weights are zero, so the residual stream at a position is the embedding of its token; with
+    one-hot embeddings and lm_head rows set to a large multiple of `next_tokens`' transition table, token t is
+    followed by one of next_tokens[t] (uniformly when several, since their logits tie) and anything else by <eos>.
+    The chat template ends every prompt with <go>, so what the model answers is fixed by next_tokens["<go>"].
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+    vocab = {tok: i for i, tok in enumerate(VOCAB)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    template = "{% for m in messages %}{{ m['content'] }} {% endfor %}<go>"
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>", unk_token="<unk>",
+                                   additional_special_tokens=["<go>"])
+    fast.chat_template = template
+    hidden = 16
+    config = Qwen2Config(vocab_size=len(VOCAB), hidden_size=hidden, intermediate_size=16, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=False,
+                         eos_token_id=vocab["<eos>"], pad_token_id=vocab["<pad>"], bos_token_id=None)
+    model = Qwen2ForCausalLM(config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" not in name:
+                p.zero_()
+        model.model.embed_tokens.weight[:, :] = 0
+        for i in range(len(VOCAB)):
+            model.model.embed_tokens.weight[i, i] = 1.0
+        head = model.lm_head.weight
+        head.zero_()
+        for i, token in enumerate(VOCAB):
+            for nxt in next_tokens.get(token, ["<eos>"]):
+                head[vocab[nxt], i] = 20.0
+    model.generation_config.eos_token_id = vocab["<eos>"]
+    model.generation_config.pad_token_id = vocab["<pad>"]
+    model.save_pretrained(path)
+    fast.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    return {
+        "seven": build_transition_model(root / "seven", {"<go>": ["7"]}),
+        "coin": build_transition_model(root / "coin", {"<go>": ["7", "8"]}),
+    }
+
+
+def echo_rows(answers, env="test/echo"):
+    rows = []
+    for i, a in enumerate(answers):
+        task = prorl.make(env).task_from_dict({"q": f"say q{i}", "answer": a, "id": f"{env}-{i}"})
+        rows.append({"id": task.id, "env": env, "prompt": task.prompt, "reference": task.reference, "metadata": {}})
+    return rows
+
+
+# -- pass@k ------------------------------------------------------------------------------------------------------
+def brute_force_pass_at_k(n, c, k):
+    """Fraction of the k-subsets of n samples (the first c correct) that contain a correct sample."""
+    subsets = list(itertools.combinations(range(n), k))
+    return sum(any(i < c for i in s) for s in subsets) / len(subsets)
+
+
+def test_pass_at_k_matches_brute_force_on_every_small_case():
+    checked = 0
+    for n in range(1, 9):
+        for c in range(n + 1):
+            for k in range(1, n + 1):
+                assert pass_at_k(n, c, k) == pytest.approx(brute_force_pass_at_k(n, c, k), abs=1e-12), (n, c, k)
+                checked += 1
+    assert checked == 240
+
+
+def test_pass_at_k_closed_form_and_edges():
+    assert pass_at_k(16, 0, 16) == 0.0
+    assert pass_at_k(16, 1, 16) == 1.0
+    assert pass_at_k(16, 4, 1) == pytest.approx(4 / 16)
+    assert pass_at_k(20, 5, 4) == pytest.approx(1 - math.comb(15, 4) / math.comb(20, 4))
+    for bad in [(4, 5, 1), (4, 1, 0), (4, 1, 5), (3, -1, 1)]:
+        with pytest.raises(ValueError):
+            pass_at_k(*bad)
+
+
+def test_aggregate_leaves_masked_samples_out_of_n():
+    ok, wrong, timeout = Score(1.0, "ok"), Score(0.0, "wrong"), Score(0.0, "timeout")
+    a = prompt_stats([ok, wrong, timeout, timeout])  # n=2 scored, 1 correct
+    b = prompt_stats([wrong, wrong, wrong, Score(0.5, "wrong")])  # partial credit is not "correct"
+    assert (a["n"], a["correct"], a["masked"]) == (2, 1, 2)
+    summary = aggregate([a, b], ks=[1, 2, 4])
+    assert summary["pass@1"] == pytest.approx((0.5 + 0.0) / 2)
+    assert summary["pass@2"] == pytest.approx((1.0 + 0.0) / 2)
+    assert summary["pass@4"] == 0.0 and summary["pass@4_prompts"] == 1  # prompt a has only 2 scored samples
+    assert summary["mean_reward"] == pytest.approx((1.0 + 0.5) / 6)
+    assert summary["masked"] == 2 and summary["samples"] == 8
+
+
+# -- evaluate ----------------------------------------------------------------------------------------------------
+def test_evaluate_per_env_pass_at_k_with_a_model_that_always_answers_7(models):
+    rows = echo_rows(["7", "7", "9"]) + echo_rows(["9", "9"], env="test/echo_b")
+    res = evaluate(models["seven"], rows, n=4, ks=[1, 4], workers=0)
+    assert res["per_env"]["test/echo"]["pass@1"] == pytest.approx(2 / 3)
+    assert res["per_env"]["test/echo"]["pass@4"] == pytest.approx(2 / 3)
+    assert res["per_env"]["test/echo_b"]["pass@4"] == 0.0
+    assert res["overall"]["pass@1"] == pytest.approx(2 / 5)
+    assert res["overall"]["samples"] == 20 and res["overall"]["prompts"] == 5
+    assert [p["correct"] for p in res["per_prompt"]] == [4, 4, 0, 0, 0]
+
+
+def test_evaluate_coin_model_matches_the_estimator_and_is_reproducible(models):
+    rows = echo_rows(["7"] * 6)
+    res = evaluate(models["coin"], rows, n=8, ks=[1, 2, 8], workers=0, keep_completions=True)
+    again = evaluate(models["coin"], rows, n=8, ks=[1, 2, 8], workers=0, keep_completions=True)
+    assert [p["samples"] for p in res["per_prompt"]] == [p["samples"] for p in again["per_prompt"]]
+    texts = {s["completion"].strip() for p in res["per_prompt"] for s in p["samples"]}
+    assert texts == {"7", "8"}
+    counts = [p["correct"] for p in res["per_prompt"]]
+    assert 0.25 < sum(counts) / 48 < 0.75  # each sample is a fair coin
+    for k in (1, 2, 8):
+        expected = sum(pass_at_k(8, c, k) for c in counts) / len(counts)
+        assert res["overall"][f"pass@{k}"] == pytest.approx(expected)
+    assert res["overall"]["pass@1"] <= res["overall"]["pass@2"] <= res["overall"]["pass@8"]
+
+
+def test_evaluate_rejects_k_above_n(models):
+    with pytest.raises(ValueError, match="k <= n"):
+        evaluate(models["seven"], echo_rows(["7"]), n=2, ks=[1, 4], workers=0)
+
+
+def test_eval_cli_compares_two_models_and_writes_json_png_and_completions(models, tmp_path, capsys):
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in echo_rows(["7", "9", "7"])))
+    out = tmp_path / "eval"
+    code = cli_main(["eval", "--model", models["seven"], "--compare", models["coin"], "--data", str(data),
+                     "--n", "4", "--k", "1,4", "--workers", "1", "-o", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "pass@4" in printed and "overall" in printed
+    results = json.loads((out / "results.json").read_text())
+    assert [Path(r["model"]).name for r in results] == ["seven", "coin"]
+    assert results[0]["overall"]["pass@1"] == pytest.approx(2 / 3)
+    assert (out / "passk.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    lines = (out / "completions.jsonl").read_text().splitlines()
+    assert len(lines) == 2 * 3 * 4 and {"model", "id", "env", "completion", "reward", "status"} <= json.loads(lines[0]).keys()
+
+
+def test_eval_cli_reports_bad_arguments(models, tmp_path, capsys):
+    data = tmp_path / "rows.jsonl"
+    data.write_text(json.dumps({"q": "say q", "answer": "7"}) + "\n")
+    assert cli_main(["eval", "--model", models["seven"], "--data", str(data), "--n", "2", "--k", "4"]) == 2
+    assert "every k must be" in capsys.readouterr().err
+    assert cli_main(["eval", "--model", models["seven"], "--data", str(data), "--n", "2", "--k", "1"]) == 2
+    assert "--env" in capsys.readouterr().err  # public rows need an environment
+
+
+def test_load_eval_rows_reads_public_rows_with_env_and_limits_per_env(tmp_path):
+    data = tmp_path / "public.jsonl"
+    data.write_text("".join(json.dumps({"q": f"say q{i}", "answer": "7"}) + "\n" for i in range(5)))
+    rows = load_eval_rows(str(data), env="test/echo", limit=3)
+    assert len(rows) == 3 and rows[0]["env"] == "test/echo"
+    assert rows[0]["prompt"] == [{"role": "user", "content": "say q0"}] and rows[0]["reference"] == {"answer": "7"}
