@@ -119,7 +119,7 @@ class ProRLTrainer(GRPOTrainer):
         filled = gather(torch.tensor([filler_rows], device=keep_rows.device)).sum().item()
         if filled:
             log.warning("dynamic sampling: step %d hit the cap of %d extra rounds with %d rows missing; they are "
-                        "filled with dropped groups whose advantages are set to 0", self.state.global_step,
+                        "filled with dropped groups whose advantages are set to 0", self.state.global_step + 1,
                         self.args.dynamic_sampling_max_rounds, filled)
         token_level = ("importance_sampling_ratio",) if self.vllm_importance_sampling_mode.startswith("token") else ()
         merged = concat_rows(kept, self._tokenizer.pad_token_id, token_level)

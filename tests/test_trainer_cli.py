@@ -1,0 +1,49 @@
+"""The entry point: `python -m prorl.train --config configs/tiny-cpu.yaml --max_steps 4` on a fresh output folder."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from prorl.train import main
+
+ROOT = Path(__file__).resolve().parents[1]
+# Every metric the trainer issue names (completion_length and clip_ratio under their /mean, /max, /low, /high keys).
+METRICS = ["reward", "reward/logic/basic_arithmetic", "reward/logic/chain_sum", "entropy", "kl",
+           "completion_length/mean", "completion_length/max", "clip_ratio/low", "clip_ratio/high",
+           "dynamic_sampling/kept_groups", "dynamic_sampling/dropped_groups", "dynamic_sampling/rounds", "resets",
+           "stage", "masked/timeout", "masked/infra_error", "no_eos_fraction"]
+
+
+@pytest.mark.slow
+def test_tiny_cpu_config_runs_4_steps(tmp_path):
+    out, model = tmp_path / "out", tmp_path / "model"
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
+    proc = subprocess.run(
+        [sys.executable, "-m", "prorl.train", "--config", str(ROOT / "configs" / "tiny-cpu.yaml"), "--max_steps", "4",
+         "--output_dir", str(out), "--model_name_or_path", str(model)],
+        capture_output=True, text=True, timeout=400, cwd=ROOT, env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    train_logs = [h for h in history if "loss" in h]
+    assert [h["step"] for h in train_logs] == [1, 2, 3, 4]
+    for name in METRICS:
+        assert all(name in h for h in train_logs), f"{name} missing from log_history"
+    assert [h["resets"] for h in train_logs] == [0, 1, 1, 2] and [h["stage"] for h in train_logs] == [0, 1, 1, 1]
+    assert [json.loads(x)["step"] for x in (out / "resets.jsonl").read_text().splitlines()] == [2, 4]
+    assert (out / "model.safetensors").exists() and (model / "tiny_build.json").exists()
+
+
+def test_missing_model_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="model_name_or_path: .*nope does not exist"):
+        main(["--config", str(ROOT / "configs" / "tiny-cpu.yaml"), "--output_dir", str(tmp_path),
+              "--model_name_or_path", str(tmp_path / "nope"), "--build_tiny_model", "false"])
+
+
+def test_dataset_choice_is_validated(tmp_path):
+    with pytest.raises(ValueError, match="exactly one of dataset_path and gym_envs"):
+        main(["--config", str(ROOT / "configs" / "tiny-cpu.yaml"), "--output_dir", str(tmp_path),
+              "--dataset_path", str(tmp_path / "data")])
