@@ -7,13 +7,16 @@ Scoring rule, in order (each step is decisive when it applies):
   2. Identical answers after whitespace/LaTeX-spacing normalisation are `ok` without calling math-verify.
   3. When gold and answer are both plain numbers (`-12`, `3.50`, `1,234`) they are compared exactly as decimals.
   4. Otherwise math-verify decides, gold first: `verify(parse(gold), parse(answer))`, with its signal timeouts
-     off (the scoring workers kill a hung verifier instead). Guards against its known false positives
-     (Math-Verify issues #14, #37, #60; regression cases in tests/math_verify_regressions.jsonl):
+     off (the scoring workers kill a hung verifier instead). Guards against its known false positives and
+     negatives (Math-Verify issues #14, #37, #41, #60, #69; cases and our verdicts, including the one known
+     remaining false negative, in tests/math_verify_regressions.jsonl):
        - exact numbers are compared exactly (math-verify rounds to 6 decimals: `1/2^99 == 1/2^98` for it);
        - sequences with an ellipsis (`1, 2, \\ldots, n`) must match literally (it parses them to one number);
        - a parse that stopped half-way (unbalanced braces, e.g. at `\\mathrm{e}`) is not trusted;
        - both sides are parsed from a `\\boxed{}` wrapper, so equations and lists are read as LaTeX, not as the
-         bare expressions that made `3x-y+13=0` equal `3x+4y+14=0` (issue #60).
+         bare expressions that made `3x-y+13=0` equal `3x+4y+14=0` (issue #60);
+       - plain-text notation in a box (`pi/2`, `exp(16)`, `sqrt(2)`, `2**10`, `\\mathrm{e}`) is rewritten to
+         LaTeX first (issues #41, #69: `pi` was read as p*i).
 """
 
 from __future__ import annotations
@@ -91,10 +94,21 @@ def _as_number(s: str, allow_thousands: bool) -> Decimal | None:
         return None
 
 
+_PLAIN_TO_LATEX = [  # plain-text / sympy notation inside a box -> LaTeX (Math-Verify #41, #69)
+    (re.compile(r"\\math(?:rm|it)\{\s*([A-Za-z])\s*\}"), r"\1"),  # \mathrm{e} -> e
+    (re.compile(r"(?<![A-Za-z])\\?sqrt\(([^()]*)\)"), r"\\sqrt{\1}"),  # sqrt(2), \sqrt(2) -> \sqrt{2}
+    (re.compile(r"(?<![\\A-Za-z])exp\(([^()]*)\)"), r"e^{\1}"),  # exp(16) -> e^{16}
+    (re.compile(r"(?<![\\A-Za-z])pi(?![A-Za-z])"), r"\\pi"),  # pi -> \pi
+    (re.compile(r"\*\*\s*(\([^()]*\)|[\w.]+)"), r"^{\1}"),  # 2**10 -> 2^{10}
+    (re.compile(r"\+\s*-"), "-"),  # 14 + -1i -> 14 - 1i
+]
+
+
 def _prenormalize(s: str) -> str:
-    """Rewrite LaTeX that math-verify parses only partially (`\\mathrm{e}`, `\\sqrt(2)`)."""
-    s = re.sub(r"\\math(?:rm|it)\{\s*([A-Za-z])\s*\}", r"\1", s)
-    return re.sub(r"\\sqrt\(([^()]*)\)", r"\\sqrt{\1}", s)
+    """Rewrite notation that math-verify's LaTeX parser misreads or reads only partially."""
+    for pattern, repl in _PLAIN_TO_LATEX:
+        s = pattern.sub(repl, s)
+    return s
 
 
 def _quiet_math_verify() -> None:
