@@ -6,7 +6,9 @@ half right (the gold, sometimes in an equivalent form), 40% wrong (another probl
   - raw: `math_verify.verify(parse(gold), parse(completion))` in this process, one item at a time (its own
     signal timeouts, which only work in the main thread);
   - prorl: `make("math").score_batch(completions, tasks, workers=2)` with the kill-able per-sample timeout.
-The pool is started (and warmed on a few items) before timing, as in a training run.
+The pool is started (and warmed on a few items) before timing, as in a training run. Rounds alternate between
+the two sides and the best round of each is compared (timings on a shared machine are noisy); the first prorl
+round, before the workers have cached the parsed golds, is printed as well.
 
     .venv/bin/python benchmarks/bench_scoring.py [--repeat 2] [--workers 2]
 """
@@ -18,6 +20,7 @@ import json
 import logging
 import random
 import time
+from collections import Counter
 from pathlib import Path
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "math500" / "test.jsonl"
@@ -91,11 +94,15 @@ def main() -> None:
                                                                     "infra_error")}
     agree = sum((x.reward == 1.0) == r for x, r in zip(scores, raw_out))
     intended = sum((x.reward == 1.0) == r for x, r in zip(scores, right))
+    paths = Counter(x.details.get("match") or ("guard" if "guard" in x.details else x.status) for x in scores)
     print(f"items: {n} (intended right: {sum(right)}); prorl statuses: {statuses}")
+    print(f"decided by: {dict(paths)}")
     print(f"prorl verdicts agree with raw math-verify on {agree}/{n}, with the intended label on {intended}/{n}")
     print(f"raw math_verify, 1 process : {raw_rate:8.1f} items/s  (best of {args.repeat}: {min(raw_times):.2f} s)")
     print(f"prorl score_batch, {args.workers} workers: {ours_rate:8.1f} items/s  "
           f"(best of {args.repeat}: {min(ours_times):.2f} s, per-sample kill-able timeout {env.timeout_s} s)")
+    print(f"prorl first round (gold parses not yet cached in the workers): {n / ours_times[0]:.1f} items/s, "
+          f"{n / ours_times[0] / raw_rate:.2f}x raw")
     print(f"ratio prorl / raw: {ours_rate / raw_rate:.2f}x")
 
 
