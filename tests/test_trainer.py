@@ -186,3 +186,26 @@ def test_config_rejects_bad_fields(tmp_path):
     assert (defaults.loss_type, defaults.epsilon, defaults.epsilon_high, defaults.beta, defaults.temperature,
             defaults.num_generations, defaults.learning_rate) == ("dapo", 0.2, 0.4, 1e-4, 1.2, 16, 2e-6)
     assert defaults.lr_scheduler_type == "constant"
+
+
+def test_zeroing_adamw_state_in_place_equals_a_fresh_optimizer():
+    """The DeepSpeed reset path (state zeroed in place) gives the same next update as a new AdamW."""
+    from prorl.trainer.callbacks import reset_optimizer_state, zero_optimizer_state_
+
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(5))
+    opt = torch.optim.AdamW([w], lr=0.1)
+    for _ in range(3):
+        w.grad = torch.randn(5)
+        opt.step()
+    start, grad = w.detach().clone(), torch.randn(5)
+    fresh_w = torch.nn.Parameter(start.clone())
+    fresh = torch.optim.AdamW([fresh_w], lr=0.1)
+    fresh_w.grad = grad.clone()
+    fresh.step()
+    zero_optimizer_state_(opt)
+    w.grad = grad.clone()
+    opt.step()
+    assert torch.allclose(w, fresh_w, atol=1e-7)
+    reset_optimizer_state(opt)
+    assert len(opt.state) == 0

@@ -91,26 +91,37 @@ def copy_weights_(src: torch.nn.Module, dst: torch.nn.Module) -> None:
                     if deepspeed.comm.get_rank() == 0:
                         q.data.copy_(p.data)
             else:  # plain tensors, or FSDP2 DTensors with identical sharding: a local shard copy
+                if p.data.shape != q.data.shape:
+                    raise RuntimeError(f"{name}: policy shard {tuple(p.data.shape)} != reference shard "
+                                       f"{tuple(q.data.shape)}")
                 q.data.copy_(p.data)
 
 
 def reset_optimizer_state(optimizer: torch.optim.Optimizer | Any) -> None:
     """Clear the optimizer state (AdamW moments, step counts). Torch optimizers rebuild it lazily on the next step.
-    Under DeepSpeed (whose ZeRO optimizers pre-allocate state) every state tensor is zeroed in place instead, which
-    gives the same next update as a fresh AdamW (m = v = 0, step = 0)."""
+    Under DeepSpeed, whose ZeRO optimizers pre-allocate their state, it is zeroed in place instead
+    (`zero_optimizer_state_`), which gives the same next update as a fresh optimizer."""
     base, wrapped_by_deepspeed = optimizer, False
     while getattr(base, "optimizer", None) is not None:
         wrapped_by_deepspeed |= "deepspeed" in type(base).__module__
         base = base.optimizer
     if wrapped_by_deepspeed:
-        for state in base.state.values():
-            for key, value in state.items():
-                if torch.is_tensor(value):
-                    value.zero_()
-                elif isinstance(value, (int, float)):
-                    state[key] = type(value)(0)
+        zero_optimizer_state_(base)
     else:
         base.state.clear()
+
+
+def zero_optimizer_state_(optimizer: torch.optim.Optimizer) -> None:
+    """Adam(W) state as if new, keeping its tensors: moments and step counts set to 0."""
+    for state in optimizer.state.values():
+        for key, value in state.items():
+            if torch.is_tensor(value):
+                value.zero_()
+            elif key == "step":
+                state[key] = 0
+    for group in optimizer.param_groups:  # DeepSpeed's FusedAdam keeps its step count in the param group
+        if "step" in group:
+            group["step"] = group["step"].zero_() if torch.is_tensor(group["step"]) else 0
 
 
 class ResetController(TrainerCallback):
