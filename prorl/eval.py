@@ -258,7 +258,7 @@ def run(args: argparse.Namespace, name: str) -> int:
                                   batch_size=args.batch_size, seed=args.seed, backend=args.backend)
         rows = load_eval_rows(args.data, args.split, args.env, args.sample_data, args.limit)
     except (ValueError, FileNotFoundError, KeyError) as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         return 2
     console.print(f"{len(rows)} prompts, {args.n} samples each")
     results = []

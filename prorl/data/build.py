@@ -142,6 +142,8 @@ def normalize_row(raw: RawRow, source: SourceConfig, env: Env) -> Candidate:
     data = dict(raw.data)
     for new, column in source.columns.items():
         data[new] = get_dotted(raw.data, column)
+        if data[new] is None:
+            raise FieldError(column, "missing")
     if source.adapter:
         data = ADAPTERS[source.adapter](data)
     try:
@@ -256,8 +258,8 @@ def build(recipe: Recipe, out_dir: str | Path | None = None, *, sample_data: boo
     train: list[dict[str, Any]] = []
     for source in recipe.sources:
         pool, st = pools[source.name], stats[source.name]
-        picked = random.Random(f"{recipe.seed}:mix:{source.name}").sample(range(len(pool)), st.target)
-        for i in sorted(picked):
+        picked = _pick(pool, st.target, random.Random(f"{recipe.seed}:mix:{source.name}"))
+        for i in picked:
             train.append(pool[i].row)
             st.per_task[pool[i].stratum or source.env] += 1
         st.selected = st.target
@@ -339,6 +341,22 @@ def _targets(recipe: Recipe, wanted: dict[str, int], pools: dict[str, list], sta
     for n in pools:
         stats[n].target = min(avail[n], round(wanted[n] * scale))
     return scale
+
+
+def _pick(pool: list[Candidate], target: int, rng: random.Random) -> list[int]:
+    """Indices of `target` rows drawn at random; rows of a generated source are drawn evenly across its tasks
+    (a task with too few rows gives its share to the others)."""
+    groups: dict[str | None, list[int]] = {}
+    for i, c in enumerate(pool):
+        groups.setdefault(c.stratum, []).append(i)
+    quota = {g: 0 for g in groups}
+    left = target
+    while left > 0:
+        open_groups = [g for g in groups if quota[g] < len(groups[g])]
+        for g in open_groups[:left] if left < len(open_groups) else open_groups:
+            quota[g] += 1
+        left = target - sum(quota.values())
+    return sorted(i for g, idx in groups.items() for i in rng.sample(idx, quota[g]))
 
 
 def _unique_ids(rows: Sequence[dict[str, Any]]) -> None:

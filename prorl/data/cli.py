@@ -91,11 +91,11 @@ def run(args: argparse.Namespace, name: str) -> int:
             result = build(recipe, args.output, sample_data=args.sample_data, root=args.root, on_error=args.on_error,
                            log=log)
     except (RecipeError, DataError, ValueError, FileNotFoundError) as exc:
-        err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+        err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
         return 2
     invalid = [i for i in result.issues if i.reason == "invalid"]
     for issue in invalid[:10]:
-        err.print(f"[yellow]skipped[/] {issue}", markup=True, highlight=False)
+        err.print(f"[yellow]skipped[/] {issue}", markup=True, highlight=False, soft_wrap=True)
     if len(invalid) > 10:
         err.print(f"... and {len(invalid) - 10} more invalid rows (all in {args.output}/dropped.jsonl)")
     if not args.quiet:

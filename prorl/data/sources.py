@@ -37,10 +37,9 @@ class RawRow:
 
 
 def display_path(path: str) -> str:
-    try:
-        return os.path.relpath(path)
-    except ValueError:
-        return path
+    """The path relative to the working directory when it is below it, else absolute (so it can be opened)."""
+    rel = os.path.relpath(path)
+    return rel if not rel.startswith("..") else os.path.abspath(path)
 
 
 def source_files(source: SourceConfig, recipe: Recipe, sample_data: bool, root: str | None) -> list[str]:

@@ -1,0 +1,229 @@
+"""prorl data build: the acceptance build of datasets/prorl-mix.yaml on the samples, bad rows reported by file:line,
+de-duplication, mixing, generation with held-out tasks, the CLI, and the saved dataset's schema."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+import prorl
+from prorl.cli import main as cli_main
+from prorl.data import DataError, build, load_recipe, load_rows, parse_recipe
+
+from _envs_for_tests import EchoEnv
+
+prorl.register("test/echo", EchoEnv, override=True)
+ROOT = Path(__file__).resolve().parents[1]
+MIX = ROOT / "datasets" / "prorl-mix.yaml"
+
+
+def write_jsonl(path: Path, rows) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+def recipe_of(tmp_path: Path, **top) -> "prorl.data.Recipe":
+    """A recipe dict (YAML-like) validated with its path in tmp_path, so relative paths resolve there."""
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(top))
+    return load_recipe(path)
+
+
+def math_rows(n, start=0):
+    return [{"problem": f"What is {i} + {i}?", "answer": str(2 * i), "solution": "..."} for i in range(start, start + n)]
+
+
+# -- acceptance --------------------------------------------------------------------------------------------------
+def test_prorl_mix_on_the_samples_matches_the_recipe_proportions(tmp_path):
+    recipe = load_recipe(MIX)
+    assert [s.name for s in recipe.sources] == ["math", "code", "stem", "logic", "ifeval"]
+    assert [s.size for s in recipe.sources] == [40000, 24000, 25000, 37000, 10000]
+    assert len(recipe.source("logic").generate.tasks) == 96
+    result = build(recipe, tmp_path / "out", sample_data=True)
+    card = json.loads((tmp_path / "out" / "card.json").read_text())
+    total = card["rows"]["train"]
+    assert total == len(result.train) > 100
+    assert card["dropped"].get("invalid", 0) == 0, card["dropped_examples"]
+    for s in recipe.sources:
+        selected = card["sources"][s.name]["selected"]
+        assert abs(selected - s.size * card["scale"]) <= 1  # one common scale factor, rounded
+        assert card["sources"][s.name]["share"] == pytest.approx(s.size / 136000, abs=0.01)
+    assert card["per_env"] == {s.env: card["sources"][s.name]["selected"] for s in recipe.sources}
+    assert "| math | math |" in (tmp_path / "out" / "card.md").read_text()
+    rows = load_rows(tmp_path / "out")
+    assert len(rows) == total and len({r["id"] for r in rows}) == total
+    code = next(r for r in rows if r["env"] == "code")
+    assert code["prompt"][-1]["content"].endswith("```python\nYour code\n```\nat the end.")
+    assert code["reference"]  # the stdin/stdout tests, as the code environment stores them
+    math = next(r for r in rows if r["env"] == "math")
+    assert math["prompt"][-1]["content"].endswith("output the final answer within \\boxed{}.")
+    logic = next(r for r in rows if r["env"] == "logic")
+    assert "<answer>" in logic["prompt"][0]["content"] and logic["prompt"][0]["role"] == "system"
+
+
+def test_built_rows_score_with_their_environment(tmp_path):
+    result = build(load_recipe(MIX), sample_data=True, root=str(MIX.parent))
+    by_env = {}
+    for row in result.train:
+        by_env.setdefault(row["env"], row)
+    math_row = by_env["math"]
+    assert prorl.make("math").score(f"So \\boxed{{{math_row['reference']['answer']}}}", math_row).reward == 1.0
+    logic_row = next(r for r in result.train if r["env"] == "logic" and r["reference"]["entry"]["answer"] is not None)
+    answer = logic_row["reference"]["entry"]["answer"]
+    assert prorl.make("logic").score(f"<answer>{answer}</answer>", logic_row).reward == 1.0
+
+
+# -- bad rows ----------------------------------------------------------------------------------------------------
+def bad_recipe(tmp_path, on_error="skip"):
+    write_jsonl(tmp_path / "bad.jsonl", [
+        math_rows(1)[0],
+        "",  # blank lines are skipped but still counted
+        '{"problem": "What is 1 + 1?", "answer": ',  # line 3: truncated JSON
+        math_rows(1, start=2)[0],
+        {"problem": "What is 7 + 7?", "solution": "no answer field"},  # line 5
+        {"problem": "What is 8 + 8?", "answer": ""},  # line 6
+        "[1, 2]",  # line 7: not an object
+    ])
+    return recipe_of(tmp_path, name="bad", on_error=on_error,
+                     sources={"math": {"env": "math", "path": "bad.jsonl", "adapter": "deepscaler", "size": 2}})
+
+
+def test_a_broken_row_is_reported_with_file_line_and_field_then_skipped(tmp_path):
+    result = build(bad_recipe(tmp_path), tmp_path / "out")
+    messages = [str(i) for i in result.issues]
+    assert len(result.train) == 2
+    path = str(tmp_path / "bad.jsonl")  # outside the working directory: shown absolute
+    assert any(m.startswith(f"{path}:3: not valid JSON") for m in messages), messages
+    assert any(m.startswith(f"{path}:5: field 'answer': missing") for m in messages), messages
+    assert any(m.startswith(f"{path}:6: field 'answer': must be a non-empty string") for m in messages), messages
+    assert any(m.startswith(f"{path}:7: a row must be a JSON object") for m in messages), messages
+    dropped = [json.loads(l) for l in (tmp_path / "out" / "dropped.jsonl").read_text().splitlines()]
+    assert {(d["where"], d["field"]) for d in dropped} == {
+        (f"{path}:3", None), (f"{path}:5", "answer"), (f"{path}:6", "answer"), (f"{path}:7", None)}
+    card = json.loads((tmp_path / "out" / "card.json").read_text())
+    assert card["dropped"] == {"invalid": 4} and card["sources"]["math"]["read"] == 6
+
+
+def test_on_error_fail_stops_at_the_first_bad_row(tmp_path):
+    with pytest.raises(DataError, match=r"bad\.jsonl:3: not valid JSON"):
+        build(bad_recipe(tmp_path, on_error="fail"))
+
+
+def test_cli_prints_bad_rows_and_fails_on_request(tmp_path, capsys):
+    bad_recipe(tmp_path)
+    recipe = str(tmp_path / "recipe.yaml")
+    assert cli_main(["data", "build", recipe, "-o", str(tmp_path / "out"), "-q"]) == 0
+    err = capsys.readouterr().err
+    assert "bad.jsonl:5: field 'answer': missing" in err
+    assert cli_main(["data", "build", recipe, "-o", str(tmp_path / "out2"), "--on-error", "fail"]) == 2
+    assert "bad.jsonl:3" in capsys.readouterr().err
+
+
+def test_parquet_and_json_array_rows_are_located_by_row_number(tmp_path):
+    from datasets import Dataset
+
+    rows = [{"question": f"say {i}", "gold": {"value": str(i)}} for i in range(3)]
+    rows[1]["gold"] = {"value": None}
+    Dataset.from_list(rows).to_parquet(str(tmp_path / "echo.parquet"))
+    (tmp_path / "echo.json").write_text(json.dumps([{"question": "say 5", "gold": {"value": "5"}}, {"gold": {}}]))
+    recipe = recipe_of(tmp_path, name="p", shortfall="take", sources={"echo": {
+        "env": "test/echo", "path": "echo.*", "size": 9, "columns": {"q": "question", "answer": "gold.value"}}})
+    result = build(recipe)
+    assert [str(i).replace(str(tmp_path) + "/", "") for i in result.issues] == [
+        "echo.json row 1: field 'gold.value': missing",
+        "echo.parquet row 1: field 'gold.value': missing"]
+    assert sorted(r["reference"]["answer"] for r in result.train) == ["0", "2", "5"]
+
+
+# -- de-duplication and mixing ---------------------------------------------------------------------------------
+def test_duplicates_exact_and_normalized_across_domains(tmp_path):
+    write_jsonl(tmp_path / "m.jsonl", math_rows(3) + [math_rows(1)[0]])  # exact duplicate inside a source
+    write_jsonl(tmp_path / "s.jsonl", [
+        {"problem": "what is 1+1 ?", "extracted_answer": "2"},  # same as math's "What is 1 + 1?" once normalised
+        {"problem": "What is 3 + 4?", "extracted_answer": "7"},
+    ])
+    recipe = recipe_of(tmp_path, name="d", shortfall="take", sources={
+        "math": {"env": "math", "path": "m.jsonl", "adapter": "deepscaler", "size": 10},
+        "stem": {"env": "stem", "path": "s.jsonl", "adapter": "scp116k", "size": 10}})
+    result = build(recipe)
+    assert result.stats["math"].dropped == {"duplicate_exact": 1}
+    assert result.stats["stem"].dropped == {"duplicate_normalized": 1}
+    assert [r["source"] for r in result.train].count("stem") == 1
+    exact_only = recipe_of(tmp_path, name="d", shortfall="take", dedup="exact", sources={
+        "math": {"env": "math", "path": "m.jsonl", "adapter": "deepscaler", "size": 10},
+        "stem": {"env": "stem", "path": "s.jsonl", "adapter": "scp116k", "size": 10}})
+    assert build(exact_only).stats["stem"].dropped == {}
+
+
+def test_mix_by_weights_is_seeded_and_keeps_proportions(tmp_path):
+    write_jsonl(tmp_path / "a.jsonl", math_rows(60))
+    write_jsonl(tmp_path / "b.jsonl", math_rows(60, start=100))
+    spec = dict(name="w", total=40, sources={
+        "a": {"env": "math", "path": "a.jsonl", "weight": 3},
+        "b": {"env": "math", "path": "b.jsonl", "weight": 1}})
+    first = build(recipe_of(tmp_path, seed=1, **spec))
+    again = build(recipe_of(tmp_path, seed=1, **spec))
+    other = build(recipe_of(tmp_path, seed=2, **spec))
+    assert [r["source"] for r in first.train].count("a") == 30 and len(first.train) == 40
+    assert [r["id"] for r in first.train] == [r["id"] for r in again.train]
+    assert [r["id"] for r in first.train] != [r["id"] for r in other.train]
+
+
+@pytest.mark.parametrize("shortfall,expected", [("scale", {"a": 5, "b": 10}), ("take", {"a": 5, "b": 40})])
+def test_shortfall_policies(tmp_path, shortfall, expected):
+    write_jsonl(tmp_path / "a.jsonl", math_rows(5))
+    write_jsonl(tmp_path / "b.jsonl", math_rows(60, start=100))
+    recipe = recipe_of(tmp_path, name="s", shortfall=shortfall, sources={
+        "a": {"env": "math", "path": "a.jsonl", "size": 20}, "b": {"env": "math", "path": "b.jsonl", "size": 40}})
+    result = build(recipe)
+    assert {n: s.selected for n, s in result.stats.items()} == expected
+
+
+def test_shortfall_error_names_the_short_sources(tmp_path):
+    write_jsonl(tmp_path / "a.jsonl", math_rows(5))
+    recipe = recipe_of(tmp_path, name="s", shortfall="error",
+                       sources={"a": {"env": "math", "path": "a.jsonl", "size": 20}})
+    with pytest.raises(DataError, match="a: 5 of 20"):
+        build(recipe)
+
+
+# -- generated sources and held-out rows -----------------------------------------------------------------------
+def test_generated_logic_source_holds_out_the_first_entries_of_each_task(tmp_path):
+    spec = dict(name="g", seed=3, sources={"logic": {"env": "logic", "size": 30, "generate": {
+        "tasks": ["chain_sum", "basic_arithmetic", "word_sorting"], "seed": 5, "holdout_per_task": 4}}})
+    result = build(recipe_of(tmp_path, **spec), tmp_path / "out")
+    assert len(result.train) == 30 and len(result.heldout) == 12
+    assert dict(result.stats["logic"].per_task) == {"chain_sum": 10, "basic_arithmetic": 10, "word_sorting": 10}
+    held = {r["id"] for r in result.heldout}
+    assert all(r["metadata"]["origin"].split("#")[1] in "0123" for r in result.heldout)
+    assert not held & {r["id"] for r in result.train}
+    held_questions = {r["prompt"][-1]["content"] for r in result.heldout}
+    assert not held_questions & {r["prompt"][-1]["content"] for r in result.train}
+    again = build(recipe_of(tmp_path, **spec))
+    assert [r["id"] for r in again.heldout] == [r["id"] for r in result.heldout]
+    assert len(load_rows(tmp_path / "out", "heldout")) == 12
+
+
+def test_file_source_holdout_is_seeded_and_disjoint(tmp_path):
+    write_jsonl(tmp_path / "a.jsonl", math_rows(30))
+    recipe = recipe_of(tmp_path, name="h", seed=4,
+                       sources={"a": {"env": "math", "path": "a.jsonl", "size": 20, "holdout": 5}})
+    result = build(recipe)
+    assert len(result.heldout) == 5 and len(result.train) == 20
+    assert not {r["id"] for r in result.heldout} & {r["id"] for r in result.train}
+
+
+def test_templates_system_prompts_and_where_filters(tmp_path):
+    write_jsonl(tmp_path / "a.jsonl", [{"q": "say one", "answer": "1", "kind": "keep"},
+                                       {"q": "say two", "answer": "2", "kind": "drop"}])
+    recipe = recipe_of(tmp_path, name="t", sources={"a": {
+        "env": "test/echo", "path": "a.jsonl", "size": 1, "where": {"kind": "keep"}, "question_field": "q",
+        "template": "Q: {question} (answer {answer}) \\boxed{}", "system_prompt": "Be brief.",
+        "metadata": {"dataset": "unit"}}})
+    result = build(recipe)
+    [row] = result.train
+    assert row["prompt"] == [{"role": "system", "content": "Be brief."},
+                             {"role": "user", "content": "Q: say one (answer 1) \\boxed{}"}]
+    assert row["metadata"]["dataset"] == "unit" and row["metadata"]["origin"] == f"{tmp_path}/a.jsonl:1"
+    assert result.stats["a"].dropped == {"not_selected": 1}
