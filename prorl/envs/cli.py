@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from prorl.envs.base import Env, Task
 
@@ -77,8 +77,8 @@ def _read_done(path: Path) -> tuple[set[int], list[dict]]:
     return {r["details"]["input_line"] for r in rows}, rows
 
 
-class _Lines:
-    """Parses input lines into (line number, row, env, Task), reporting malformed ones."""
+class LineParser:
+    """Turns input lines into (line number, row, env, Task); environments are built once per id."""
 
     def __init__(self, env_id: str | None):
         self.env_id = env_id
@@ -117,6 +117,17 @@ class _Lines:
             raise BadLine(f"bad task for {env_id!r}: {exc}") from None
         return row, env, task
 
+    def lines(self, path: Path, wanted: set[int],
+              on_error: Callable[[int, str], None]) -> Iterator[tuple[int, dict, Env, Task]]:
+        """The parsed lines of `path` whose numbers are in `wanted`; malformed ones go to `on_error`."""
+        with path.open() as f:
+            for i, raw in enumerate(f, 1):
+                if i in wanted:
+                    try:
+                        yield (i, *self.parse(raw))
+                    except BadLine as exc:
+                        on_error(i, str(exc))
+
 
 def _chunks(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
     chunk: list[Any] = []
@@ -129,75 +140,76 @@ def _chunks(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
         yield chunk
 
 
+class Summary:
+    """Per-env counts for the closing table (kept as counts, not rows, so big files stay cheap)."""
+
+    def __init__(self):
+        self.n: Counter[str] = Counter()
+        self.reward: defaultdict[str, float] = defaultdict(float)
+        self.status: defaultdict[str, Counter[str]] = defaultdict(Counter)
+
+    def add(self, env_id: str, reward: float, status: str) -> None:
+        self.n[env_id] += 1
+        self.reward[env_id] += reward
+        self.status[env_id][status] += 1
+
+    def table(self):
+        from rich.table import Table
+
+        table = Table(title="prorl score")
+        for col in ("env", "n", "mean reward", "% correct", "timeouts", "format errors", "infra errors"):
+            table.add_column(col, justify="left" if col == "env" else "right", no_wrap=col == "env")
+        for env_id in sorted(self.n):
+            n, st = self.n[env_id], self.status[env_id]
+            table.add_row(env_id, str(n), f"{self.reward[env_id] / n:.3f}", f"{100 * st['ok'] / n:.1f}",
+                          str(st["timeout"]), str(st["format_error"]), str(st["infra_error"]))
+        return table
+
+
 def score_command(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from prorl.envs.workers import score_many
 
-    err = Console(stderr=True)
+    out_console, err = Console(), Console(stderr=True)
     if not args.input.is_file():
         err.print(f"[red]prorl score: no such input file: {args.input}")
         return 2
     args.output.parent.mkdir(parents=True, exist_ok=True)
     done, previous = _read_done(args.output) if args.resume and args.output.exists() else (set(), [])
+    summary = Summary()
+    for row in previous:
+        summary.add(args.env or str(row.get("env")), row["reward"], row["status"])
     with args.input.open() as f:
-        todo = [i for i, raw in enumerate(f, 1) if raw.strip() and i not in done]
-    todo_set = set(todo)
-    lines = _Lines(args.env)
-    bad: list[tuple[int, str]] = []
-    results = list(previous)
-
-    def parsed() -> Iterator[tuple[int, dict, Env, Task]]:
-        with args.input.open() as f:
-            for i, raw in enumerate(f, 1):
-                if i not in todo_set:
-                    continue
-                try:
-                    yield (i, *lines.parse(raw))
-                except BadLine as exc:
-                    bad.append((i, str(exc)))
-                    err.print(f"[red]{args.input}:{i}: {exc}")
-                    progress.advance(bar)
+        todo = {i for i, raw in enumerate(f, 1) if raw.strip() and i not in done}
+    bad: list[int] = []
 
     columns = (TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=err, transient=False) as progress, \
-            args.output.open("a" if args.resume else "w") as out:
+    with Progress(*columns, console=err) as progress, args.output.open("a" if args.resume else "w") as out:
         bar = progress.add_task("score", total=len(todo))
-        for chunk in _chunks(parsed(), max(1, args.chunk_size)):
+
+        def malformed(i: int, message: str) -> None:
+            bad.append(i)
+            err.print(f"[red]{args.input}:{i}: {message}")
+            progress.advance(bar)
+
+        parsed = LineParser(args.env).lines(args.input, todo, malformed)
+        for chunk in _chunks(parsed, max(1, args.chunk_size)):
             scores = score_many([c[2] for c in chunk], [c[1]["completion"] for c in chunk], [c[3] for c in chunk],
                                 workers=args.workers, timeout_s=args.timeout)
-            for (i, row, _env, _task), score in zip(chunk, scores):
+            for (i, row, env, _task), score in zip(chunk, scores):
                 res = {**row, "reward": score.reward, "status": score.status,
                        "details": {**score.details, "input_line": i}}
                 out.write(json.dumps(res, default=str) + "\n")
-                results.append(res)
-            out.flush()
+                summary.add(env.id, score.reward, score.status)
+            out.flush()  # a finished chunk is on disk: an interrupted run resumes after it
             progress.advance(bar, len(chunk))
-    _print_summary(results, args.env, Console())
+    out_console.print(summary.table())
     if done:
-        Console().print(f"resumed: {len(done)} lines were already in {args.output}")
+        out_console.print(f"resumed: {len(done)} lines were already in {args.output}")
     if bad:
-        err.print(f"[red]{len(bad)} malformed line(s) skipped: {', '.join(str(i) for i, _ in bad[:20])}"
+        err.print(f"[red]{len(bad)} malformed line(s) skipped: {', '.join(map(str, bad[:20]))}"
                   + (" ..." if len(bad) > 20 else ""))
         return 1
     return 0
-
-
-def _print_summary(rows: list[dict], env_override: str | None, console) -> None:
-    from rich.table import Table
-
-    by_env: dict[str, list[dict]] = defaultdict(list)
-    for row in rows:
-        by_env[env_override or str(row.get("env"))].append(row)
-    table = Table(title="prorl score")
-    for col in ("env", "n", "mean reward", "% correct", "timeouts", "format errors", "infra errors"):
-        table.add_column(col, justify="left" if col == "env" else "right", no_wrap=col == "env")
-    for env_id in sorted(by_env):
-        group = by_env[env_id]
-        n = len(group)
-        count = lambda s: sum(r["status"] == s for r in group)  # noqa: E731
-        table.add_row(env_id, str(n), f"{sum(r['reward'] for r in group) / n:.3f}", f"{100 * count('ok') / n:.1f}",
-                      str(count("timeout")), str(count("format_error")), str(count("infra_error")))
-    console.print(table)
-
