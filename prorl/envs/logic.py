@@ -38,12 +38,6 @@ COMPOSITE_DEFAULT = {"datasets": [
 _TUPLE_BOARD_TASKS = ("arc_agi", "rearc")
 
 
-def _rg():
-    import reasoning_gym
-
-    return reasoning_gym
-
-
 def task_names() -> list[str]:
     """Every task registered in reasoning-gym, sorted."""
     from reasoning_gym.factory import DATASETS
@@ -64,7 +58,9 @@ def _create(name: str, size: int, seed: int, config: dict | None):
 
         specs = config.pop("datasets", None) or COMPOSITE_DEFAULT["datasets"]
         config["datasets"] = [s if isinstance(s, DatasetSpec) else DatasetSpec(**s) for s in specs]
-    return _rg().create_dataset(name, size=size, seed=seed, **config)
+    from reasoning_gym import create_dataset
+
+    return create_dataset(name, size=size, seed=seed, **config)
 
 
 @lru_cache(maxsize=None)
@@ -214,7 +210,7 @@ class LogicMixEnv(LogicTaskEnv):
         return super().task_from_dict(row)
 
     def scorer(self, name: str) -> Callable[[str | None, dict], float]:
-        return scorer_for(name, self.configs.get(name) if name != "composite" else None)
+        return scorer_for(name, self.configs.get(name))
 
 
 def _describe(cls: type) -> str:
