@@ -82,6 +82,14 @@ def test_mixture_weights_seeds_and_dispatch():
         make("logic", tasks={"chain_sum": 0})
 
 
+def test_default_mixture_draws_from_many_tasks():
+    env = make("logic", seed=0)
+    assert "composite" not in env.weights and len(env.weights) == 105
+    tasks = env.sample_tasks(6, seed=1)
+    assert len({t.metadata["source_dataset"] for t in tasks}) >= 4
+    assert all(t.prompt[0]["content"] == system_prompt() for t in tasks)
+
+
 def test_scorer_failure_is_an_infra_error_naming_the_task():
     env = make("logic")
     # a real entry whose metadata lacks what the sudoku scorer reads: reasoning-gym raises KeyError

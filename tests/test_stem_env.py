@@ -25,13 +25,22 @@ def test_extract_choice(completion, letter):
     assert extract_choice(completion) == letter
 
 
+def test_an_option_named_by_its_text():
+    opts = {"A": "Oxygen", "B": "Neon", "C": "Iron"}
+    assert extract_choice("Answer: Neon", opts) == "B"
+    assert extract_choice(r"\boxed{\text{neon}}", opts) == "B"
+    assert extract_choice("Answer: Argon", opts) is None
+    assert make("stem").score("The answer is: Neon.", MC).status == "ok"
+
+
 def test_multiple_choice_scoring():
     env = make("stem")
     assert env.score("Answer: B", MC).status == "ok"
     assert env.score("Answer: C", MC).status == "wrong"
-    s = env.score("Neon, I think.", MC)
+    s = env.score("I think it is the second one.", MC)
     assert (s.status, s.reward) == ("format_error", 0.0)
     assert env.score("<think>Answer: A</think>Answer: B", MC).status == "ok"
+    assert env.score("I'd say Sodium.", MC).status == "format_error"
     task = env.task_from_dict(MC)
     text = task.prompt[0]["content"]
     assert "A. Oxygen" in text and "D. Sodium" in text and "Answer: X" in text

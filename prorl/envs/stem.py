@@ -23,6 +23,7 @@ MC_SUFFIX = ("Think step by step, then give the letter of the correct option on 
 _LETTER = r"\(?\s*([A-J])\s*\)?"
 # "answer" in any case, the letter itself upper-case only ("the answer is a prime" names no option)
 _ANSWER_RE = re.compile(r"(?i:answer)\s*(?:(?i:is)|:)?\s*[:\-]?\s*(?:(?i:option)\s*)?\**\s*" + _LETTER + r"(?![A-Za-z])")
+_ANSWER_TEXT_RE = re.compile(r"(?i:answer)\s*(?:(?i:is)|:)\s*:?\s*([^\n]+)")
 _PAREN_RE = re.compile(r"\(([A-J])\)")
 _BOXED_LETTER_RE = re.compile(r"^(?:\\text(?:bf)?\{)?\s*\(?\s*([A-J])\s*\)?\s*\}?(?:[.:)]|\s|$)")
 
@@ -55,17 +56,26 @@ def gold_letter(answer: Any, options: dict[str, str]) -> str:
     return letter
 
 
-def extract_choice(text: str) -> str | None:
-    """The model's final option letter, or None."""
+def extract_choice(text: str, options: dict[str, str] | None = None) -> str | None:
+    """The model's final option letter, or None. With `options`, a final "Answer: <option text>" (or a boxed
+    option text) also names its option."""
     boxed = last_boxed(text)
     if boxed is not None:
         m = _BOXED_LETTER_RE.match(boxed.strip())
-        return m.group(1).upper() if m else None
+        return m.group(1).upper() if m else _option_by_text(boxed, options)
     found = list(_ANSWER_RE.finditer(text))
     if found:
         return found[-1].group(1).upper()
+    said = list(_ANSWER_TEXT_RE.finditer(text))
+    if said and (letter := _option_by_text(said[-1].group(1), options)):
+        return letter
     found = list(_PAREN_RE.finditer(text))
     return found[-1].group(1) if found else None
+
+
+def _option_by_text(text: str, options: dict[str, str] | None) -> str | None:
+    norm = lambda s: re.sub(r"\\text\{([^{}]*)\}", r"\1", s).strip().strip(".*").strip().lower()  # noqa: E731
+    return next((k for k, v in (options or {}).items() if norm(v) == norm(text)), None)
 
 
 class StemEnv(Env):
@@ -94,7 +104,7 @@ class StemEnv(Env):
     def verify(self, answer: str, task: Task) -> Score:
         gold = str(task.reference["answer"])
         if task.reference.get("options"):
-            choice = extract_choice(answer)
+            choice = extract_choice(answer, task.reference["options"])
             if choice is None:
                 return Score(0.0, "format_error", {"gold": gold, "error": "no option letter found"})
             ok = choice == gold
