@@ -170,11 +170,15 @@ def normalize_row(raw: RawRow, source: SourceConfig, env: Env) -> Candidate:
 
 # -- reading ---------------------------------------------------------------------------------------------------
 def _raw_rows(source: SourceConfig, recipe: Recipe, stats: SourceStats, sample_data: bool, root: str | None,
-              size: int, log: Callable[[str], None]) -> list[RawRow]:
+              size: int, log: Callable[..., None]) -> list[RawRow]:
     if source.generate is not None and not (sample_data and source.sample):
         log(f"{source.name}: generating {size} rows over {len(source.generate.tasks)} reasoning-gym tasks")
         stats.files = [f"reasoning_gym (seed {source.generate.seed})"]
-        return generate_reasoning_gym(source.generate, size)
+
+        def progress(task: str, i: int, n: int) -> None:
+            log(f"{source.name}: generating {task} ({i + 1}/{n})", transient=True)
+
+        return generate_reasoning_gym(source.generate, size, progress=progress)
     files = source_files(source, recipe, sample_data, root)
     stats.files = files
     rows: list[RawRow] = []
@@ -193,16 +197,17 @@ def _report(issue: Issue, issues: list[Issue], stats: SourceStats, fatal: bool) 
 
 # -- the build -------------------------------------------------------------------------------------------------
 def build(recipe: Recipe, out_dir: str | Path | None = None, *, sample_data: bool = False, root: str | None = None,
-          on_error: str | None = None, difficulty: Any = None, log: Callable[[str], None] | None = None) -> BuildResult:
+          on_error: str | None = None, difficulty: Any = None, log: Callable[..., None] | None = None) -> BuildResult:
     """Build the mixture of `recipe`; save it to `out_dir` when given (see `save`).
 
     difficulty: an object with `low`, `high` and `pass_rates(rows) -> list[float]` (prorl.data.filter); rows whose
     estimated pass rate is not strictly inside (low, high) are dropped before mixing.
+    log: called as log(message) for each stage, and log(message, transient=True) for progress updates.
     """
     import datasets
 
     datasets.disable_progress_bars()  # one line per source from `log` instead of a bar per file
-    log = log or (lambda msg: None)
+    log = log or (lambda msg, transient=False: None)
     on_error = on_error or recipe.on_error
     rng = random.Random(recipe.seed)
     weights_total = sum(s.weight or 0 for s in recipe.sources)

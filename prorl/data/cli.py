@@ -82,14 +82,23 @@ def run(args: argparse.Namespace, name: str) -> int:
     try:
         recipe = load_recipe(args.recipe, args.overrides)
         difficulty, bar = _difficulty(args, console) if args.filter_model else (None, None)
-        log = (lambda msg: None) if args.quiet else (lambda msg: console.print(f"[dim]{msg}[/]", highlight=False))
-        if bar is not None:
-            with bar:
+        with console.status("building", spinner="dots") as status:
+
+            def log(msg: str, transient: bool = False) -> None:
+                if args.quiet:
+                    return
+                status.update(msg)
+                if not transient:
+                    console.print(f"[dim]{msg}[/]", highlight=False)
+
+            if bar is not None:
+                status.stop()  # the filter's progress bar takes the live display
+                with bar:
+                    result = build(recipe, args.output, sample_data=args.sample_data, root=args.root,
+                                   on_error=args.on_error, difficulty=difficulty, log=log)
+            else:
                 result = build(recipe, args.output, sample_data=args.sample_data, root=args.root,
-                               on_error=args.on_error, difficulty=difficulty, log=log)
-        else:
-            result = build(recipe, args.output, sample_data=args.sample_data, root=args.root, on_error=args.on_error,
-                           log=log)
+                               on_error=args.on_error, log=log)
     except (RecipeError, DataError, ValueError, FileNotFoundError) as exc:
         err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
         return 2

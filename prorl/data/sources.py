@@ -9,8 +9,10 @@ unified into one Arrow schema with nulls.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import gzip
+import io
 import json
 import math
 import os
@@ -112,7 +114,7 @@ def task_seed(base: int, task: str) -> int:
 
 
 def generate_reasoning_gym(gen: GenerateConfig, size: int, margin: float = 0.05,
-                           progress: Callable[[str], None] | None = None) -> list[RawRow]:
+                           progress: Callable[[str, int, int], None] | None = None) -> list[RawRow]:
     """Held-out and training entries of every task, generated with fixed seeds.
 
     The first `holdout_per_task` entries of each task are held out (reasoning-gym derives entry i from seed + i,
@@ -134,7 +136,7 @@ def generate_reasoning_gym(gen: GenerateConfig, size: int, margin: float = 0.05,
     h = gen.holdout_per_task
     for t_index, task in enumerate(gen.tasks):
         if progress:
-            progress(task)
+            progress(task, t_index, len(gen.tasks))
         need = quota[task]
         cap = h + max(4 * need, need + 50)  # entries to try before giving up on finding distinct questions
         dataset = reasoning_gym.create_dataset(task, size=cap, seed=task_seed(gen.seed, task))
@@ -143,7 +145,9 @@ def generate_reasoning_gym(gen: GenerateConfig, size: int, margin: float = 0.05,
         for idx in range(cap):
             if idx >= h and kept >= need:
                 break
-            entry = json.loads(json.dumps(dataset[idx], default=_json_default))
+            with contextlib.redirect_stdout(io.StringIO()):  # some generators print progress dots
+                item = dataset[idx]
+            entry = json.loads(json.dumps(item, default=_json_default))
             if idx >= h and entry.get("question") in seen:
                 continue
             seen.add(entry.get("question"))

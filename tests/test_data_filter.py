@@ -1,0 +1,67 @@
+"""The difficulty filter of `prorl data build`: pass rates estimated with a real (tiny, exactly known) model."""
+
+import json
+
+import pytest
+
+import prorl
+from prorl.cli import main as cli_main
+from prorl.data import build, load_recipe, load_rows
+from prorl.data.filter import DifficultyFilter, parse_keep
+from prorl.data.sampling import SamplingConfig
+
+from _envs_for_tests import EchoEnv
+from test_eval import build_transition_model
+
+prorl.register("test/echo", EchoEnv, override=True)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("filter_models")
+    return {"seven": build_transition_model(root / "seven", {"<go>": ["7"]}),
+            "coin": build_transition_model(root / "coin", {"<go>": ["7", "8"]})}
+
+
+@pytest.fixture
+def recipe_path(tmp_path):
+    rows = [{"q": f"say q{i}", "answer": "7" if i < 3 else "9"} for i in range(6)]
+    (tmp_path / "echo.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "r.yaml").write_text(json.dumps({"name": "f", "shortfall": "take", "sources": {
+        "echo": {"env": "test/echo", "path": "echo.jsonl", "size": 6}}}))
+    return tmp_path / "r.yaml"
+
+
+def test_parse_keep():
+    assert parse_keep("0.0<p<1.0") == (0.0, 1.0)
+    assert parse_keep(" 0.1 < p < 0.9 ") == (0.1, 0.9)
+    assert parse_keep("0.2,0.8") == (0.2, 0.8)
+    for bad in ("p<1", "0.9<p<0.1", "0<p<2"):
+        with pytest.raises(ValueError, match="--keep"):
+            parse_keep(bad)
+
+
+def test_filter_drops_prompts_the_model_always_or_never_solves(models, recipe_path):
+    seven = DifficultyFilter(models["seven"], samples=4, sampling=SamplingConfig(temperature=1.0, top_p=1.0), workers=0)
+    result = build(load_recipe(recipe_path), difficulty=seven)
+    assert result.train == []
+    assert dict(result.stats["echo"].dropped) == {"too_easy": 3, "too_hard": 3}
+    coin = DifficultyFilter(models["coin"], samples=8, sampling=SamplingConfig(temperature=1.0, top_p=1.0), workers=0)
+    result = build(load_recipe(recipe_path), difficulty=coin)
+    assert sorted(r["reference"]["answer"] for r in result.train) == ["7", "7", "7"]
+    assert all(0.0 < r["metadata"]["pass_rate"] < 1.0 for r in result.train)
+    assert dict(result.stats["echo"].dropped) == {"too_hard": 3}
+    assert result.options["difficulty"]["samples"] == 8
+
+
+def test_cli_filter_flags(models, recipe_path, tmp_path):
+    out = tmp_path / "out"
+    code = cli_main(["data", "build", str(recipe_path), "-o", str(out), "--filter-model", models["coin"],
+                     "--samples", "8", "--keep", "0.0<p<1.0", "--filter-max-new-tokens", "4"])
+    assert code == 0
+    card = json.loads((out / "card.json").read_text())
+    assert card["dropped"] == {"too_hard": 3} and card["rows"]["train"] == 3
+    assert card["options"]["difficulty"]["keep"] == "0.0<p<1.0"
+    assert len(load_rows(out)) == 3
+    assert cli_main(["data", "build", str(recipe_path), "-o", str(out), "--filter-model", models["coin"],
+                     "--keep", "1<p<0"]) == 2

@@ -1,0 +1,125 @@
+"""Recipe parsing/validation and the public-format adapters (no model, no building)."""
+
+import json
+
+import pytest
+
+from prorl.data.adapters import EURUS_CODE_SUFFIX, FieldError, eurus_code, ifeval, reasoning_gym, scp116k
+from prorl.data.build import normalize_text
+from prorl.data.recipe import RecipeError, apply_overrides, expand_path, load_recipe, parse_recipe
+
+MINIMAL = {"name": "r", "sources": {"math": {"env": "math", "path": "m.jsonl", "size": 10}}}
+
+
+def with_source(**fields):
+    return {"name": "r", "sources": {"math": {"env": "math", "path": "m.jsonl", "size": 10, **fields}}}
+
+
+@pytest.mark.parametrize("raw,message", [
+    ({"name": "r"}, "sources: required field is missing"),
+    ({**MINIMAL, "sed": 3}, "sed: unknown field (did you mean 'seed'?)"),
+    (with_source(sise=3), "sources.math.sise: unknown field (did you mean 'size'?)"),
+    (with_source(size=-3), "sources.math.size: must be an integer >= 1, got -3"),
+    ({"name": "r", "sources": {"math": {"path": "m.jsonl", "size": 1}}}, "sources.math.env: required field is missing"),
+    ({"name": "r", "sources": {"math": {"env": "math", "size": 1}}}, "sources.math: needs `path`"),
+    (with_source(adapter="deepscalr"), "sources.math.adapter: unknown adapter 'deepscalr'"),
+    ({**MINIMAL, "dedup": "fuzzy"}, "dedup: must be one of ['none', 'exact', 'normalized']"),
+    (with_source(generate={"tasks": ["chain_sum"]}), "give either `path` or `generate`"),
+    ({"name": "r", "sources": {"l": {"env": "logic", "size": 5, "generate": {"tasks": ["a", "a"]}}}},
+     "sources.l.generate.tasks: lists tasks twice: ['a']"),
+    ({"name": "r", "sources": {"a": {"env": "math", "path": "a", "weight": 1}}}, "total: required"),
+    ({"name": "r", "sources": {"a": {"env": "math", "path": "a", "size": 3}, "b": {"env": "math", "path": "b",
+                                                                                    "weight": 1}}},
+     "give every source a `size`"),
+])
+def test_invalid_recipes_name_the_file_and_field(raw, message, tmp_path):
+    with pytest.raises(RecipeError) as info:
+        parse_recipe(raw, tmp_path / "my.yaml")
+    assert str(info.value).startswith(f"{tmp_path / 'my.yaml'}: ")
+    assert message in str(info.value)
+
+
+def test_overrides_set_nested_fields_and_drop_sources(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("name: r\nsources:\n  a: {env: math, path: a.jsonl, size: 5}\n  b: {env: math, path: b.jsonl, size: 5}\n")
+    recipe = load_recipe(path, ["sources.a.path=/data/x.json", "sources.b=null", "seed=7", "sources.a.size=9"])
+    assert [s.name for s in recipe.sources] == ["a"]
+    assert recipe.source("a").path == "/data/x.json" and recipe.source("a").size == 9 and recipe.seed == 7
+    with pytest.raises(RecipeError, match="expected KEY=VALUE"):
+        apply_overrides({}, ["seed"])
+
+
+def test_paths_expand_variables_and_explain_an_unset_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("PRORL_DATA", "/data")
+    assert expand_path("${PRORL_DATA}/a.json", tmp_path, "w") == "/data/a.json"
+    assert expand_path("samples/a.json", tmp_path, "w") == str(tmp_path / "samples" / "a.json")
+    monkeypatch.delenv("PRORL_DATA")
+    with pytest.raises(RecipeError, match=r"export PRORL_DATA=DIR .*--sample-data"):
+        expand_path("${PRORL_DATA}/a.json", tmp_path, "sources.math.path")
+
+
+def test_missing_public_file_says_where_to_put_it(tmp_path):
+    from prorl.data import build
+
+    (tmp_path / "r.yaml").write_text(json.dumps(MINIMAL))
+    with pytest.raises(RecipeError, match=r"sources.math.path: no file matches .*m\.jsonl.*--sample-data"):
+        build(load_recipe(tmp_path / "r.yaml"))
+
+
+def test_normalized_text_folds_case_space_and_punctuation_but_not_digits():
+    assert normalize_text("What is  1+1 ?") == normalize_text("what is 1 + 1") == "what is 1 1"
+    assert normalize_text("What is 1+2?") != normalize_text("What is 1+1?")
+    assert normalize_text("ＡＢＣ") == "abc"  # NFKC
+
+
+# -- adapters ----------------------------------------------------------------------------------------------------
+def eurus_row(truth, ability="code"):
+    user = "Solve the following coding problem using the programming language python:\n\nAdd two numbers."
+    return {"data_source": "taco", "ability": ability,
+            "prompt": [{"role": "system", "content": "sys"}, {"role": "user", "content": user + EURUS_CODE_SUFFIX}],
+            "reward_model": {"style": "rule", "ground_truth": truth}}
+
+
+def test_eurus_code_rows_become_stdin_stdout_tests():
+    out = eurus_code(eurus_row(json.dumps({"inputs": ["1 2\n", "3 4\n"], "outputs": ["3\n", "7\n"]})))
+    assert out["question"].endswith("Add two numbers.") and "Present the code" not in out["question"]
+    assert out["tests"] == [{"input": "1 2\n", "output": "3\n"}, {"input": "3 4\n", "output": "7\n"}]
+
+
+@pytest.mark.parametrize("truth,ability,field", [
+    ("{not json", "code", "reward_model.ground_truth"),
+    (json.dumps({"fn_name": "f", "inputs": [[1]], "outputs": [1]}), "code", "reward_model.ground_truth"),
+    (json.dumps({"inputs": ["1"], "outputs": []}), "code", "reward_model.ground_truth"),
+    (json.dumps({"inputs": ["1"], "outputs": ["1"]}), "math", "ability"),
+])
+def test_eurus_code_rejects_what_the_code_env_cannot_run(truth, ability, field):
+    with pytest.raises(FieldError) as info:
+        eurus_code(eurus_row(truth, ability))
+    assert info.value.field == field
+
+
+def test_scp116k_answer_from_extracted_column_or_an_agreeing_boxed_solution():
+    base = {"domain": "Physics", "problem": "What is g?", "matched_solution": "about 9.8"}
+    assert scp116k({**base, "extracted_answer": " 9.8 "})["answer"] == "9.8"
+    agreeing = {**base, "o1_solution": "so g = \\boxed{9.8}", "is_o1_solution_same_with_matched_solution": True}
+    assert scp116k(agreeing)["answer"] == "9.8"
+    disagreeing = {**agreeing, "is_o1_solution_same_with_matched_solution": False,
+                   "qwq_solution": "\\boxed{9.81}", "is_qwq_solution_same_with_matched_solution": True}
+    assert scp116k(disagreeing)["answer"] == "9.81"
+    with pytest.raises(FieldError, match="no agreeing"):
+        scp116k({**agreeing, "is_o1_solution_same_with_matched_solution": False})
+
+
+def test_ifeval_rows_lose_null_kwargs_and_keep_their_own():
+    row = {"key": 1, "prompt": "Write.", "instruction_id_list": ["punctuation:no_comma", "length_constraints:number_words"],
+           "kwargs": [{"num_words": None, "relation": None}, {"num_words": 50, "relation": "less than", "keyword": None}]}
+    assert ifeval(row)["kwargs"] == [{}, {"num_words": 50, "relation": "less than"}]
+    with pytest.raises(FieldError, match="list of 2 dicts"):
+        ifeval({**row, "kwargs": [{}]})
+
+
+def test_reasoning_gym_rows_must_name_their_task():
+    assert reasoning_gym({"question": "q", "answer": None, "metadata": {"source_dataset": "rubiks_cube"}})
+    with pytest.raises(FieldError) as info:
+        reasoning_gym({"question": "q", "answer": "1", "metadata": {}})
+    assert info.value.field == "metadata.source_dataset"
