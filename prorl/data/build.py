@@ -163,7 +163,8 @@ def normalize_row(raw: RawRow, source: SourceConfig, env: Env) -> Candidate:
     if not isinstance(task.reference, dict):
         raise FieldError("reference", f"must be a dict, got {type(task.reference).__name__}")
     metadata = {**(task.metadata or {}), **source.metadata, "source": source.name, "origin": raw.where}
-    row = {"id": f"{source.name}/{task.id}" if str(task.id).strip() else "", "env": source.env, "source": source.name, "prompt": _check_messages(prompt),
+    row = {"id": f"{source.name}/{task.id}" if str(task.id).strip() else "", "env": source.env,
+           "source": source.name, "prompt": _check_messages(prompt),
            "reference": _json_safe(task.reference, "reference"), "metadata": _json_safe(metadata, "metadata")}
     return Candidate(row, question, raw.where, raw.stratum)
 
@@ -195,6 +196,44 @@ def _report(issue: Issue, issues: list[Issue], stats: SourceStats, fatal: bool) 
         raise DataError(f"{issue} (on_error=fail; use --on-error skip to report and skip bad rows)")
 
 
+def _make_env(source: SourceConfig, recipe: Recipe) -> Env:
+    try:
+        return make(source.env)
+    except Exception as exc:
+        raise RecipeError(f"{recipe.path}: sources.{source.name}.env: cannot make {source.env!r}: {exc}") from exc
+
+
+def _normalize_source(source: SourceConfig, env: Env, raws: list[RawRow], recipe: Recipe, st: SourceStats,
+                      issues: list[Issue], on_error: str) -> tuple[list[Candidate], list[Candidate]]:
+    """Validated rows of one source, split into (training pool, held-out rows)."""
+    st.read = len(raws)
+    pool: list[Candidate] = []
+    heldout: list[Candidate] = []
+    used_ids: set[str] = set()
+    for raw in raws:
+        if source.where and raw.data is not None and not _selected(raw.data, source.where):
+            st.dropped["not_selected"] += 1
+            continue
+        try:
+            cand = normalize_row(raw, source, env)
+        except FieldError as exc:
+            _report(Issue(raw.where, "invalid", exc.message, exc.field), issues, st, on_error == "fail")
+            continue
+        if not cand.row["id"] or cand.row["id"] in used_ids:  # no id, or not unique: the row's location
+            cand.row["id"] = f"{source.name}/{Path(raw.where).name}"
+        used_ids.add(cand.row["id"])
+        (heldout if raw.holdout else pool).append(cand)
+    if source.holdout:
+        if source.holdout >= len(pool):
+            raise DataError(f"sources.{source.name}.holdout={source.holdout} leaves no training rows "
+                            f"({len(pool)} valid rows)")
+        picked = set(random.Random(f"{recipe.seed}:holdout:{source.name}").sample(range(len(pool)), source.holdout))
+        heldout.extend(c for i, c in enumerate(pool) if i in picked)
+        pool = [c for i, c in enumerate(pool) if i not in picked]
+    st.heldout = len(heldout)
+    return pool, heldout
+
+
 # -- the build -------------------------------------------------------------------------------------------------
 def build(recipe: Recipe, out_dir: str | Path | None = None, *, sample_data: bool = False, root: str | None = None,
           on_error: str | None = None, difficulty: Any = None, log: Callable[..., None] | None = None) -> BuildResult:
@@ -217,39 +256,12 @@ def build(recipe: Recipe, out_dir: str | Path | None = None, *, sample_data: boo
     issues: list[Issue] = []
     pools: dict[str, list[Candidate]] = {}
     heldout: list[Candidate] = []
+    envs = {s.name: _make_env(s, recipe) for s in recipe.sources}  # a wrong env id fails before any reading
     for source in recipe.sources:
-        st = stats[source.name]
-        try:
-            env = make(source.env)
-        except Exception as exc:
-            raise RecipeError(f"{recipe.path}: sources.{source.name}.env: cannot make {source.env!r}: {exc}") from exc
-        raws = _raw_rows(source, recipe, st, sample_data, root, wanted[source.name], log)
-        st.read = len(raws)
-        pool: list[Candidate] = []
-        used_ids: set[str] = set()
-        for raw in raws:
-            if source.where and raw.data is not None and not _selected(raw.data, source.where):
-                st.dropped["not_selected"] += 1
-                continue
-            try:
-                cand = normalize_row(raw, source, env)
-            except FieldError as exc:
-                _report(Issue(raw.where, "invalid", exc.message, exc.field), issues, st, on_error == "fail")
-                continue
-            if not cand.row["id"] or cand.row["id"] in used_ids:  # no id, or not unique: the row's location
-                cand.row["id"] = f"{source.name}/{Path(raw.where).name}"
-            used_ids.add(cand.row["id"])
-            (heldout if raw.holdout else pool).append(cand)
-            st.heldout += raw.holdout
-        if source.holdout:
-            if source.holdout >= len(pool):
-                raise DataError(f"sources.{source.name}.holdout={source.holdout} leaves no training rows "
-                                f"({len(pool)} valid rows)")
-            picked = set(random.Random(f"{recipe.seed}:holdout:{source.name}").sample(range(len(pool)), source.holdout))
-            heldout.extend(c for i, c in enumerate(pool) if i in picked)
-            pool = [c for i, c in enumerate(pool) if i not in picked]
-            st.heldout += source.holdout
-        pools[source.name] = pool
+        raws = _raw_rows(source, recipe, stats[source.name], sample_data, root, wanted[source.name], log)
+        pools[source.name], held = _normalize_source(source, envs[source.name], raws, recipe, stats[source.name],
+                                                      issues, on_error)
+        heldout.extend(held)
     heldout = _dedup(heldout, recipe.dedup, {}, issues, stats, holdout=True)
     held_keys = {k: "held-out" for c in heldout for k in _keys(c.question, recipe.dedup)}
     seen: dict[str, str] = {}
@@ -358,6 +370,8 @@ def _pick(pool: list[Candidate], target: int, rng: random.Random) -> list[int]:
     left = target
     while left > 0:
         open_groups = [g for g in groups if quota[g] < len(groups[g])]
+        if not open_groups:
+            break
         for g in open_groups[:left] if left < len(open_groups) else open_groups:
             quota[g] += 1
         left = target - sum(quota.values())
