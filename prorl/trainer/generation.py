@@ -1,0 +1,316 @@
+"""A faster generation backend for the trainer: a static-KV-cache decode loop, optionally compiled.
+
+`generate(model, input_ids, attention_mask, generation_config, backend=...)` returns the completion ids (B, T) with
+the conventions of `model.generate(...)[:, prompt_len:]`: left-padded prompts in, finished rows padded with
+`pad_token_id` after their EOS, and T the number of steps until every row finished (or `max_new_tokens`).
+
+Backends:
+  - "hf": `model.generate` itself (what TRL runs: a dynamic cache, one host sync per token).
+  - "static": `StaticCacheGenerator`. One `StaticCache` allocated per batch shape and reused across calls; the
+    prompt prefilled eagerly; the one-token decode step optionally `torch.compile`d (mode "reduce-overhead", i.e.
+    CUDA graphs, by default on GPU; off on CPU); the "all rows finished" check read on the host only every
+    `stop_check_every` steps (finished rows keep being decoded, their tokens replaced by padding, as HF does).
+    The logits processors are transformers' own, built in `generate`'s order, and sampling draws
+    `torch.multinomial` on the same (B, V) probabilities per step as HF does: under greedy decoding the tokens are
+    HF's, and under sampling with the same seed they are the same draws (tested on CPU, tests/test_generation.py).
+
+The `pack_gqa` option (on by default) fixes a decode-path slowdown measured on an H100 (shared/MEASURED.md):
+under `torch.compile`, transformers 5.23's sdpa integration skips its `pack_gqa` path for one-token queries (it
+checks `is_torchdynamo_compiling()`) and instead repeats K/V over all cache positions per layer, ~90% of the decode
+step; keeping that path gave 2.7x. The override is a registered attention implementation (`GQA_DECODE_ATTENTION`,
+via transformers' `AttentionInterface`) that takes the packed path for one-token GQA queries whether compiling or
+not and hands every other call to transformers' `sdpa_attention_forward`; the model is switched to it only for the
+duration of a `StaticCacheGenerator` call, and only if it runs "sdpa".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import weakref
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from transformers import GenerationConfig, StaticCache
+from transformers.generation.logits_process import (
+    LogitsProcessorList,
+    MinLengthLogitsProcessor,
+    MinNewTokensLengthLogitsProcessor,
+    MinPLogitsWarper,
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+from transformers.integrations.sdpa_attention import pack_gqa, sdpa_attention_forward, use_gqa_in_sdpa
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+BACKENDS = ("hf", "static")
+GQA_DECODE_ATTENTION = "sdpa_gqa_decode"
+
+# Generation options this backend does not implement, with the value(s) that mean "off". A config that turns one
+# on is refused with its name rather than silently decoded differently from `model.generate`.
+_UNSUPPORTED_OFF = {
+    "num_beams": (1,), "num_return_sequences": (1,), "num_beam_groups": (1,), "penalty_alpha": (),
+    "no_repeat_ngram_size": (0,), "encoder_no_repeat_ngram_size": (0,), "bad_words_ids": (), "force_words_ids": (),
+    "constraints": (), "sequence_bias": (), "guidance_scale": (1.0,), "typical_p": (1.0,), "epsilon_cutoff": (0.0,),
+    "eta_cutoff": (0.0,), "top_h": (), "forced_bos_token_id": (), "forced_eos_token_id": (),
+    "suppress_tokens": (), "begin_suppress_tokens": (), "exponential_decay_length_penalty": (),
+    "renormalize_logits": (False,), "remove_invalid_values": (False,), "watermarking_config": (),
+    "stop_strings": (), "max_time": (), "prefill_chunk_size": (), "dola_layers": (), "assistant_early_exit": (),
+    "prompt_lookup_num_tokens": (), "output_scores": (False,), "output_logits": (False,),
+    "return_dict_in_generate": (False,), "encoder_repetition_penalty": (1.0,),
+}
+
+
+# -- Generation config: the same values `model.generate` would use ---------------------------------------------
+def resolve_generation_config(model, generation_config: GenerationConfig | None) -> GenerationConfig:
+    """`generation_config` with its unset (None) fields filled from `model.generation_config`, then from
+    transformers' global defaults: the priority `model.generate` applies. Unsupported options raise ValueError."""
+    resolved = copy.deepcopy(generation_config) if generation_config is not None else GenerationConfig()
+    resolved.update(**model.generation_config.to_dict(), defaults_only=True, allow_custom_entries=True)
+    resolved.update(**GenerationConfig._get_default_generation_params(), defaults_only=True)
+    for name, off in _UNSUPPORTED_OFF.items():
+        value = getattr(resolved, name, None)
+        if value is not None and value not in off:
+            raise ValueError(f"generation_config.{name}={value!r} is not supported by the static generation backend "
+                             f"(use backend='hf')")
+    if resolved.max_new_tokens is None:
+        raise ValueError("generation_config.max_new_tokens must be set for the static generation backend")
+    if resolved.eos_token_id is None:
+        raise ValueError("generation_config.eos_token_id is unset (and the model's generation_config has none)")
+    return resolved
+
+
+def eos_ids(config: GenerationConfig) -> list[int]:
+    eos = config.eos_token_id
+    return [int(e) for e in eos] if isinstance(eos, (list, tuple)) else [int(eos)]
+
+
+def pad_id(config: GenerationConfig) -> int:
+    return int(config.pad_token_id) if config.pad_token_id is not None else eos_ids(config)[0]
+
+
+def logits_processors(config: GenerationConfig, prompt_len: int, attention_mask: torch.Tensor) -> LogitsProcessorList:
+    """transformers' processors for the supported options, in the order `model.generate` builds them."""
+    device = attention_mask.device
+    eos = torch.tensor(eos_ids(config), device=device)
+    procs = LogitsProcessorList()
+    if config.repetition_penalty is not None and config.repetition_penalty != 1.0:
+        left_pad = (attention_mask != 0).int().argmax(dim=1)
+        procs.append(RepetitionPenaltyLogitsProcessor(config.repetition_penalty, prompt_ignore_length=left_pad))
+    if config.min_length:
+        procs.append(MinLengthLogitsProcessor(config.min_length, eos, device=device))
+    if config.min_new_tokens:
+        procs.append(MinNewTokensLengthLogitsProcessor(prompt_len, config.min_new_tokens, eos, device=device))
+    if config.do_sample:
+        if config.temperature is not None and config.temperature != 1.0:
+            procs.append(TemperatureLogitsWarper(config.temperature))
+        if config.top_k:
+            procs.append(TopKLogitsWarper(top_k=config.top_k, min_tokens_to_keep=1))
+        if config.top_p is not None and config.top_p < 1.0:
+            procs.append(TopPLogitsWarper(top_p=config.top_p, min_tokens_to_keep=1))
+        if config.min_p is not None:
+            procs.append(MinPLogitsWarper(min_p=config.min_p, min_tokens_to_keep=1))
+    return procs
+
+
+# -- The pack_gqa decode-path override -------------------------------------------------------------------------
+def sdpa_gqa_decode_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """transformers' `sdpa_attention_forward`, except that a one-token query of a GQA layer always attends on the
+    key/value heads (queries packed as (B, kv_heads, groups, D)) instead of repeating K/V per query head, also while
+    `torch.compile` traces it (transformers skips this path then: the 5.23 `not is_torchdynamo_compiling()` check)."""
+    groups = getattr(module, "num_key_value_groups", 1)
+    if (query.shape[2] != 1 or groups == 1 or kwargs.get("position_bias") is not None
+            or kwargs.get("cache") is not None or use_gqa_in_sdpa(attention_mask, key, value)):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    out = torch.nn.functional.scaled_dot_product_attention(
+        pack_gqa(query, groups), key, value, attn_mask=pack_gqa(attention_mask, groups), dropout_p=dropout,
+        scale=scaling, is_causal=False)
+    return out.reshape(out.shape[0], -1, 1, value.shape[-1]).transpose(1, 2).contiguous(), None
+
+
+def register_gqa_decode_attention() -> str:
+    """Register the override with transformers (idempotent); returns its attention-implementation name."""
+    ALL_ATTENTION_FUNCTIONS.register(GQA_DECODE_ATTENTION, sdpa_gqa_decode_forward)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(GQA_DECODE_ATTENTION, sdpa_mask)
+    return GQA_DECODE_ATTENTION
+
+
+@contextlib.contextmanager
+def _attention(model, implementation: str | None) -> Iterator[None]:
+    """Switch `model` to `implementation` for the block (no-op for None or the current one)."""
+    current = model.config._attn_implementation
+    if implementation is None or implementation == current:
+        yield
+        return
+    model.set_attn_implementation(implementation)
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(current)
+
+
+# -- The static-cache decode loop ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _CacheKey:
+    batch: int
+    length: int
+    dtype: torch.dtype
+    device: torch.device
+
+
+class StaticCacheGenerator:
+    """Decode with a reusable `StaticCache` and an optionally compiled one-token step (see the module docstring).
+
+    Args:
+        model: a decoder-only transformers model (`StaticCache` must support its layers).
+        compile: compile the decode step; None: only on CUDA.
+        compile_mode: `torch.compile` mode; "reduce-overhead" captures the step in a CUDA graph.
+        compile_backend: `torch.compile` backend ("inductor"; "eager" checks tracing without code generation).
+        pack_gqa: keep the packed GQA path for one-token queries under compile (sdpa models only).
+        stop_check_every: read "all rows finished" on the host every this many steps (1: every step, like HF).
+        cache_len_multiple: round the cache length up to a multiple of this, so that batches whose prompt length
+            differs a little reuse one cache and one compiled graph (a new cache shape means a new capture).
+    """
+
+    def __init__(self, model, compile: bool | None = None, compile_mode: str | None = "reduce-overhead",
+                 compile_backend: str = "inductor", pack_gqa: bool = True, stop_check_every: int = 16,
+                 cache_len_multiple: int = 256):
+        if stop_check_every < 1:
+            raise ValueError(f"stop_check_every must be >= 1, got {stop_check_every}")
+        if cache_len_multiple < 1:
+            raise ValueError(f"cache_len_multiple must be >= 1, got {cache_len_multiple}")
+        self.model = model
+        self.compile = compile
+        self.pack_gqa = pack_gqa
+        self.stop_check_every = stop_check_every
+        self.cache_len_multiple = cache_len_multiple
+        self._compile_kwargs = {"mode": compile_mode, "backend": compile_backend, "fullgraph": True, "dynamic": False}
+        self._compiled_step = None
+        self._cache: StaticCache | None = None
+        self._cache_key: _CacheKey | None = None
+
+    def _uses_compile(self, device: torch.device) -> bool:
+        return device.type == "cuda" if self.compile is None else self.compile
+
+    def _decode_step(self, tokens, position_ids, attention_mask, cache) -> torch.Tensor:
+        """One token per row through the model; the next-token logits in float32, (B, V)."""
+        out = self.model(input_ids=tokens, attention_mask=attention_mask, position_ids=position_ids,
+                         past_key_values=cache, use_cache=True)
+        return out.logits[:, -1].float()
+
+    def _static_cache(self, batch: int, length: int, device: torch.device) -> StaticCache:
+        key = _CacheKey(batch, length, self.model.dtype, device)
+        if self._cache is None or self._cache_key != key:
+            self._cache = None  # free the old buffers before allocating new ones
+            self._cache = StaticCache(config=self.model.config, max_cache_len=length)
+            self._cache_key = key
+        else:
+            self._cache.reset()
+        return self._cache
+
+    @torch.no_grad()
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                 generation_config: GenerationConfig | None = None) -> torch.Tensor:
+        config = resolve_generation_config(self.model, generation_config)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if input_ids.shape != attention_mask.shape or input_ids.dim() != 2:
+            raise ValueError(f"input_ids {tuple(input_ids.shape)} and attention_mask {tuple(attention_mask.shape)} "
+                             "must both be (batch, prompt_len)")
+        if not bool(attention_mask[:, -1].all()):
+            raise ValueError("attention_mask: prompts must be left-padded (every row's last position is a token)")
+        device = input_ids.device
+        attention = None
+        if self.pack_gqa and self.model.config._attn_implementation == "sdpa":
+            attention = register_gqa_decode_attention()
+        with _attention(self.model, attention):
+            return self._generate(input_ids, attention_mask.long(), config, device)
+
+    def _generate(self, input_ids, attention_mask, config: GenerationConfig, device) -> torch.Tensor:
+        batch, prompt_len = input_ids.shape
+        max_new = int(config.max_new_tokens)
+        total = prompt_len + max_new
+        cache_len = -(-total // self.cache_len_multiple) * self.cache_len_multiple
+        cache = self._static_cache(batch, cache_len, device)
+        # The 2D mask over the whole cache: prompt padding, then every later position "on" (causality hides the
+        # positions not written yet). One fixed shape for every decode step, so a compiled step never recompiles.
+        full_mask = torch.ones(batch, cache_len, dtype=torch.long, device=device)
+        full_mask[:, :prompt_len] = attention_mask
+        positions = (attention_mask.cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
+        step = self._decode_step
+        if self._uses_compile(device):
+            if self._compiled_step is None:
+                self._compiled_step = torch.compile(self._decode_step, **self._compile_kwargs)
+            step = self._compiled_step
+        cuda_graphs = step is self._compiled_step and self._compile_kwargs["mode"] == "reduce-overhead"
+
+        eos = torch.tensor(eos_ids(config), device=device)
+        pad = pad_id(config)
+        processors = logits_processors(config, prompt_len, attention_mask)
+        # Tokens so far (prompt + completion), for the processors that look at them; views of it grow per step.
+        sequence = torch.full((batch, total), pad, dtype=torch.long, device=device)
+        sequence[:, :prompt_len] = input_ids
+        finished = torch.zeros(batch, dtype=torch.bool, device=device)
+
+        out = self.model(input_ids=input_ids, attention_mask=full_mask, position_ids=positions,
+                         past_key_values=cache, use_cache=True, logits_to_keep=1)
+        logits = out.logits[:, -1].float()
+        del out
+        next_pos = positions[:, -1:].clone()
+        steps = 0
+        for t in range(max_new):
+            scores = processors(sequence[:, :prompt_len + t], logits)
+            if config.do_sample:
+                tokens = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
+            else:
+                tokens = torch.argmax(scores, dim=-1)
+            tokens = torch.where(finished, pad, tokens)
+            sequence[:, prompt_len + t] = tokens
+            finished |= torch.isin(tokens, eos)
+            steps = t + 1
+            if steps == max_new or (steps % self.stop_check_every == 0 and bool(finished.all())):
+                break
+            next_pos += 1
+            if cuda_graphs:
+                torch.compiler.cudagraph_mark_step_begin()
+            logits = step(tokens[:, None], next_pos, full_mask, cache)
+        completion = sequence[:, prompt_len:prompt_len + steps]
+        return completion[:, :_steps_until_all_finished(completion, eos)]
+
+
+def _steps_until_all_finished(completion: torch.Tensor, eos: torch.Tensor) -> int:
+    """The number of steps `model.generate` runs: until the last row emitted its first EOS, else all of them."""
+    is_eos = torch.isin(completion, eos)
+    first = torch.where(is_eos.any(dim=1), is_eos.int().argmax(dim=1) + 1, completion.shape[1])
+    return int(first.max()) if completion.shape[0] else 0
+
+
+# -- The entry point ---------------------------------------------------------------------------------------------
+_GENERATORS: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[dict, StaticCacheGenerator]]" = (
+    weakref.WeakKeyDictionary())
+
+
+def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+             generation_config: GenerationConfig | None = None, backend: str = "static", **options) -> torch.Tensor:
+    """Completion ids (B, T) for left-padded prompts, as `model.generate(...)[:, prompt_len:]` returns them.
+
+    `options` go to `StaticCacheGenerator` (backend "static"); the generator, its cache and its compiled step are
+    kept per model and reused by later calls with the same options.
+    """
+    if backend == "hf":
+        if options:
+            raise ValueError(f"backend 'hf' takes no options, got {sorted(options)}")
+        out = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=generation_config)
+        return out[:, input_ids.shape[1]:]
+    if backend != "static":
+        raise ValueError(f"generation backend must be one of {BACKENDS}, got {backend!r}")
+    held = _GENERATORS.get(model)
+    if held is None or held[0] != options:
+        held = (dict(options), StaticCacheGenerator(model, **options))
+        _GENERATORS[model] = held
+    return held[1](input_ids, attention_mask, generation_config)
