@@ -209,3 +209,22 @@ def test_zeroing_adamw_state_in_place_equals_a_fresh_optimizer():
     assert torch.allclose(w, fresh_w, atol=1e-7)
     reset_optimizer_state(opt)
     assert len(opt.state) == 0
+
+
+def test_mixture_view_follows_env_weights():
+    from collections import Counter
+
+    from datasets import Dataset
+
+    from prorl.trainer.sampling import mixture_view
+
+    ds = Dataset.from_dict({"env": ["a"] * 6 + ["b"] * 2 + ["c"] * 4, "i": list(range(12))})
+    view = mixture_view(ds, {"a": 1.0, "b": 2.0}, seed=0)
+    counts = Counter(view["env"])
+    assert len(view) == 12 and counts == {"a": 4, "b": 8}  # c is left out; b's 2 rows repeat 4 times each
+    assert Counter(i for i, e in zip(view["i"], view["env"]) if e == "b") == {6: 4, 7: 4}
+    assert len(set(i for i, e in zip(view["i"], view["env"]) if e == "a")) == 4  # no repeats when not needed
+    with pytest.raises(ValueError, match=r"env_weights: no rows for \['z'\]"):
+        mixture_view(ds, {"z": 1.0})
+    with pytest.raises(ValueError, match=r"stages\[0\].env_weights\['a'\] must be a number >= 0"):
+        fast_config("/tmp/unused", stages=[{"env_weights": {"a": -1}}])

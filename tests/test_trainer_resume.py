@@ -55,6 +55,7 @@ def test_sigkill_after_reset_then_resume(tiny_model, tmp_path):
     assert prorl_state["reset_count"] == 2 and prorl_state["stage"] == 1
 
 
+@pytest.mark.slow
 def test_restart_stage_stops_and_applies_on_resume(tiny_model, tmp_path):
     """A stage that reshapes the generation batch saves a checkpoint and stops; resuming applies it."""
     args = fast_config(tmp_path, max_steps=4, beta=0.1, reset_every_steps=2, dynamic_sampling=False,

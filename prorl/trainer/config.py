@@ -24,7 +24,8 @@ LIVE_STAGE_FIELDS = frozenset({
 })
 # Stage overrides that change the shape of a generation batch: the data loader is built from them when training
 # starts, so the trainer saves a checkpoint and stops at that reset; resuming from the checkpoint applies them.
-RESTART_STAGE_FIELDS = frozenset({"num_generations", "per_device_train_batch_size", "steps_per_generation"})
+RESTART_STAGE_FIELDS = frozenset({"num_generations", "per_device_train_batch_size", "steps_per_generation",
+                                  "env_weights"})
 
 
 @dataclass
@@ -102,6 +103,12 @@ class ProRLConfig(GRPOConfig):
                           f"({sorted(RESTART_STAGE_FIELDS)}) save a checkpoint and stop the run at that reset; "
                           "resuming from that checkpoint applies them."})
 
+    env_weights: dict[str, float] | str | None = field(
+        default=None,
+        metadata={"help": "Share of each environment's prompts (by the dataset's `env` column) in the training "
+                          "stream, e.g. {'math': 0.4, 'code': 0.24}; environments not listed are left out. None: the "
+                          "dataset as it is. A JSON object on the command line."})
+
     # -- Reward shaping and scoring -------------------------------------------------------------------------
     no_eos_penalty: float | None = field(
         default=None,
@@ -118,6 +125,11 @@ class ProRLConfig(GRPOConfig):
                           "is masked: neither rewarded nor penalised."})
 
     def __post_init__(self):
+        if isinstance(self.env_weights, str):
+            try:
+                self.env_weights = json.loads(self.env_weights)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"env_weights: not valid JSON ({exc}): {self.env_weights!r}") from None
         if isinstance(self.stages, str):
             try:
                 self.stages = json.loads(self.stages)
@@ -140,6 +152,8 @@ class ProRLConfig(GRPOConfig):
         _require(self.reset_on_kl is None or self.beta > 0, "reset_on_kl",
                  "needs beta > 0 (with beta = 0 there is no reference model and no KL)")
         _require(self.reset_min_interval >= 0, "reset_min_interval", "must be >= 0")
+        if self.env_weights is not None:
+            _check_env_weights(self.env_weights, "env_weights")
         if self.stages is None:
             self.stages = []
         if not isinstance(self.stages, list):
@@ -154,6 +168,8 @@ class ProRLConfig(GRPOConfig):
                 if key not in LIVE_STAGE_FIELDS | RESTART_STAGE_FIELDS:
                     raise ValueError(f"stages[{i}]: {key!r} cannot change during a run; stage keys are "
                                      f"{sorted(LIVE_STAGE_FIELDS | RESTART_STAGE_FIELDS)}")
+            if "env_weights" in stage:
+                _check_env_weights(stage["env_weights"], f"stages[{i}].env_weights")
             if "beta" in stage and self.beta == 0 and stage["beta"] != 0:
                 raise ValueError(f"stages[{i}]: beta cannot become non-zero when the run starts with beta = 0 "
                                  "(no reference model is built)")
@@ -161,6 +177,16 @@ class ProRLConfig(GRPOConfig):
     @property
     def wants_resets(self) -> bool:
         return bool(self.reset_every_steps or self.reset_on_plateau or self.reset_on_kl)
+
+
+def _check_env_weights(weights: Any, name: str) -> None:
+    if not isinstance(weights, dict) or not weights:
+        raise ValueError(f"{name} must be a non-empty mapping of env id -> weight, got {weights!r}")
+    for env, w in weights.items():
+        if not isinstance(w, (int, float)) or w < 0:
+            raise ValueError(f"{name}[{env!r}] must be a number >= 0, got {w!r}")
+    if sum(weights.values()) <= 0:
+        raise ValueError(f"{name}: the weights sum to 0")
 
 
 def _require(ok: bool, name: str, message: str) -> None:

@@ -79,3 +79,30 @@ def concat_rows(parts: list[dict], pad_token_id: int, token_level_keys: tuple[st
             raise ValueError(f"cannot merge generation batches: {key!r} has shapes {[tuple(v.shape) for v in values]}")
         out[key] = torch.cat(values, dim=0)
     return out
+
+
+def mixture_view(dataset, env_weights: dict[str, float], seed: int = 0, env_column: str = "env"):
+    """A view of `dataset` with the same number of rows in which each environment's share follows `env_weights`
+    (rows of an environment are cycled in a shuffled order, so a share larger than the data repeats rows as evenly
+    as possible). Environments not in `env_weights` are left out."""
+    import random
+
+    envs = dataset[env_column]
+    rows: dict[str, list[int]] = {}
+    for i, env in enumerate(envs):
+        rows.setdefault(env, []).append(i)
+    unknown = sorted(set(env_weights) - set(rows))
+    if unknown:
+        raise ValueError(f"env_weights: no rows for {unknown} in the dataset (it has {sorted(rows)})")
+    total = sum(env_weights.values())
+    rng = random.Random(seed)
+    picked: list[int] = []
+    for env, weight in sorted(env_weights.items()):
+        want = round(len(envs) * weight / total)
+        pool = rows[env][:]
+        while want > 0:
+            rng.shuffle(pool)
+            picked.extend(pool[:want])
+            want -= min(want, len(pool))
+    rng.shuffle(picked)
+    return dataset.select(picked)

@@ -25,7 +25,7 @@ from trl.trainer.utils import RepeatSampler, add_fused_lm_head
 from prorl.trainer.callbacks import ResetController, truncate_jsonl
 from prorl.trainer.config import LIVE_STAGE_FIELDS, RESTART_STAGE_FIELDS, ProRLConfig
 from prorl.trainer.rewards import EnvReward
-from prorl.trainer.sampling import concat_rows, group_keep_mask, num_rows, select_rows
+from prorl.trainer.sampling import concat_rows, group_keep_mask, mixture_view, num_rows, select_rows
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +57,13 @@ class ProRLTrainer(GRPOTrainer):
         if args.beta != 0 and is_peft_model(self.model) and (args.wants_resets or args.stages):
             raise NotImplementedError("resets with a PEFT model are not supported (its reference is the base "
                                       "model with adapters disabled); train without peft_config")
+        self.source_dataset = train_dataset  # env_weights resample it into self.train_dataset
         self.resets = ResetController(self)
         self.add_callback(self.resets)
         self._round_rewards: torch.Tensor | None = None
         self._refill_iter = None
         self._refill_epoch = 0
-        self._resumed_refill_batches = 0
+        self._refill_skip = 0
 
     # -- Rewards ---------------------------------------------------------------------------------------------
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
@@ -134,19 +135,19 @@ class ProRLTrainer(GRPOTrainer):
         return merged
 
     def _refill_batch(self) -> list[dict[str, Any]]:
-        """The next generation batch of the refill stream: its own shuffled pass over the train set, grouped and
+        """The next generation batch of the refill stream: its own shuffled passes over the train set, grouped and
         sharded across processes like TRL's, resumable (the number of batches drawn is checkpointed)."""
         while True:
             if self._refill_iter is None:
                 self._refill_iter = iter(self._refill_dataloader())
-                for _ in range(self._resumed_refill_batches):  # continue where the checkpointed run was
-                    next(self._refill_iter, None)
-                self._resumed_refill_batches = 0
             batch = next(self._refill_iter, None)
-            if batch is not None:
+            if batch is None:
+                self._refill_iter, self._refill_epoch = None, self._refill_epoch + 1
+            elif self._refill_skip:  # drawn by the run this one resumes
+                self._refill_skip -= 1
+            else:
                 self.resets.state.refill_batches += 1
                 return batch
-            self._refill_iter, self._refill_epoch = None, self._refill_epoch + 1
 
     def _refill_dataloader(self):
         def sampler(dataset):
@@ -274,13 +275,15 @@ class ProRLTrainer(GRPOTrainer):
                 raise ValueError(f"no checkpoint found in output_dir {self.args.output_dir} to resume from")
         if resume_from_checkpoint:
             self._restore_run_state(resume_from_checkpoint)
+        if self.args.env_weights:
+            self.train_dataset = mixture_view(self.source_dataset, self.args.env_weights, seed=self.args.seed)
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
     def _restore_run_state(self, checkpoint: str) -> None:
         """Before the data loader is built: reset state and stages from the checkpoint, and the run's metric files
         rolled back to the checkpoint's step (what a killed run logged after it will be logged again)."""
         self.resets.load(checkpoint)
-        self._resumed_refill_batches = self.resets.state.refill_batches
+        self._refill_skip = self.resets.state.refill_batches
         with open(os.path.join(checkpoint, "trainer_state.json")) as f:
             step = json.load(f)["global_step"]
         if self.accelerator.is_main_process:
