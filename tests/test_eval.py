@@ -185,3 +185,14 @@ def test_load_eval_rows_reads_public_rows_with_env_and_limits_per_env(tmp_path):
     rows = load_eval_rows(str(data), env="test/echo", limit=3)
     assert len(rows) == 3 and rows[0]["env"] == "test/echo"
     assert rows[0]["prompt"] == [{"role": "user", "content": "say q0"}] and rows[0]["reference"] == {"answer": "7"}
+
+
+def test_eval_data_from_a_recipe_uses_its_held_out_split(models, tmp_path):
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps({"q": f"say q{i}", "answer": "7"}) + "\n" for i in range(8)))
+    (tmp_path / "r.yaml").write_text(json.dumps({"name": "e", "seed": 1, "sources": {
+        "a": {"env": "test/echo", "path": "a.jsonl", "size": 5, "holdout": 3}}}))
+    held = load_eval_rows(str(tmp_path / "r.yaml"))
+    train = load_eval_rows(str(tmp_path / "r.yaml"), split="train")
+    assert len(held) == 3 and len(train) == 5 and not {r["id"] for r in held} & {r["id"] for r in train}
+    res = evaluate(models["seven"], held, n=2, ks=[1, 2], workers=0)
+    assert res["overall"]["pass@1"] == 1.0 and res["per_env"]["test/echo"]["prompts"] == 3

@@ -3,7 +3,8 @@
 Used by `prorl eval` (pass@k) and by the difficulty filter of `prorl data build`. Prompts are chat messages,
 rendered with the tokenizer's chat template (a tokenizer without one gets the messages' contents joined by blank
 lines). With the HF backend, sequences are batched across prompts (similar lengths together, left padding) and
-sampling is reproducible for a seed and batch size.
+sampling is reproducible for a seed and batch size. Only temperature and top_p shape the distribution: top-k and
+repetition penalties a model's generation_config may carry are switched off.
 """
 
 from __future__ import annotations
@@ -111,7 +112,8 @@ class Sampler:
                 enc = {k: v.to(self.device) for k, v in enc.items()}
                 with torch.no_grad():
                     out = self.model.generate(**enc, do_sample=True, temperature=c.temperature, top_p=c.top_p,
-                                              top_k=0, max_new_tokens=c.max_new_tokens, pad_token_id=tok.pad_token_id)
+                                              top_k=0, repetition_penalty=1.0, max_new_tokens=c.max_new_tokens,
+                                              pad_token_id=tok.pad_token_id)
                 decoded = tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
                 for (i, j), text in zip(batch, decoded):
                     results[i][j] = text
