@@ -1,0 +1,335 @@
+"""`DockerSandbox`: a warm pool of locked-down containers, each running the in-sandbox fork server.
+
+Each container: `--network none`, read-only root, a size-capped tmpfs at /sandbox, memory = memory+swap cap, a pids
+limit, a CPU quota, `no-new-privileges`, every capability dropped, uid 1000. Its PID 1 is `runner.py init`; one
+long-lived `docker exec -i runner.py serve` per container carries length-prefixed requests over the exec stream,
+so one program costs a fork inside a warm container instead of a `docker run` (see benchmarks/bench_sandbox.py).
+
+A slot (one container) serves one request at a time: the number of slots is a hard cap on concurrent runs. A slot
+is recycled (container replaced, in the background) after `recycle_after` programs, after any limit violation
+(timeout, memory, output limit) and whenever its runner dies; a dead container is replaced and the request retried
+once before it is reported as `infra_error`. Slots are spread round-robin over several Docker endpoints.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import queue
+import socket
+import struct
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from prorl.sandbox.base import DEFAULT_MEMORY_MB, DEFAULT_OUTPUT_LIMIT, DEFAULT_TIMEOUT_S, Sandbox, infra_answers
+from prorl.sandbox.runner import HEADER, encode_frame
+
+log = logging.getLogger(__name__)
+
+IMAGE = "prorl-sandbox:py3"
+LABEL = "prorl.sandbox"
+_GRACE_S = 0.7  # the host waits this long past the budget before it declares the runner stuck
+_RUNNER_OVERHEAD_MB = 96  # the fork server, PID 1 and page cache, on top of one program's memory and the tmpfs
+_LIMIT_STATUSES = {"timeout", "memory", "output_limit"}
+
+
+@dataclass
+class DockerSandboxConfig:
+    image: str = field(default=IMAGE, metadata={"help": "Sandbox image (built by docker/build.sh)."})
+    endpoints: tuple[str, ...] = field(default=(), metadata={
+        "help": "Docker endpoints (DOCKER_HOST syntax, e.g. unix:///var/run/docker.sock, tcp://host:2376); slots "
+                "are spread round-robin over them. Empty: the environment's DOCKER_HOST or the local socket."})
+    pool_size: int = field(default=4, metadata={"help": "Warm containers; also the hard cap on concurrent runs."})
+    timeout_s: float = field(default=DEFAULT_TIMEOUT_S, metadata={"help": "Default time budget per request."})
+    memory_mb: int = field(default=DEFAULT_MEMORY_MB, metadata={"help": "Address-space cap of one program (MB)."})
+    tmpfs_mb: int = field(default=64, metadata={"help": "Size of the /sandbox tmpfs holding the workdirs (MB)."})
+    pids_limit: int = field(default=64, metadata={"help": "Max processes per container (fork bombs stop here)."})
+    cpus: float = field(default=1.0, metadata={"help": "CPU quota per container, in CPUs."})
+    output_limit: int = field(default=DEFAULT_OUTPUT_LIMIT, metadata={"help": "Bytes kept per stream; more "
+                                                                              "ends the program (output_limit)."})
+    recycle_after: int = field(default=500, metadata={"help": "Replace a container after this many programs."})
+    start_timeout_s: float = field(default=60.0, metadata={"help": "Max time to start one container's runner."})
+
+
+def _client(endpoint: str | None):
+    import docker
+
+    if endpoint:
+        return docker.DockerClient(base_url=endpoint, timeout=60)
+    return docker.from_env(timeout=60)
+
+
+def engine_available(endpoint: str | None = None, image: str = IMAGE) -> tuple[bool, str]:
+    """(True, "") when an engine answers at `endpoint` and has `image`; else (False, the reason)."""
+    try:
+        client = _client(endpoint)
+        client.ping()
+    except Exception as exc:
+        return False, f"no Docker engine answers ({exc.__class__.__name__}: {exc})"
+    try:
+        client.images.get(image)
+    except Exception:
+        return False, f"the Docker engine has no image {image!r}: run docker/build.sh (or `make sandbox`)"
+    finally:
+        client.close()
+    return True, ""
+
+
+class RunnerGone(Exception):
+    """The fork server's stream ended or stalled."""
+
+
+class _Slot:
+    """One container plus the open exec stream of its fork server."""
+
+    def __init__(self, client, config: DockerSandboxConfig, owner: str, endpoint: str):
+        self.client, self.config, self.owner, self.endpoint = client, config, owner, endpoint
+        self.container = None
+        self.sock: socket.socket | None = None
+        self.uses = 0
+        self._raw = b""  # demultiplexed stdout bytes not yet parsed
+        self._buf = b""  # docker stream bytes not yet demultiplexed
+
+    @property
+    def started(self) -> bool:
+        return self.sock is not None
+
+    def start(self) -> None:
+        cfg = self.config
+        mem = cfg.memory_mb + cfg.tmpfs_mb + _RUNNER_OVERHEAD_MB
+        self.container = self.client.containers.run(
+            cfg.image, ["python3", "/opt/prorl/runner.py", "init"], detach=True, user="1000:1000",
+            network_mode="none", read_only=True, cap_drop=["ALL"], security_opt=["no-new-privileges"],
+            tmpfs={"/sandbox": f"rw,nosuid,nodev,noexec,size={cfg.tmpfs_mb}m,uid=1000,gid=1000"},
+            mem_limit=f"{mem}m", memswap_limit=f"{mem}m", pids_limit=cfg.pids_limit,
+            nano_cpus=int(cfg.cpus * 1e9), shm_size="16m", labels={LABEL: "1", f"{LABEL}.owner": self.owner},
+            log_config={"type": "none"},
+        )
+        api = self.client.api
+        exec_id = api.exec_create(self.container.id, ["python3", "/opt/prorl/runner.py", "serve", "/sandbox"],
+                                  stdin=True, stdout=True, stderr=True, user="1000:1000")["Id"]
+        stream = api.exec_start(exec_id, socket=True)
+        self.sock = getattr(stream, "_sock", stream)
+        self._stream = stream  # keep the response object alive with its socket
+        self._raw = self._buf = b""
+        self.uses = 0
+        hello = self.read(time.monotonic() + cfg.start_timeout_s)
+        if not hello.get("ready"):
+            raise RunnerGone(f"runner did not start: {hello}")
+
+    def stop(self) -> None:
+        if self.sock is not None:
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+        self.sock = None
+        if self.container is not None:
+            try:
+                self.container.remove(force=True)
+            except Exception as exc:
+                log.debug("removing %s failed: %r", self.container.id[:12], exc)
+        self.container = None
+
+    def container_running(self) -> bool:
+        try:
+            self.container.reload()
+            return self.container.status == "running"
+        except Exception:
+            return False
+
+    def send(self, obj: Any) -> None:
+        self.sock.settimeout(10)
+        self.sock.sendall(encode_frame(obj))
+
+    def _fill(self, deadline: float) -> None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise RunnerGone("runner did not answer in time")
+        self.sock.settimeout(remaining)
+        try:
+            chunk = self.sock.recv(1 << 20)
+        except socket.timeout as exc:
+            raise RunnerGone("runner did not answer in time") from exc
+        except OSError as exc:
+            raise RunnerGone(f"exec stream failed: {exc!r}") from exc
+        if not chunk:
+            raise RunnerGone("runner exited")
+        self._buf += chunk
+        # Docker multiplexes the exec stream: 8-byte header (stream, 0, 0, 0, big-endian size), then payload.
+        while len(self._buf) >= 8:
+            kind, size = self._buf[0], struct.unpack(">I", self._buf[4:8])[0]
+            if len(self._buf) < 8 + size:
+                break
+            if kind == 1:
+                self._raw += self._buf[8:8 + size]
+            else:
+                log.debug("runner stderr: %r", self._buf[8:8 + size][:500])
+            self._buf = self._buf[8 + size:]
+
+    def read(self, deadline: float) -> dict:
+        import json
+
+        while len(self._raw) < HEADER.size:
+            self._fill(deadline)
+        (size,) = HEADER.unpack(self._raw[:HEADER.size])
+        while len(self._raw) < HEADER.size + size:
+            self._fill(deadline)
+        frame, self._raw = self._raw[HEADER.size:HEADER.size + size], self._raw[HEADER.size + size:]
+        return json.loads(frame)
+
+
+class DockerSandbox(Sandbox):
+    """The warm-pool Docker sandbox. `DockerSandbox(pool_size=2, endpoints=("unix:///var/run/docker.sock",))`."""
+
+    name = "docker"
+
+    def __init__(self, config: DockerSandboxConfig | None = None, **overrides):
+        config = config or DockerSandboxConfig()
+        for key, value in overrides.items():
+            if not hasattr(config, key):
+                raise TypeError(f"DockerSandbox got an unknown option {key!r}")
+            setattr(config, key, value)
+        if config.pool_size < 1:
+            raise ValueError(f"pool_size must be >= 1, got {config.pool_size}")
+        super().__init__(config.timeout_s, config.memory_mb, config.output_limit)
+        self.config = config
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        endpoints = list(config.endpoints) or [os.environ.get("DOCKER_HOST") or None]
+        self._clients = [_client(e) for e in endpoints]
+        self._slots = [_Slot(self._clients[i % len(endpoints)], config, self.owner, str(endpoints[i % len(endpoints)]))
+                       for i in range(config.pool_size)]
+        self._idle: queue.Queue[_Slot] = queue.Queue()
+        self._background = ThreadPoolExecutor(max_workers=2, thread_name_prefix="prorl-sandbox-recycle")
+        self._lock = threading.Lock()
+        self.in_flight = self.peak_in_flight = self.recycled = 0
+        self._closed = False
+        for endpoint in dict.fromkeys(endpoints):
+            try:
+                remove_stale_containers(endpoint)
+            except Exception as exc:
+                log.debug("stale container clean-up on %s failed: %r", endpoint, exc)
+        with ThreadPoolExecutor(max_workers=min(8, config.pool_size)) as ex:
+            list(ex.map(self._try_start, self._slots))
+        for slot in self._slots:
+            self._idle.put(slot)
+        atexit.register(self.close)
+
+    # -- slot management ---------------------------------------------------------------------------------
+    def _try_start(self, slot: _Slot) -> None:
+        try:
+            slot.start()
+        except Exception as exc:
+            log.warning("sandbox container on %s failed to start: %r", slot.endpoint, exc)
+            slot.stop()
+
+    def _recycle(self, slot: _Slot) -> None:
+        """Replace the slot's container in the background, then hand the slot back to the pool."""
+        def work():
+            slot.stop()
+            if not self._closed:
+                self._try_start(slot)
+            self._idle.put(slot)
+
+        with self._lock:
+            self.recycled += 1
+        if self._closed:
+            slot.stop()
+            return
+        self._background.submit(work)
+
+    def healthy_slots(self) -> int:
+        return sum(1 for s in self._slots if s.started and s.container_running())
+
+    # -- execution ---------------------------------------------------------------------------------------
+    def _execute(self, request: dict[str, Any]) -> list[dict[str, Any]]:
+        if self._closed:
+            raise RuntimeError("DockerSandbox is closed")
+        for attempt in (1, 2):
+            slot = self._idle.get()
+            with self._lock:
+                self.in_flight += 1
+                self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+            try:
+                answers, retry = self._on_slot(slot, request)
+            finally:
+                with self._lock:
+                    self.in_flight -= 1
+            if not retry or attempt == 2:
+                return answers
+        raise AssertionError("unreachable")
+
+    def _on_slot(self, slot: _Slot, request: dict) -> tuple[list[dict], bool]:
+        """Run `request` on `slot` and give the slot back (or recycle it). Returns (answers, retry?)."""
+        n = len(request["tests"])
+        if not slot.started:
+            self._try_start(slot)
+            if not slot.started:
+                self._idle.put(slot)  # the next caller tries again
+                return infra_answers(n, f"no sandbox container could be started on {slot.endpoint}"), False
+        answers: list[dict] = []
+        try:
+            slot.send(request)
+        except OSError as exc:  # the runner was gone before the program could run: not the program's doing
+            self._recycle(slot)
+            return infra_answers(n, f"sandbox runner unreachable: {exc!r}"), True
+        slot.uses += 1
+        deadline = time.monotonic() + request["timeout_s"] + _GRACE_S
+        try:
+            while True:
+                frame = slot.read(deadline)
+                if frame.get("done"):
+                    break
+                if "error" in frame:
+                    raise RunnerGone(f"runner error: {frame['error']}")
+                answers.append(frame)
+        except RunnerGone as exc:
+            if not slot.container_running():  # the container itself died: infrastructure, retry once
+                self._recycle(slot)
+                return infra_answers(n, f"sandbox container died: {exc}"), True
+            # The container is alive, so the program killed, stopped or starved its own runner.
+            status = "timeout" if "in time" in str(exc) else "runtime_error"
+            answers += [{"status": status, "exit_code": None, "stdout": "", "stderr": "", "wall_s": 0.0,
+                         "passed": False, "error": f"the sandbox runner was lost during the run: {exc}"}
+                        for _ in range(n - len(answers))]
+            self._recycle(slot)
+            return answers, False
+        if slot.uses >= self.config.recycle_after or any(a["status"] in _LIMIT_STATUSES for a in answers):
+            self._recycle(slot)
+        else:
+            self._idle.put(slot)
+        return answers, False
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._background.shutdown(wait=True)
+        for slot in self._slots:
+            slot.stop()
+        for client in self._clients:
+            try:
+                client.close()
+            except Exception:
+                pass
+        atexit.unregister(self.close)
+
+
+def remove_stale_containers(endpoint: str | None = None) -> int:
+    """Remove sandbox containers left by dead processes of this host (e.g. after a crash). Returns the count."""
+    client, removed, host = _client(endpoint), 0, socket.gethostname()
+    try:
+        for c in client.containers.list(all=True, filters={"label": LABEL}):
+            owner_host, _, rest = c.labels.get(f"{LABEL}.owner", "").partition(":")
+            pid = rest.split(":")[0]
+            if owner_host == host and pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+                c.remove(force=True)
+                removed += 1
+    finally:
+        client.close()
+    return removed

@@ -1,0 +1,180 @@
+"""`LocalSandbox`: the same runner without Docker, in Linux namespaces. WEAKER isolation than `DockerSandbox`.
+
+Each worker is `unshare --net --pid --mount --mount-proc --fork [--user --map-root-user | --setuid nobody]
+python3 runner.py serve ROOT`: no network but a down `lo`, its own PID namespace (the runner is its PID 1 and kills
+every stray process after each program), rlimits and a process-group kill per program. Unlike the container, the
+program can READ the host's world-readable files and write wherever the worker's user may; there is no cgroup
+memory/pids/CPU cap (only rlimits) and no seccomp filter. Use it only where no Docker engine is reachable (the
+`make_sandbox` helper does that with a warning) or when asked explicitly. Without `unshare`, the worker runs with
+rlimits only (also warned).
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import queue
+import select
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+from prorl.sandbox.base import DEFAULT_MEMORY_MB, DEFAULT_OUTPUT_LIMIT, DEFAULT_TIMEOUT_S, Sandbox, infra_answers
+from prorl.sandbox.runner import HEADER, encode_frame
+
+log = logging.getLogger(__name__)
+
+RUNNER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "runner.py")
+_NOBODY = 65534
+_GRACE_S = 0.7
+
+
+def _namespace_prefix() -> list[str]:
+    """The `unshare` command line for this user, or [] when namespaces are unavailable."""
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        return []
+    base = [unshare, "--net", "--pid", "--fork", "--kill-child", "--mount", "--mount-proc"]
+    if os.geteuid() == 0:  # never run untrusted code as root: drop to nobody inside the namespaces
+        prefix = base + ["--setuid", str(_NOBODY), "--setgid", str(_NOBODY)]
+    else:
+        prefix = base + ["--user", "--map-root-user"]
+    probe = subprocess.run(prefix + ["true"], capture_output=True, timeout=30)
+    if probe.returncode != 0:
+        log.warning("unshare is not usable here (%s): LocalSandbox runs with rlimits only",
+                    probe.stderr.decode(errors="replace").strip()[:200])
+        return []
+    return prefix
+
+
+class _Worker:
+    def __init__(self, prefix: list[str], python: str):
+        self.root = tempfile.mkdtemp(prefix="prorl-sandbox-")
+        if os.geteuid() == 0 and prefix:
+            os.chown(self.root, _NOBODY, _NOBODY)
+        os.chmod(self.root, 0o700)
+        self.proc = subprocess.Popen(prefix + [python, "-I", "-S", RUNNER, "serve", self.root],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                     start_new_session=True)
+        self._raw = b""
+        hello = self.read(time.monotonic() + 30)
+        if not hello.get("ready"):
+            raise OSError(f"local runner did not start: {hello}")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def send(self, obj) -> None:
+        self.proc.stdin.write(encode_frame(obj))
+        self.proc.stdin.flush()
+
+    def read(self, deadline: float) -> dict:
+        import json
+
+        fd = self.proc.stdout.fileno()
+        while True:
+            if len(self._raw) >= HEADER.size:
+                (size,) = HEADER.unpack(self._raw[:HEADER.size])
+                if len(self._raw) >= HEADER.size + size:
+                    frame = self._raw[HEADER.size:HEADER.size + size]
+                    self._raw = self._raw[HEADER.size + size:]
+                    return json.loads(frame)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+                raise TimeoutError("local runner did not answer in time")
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                raise EOFError("local runner exited")
+            self._raw += chunk
+
+    def kill(self) -> None:
+        try:
+            os.killpg(self.proc.pid, 9)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.proc.wait(timeout=10)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+class LocalSandbox(Sandbox):
+    """Namespaced local runners (see the module docstring for what this does NOT isolate)."""
+
+    name = "local"
+
+    def __init__(self, workers: int = 2, timeout_s: float = DEFAULT_TIMEOUT_S, memory_mb: int = DEFAULT_MEMORY_MB,
+                 output_limit: int = DEFAULT_OUTPUT_LIMIT, python: str | None = None):
+        super().__init__(timeout_s, memory_mb, output_limit)
+        self.prefix = _namespace_prefix()
+        if not self.prefix:
+            log.warning("LocalSandbox without namespaces: programs share the host's network and processes")
+        # A system interpreter the dropped user can execute (not a pyenv shim or a venv under /root).
+        self.python = python or next((p for p in ("/usr/bin/python3", "/usr/local/bin/python3") if os.path.exists(p)),
+                                     os.path.realpath(sys.executable))
+        self._idle: queue.Queue[_Worker | None] = queue.Queue()
+        for _ in range(workers):
+            self._idle.put(None)  # started on first use
+        self._all: list[_Worker] = []
+        self._closed = False
+        atexit.register(self.close)
+
+    def _new_worker(self) -> _Worker:
+        worker = _Worker(self.prefix, self.python)
+        self._all.append(worker)
+        return worker
+
+    def _retire(self, worker: _Worker) -> None:
+        worker.kill()
+        if worker in self._all:
+            self._all.remove(worker)
+
+    def _execute(self, request: dict[str, Any]) -> list[dict[str, Any]]:
+        if self._closed:
+            raise RuntimeError("LocalSandbox is closed")
+        n = len(request["tests"])
+        worker = self._idle.get()
+        answers: list[dict] = []
+        try:
+            if worker is None or not worker.alive():
+                if worker is not None:
+                    self._retire(worker)
+                try:
+                    worker = self._new_worker()
+                except (OSError, TimeoutError, EOFError) as exc:
+                    worker = None
+                    return infra_answers(n, f"local runner failed to start: {exc!r}")
+            try:
+                worker.send(request)
+            except OSError as exc:
+                self._retire(worker)
+                worker = None
+                return infra_answers(n, f"local runner unreachable: {exc!r}")
+            deadline = time.monotonic() + request["timeout_s"] + _GRACE_S
+            try:
+                while True:
+                    frame = worker.read(deadline)
+                    if frame.get("done"):
+                        return answers
+                    if "error" in frame:
+                        raise EOFError(frame["error"])
+                    answers.append(frame)
+            except (TimeoutError, EOFError) as exc:
+                self._retire(worker)
+                worker = None
+                status = "timeout" if isinstance(exc, TimeoutError) else "runtime_error"
+                return answers + [{"status": status, "exit_code": None, "stdout": "", "stderr": "",
+                                   "wall_s": 0.0, "passed": False, "error": f"runner lost: {exc}"}
+                                  for _ in range(n - len(answers))]
+        finally:
+            self._idle.put(worker)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for worker in list(self._all):
+            self._retire(worker)
+        atexit.unregister(self.close)
