@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from accelerate.utils import gather, is_peft_model
 from datasets import IterableDataset
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
 from trl.trainer.utils import RepeatSampler, add_fused_lm_head
 
@@ -263,16 +263,15 @@ class ProRLTrainer(GRPOTrainer):
                 f.write(json.dumps(self.state.log_history[-1]) + "\n")
 
     def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
-        if self.args.should_save:
+        if self.args.should_save:  # first, so that a checkpoint with a trainer_state.json always has it
             folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            os.makedirs(folder, exist_ok=True)
             self.resets.save(folder)
+        super()._save_checkpoint(model, trial)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
         if resume_from_checkpoint is True:
-            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
-            if resume_from_checkpoint is None:
-                raise ValueError(f"no checkpoint found in output_dir {self.args.output_dir} to resume from")
+            resume_from_checkpoint = latest_complete_checkpoint(self.args.output_dir)
         if resume_from_checkpoint:
             self._restore_run_state(resume_from_checkpoint)
         if self.args.env_weights:
@@ -288,3 +287,16 @@ class ProRLTrainer(GRPOTrainer):
             step = json.load(f)["global_step"]
         if self.accelerator.is_main_process:
             truncate_jsonl(os.path.join(self.args.output_dir, METRICS_FILE), step)
+
+
+def latest_complete_checkpoint(output_dir: str) -> str:
+    """The newest `checkpoint-N` of `output_dir` that was completely written (its trainer_state.json, saved last,
+    exists): a run killed while saving leaves a partial folder that must not be resumed from."""
+    steps = []
+    for name in os.listdir(output_dir) if os.path.isdir(output_dir) else []:
+        if name.startswith(f"{PREFIX_CHECKPOINT_DIR}-") and name.split("-")[-1].isdigit():
+            if os.path.exists(os.path.join(output_dir, name, "trainer_state.json")):
+                steps.append(int(name.split("-")[-1]))
+    if not steps:
+        raise ValueError(f"no complete checkpoint in output_dir {output_dir} to resume from")
+    return os.path.join(output_dir, f"{PREFIX_CHECKPOINT_DIR}-{max(steps)}")
