@@ -47,3 +47,19 @@ def test_dataset_choice_is_validated(tmp_path):
     with pytest.raises(ValueError, match="exactly one of dataset_path and gym_envs"):
         main(["--config", str(ROOT / "configs" / "tiny-cpu.yaml"), "--output_dir", str(tmp_path),
               "--dataset_path", str(tmp_path / "data")])
+
+
+def test_paper_config_parses():
+    from trl import TrlParser
+
+    from prorl.train import TrainScriptArguments
+    from prorl.trainer import ProRLConfig
+
+    script, config = TrlParser((TrainScriptArguments, ProRLConfig)).parse_args_and_config(
+        ["--config", str(ROOT / "configs" / "prorl-1.5b.yaml"), "--bf16", "false", "--use_cpu", "true"])
+    assert script.model_dtype == "bfloat16" and script.eval_split == "heldout"
+    assert (config.loss_type, config.epsilon, config.epsilon_high, config.temperature, config.num_generations,
+            config.learning_rate, config.max_completion_length) == ("dapo", 0.2, 0.4, 1.2, 16, 2e-6, 8192)
+    assert config.stages[-1] == {"max_completion_length": 16384} and config.dynamic_sampling
+    # one process here: 8 x 64 rollouts per generation batch, 32 prompts of 16
+    assert config.generation_batch_size == 512 and config.generation_batch_size % config.num_generations == 0

@@ -72,3 +72,16 @@ def test_restart_stage_stops_and_applies_on_resume(tiny_model, tmp_path):
     trainer.train(resume_from_checkpoint=True)
     assert trainer.state.global_step == 4 and trainer.num_generations == 2
     assert trainer.args.generation_batch_size == 8  # 4 prompts x 2 completions per step after the restart
+
+
+def test_resume_skips_a_half_written_checkpoint(tmp_path):
+    from prorl.trainer.trainer import latest_complete_checkpoint
+
+    for step, complete in ((2, True), (4, True), (6, False)):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        if complete:
+            (folder / "trainer_state.json").write_text("{}")
+    assert latest_complete_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-4")
+    with pytest.raises(ValueError, match="no complete checkpoint"):
+        latest_complete_checkpoint(str(tmp_path / "checkpoint-6"))
