@@ -22,7 +22,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
 from trl.trainer.utils import RepeatSampler, add_fused_lm_head
 
-from prorl.trainer.callbacks import ResetController, truncate_jsonl
+from prorl.trainer.callbacks import ResetController, copy_weights_, truncate_jsonl
 from prorl.trainer.config import LIVE_STAGE_FIELDS, RESTART_STAGE_FIELDS, ProRLConfig
 from prorl.trainer.rewards import EnvReward
 from prorl.trainer.sampling import concat_rows, group_keep_mask, mixture_view, num_rows, select_rows
@@ -164,8 +164,6 @@ class ProRLTrainer(GRPOTrainer):
         """Reference model := a copy of the current policy weights (no-op when beta = 0: there is none)."""
         if self.ref_model is None:
             return
-        from prorl.trainer.callbacks import copy_weights_
-
         copy_weights_(self.accelerator.unwrap_model(self.model), self.accelerator.unwrap_model(self.ref_model))
         self._refresh_buffered_reference_logps()
 
@@ -194,8 +192,6 @@ class ProRLTrainer(GRPOTrainer):
                 setattr(self.args, key, value)
         if restart and not live:
             self._apply_batch_shape()
-        if "max_completion_length" in overrides:
-            self.max_completion_length = self.args.max_completion_length
         for key in ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "max_completion_length"):
             if key not in overrides:
                 continue
