@@ -98,6 +98,8 @@ def test_dynamic_sampling_cap_finishes_the_step_with_a_warning(tiny_model, tmp_p
     assert _history(trainer, "dynamic_sampling/dropped_groups") == [6.0]
     batch = trainer.trained[0]
     assert batch["prompt_ids"].size(0) == 8 and torch.all(batch["advantages"] == 0)
+    assert batch["completion_mask"].sum() == 0 and batch["num_items_in_batch"] == 0  # nothing is trained on
+    assert _history(trainer, "loss") == [0.0]
 
 
 # -- Hard resets -------------------------------------------------------------------------------------------------

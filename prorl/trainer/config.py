@@ -70,8 +70,7 @@ class ProRLConfig(GRPOConfig):
     dynamic_sampling_max_rounds: int = field(
         default=4,
         metadata={"help": "Most extra generation rounds per step. When reached, the step trains on the groups it "
-                          "has, completes the batch with dropped groups whose advantages are set to 0, and logs a "
-                          "warning."})
+                          "has (the batch is completed with dropped rows whose loss is masked) and logs a warning."})
 
     # -- Hard resets of the reference policy and the optimizer --------------------------------------------------
     reset_every_steps: int | None = field(

@@ -114,13 +114,16 @@ class ProRLTrainer(GRPOTrainer):
             batch = self._refill_batch()
         filler_rows = max(0, target - kept_local)
         if filler_rows:
+            # Rows that keep the batch shape but train nothing: no advantage, no loss tokens (as TRL masks
+            # truncated completions), so the step trains on exactly the groups it kept.
             spare = select_rows(spare, torch.arange(min(filler_rows, num_rows(spare))))
             spare["advantages"] = torch.zeros_like(spare["advantages"])
+            spare["completion_mask"] = torch.zeros_like(spare["completion_mask"])
             kept.append(spare)
         filled = gather(torch.tensor([filler_rows], device=keep_rows.device)).sum().item()
         if filled:
             log.warning("dynamic sampling: step %d hit the cap of %d extra rounds with %d rows missing; they are "
-                        "filled with dropped groups whose advantages are set to 0", self.state.global_step + 1,
+                        "filled with masked rows (no loss)", self.state.global_step + 1,
                         self.args.dynamic_sampling_max_rounds, filled)
         token_level = ("importance_sampling_ratio",) if self.vllm_importance_sampling_mode.startswith("token") else ()
         merged = concat_rows(kept, self._tokenizer.pad_token_id, token_level)
