@@ -42,6 +42,7 @@ fi
 context=$(mktemp -d)
 trap 'rm -rf "$context"' EXIT
 cp docker/Dockerfile prorl/sandbox/runner.py "$context/"
-DOCKER_BUILDKIT=0 $DOCKER build -q --build-arg "BASE=$BASE_IMAGE" --label "prorl.recipe=$recipe_hash" \
-    -t "$IMAGE" "$context" >/dev/null
+# The classic builder never contacts a registry for a FROM image that exists locally.
+out=$(DOCKER_BUILDKIT=0 $DOCKER build -q --build-arg "BASE=$BASE_IMAGE" --label "prorl.recipe=$recipe_hash" \
+    -t "$IMAGE" "$context" 2>&1) || { echo "$out" >&2; exit 1; }
 echo "build.sh: built $IMAGE (recipe $recipe_hash) on $BASE_IMAGE"

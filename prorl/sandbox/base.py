@@ -48,6 +48,8 @@ class Test:
     expected: str | None = None
     code: str | None = None
 
+    __test__ = False  # not a pytest class
+
     def __post_init__(self):
         if (self.code is None) == (self.expected is None):
             raise ValueError("a Test needs exactly one of `expected` (stdout test) or `code` (assertion test)")

@@ -8,7 +8,7 @@ so one program costs a fork inside a warm container instead of a `docker run` (s
 A slot (one container) serves one request at a time: the number of slots is a hard cap on concurrent runs. A slot
 is recycled (container replaced, in the background) after `recycle_after` programs, after any limit violation
 (timeout, memory, output limit) and whenever its runner dies; a dead container is replaced and the request retried
-once before it is reported as `infra_error`. Slots are spread round-robin over several Docker endpoints.
+(each dead container met is replaced) before it is reported as `infra_error`. Slots are spread round-robin over several Docker endpoints.
 """
 
 from __future__ import annotations
@@ -87,8 +87,9 @@ class RunnerGone(Exception):
 class _Slot:
     """One container plus the open exec stream of its fork server."""
 
-    def __init__(self, client, config: DockerSandboxConfig, owner: str, endpoint: str):
-        self.client, self.config, self.owner, self.endpoint = client, config, owner, endpoint
+    def __init__(self, connect, config: DockerSandboxConfig, owner: str, endpoint: str):
+        self.connect, self.config, self.owner, self.endpoint = connect, config, owner, endpoint
+        self.client = None
         self.container = None
         self.sock: socket.socket | None = None
         self.uses = 0
@@ -101,6 +102,7 @@ class _Slot:
 
     def start(self) -> None:
         cfg = self.config
+        self.client = self.connect()
         mem = cfg.memory_mb + cfg.tmpfs_mb + _RUNNER_OVERHEAD_MB
         self.container = self.client.containers.run(
             cfg.image, ["python3", "/opt/prorl/runner.py", "init"], detach=True, user="1000:1000",
@@ -201,9 +203,9 @@ class DockerSandbox(Sandbox):
         self.config = config
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         endpoints = list(config.endpoints) or [os.environ.get("DOCKER_HOST") or None]
-        self._clients = [_client(e) for e in endpoints]
-        self._slots = [_Slot(self._clients[i % len(endpoints)], config, self.owner, str(endpoints[i % len(endpoints)]))
-                       for i in range(config.pool_size)]
+        self._clients: dict[str | None, Any] = {}
+        self._slots = [_Slot(self._connector(endpoints[i % len(endpoints)]), config, self.owner,
+                             str(endpoints[i % len(endpoints)])) for i in range(config.pool_size)]
         self._idle: queue.Queue[_Slot] = queue.Queue()
         self._background = ThreadPoolExecutor(max_workers=2, thread_name_prefix="prorl-sandbox-recycle")
         self._lock = threading.Lock()
@@ -221,6 +223,16 @@ class DockerSandbox(Sandbox):
         atexit.register(self.close)
 
     # -- slot management ---------------------------------------------------------------------------------
+    def _connector(self, endpoint: str | None):
+        """A function returning the (cached) client of `endpoint`; it raises while the engine is unreachable."""
+        def connect():
+            with self._lock:
+                if endpoint not in self._clients:
+                    self._clients[endpoint] = _client(endpoint)
+                return self._clients[endpoint]
+
+        return connect
+
     def _try_start(self, slot: _Slot) -> None:
         try:
             slot.start()
@@ -250,7 +262,8 @@ class DockerSandbox(Sandbox):
     def _execute(self, request: dict[str, Any]) -> list[dict[str, Any]]:
         if self._closed:
             raise RuntimeError("DockerSandbox is closed")
-        for attempt in (1, 2):
+        attempts = self.config.pool_size + 1  # every dead container met is replaced; then one fresh try
+        for attempt in range(1, attempts + 1):
             slot = self._idle.get()
             with self._lock:
                 self.in_flight += 1
@@ -260,7 +273,7 @@ class DockerSandbox(Sandbox):
             finally:
                 with self._lock:
                     self.in_flight -= 1
-            if not retry or attempt == 2:
+            if not retry or attempt == attempts:
                 return answers
         raise AssertionError("unreachable")
 
@@ -312,7 +325,7 @@ class DockerSandbox(Sandbox):
         self._background.shutdown(wait=True)
         for slot in self._slots:
             slot.stop()
-        for client in self._clients:
+        for client in self._clients.values():
             try:
                 client.close()
             except Exception:

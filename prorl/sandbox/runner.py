@@ -33,6 +33,7 @@ import signal
 import struct
 import sys
 import time
+from traceback import format_exception as _format_exception
 
 HEADER = struct.Struct(">I")
 MAX_FRAME = 256 * 1024 * 1024
@@ -125,12 +126,14 @@ def _child(program: str, test_code, limits: dict, workdir: str, fds: dict) -> No
     sys.argv = ["main.py"]
     sys.path[:] = [workdir] + [p for p in sys.path[1:] if not p.startswith("/opt/prorl")]
     stdout, stderr = sys.stdout, sys.stderr
+    # Everything the epilogue uses is bound before the program runs: it may replace builtins, os, sys.modules.
+    run, build, fail = exec, compile, _report_traceback
     code = 0
     try:
         scope = {"__name__": "__main__", "__builtins__": builtins, "__file__": "main.py"}
-        exec(compile(program, "main.py", "exec"), scope)
+        run(build(program, "main.py", "exec"), scope)
         if test_code is not None:
-            exec(compile(test_code, "test.py", "exec"), scope)
+            run(build(test_code, "test.py", "exec"), scope)
         _python_shutdown()
     except SystemExit as exc:
         test_code = None  # an exit, even exit(0), never passes a test
@@ -138,13 +141,13 @@ def _child(program: str, test_code, limits: dict, workdir: str, fds: dict) -> No
     except MemoryError:
         test_code = None
         code = 1
-        _report_traceback()
+        fail(os_write)
         if result_fd is not None:
             os_write(result_fd, _MEMORY_MARK)
     except BaseException:
         test_code = None
         code = 1
-        _report_traceback()
+        fail(os_write)
     for stream in (stdout, stderr):
         try:
             stream.flush()
@@ -180,12 +183,12 @@ def _exit_code(exc: SystemExit) -> int:
     return 1
 
 
-def _report_traceback() -> None:
+def _report_traceback(write) -> None:
+    """Print the traceback of the exception being handled straight to fd 2 (not via the program's sys.stderr)."""
     try:
-        import traceback
-
         etype, value, tb = sys.exc_info()
-        traceback.print_exception(etype, value, tb.tb_next if tb is not None else None)  # skip the runner frame
+        lines = _format_exception(etype, value, tb.tb_next if tb is not None else None)  # skip the runner frame
+        write(2, "".join(lines)[-20000:].encode("utf-8", "replace"))
     except BaseException:
         pass
 
@@ -239,7 +242,9 @@ class Server:
             os.write(non_w, nonce)
             os.close(non_w)
             res_r, res_w = os.pipe()
-            result_fd, nonce_fd = random.sample(range(10, 250), 2)
+            # Random target numbers that are none of the source fds (dup2 onto a source would clobber it).
+            free = sorted(set(range(10, 250)) - {stdin_fd, out_w, err_w, res_w, non_r})
+            result_fd, nonce_fd = random.sample(free, 2)
             fds.update({result_fd: res_w, nonce_fd: non_r})
             child_limits.update(result_fd=result_fd, nonce_fd=nonce_fd)
         start = time.monotonic()

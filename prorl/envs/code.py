@@ -1,0 +1,183 @@
+"""Code: Python programs run in the sandbox; reward = fraction of tests passed (ProRL's code domain).
+
+Task formats, accepted unchanged:
+  - stdin/stdout tests (APPS/TACO/Codeforces/Eurus-2-RL style): `{"tests": [{"input": str, "output": str}, ...]}`
+    with the statement in `question`/`problem`/`prompt`/`description`; outputs compared token-wise (whitespace
+    normalised). TACO-style `{"input_output": {"inputs": [...], "outputs": [...]}}` (dict or JSON string) too.
+  - HumanEval rows `{"prompt", "test", "entry_point"}`: program = prompt + extracted code (a full function or
+    the body continuing the prompt); one test, `check(entry_point)`.
+  - MBPP rows `{"test_list": [...], "test_setup_code"}` (and sanitized MBPP's `test_imports`): each assert is a test,
+    run after the program and the setup code.
+
+Scoring rule:
+  1. The code is the last fenced ```python block (else the last unlabelled fence, else the whole reply; which
+     one is recorded in `details["extraction"]`). No code: `format_error`.
+  2. A syntax error (checked on the host before anything runs): reward 0, `format_error`.
+  3. All tests run in one sandbox round trip, each in a fresh process, sharing one budget (5 s by default).
+     Reward = passed / total; 0 when the budget ran out (a test reported `timeout`). Assertion tests are
+     fail-closed (see prorl/sandbox/runner.py): exits, printed markers or a killed runner never pass a test.
+  4. Any sandbox infrastructure failure: status `infra_error` (masked by trainers), never a 0 on the model.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import threading
+from typing import Any
+
+from prorl.envs.base import Env, Score, Task
+from prorl.sandbox import Sandbox, Test, make_sandbox
+
+_FENCE_RE = re.compile(r"```([^\n`]*)\n(.*?)```", re.DOTALL)
+_PY_LANGS = {"python", "py", "python3", "py3"}
+STDIO_INSTRUCTION = ("Write a Python 3 program that reads from standard input and writes to standard output. "
+                     "Put the complete program in one ```python code block at the end of your answer.")
+FUNCTION_INSTRUCTION = "Put the complete code in one ```python code block at the end of your answer."
+
+_SHARED: dict[str, Sandbox] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_sandbox(kind: str | None = None) -> Sandbox:
+    """One sandbox (warm pool) per process and kind, created on first use."""
+    key = kind or "auto"
+    with _SHARED_LOCK:
+        if key not in _SHARED:
+            _SHARED[key] = make_sandbox(kind)
+        return _SHARED[key]
+
+
+def extract_code(reply: str) -> tuple[str, str]:
+    """(code, how): the last ```python block, else the last unlabelled fence, else the whole reply."""
+    blocks = [(m.group(1).strip().lower(), m.group(2)) for m in _FENCE_RE.finditer(reply)]
+    for wanted in (_PY_LANGS, {""}):
+        picked = [code for lang, code in blocks if lang in wanted]
+        if picked:
+            return picked[-1], "python_block" if wanted is _PY_LANGS else "plain_block"
+    return reply, "whole_reply"
+
+
+def _text(row: dict[str, Any], *keys: str) -> str:
+    for key in keys:
+        if isinstance(row.get(key), str) and row[key].strip():
+            return row[key]
+    return ""
+
+
+def _stdio_tests(row: dict[str, Any]) -> list[dict[str, str]]:
+    if "tests" in row:
+        tests = row["tests"]
+        if isinstance(tests, str):
+            tests = json.loads(tests)
+        if not isinstance(tests, list) or not tests:
+            raise ValueError("field 'tests' must be a non-empty list of {'input', 'output'}")
+        for i, t in enumerate(tests):
+            if not isinstance(t, dict) or not isinstance(t.get("input"), str) or not isinstance(t.get("output"), str):
+                raise ValueError(f"field 'tests[{i}]' must be {{'input': str, 'output': str}}, got {t!r:.100}")
+        return [{"input": t["input"], "output": t["output"]} for t in tests]
+    io = row["input_output"]
+    io = json.loads(io) if isinstance(io, str) else io
+    if "fn_name" in io:
+        raise ValueError("field 'input_output' has fn_name (call-based TACO tests are not supported)")
+    ins, outs = io["inputs"], io["outputs"]
+    if len(ins) != len(outs) or not ins:
+        raise ValueError(f"field 'input_output': {len(ins)} inputs but {len(outs)} outputs")
+    join = lambda v: v if isinstance(v, str) else "\n".join(map(str, v))  # noqa: E731
+    return [{"input": join(i), "output": join(o)} for i, o in zip(ins, outs)]
+
+
+class CodeEnv(Env):
+    """Python programs run in the sandbox; reward = fraction of tests passed."""
+
+    description = "Python programs run in the sandbox; reward = fraction of tests passed"
+    timeout_s = 5.0
+    score_in_subprocess = False  # the sandbox enforces time and isolation itself
+
+    def __init__(self, dataset=None, seed: int | None = None, sandbox: Sandbox | str | None = None,
+                 timeout_s: float = 5.0, memory_mb: int | None = None):
+        super().__init__(dataset, seed)
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+        self.timeout_s = timeout_s
+        self.memory_mb = memory_mb
+        self._sandbox = sandbox if isinstance(sandbox, Sandbox) else None
+        self._sandbox_kind = sandbox if isinstance(sandbox, str) else None
+
+    @property
+    def sandbox(self) -> Sandbox:
+        if self._sandbox is None:
+            self._sandbox = shared_sandbox(self._sandbox_kind)
+        return self._sandbox
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_sandbox"] = None  # a live pool does not travel; the receiver uses its own
+        return state
+
+    # -- tasks ---------------------------------------------------------------------------------------------
+    def task_from_dict(self, row: dict) -> Task:
+        if not isinstance(row, dict):
+            raise TypeError(f"code task must be a dict, got {type(row).__name__}")
+        task_id = str(row.get("task_id", row.get("id", "")))
+        if {"prompt", "test", "entry_point"} <= row.keys():
+            text = f"Complete the following Python function.\n\n```python\n{row['prompt']}```\n\n{FUNCTION_INSTRUCTION}"
+            ref = {"kind": "humaneval", "prompt": row["prompt"], "test": row["test"], "entry_point": row["entry_point"]}
+        elif "test_list" in row:
+            tests = row["test_list"]
+            if not isinstance(tests, list) or not tests or not all(isinstance(t, str) for t in tests):
+                raise ValueError("field 'test_list' must be a non-empty list of assert strings")
+            setup = "\n".join(filter(None, [row.get("test_setup_code") or "", *(row.get("test_imports") or [])]))
+            statement = _text(row, "text", "prompt", "question")
+            text = f"{statement}\nYour code should pass these tests:\n\n" + "\n".join(tests) + f"\n\n{FUNCTION_INSTRUCTION}"
+            ref = {"kind": "mbpp", "tests": list(tests), "setup": setup}
+        elif "tests" in row or "input_output" in row:
+            statement = _text(row, "question", "problem", "prompt", "description", "text")
+            if not statement and not isinstance(row.get("prompt"), list):
+                raise KeyError("question")
+            text = f"{statement}\n\n{STDIO_INSTRUCTION}"
+            ref = {"kind": "stdio", "tests": _stdio_tests(row)}
+        else:
+            raise KeyError("no known code task format: need 'tests'/'input_output' (stdin/stdout), "
+                           "'prompt'+'test'+'entry_point' (HumanEval) or 'test_list' (MBPP)")
+        prompt = row["prompt"] if isinstance(row.get("prompt"), list) else [{"role": "user", "content": text}]
+        return Task(id=task_id, env=self.id, prompt=prompt, reference=ref)
+
+    @staticmethod
+    def program_and_tests(code: str, reference: dict[str, Any]) -> tuple[str, list[Test]]:
+        kind = reference["kind"]
+        if kind == "humaneval":
+            program = reference["prompt"] + ("" if reference["prompt"].endswith("\n") else "\n") + code
+            return program, [Test(code=f"{reference['test']}\ncheck({reference['entry_point']})\n")]
+        if kind == "mbpp":  # the setup may use the solution's classes (tasks 367, 927): it runs before each test
+            setup = f"{reference['setup']}\n" if reference["setup"] else ""
+            return code, [Test(code=setup + t) for t in reference["tests"]]
+        if kind == "stdio":
+            return code, [Test(stdin=t["input"], expected=t["output"]) for t in reference["tests"]]
+        raise ValueError(f"reference.kind must be humaneval, mbpp or stdio, got {kind!r}")
+
+    # -- scoring -------------------------------------------------------------------------------------------
+    def verify(self, answer: str, task: Task) -> Score:
+        code, how = extract_code(answer)
+        if not code.strip():
+            return Score(0.0, "format_error", {"error": "no code", "extraction": how})
+        program, tests = self.program_and_tests(code, task.reference)
+        try:
+            ast.parse(program)
+        except (SyntaxError, ValueError) as exc:  # ValueError: null bytes
+            return Score(0.0, "format_error", {"error": f"syntax error: {exc}", "extraction": how})
+        results = self.sandbox.run_tests(program, tests, total_timeout_s=self.timeout_s, memory_mb=self.memory_mb)
+        statuses = [r.status for r in results]
+        details: dict[str, Any] = {"extraction": how, "passed": sum(r.passed for r in results),
+                                   "total": len(results), "statuses": statuses}
+        if "infra_error" in statuses:
+            errors = [r.details.get("error", "") for r in results if r.status == "infra_error"]
+            return Score(0.0, "infra_error", {**details, "error": errors[0]})
+        failed = next((r for r in results if not r.passed), None)
+        if failed is not None:
+            details["first_failure"] = {"status": failed.status, "exit_code": failed.exit_code,
+                                        "stderr": failed.stderr[-500:]}
+        if "timeout" in statuses:
+            return Score(0.0, "wrong", {**details, "budget_exceeded": True})
+        return Score.graded(details["passed"] / len(results), **details)
