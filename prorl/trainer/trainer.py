@@ -159,8 +159,8 @@ class ProRLTrainer(GRPOTrainer):
                                  repeat_count=1, shuffle=self.shuffle_dataset,
                                  seed=self.args.seed + 1 + self._refill_epoch)
 
-        return self._get_dataloader(self.train_dataset, "Refill", self._train_batch_size * self.args.steps_per_generation,
-                                    sampler_fn=sampler, is_training=True)
+        batch_size = self._train_batch_size * self.args.steps_per_generation
+        return self._get_dataloader(self.train_dataset, "Refill", batch_size, sampler_fn=sampler, is_training=True)
 
     # -- Resets and stages -----------------------------------------------------------------------------------
     def sync_reference_to_policy(self) -> None:
@@ -263,7 +263,8 @@ class ProRLTrainer(GRPOTrainer):
 
     def _save_checkpoint(self, model, trial):
         if self.args.should_save:  # first, so that a checkpoint with a trainer_state.json always has it
-            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            folder = os.path.join(self._get_output_dir(trial=trial), name)
             os.makedirs(folder, exist_ok=True)
             self.resets.save(folder)
         super()._save_checkpoint(model, trial)
