@@ -290,7 +290,7 @@ def _steps_until_all_finished(completion: torch.Tensor, eos: torch.Tensor) -> in
     return int(first.max()) if completion.shape[0] else 0
 
 
-# -- The entry point ---------------------------------------------------------------------------------------------
+# -- Entry points ------------------------------------------------------------------------------------------------
 _GENERATORS: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[dict, StaticCacheGenerator]]" = (
     weakref.WeakKeyDictionary())
 
@@ -314,3 +314,38 @@ def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
         held = (dict(options), StaticCacheGenerator(model, **options))
         _GENERATORS[model] = held
     return held[1](input_ids, attention_mask, generation_config)
+
+
+def until_first_eos(completion_ids: torch.Tensor, eos_token_ids: list[int]) -> list[list[int]]:
+    """Each row's tokens up to and including its first EOS (all of them if it has none), as TRL keeps them."""
+    is_eos = torch.isin(completion_ids, torch.tensor(eos_token_ids, device=completion_ids.device))
+    ends = torch.where(is_eos.any(dim=1), is_eos.int().argmax(dim=1) + 1, completion_ids.shape[1]).tolist()
+    return [row[:end] for row, end in zip(completion_ids.tolist(), ends)]
+
+
+def trainer_generate(trainer, prompt_ids: list[list[int]], backend: str = "static", **options) -> list[list[int]]:
+    """TRL's regular (no vLLM) generation path of `GRPOTrainer._generate_single_turn` for text prompts, decoded by
+    `backend`: the unwrapped model (gradient checkpointing off, ZeRO-3 parameters gathered, the trainer's generation
+    kwargs in force), left-padded prompt tensors, and each completion cut after its first EOS."""
+    from trl.extras.profiling import profiling_context
+    from trl.models.utils import unwrap_model_for_generation
+    from trl.trainer.utils import pad
+
+    device = trainer.accelerator.device
+    prompts = [torch.tensor(ids) for ids in prompt_ids]
+    input_ids = pad(prompts, padding_value=trainer._tokenizer.pad_token_id, padding_side="left").to(device)
+    attention_mask = pad([torch.ones_like(p) for p in prompts], padding_value=0, padding_side="left").to(device)
+    with (
+        profiling_context(trainer, f"prorl.generate.{backend}"),
+        unwrap_model_for_generation(
+            trainer.model_wrapped, trainer.accelerator,
+            gather_deepspeed3_params=trainer.args.ds3_gather_for_generation,
+            generation_kwargs=trainer.generation_kwargs,
+            gradient_checkpointing_kwargs=trainer.args.gradient_checkpointing_kwargs,
+        ) as model,
+        torch.no_grad(),
+        trainer._dist.summon_full_params(trainer.model_wrapped, recurse=False),
+    ):
+        completion_ids = generate(model, input_ids, attention_mask, trainer.generation_config, backend=backend,
+                                  **options)
+    return until_first_eos(completion_ids, trainer.eos_token_ids)
