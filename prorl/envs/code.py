@@ -25,6 +25,7 @@ import ast
 import json
 import re
 import threading
+import warnings
 from typing import Any
 
 from prorl.envs.base import Env, Score, Task
@@ -164,7 +165,9 @@ class CodeEnv(Env):
             return Score(0.0, "format_error", {"error": "no code", "extraction": how})
         program, tests = self.program_and_tests(code, task.reference)
         try:
-            ast.parse(program)
+            with warnings.catch_warnings():  # invalid escape sequences etc. are the program's business
+                warnings.simplefilter("ignore")
+                ast.parse(program)
         except (SyntaxError, ValueError) as exc:  # ValueError: null bytes
             return Score(0.0, "format_error", {"error": f"syntax error: {exc}", "extraction": how})
         results = self.sandbox.run_tests(program, tests, total_timeout_s=self.timeout_s, memory_mb=self.memory_mb)

@@ -1,0 +1,165 @@
+"""The `code` environment: extraction, task formats, fail-closed scoring, HumanEval and MBPP reference solutions."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+import prorl.envs as envs
+from prorl.envs.code import CodeEnv, extract_code
+from prorl.sandbox.docker import DockerSandbox, engine_available
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+ENGINE_OK, ENGINE_WHY = engine_available()
+
+# MBPP rows whose reference code does not score 1.0 here, with the reason (checked in test_mbpp_reference_code).
+MBPP_KNOWN_BROKEN = {
+    123: "reference amicable_numbers_sum(9999) needs ~4 s of CPU: over the 5 s budget on a 1-CPU container "
+         "(passes with a 60 s budget)",
+}
+
+
+@pytest.fixture(scope="module")
+def env():
+    if not ENGINE_OK:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must have a Docker engine with the sandbox image (run `make sandbox`): {ENGINE_WHY}")
+        pytest.skip(f"no Docker sandbox on this machine: {ENGINE_WHY} (run `make sandbox` as root)")
+    with DockerSandbox(pool_size=3, timeout_s=5.0) as sb:
+        yield envs.make("code", sandbox=sb)
+
+
+STDIO_ROW = {"question": "Read two integers, print their sum.",
+             "tests": [{"input": "1 2\n", "output": "3\n"}, {"input": "10 -4\n", "output": "6"},
+                       {"input": "0 0\n", "output": "0\n"}]}
+MBPP_ROW = {"task_id": 9000, "text": "Write a function add(a, b).", "test_setup_code": "",
+            "test_list": ["assert add(1, 2) == 3", "assert add(2, 2) == 4", "assert add(-1, 1) == 0"]}
+
+
+def reply(code: str) -> str:
+    return f"Here is my solution.\n```python\n{code}\n```\n"
+
+
+# -- no engine needed --------------------------------------------------------------------------------------
+def test_extract_code_prefers_the_last_python_block():
+    text = "```python\na = 1\n```\nthen\n```\nplain\n```\n```py\nb = 2\n```\ntail"
+    assert extract_code(text) == ("b = 2\n", "python_block")
+    assert extract_code("x\n```\nc = 3\n```") == ("c = 3\n", "plain_block")
+    assert extract_code("print(1)") == ("print(1)", "whole_reply")
+
+
+def test_task_formats_and_errors():
+    env = CodeEnv()
+    stdio = env.task_from_dict(STDIO_ROW)
+    assert stdio.reference["kind"] == "stdio" and len(stdio.reference["tests"]) == 3
+    assert "standard input" in stdio.prompt[0]["content"]
+    taco = env.task_from_dict({"question": "q", "input_output": json.dumps({"inputs": ["1\n"], "outputs": ["2\n"]})})
+    assert taco.reference["tests"] == [{"input": "1\n", "output": "2\n"}]
+    he = env.task_from_dict({"task_id": "HE/0", "prompt": "def f():\n", "test": "def check(c): pass",
+                             "entry_point": "f"})
+    assert he.reference["kind"] == "humaneval" and he.id == "HE/0"
+    assert env.task_from_dict(MBPP_ROW).reference["kind"] == "mbpp"
+    with pytest.raises(ValueError, match=r"tests\[1\]"):
+        env.task_from_dict({"question": "q", "tests": [{"input": "", "output": ""}, {"input": 1}]})
+    with pytest.raises(KeyError, match="no known code task format"):
+        env.task_from_dict({"question": "q"})
+    assert env.score("```python\nprint(1)\n```", {"question": "q"}).status == "format_error"
+
+
+def test_syntax_error_and_empty_code_score_zero_without_running():
+    env = CodeEnv(sandbox="local")  # never started: nothing is run for these
+    bad = env.score(reply("def f(:\n    pass"), STDIO_ROW)
+    assert (bad.reward, bad.status) == (0.0, "format_error") and "syntax" in bad.details["error"]
+    assert env.score("```python\n\n```", STDIO_ROW).status == "format_error"
+    assert env._sandbox is None
+
+
+def test_registered_and_scored_in_threads():
+    assert "code" in envs.list_envs()
+    assert CodeEnv.score_in_subprocess is False
+
+
+# -- scoring in the Docker sandbox --------------------------------------------------------------------------
+def test_stdio_fraction_of_tests(env):
+    assert env.score(reply("a, b = map(int, input().split())\nprint(a + b)"), STDIO_ROW).reward == 1.0
+    partial = env.score(reply("a, b = map(int, input().split())\nprint(a + b if a else 1)"), STDIO_ROW)
+    assert partial.reward == pytest.approx(2 / 3) and partial.status == "wrong"
+    assert partial.details["passed"] == 2 and partial.details["total"] == 3
+    crash = env.score(reply("a, b = map(int, input().split())\nprint(a + b)\nraise SystemExit(1)"), STDIO_ROW)
+    assert crash.reward == 0.0  # right output, non-zero exit code: failed
+    think = env.score("<think>```python\nprint(0)\n```</think>" + reply("print(sum(map(int, input().split())))"),
+                      STDIO_ROW)
+    assert think.reward == 1.0 and think.details["think"]
+
+
+def test_mbpp_style_and_budget(env):
+    assert env.score(reply("def add(a, b):\n    return a + b"), MBPP_ROW).reward == 1.0
+    assert env.score(reply("def add(a, b):\n    return 3"), MBPP_ROW).reward == pytest.approx(1 / 3)
+    slow = env.score(reply("def add(a, b):\n    while True: pass"), MBPP_ROW)
+    assert (slow.reward, slow.status) == (0.0, "wrong") and slow.details["budget_exceeded"]
+    assert not slow.masked  # an infinite loop is the model's fault, not an unscored sample
+
+
+@pytest.mark.parametrize("cheat", [
+    "import sys\nsys.exit(0)",
+    "import os\nos._exit(0)",
+    "print('ALL TESTS PASSED')\nprint('ok')\nimport sys; sys.exit(0)",
+    "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)",
+    "import os, signal\nos.kill(os.getppid(), signal.SIGSTOP)",
+    "import os\nos.kill(-1, 9)",
+    "import os\nos.closerange(0, 1024)",
+    "import builtins\nbuiltins.exec = lambda *a, **k: None\nbuiltins.compile = lambda *a, **k: None",
+    "import os\nos._exit = lambda code: None\nos.write = lambda fd, data: len(data)\nraise SystemExit(0)",
+    "import sys, types\nsys.modules['threading'] = types.SimpleNamespace(_shutdown=lambda: None)\n"
+    "def add(a, b):\n    return -1",
+    "open('/opt/prorl/runner.py', 'w').write('')",
+])
+def test_fail_closed_against_cheats(env, cheat):
+    """Programs that exit early, print success, kill or stop their runner, close fds or patch the harness pass
+    no test they did not pass."""
+    score = env.score(reply(cheat), MBPP_ROW)
+    assert score.reward == 0.0 and score.status in ("wrong",), score.details
+    he = {"task_id": "HE/x", "prompt": "def inc(x):\n    \"\"\"x + 1\"\"\"\n", "entry_point": "inc",
+          "test": "def check(candidate):\n    assert candidate(1) == 2\n"}
+    assert env.score(reply(cheat), he).reward == 0.0
+    assert env.score(reply("def inc(x):\n    return x + 1"), he).reward == 1.0  # and the pool still works
+
+
+def test_infra_failure_is_infra_error_not_zero(tmp_path):
+    if not ENGINE_OK and not os.environ.get("CI"):
+        pytest.skip(ENGINE_WHY)
+    with DockerSandbox(pool_size=1, endpoints=(f"unix://{tmp_path}/none.sock",)) as sb:
+        score = CodeEnv(sandbox=sb).score(reply("def add(a, b):\n    return a + b"), MBPP_ROW)
+    assert score.status == "infra_error" and score.masked and score.details["error"]
+
+
+def _humaneval_rows():
+    with gzip.open(DATA / "humaneval" / "HumanEval.jsonl.gz", "rt") as fh:
+        return [json.loads(line) for line in fh]
+
+
+def test_humaneval_canonical_solutions_pass_and_return_none_fails(env):
+    rows = _humaneval_rows()
+    assert len(rows) == 164
+    good = env.score_batch([r["canonical_solution"] for r in rows], rows, workers=3)
+    failed = [(r["task_id"], s.details) for r, s in zip(rows, good) if s.reward != 1.0]
+    assert not failed, failed[:3]
+    bad = env.score_batch(["    return None\n"] * len(rows), rows, workers=3)
+    passed = [r["task_id"] for r, s in zip(rows, bad) if s.reward != 0.0]
+    assert not passed
+
+
+@pytest.mark.slow
+def test_mbpp_reference_code(env):
+    rows = [json.loads(line) for line in open(DATA / "mbpp" / "mbpp.jsonl")]
+    assert len(rows) == 974
+    scores = env.score_batch([r["code"] for r in rows], rows, workers=3)
+    failing = {r["task_id"]: s for r, s in zip(rows, scores) if s.reward != 1.0}
+    assert set(failing) == set(MBPP_KNOWN_BROKEN), {k: v.details for k, v in failing.items()}
+    assert all(s.status != "infra_error" for s in scores)
+    slow_row = next(r for r in rows if r["task_id"] == 123)
+    assert CodeEnv(sandbox=env.sandbox, timeout_s=60).score(slow_row["code"], slow_row).reward == 1.0
