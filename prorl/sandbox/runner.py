@@ -4,7 +4,7 @@ Standard library only, Python >= 3.9: this file is copied into the sandbox image
 also imported on the host for the framing helpers.
 
 Modes:
-  `runner.py init`   PID 1 of a container: ignores every signal and reaps orphans, nothing else.
+  `runner.py init`   PID 1 of a container: ignores every signal and lets the kernel reap orphans.
   `runner.py serve`  reads requests on stdin, answers on stdout. A frame is a 4-byte big-endian length and a
                      UTF-8 JSON object.
 
@@ -66,19 +66,15 @@ def read_frame(fd: int):
 
 # -- PID 1 ----------------------------------------------------------------------------------------------
 def run_init() -> None:
+    """Ignore every signal; with SIGCHLD ignored the kernel reaps orphans (and zombies reparented here) at once."""
     for sig in signal.Signals:
-        if sig not in (signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD):
+        if sig not in (signal.SIGKILL, signal.SIGSTOP):
             try:
                 signal.signal(sig, signal.SIG_IGN)
             except (OSError, ValueError, RuntimeError):
                 pass
     while True:
-        try:
-            os.wait()
-        except ChildProcessError:
-            time.sleep(0.5)
-        except InterruptedError:
-            pass
+        time.sleep(3600)
 
 
 # -- the child: runs the untrusted program -----------------------------------------------------------------
@@ -203,10 +199,15 @@ class Server:
 
     def cleanup(self) -> None:
         if self.own_pidns:
-            try:
-                os.kill(-1, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            # kill(-1) can miss a child forked while it runs (a fork bomb, a double fork): repeat until none is left.
+            for _ in range(200):
+                try:
+                    os.kill(-1, signal.SIGKILL)
+                except ProcessLookupError:
+                    break
+                if not _others_alive():
+                    break
+                time.sleep(0.001)
         for base in (self.root, "/dev/shm"):
             try:
                 names = os.listdir(base)
@@ -355,6 +356,22 @@ class Server:
             result["index"] = index
             send(result)
         send({"done": True})
+
+
+def _others_alive() -> bool:
+    """Whether a process other than PID 1 and this one is alive (zombies do not count) in our PID namespace."""
+    me = os.getpid()
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) in (1, me):
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as fh:
+                state = fh.read().rsplit(b")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state not in (b"Z", b"X"):
+            return True
+    return False
 
 
 def _is_prorl_init(pid: int) -> bool:
