@@ -181,3 +181,18 @@ def test_generation_config_resolution_follows_generate(model):
     """Unset fields come from the model's generation config, then transformers' defaults (top_k=50 when sampling)."""
     resolved = resolve_generation_config(model, GenerationConfig(max_new_tokens=3, do_sample=True))
     assert (resolved.eos_token_id, resolved.pad_token_id, resolved.top_k, resolved.temperature) == (EOS, PAD, 50, 1.0)
+
+
+def test_kept_generator_does_not_keep_its_model_alive():
+    import gc
+    import weakref
+
+    config = Qwen2Config(vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, pad_token_id=PAD, eos_token_id=EOS)
+    model = Qwen2ForCausalLM(config)
+    ids, mask = _left_padded(PROMPTS)
+    generate(model, ids, mask, GenerationConfig(max_new_tokens=2), backend="static")
+    alive = weakref.ref(model)
+    del model
+    gc.collect()
+    assert alive() is None

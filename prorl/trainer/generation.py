@@ -184,7 +184,7 @@ class StaticCacheGenerator:
             raise ValueError(f"stop_check_every must be >= 1, got {stop_check_every}")
         if cache_len_multiple < 1:
             raise ValueError(f"cache_len_multiple must be >= 1, got {cache_len_multiple}")
-        self.model = model
+        self._model = weakref.ref(model)  # not a strong reference: a generator kept per model must not keep it alive
         self.compile = compile
         self.pack_gqa = pack_gqa
         self.stop_check_every = stop_check_every
@@ -193,6 +193,13 @@ class StaticCacheGenerator:
         self._compiled_step = None
         self._cache: StaticCache | None = None
         self._cache_key: _CacheKey | None = None
+
+    @property
+    def model(self):
+        model = self._model()
+        if model is None:
+            raise RuntimeError("the model of this StaticCacheGenerator was garbage-collected")
+        return model
 
     def _uses_compile(self, device: torch.device) -> bool:
         return device.type == "cuda" if self.compile is None else self.compile

@@ -1,0 +1,32 @@
+"""benchmarks/gpu_step.py end to end in its CPU smoke mode: every part runs and writes a complete JSON."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_step.py"
+
+
+def test_gpu_step_smoke_writes_every_part(tmp_path):
+    out = tmp_path / "smoke.json"
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--out", str(out)], capture_output=True,
+                          text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["meta"]["n_params"] > 0 and result["hardware"]["matmul_tflops"] > 0
+    for row in result["generation"].values():
+        for name in ("hf", "static"):
+            assert row[name]["new_tok_per_s"] > 0 and row[name]["warm_s"] > 0
+        assert row["speedup_static_vs_hf"] > 0 and row["floor_ms_per_step"] > 0
+    trainers = result["trainer"]
+    for kind in ("trl", "prorl", "prorl_static"):
+        run = trainers[kind]
+        assert len(run["steps"]) == 2 and run["completion_tokens"] == 8 * 8 * run["rounds"]  # L=8, 2x4 per round
+        assert 0 < run["generation_s"] < run["step_s"] and run["train_s"] > 0 and run["mfu_vs_measured_matmul"] > 0
+    assert trainers["prorl"]["resets"] == 1 and trainers["prorl_static"]["hook"]
+    assert sum(s["rounds"] for s in trainers["prorl"]["steps"]) > 2  # dynamic sampling drew extra rounds
+    assert set(trainers["ratios"]) == {"prorl_over_trl_step_equal_work", "trl_over_prorl_static_step_equal_work",
+                                       "generation_speedup_static"}
