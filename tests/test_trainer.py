@@ -230,3 +230,14 @@ def test_mixture_view_follows_env_weights():
         mixture_view(ds, {"z": 1.0})
     with pytest.raises(ValueError, match=r"stages\[0\].env_weights\['a'\] must be a number >= 0"):
         fast_config("/tmp/unused", stages=[{"env_weights": {"a": -1}}])
+
+
+def test_reset_refreshes_reference_logps_of_buffered_batches(tiny_model, tmp_path):
+    """With steps_per_generation=2 the batch of step 4 is generated at step 3, before the reset that ends step 3:
+    its reference log-probs must be recomputed, or step 4's KL would be measured against the old reference."""
+    args = fast_config(tmp_path, max_steps=4, per_device_train_batch_size=4, steps_per_generation=2, beta=0.1,
+                       reset_every_steps=3, dynamic_sampling=False)
+    trainer = ProRLTrainer(tiny_model, reward_funcs=text_hash_reward, args=args, train_dataset=prompt_dataset())
+    trainer.train()
+    kl = _history(trainer, "kl")
+    assert kl[2] > 1e-4 and kl[3] < 1e-6
