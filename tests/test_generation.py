@@ -196,3 +196,27 @@ def test_kept_generator_does_not_keep_its_model_alive():
     del model
     gc.collect()
     assert alive() is None
+
+
+@pytest.mark.parametrize("pack_gqa", [True, False])
+def test_pack_gqa_override_is_what_dynamo_traces(model, pack_gqa):
+    """The finding behind the flag: while dynamo traces the decode step, transformers' sdpa path repeats K/V per
+    query head (query (B, heads, 1, D)); with the override the traced attention runs on packed queries
+    (B, kv_heads, groups, D)."""
+    query_shapes = []
+
+    def capture(graph_module, example_inputs):
+        for node in graph_module.graph.nodes:
+            if node.op == "call_function" and "scaled_dot_product_attention" in str(node.target):
+                query_shapes.append(tuple(node.args[0].meta["example_value"].shape))
+        return graph_module.forward
+
+    ids, mask = _left_padded(PROMPTS)
+    torch._dynamo.reset()
+    generator = StaticCacheGenerator(model, compile=True, compile_backend=capture, compile_mode=None,
+                                     pack_gqa=pack_gqa)
+    generator(ids, mask, GenerationConfig(max_new_tokens=3, do_sample=False))
+    torch._dynamo.reset()
+    heads, kv_heads = model.config.num_attention_heads, model.config.num_key_value_heads
+    expected = (len(PROMPTS), kv_heads, heads // kv_heads, 16) if pack_gqa else (len(PROMPTS), heads, 1, 16)
+    assert query_shapes == [expected] * model.config.num_hidden_layers

@@ -29,7 +29,7 @@ import contextlib
 import copy
 import weakref
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from transformers import GenerationConfig, StaticCache
@@ -170,7 +170,7 @@ class StaticCacheGenerator:
         model: a decoder-only transformers model (`StaticCache` must support its layers).
         compile: compile the decode step; None: only on CUDA.
         compile_mode: `torch.compile` mode; "reduce-overhead" captures the step in a CUDA graph.
-        compile_backend: `torch.compile` backend ("inductor"; "eager" checks tracing without code generation).
+        compile_backend: `torch.compile` backend ("inductor"; "eager" traces without generating code; a callable).
         pack_gqa: keep the packed GQA path for one-token queries under compile (sdpa models only).
         stop_check_every: read "all rows finished" on the host every this many steps (1: every step, like HF).
         cache_len_multiple: round the cache length up to a multiple of this, so that batches whose prompt length
@@ -178,7 +178,7 @@ class StaticCacheGenerator:
     """
 
     def __init__(self, model, compile: bool | None = None, compile_mode: str | None = "reduce-overhead",
-                 compile_backend: str = "inductor", pack_gqa: bool = True, stop_check_every: int = 16,
+                 compile_backend: str | Callable = "inductor", pack_gqa: bool = True, stop_check_every: int = 16,
                  cache_len_multiple: int = 256):
         if stop_check_every < 1:
             raise ValueError(f"stop_check_every must be >= 1, got {stop_check_every}")
