@@ -5,7 +5,7 @@ import json
 import pytest
 
 from prorl.data.adapters import EURUS_CODE_SUFFIX, FieldError, eurus_code, ifeval, reasoning_gym, scp116k
-from prorl.data.build import normalize_text
+from prorl.data.build import is_prose, normalize_text
 from prorl.data.recipe import RecipeError, apply_overrides, expand_path, load_recipe, parse_recipe
 
 MINIMAL = {"name": "r", "sources": {"math": {"env": "math", "path": "m.jsonl", "size": 10}}}
@@ -70,6 +70,16 @@ def test_normalized_text_folds_case_space_and_punctuation_but_not_digits():
     assert normalize_text("What is  1+1 ?") == normalize_text("what is 1 + 1") == "what is 1 1"
     assert normalize_text("What is 1+2?") != normalize_text("What is 1+1?")
     assert normalize_text("ＡＢＣ") == "abc"  # NFKC
+
+
+def test_only_prose_gets_the_loose_key():
+    from prorl.data.build import _keys
+
+    grid_a, grid_b = "Count:\n  ###  \n #   #\n", "Count:\n ###   \n#   # \n"
+    assert not is_prose(grid_a) and is_prose("What is 1 + 1?")
+    assert _keys(grid_a, "normalized") == ["x:" + grid_a.strip()]  # the grids differ: both are kept
+    assert _keys(grid_a, "normalized") != _keys(grid_b, "normalized")
+    assert len(_keys("What is 1 + 1?", "normalized")) == 2
 
 
 # -- adapters ----------------------------------------------------------------------------------------------------

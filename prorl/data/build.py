@@ -87,9 +87,16 @@ class BuildResult:
 
 # -- normalisation ---------------------------------------------------------------------------------------------
 def normalize_text(text: str) -> str:
-    """The de-duplication key: NFKC, case-folded, every run of non-alphanumerics collapsed to one space."""
+    """The loose de-duplication key: NFKC, case-folded, every run of non-alphanumerics collapsed to one space."""
     text = unicodedata.normalize("NFKC", text).casefold()
     return " ".join(re.sub(r"[\W_]+", " ", text).split())
+
+
+def is_prose(text: str) -> bool:
+    """Whether letters and digits make up at least half of the text's visible characters. Only prose gets the
+    loose key: in grids, ASCII art, emoji puzzles or Brainf*ck programs the symbols and spacing are the question."""
+    visible = [c for c in text if not c.isspace()]
+    return sum(c.isalnum() for c in visible) >= 0.5 * len(visible)
 
 
 def _fill(template: str, values: dict[str, Any]) -> str:
@@ -303,7 +310,9 @@ def _keys(question: str, mode: str) -> list[str]:
     if mode == "none":
         return []
     exact = "x:" + question.strip()
-    return [exact] if mode == "exact" else [exact, "n:" + normalize_text(question)]
+    if mode == "exact" or not is_prose(question):
+        return [exact]
+    return [exact, "n:" + normalize_text(question)]
 
 
 def _dedup(cands: list[Candidate], mode: str, seen: dict[str, str], issues: list[Issue],

@@ -89,8 +89,9 @@ class Recipe:
     on_error: str = field(default="skip", metadata={
         "help": "a row that fails validation: `skip` (report it with file:line, keep going) or `fail` (stop)"})
     dedup: str = field(default="normalized", metadata={
-        "help": "`exact` (same question text), `normalized` (also same after case/space/punctuation folding; "
-                "across domains; the first source listed keeps the row) or `none`"})
+        "help": "`exact` (same question text), `normalized` (also the same after case/space/punctuation folding, "
+                "for prose questions; grids and symbol puzzles stay exact) across domains, the first source listed "
+                "keeping the row; or `none`"})
     shortfall: str = field(default="scale", metadata={
         "help": "when a source has fewer valid rows than its size: `scale` every source down by the same factor "
                 "(proportions kept), `take` what there is, or `error`"})

@@ -113,50 +113,83 @@ def task_seed(base: int, task: str) -> int:
     return base + zlib.crc32(task.encode()) % 1_000_000
 
 
+class _TaskStream:
+    """Entries of one reasoning-gym task in index order: the first `holdout` ones, then training entries whose
+    question was not seen before. Exhausted after `patience` draws in a row brought nothing new."""
+
+    def __init__(self, task: str, seed: int, holdout: int, patience: int = 200):
+        import reasoning_gym
+
+        self.task, self.holdout, self.patience = task, holdout, patience
+        self.dataset = reasoning_gym.create_dataset(task, size=10**9, seed=seed)  # entries are made on access
+        self.next_index = 0
+        self.seen: set[str] = set()
+        self.exhausted = False
+
+    def _entry(self, idx: int) -> dict:
+        with contextlib.redirect_stdout(io.StringIO()):  # some generators print progress dots
+            item = self.dataset[idx]
+        return json.loads(json.dumps(item, default=_json_default))
+
+    def heldout_rows(self) -> list[RawRow]:
+        rows = []
+        for idx in range(self.holdout):
+            entry = self._entry(idx)
+            self.seen.add(entry.get("question"))
+            rows.append(RawRow(entry, f"reasoning_gym:{self.task}#{idx}", stratum=self.task, holdout=True))
+        self.next_index = self.holdout
+        return rows
+
+    def take(self, count: int) -> list[RawRow]:
+        rows, misses = [], 0
+        while len(rows) < count and not self.exhausted:
+            idx = self.next_index
+            self.next_index += 1
+            entry = self._entry(idx)
+            if entry.get("question") in self.seen:
+                misses += 1
+                self.exhausted = misses >= self.patience
+                continue
+            misses = 0
+            self.seen.add(entry.get("question"))
+            rows.append(RawRow(entry, f"reasoning_gym:{self.task}#{idx}", stratum=self.task))
+        return rows
+
+
 def generate_reasoning_gym(gen: GenerateConfig, size: int, margin: float = 0.05,
                            progress: Callable[[str, int, int], None] | None = None) -> list[RawRow]:
     """Held-out and training entries of every task, generated with fixed seeds.
 
     The first `holdout_per_task` entries of each task are held out (reasoning-gym derives entry i from seed + i,
-    so the held-out set does not change with `size`). Training quotas split `size` (plus `margin` to absorb
-    de-duplication) evenly; a task that cannot produce its quota of distinct questions (e.g. few possible
-    questions) passes the rest of its quota on to the others.
+    so the held-out set does not change with `size`). `size` training entries (plus `margin` to absorb later
+    de-duplication) are split evenly over the tasks; training questions are distinct within a task and from its
+    held-out ones. A task with too few distinct questions leaves its shortfall to the others, spread evenly.
     """
-    import reasoning_gym
     from reasoning_gym.factory import DATASETS
 
     unknown = [t for t in gen.tasks if t not in DATASETS]
     if unknown:
         raise RecipeError(f"generate.tasks: {unknown} are not reasoning-gym tasks (installed: {len(DATASETS)} tasks)")
     want = math.ceil(size * (1 + margin)) if size else 0
+    n = len(gen.tasks)
     rows: list[RawRow] = []
-    quota = {t: 0 for t in gen.tasks}
-    for i in range(want):
-        quota[gen.tasks[i % len(gen.tasks)]] += 1
-    h = gen.holdout_per_task
-    for t_index, task in enumerate(gen.tasks):
+    streams = []
+    for i, task in enumerate(gen.tasks):
         if progress:
-            progress(task, t_index, len(gen.tasks))
-        need = quota[task]
-        cap = h + max(4 * need, need + 50)  # entries to try before giving up on finding distinct questions
-        dataset = reasoning_gym.create_dataset(task, size=cap, seed=task_seed(gen.seed, task))
-        seen: set[str] = set()
-        kept = 0
-        for idx in range(cap):
-            if idx >= h and kept >= need:
-                break
-            with contextlib.redirect_stdout(io.StringIO()):  # some generators print progress dots
-                item = dataset[idx]
-            entry = json.loads(json.dumps(item, default=_json_default))
-            if idx >= h and entry.get("question") in seen:
-                continue
-            seen.add(entry.get("question"))
-            rows.append(RawRow(entry, f"reasoning_gym:{task}#{idx}", stratum=task, holdout=idx < h))
-            kept += idx >= h
-        later = gen.tasks[t_index + 1:]
-        for j in range(need - kept):  # a task short of distinct questions passes its deficit on
-            if later:
-                quota[later[j % len(later)]] += 1
+            progress(task, i, n)
+        stream = _TaskStream(task, task_seed(gen.seed, task), gen.holdout_per_task)
+        rows += stream.heldout_rows()
+        rows += stream.take(want // n + (i < want % n))
+        streams.append(stream)
+    missing = want - sum(not r.holdout for r in rows)
+    while missing > 0:  # top up from the tasks that still have new questions, round robin
+        active = [s for s in streams if not s.exhausted]
+        if not active:
+            break
+        for stream in active[:missing]:
+            got = stream.take(1)
+            rows += got
+            missing -= len(got)
     return rows
 
 
