@@ -200,3 +200,26 @@ def test_exit_before_tests_and_closed_stdout_never_pass(pool):
         assert [r.passed for r in results] == [False, False], (cheat, results)
     honest = pool.run_tests("def f():\n    return 1", tests, total_timeout_s=BUDGET)
     assert [r.passed for r in honest] == [True, False]
+
+
+def test_runner_cannot_be_tampered_with(pool):
+    """The runner is not dumpable: a program cannot reach its fds (the host stream), its memory or ptrace it."""
+    forge = ("import os, json, struct\n"
+             "frame = json.dumps({'status': 'ok', 'exit_code': 0, 'stdout': '', 'stderr': '', 'wall_s': 0,"
+             " 'passed': True, 'index': 0}).encode()\n"
+             "frame = struct.pack('>I', len(frame)) + frame\n"
+             "for target in (os.getppid(), 1):\n"
+             "    for n in range(64):\n"
+             "        try:\n            fd = os.open(f'/proc/{target}/fd/{n}', os.O_WRONLY)\n"
+             "            os.write(fd, frame)\n            print('WROTE', target, n)\n"
+             "        except OSError:\n            pass\n"
+             "    for name in ('mem', 'environ'):\n"
+             "        try:\n            open(f'/proc/{target}/{name}', 'rb').read(16)\n"
+             "            print('READ', target, name)\n"
+             "        except OSError:\n            pass\n"
+             "def f():\n    return 0\n")
+    results = pool.run_tests(forge, [Test(code="assert f() == 1"), Test(code="assert f() == 2")],
+                             total_timeout_s=BUDGET)
+    assert [r.passed for r in results] == [False, False]
+    assert "WROTE" not in results[0].stdout and "READ" not in results[0].stdout, results[0].stdout
+    wait_healthy(pool)

@@ -67,6 +67,7 @@ def read_frame(fd: int):
 # -- PID 1 ----------------------------------------------------------------------------------------------
 def run_init() -> None:
     """Ignore every signal; with SIGCHLD ignored the kernel reaps orphans (and zombies reparented here) at once."""
+    _make_non_dumpable()
     for sig in signal.Signals:
         if sig not in (signal.SIGKILL, signal.SIGSTOP):
             try:
@@ -383,6 +384,17 @@ def _is_prorl_init(pid: int) -> bool:
     return any(a.endswith(b"runner.py") for a in args) and b"init" in args
 
 
+def _make_non_dumpable() -> bool:
+    """PR_SET_DUMPABLE 0: processes of the same uid (the programs) can no longer open /proc/<runner>/fd/*, read
+    /proc/<runner>/mem or ptrace the runner, so they cannot write frames to the host or read a nonce."""
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0) == 0  # PR_SET_DUMPABLE = 4
+    except Exception:
+        return False
+
+
 def serve(root: str) -> None:
     # Keep the protocol stream on private fds; fds 0-2 point to /dev/null so nothing else can touch it.
     rfd, wfd = os.dup(0), os.dup(1)
@@ -393,6 +405,7 @@ def serve(root: str) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
                 signal.SIGPIPE, signal.SIGALRM, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU):
         signal.signal(sig, signal.SIG_IGN)
+    sealed = _make_non_dumpable()
     os.makedirs(root, exist_ok=True)
     server = Server(root)
     server.cleanup()
@@ -403,7 +416,7 @@ def serve(root: str) -> None:
         while view:
             view = view[os.write(wfd, view):]
 
-    send({"ready": True, "python": sys.version.split()[0], "own_pidns": server.own_pidns})
+    send({"ready": True, "python": sys.version.split()[0], "own_pidns": server.own_pidns, "sealed": sealed})
     while True:
         try:
             request = read_frame(rfd)
