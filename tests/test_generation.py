@@ -15,6 +15,7 @@ from prorl.trainer.generation import (
     StaticCacheGenerator,
     generate,
     resolve_generation_config,
+    sample_one,
     sdpa_gqa_decode_forward,
 )
 
@@ -220,3 +221,30 @@ def test_pack_gqa_override_is_what_dynamo_traces(model, pack_gqa):
     heads, kv_heads = model.config.num_attention_heads, model.config.num_key_value_heads
     expected = (len(PROMPTS), kv_heads, heads // kv_heads, 16) if pack_gqa else (len(PROMPTS), heads, 1, 16)
     assert query_shapes == [expected] * model.config.num_hidden_layers
+
+
+def test_sample_one_is_multinomials_draw():
+    """Same RNG state, same token as torch.multinomial(probs, 1), and the same RNG state afterwards."""
+    gen = torch.Generator().manual_seed(0)
+    for trial in range(50):
+        batch, vocab = int(torch.randint(1, 20, (1,), generator=gen)), int(torch.randint(2, 2000, (1,), generator=gen))
+        logits = torch.randn(batch, vocab, generator=gen) * 5
+        logits[:, : vocab // 3] = -float("inf")  # truncated distributions, as top-k/top-p leave them
+        probs = torch.softmax(logits, dim=-1)
+        torch.manual_seed(trial)
+        expected, after_expected = torch.multinomial(probs, 1).squeeze(1), torch.rand(2)
+        torch.manual_seed(trial)
+        got, after_got = sample_one(probs), torch.rand(2)
+        assert torch.equal(got, expected) and torch.equal(after_got, after_expected)
+
+
+def test_nan_probabilities_are_reported():
+    config = Qwen2Config(vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, pad_token_id=PAD, eos_token_id=EOS,
+                         tie_word_embeddings=False)
+    broken = Qwen2ForCausalLM(config)
+    with torch.no_grad():
+        broken.lm_head.weight.fill_(float("nan"))
+    ids, mask = _left_padded(PROMPTS)
+    with pytest.raises(RuntimeError, match="NaN"):
+        generate(broken, ids, mask, GenerationConfig(max_new_tokens=5, do_sample=True), backend="static")

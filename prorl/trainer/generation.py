@@ -10,9 +10,10 @@ Backends:
     prompt prefilled eagerly; the one-token decode step optionally `torch.compile`d (mode "reduce-overhead", i.e.
     CUDA graphs, by default on GPU; off on CPU); the "all rows finished" check read on the host only every
     `stop_check_every` steps (finished rows keep being decoded, their tokens replaced by padding, as HF does).
-    The logits processors are transformers' own, built in `generate`'s order, and sampling draws
-    `torch.multinomial` on the same (B, V) probabilities per step as HF does: under greedy decoding the tokens are
-    HF's, and under sampling with the same seed they are the same draws (tested on CPU, tests/test_generation.py).
+    The logits processors are transformers' own, built in `generate`'s order, and sampling is `torch.multinomial`'s
+    own one-sample algorithm on the same (B, V) probabilities (see `sample_one`) without its per-token host sync:
+    under greedy decoding the tokens are HF's, and under sampling with the same seed they are the same draws
+    (tested on CPU, tests/test_generation.py).
 
 The `pack_gqa` option (on by default) fixes a decode-path slowdown measured on an H100 (shared/MEASURED.md):
 under `torch.compile`, transformers 5.23's sdpa integration skips its `pack_gqa` path for one-token queries (it
@@ -115,6 +116,14 @@ def logits_processors(config: GenerationConfig, prompt_len: int, attention_mask:
         if config.min_p is not None:
             procs.append(MinPLogitsWarper(min_p=config.min_p, min_tokens_to_keep=1))
     return procs
+
+
+def sample_one(probs: torch.Tensor) -> torch.Tensor:
+    """One token per row, the same draw as `torch.multinomial(probs, 1)` from the same RNG state: for one sample,
+    ATen's multinomial draws q ~ Exp(1) per entry and takes argmax(p / q) (the exponential race), but first checks
+    `probs` with a `.item()`, a host sync per token. This is that algorithm without the check (the decode loop
+    checks the probabilities when it syncs anyway)."""
+    return (probs / torch.empty_like(probs).exponential_(1)).argmax(dim=-1)
 
 
 # -- The pack_gqa decode-path override -------------------------------------------------------------------------
@@ -263,6 +272,7 @@ class StaticCacheGenerator:
         sequence = torch.full((batch, total), pad, dtype=torch.long, device=device)
         sequence[:, :prompt_len] = input_ids
         finished = torch.zeros(batch, dtype=torch.bool, device=device)
+        invalid = torch.zeros((), dtype=torch.bool, device=device)  # NaN/negative probabilities seen (sampling)
 
         out = self.model(input_ids=input_ids, attention_mask=full_mask, position_ids=positions,
                          past_key_values=cache, use_cache=True, logits_to_keep=1)
@@ -273,15 +283,21 @@ class StaticCacheGenerator:
         for t in range(max_new):
             scores = processors(sequence[:, :prompt_len + t], logits)
             if config.do_sample:
-                tokens = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
+                probs = torch.softmax(scores, dim=-1)
+                invalid |= ~(probs >= 0).all()
+                tokens = sample_one(probs)
             else:
                 tokens = torch.argmax(scores, dim=-1)
             tokens = torch.where(finished, pad, tokens)
             sequence[:, prompt_len + t] = tokens
             finished |= torch.isin(tokens, eos)
             steps = t + 1
-            if steps == max_new or (steps % self.stop_check_every == 0 and bool(finished.all())):
-                break
+            if steps == max_new or steps % self.stop_check_every == 0:
+                all_finished, bad = torch.stack([finished.all(), invalid]).tolist()  # the one host sync
+                if bad:
+                    raise RuntimeError(f"generation: the probabilities hold NaN or negative values (by step {steps})")
+                if all_finished or steps == max_new:
+                    break
             next_pos += 1
             if cuda_graphs:
                 torch.compiler.cudagraph_mark_step_begin()
