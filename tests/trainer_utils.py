@@ -99,5 +99,35 @@ def _subprocess_main(argv: list[str]) -> None:
     trainer.train(resume_from_checkpoint=True if resume else None)
 
 
+def _ddp_main(argv: list[str]) -> None:
+    """Under `accelerate launch --cpu --num_processes 2`: 6 rows per process and groups of 4, so one group spans
+    both processes; a reward constant on even prompts; a reset after step 2. Prints one JSON line per rank."""
+    import re
+
+    from prorl.trainer import ProRLTrainer
+
+    out, model = argv[0], argv[1]
+    trained = []
+
+    class Recording(ProRLTrainer):
+        def _generate_and_score_completions(self, inputs):
+            batch = super()._generate_and_score_completions(inputs)
+            if self.model.training:
+                texts = self.processing_class.batch_decode(batch["prompt_ids"], skip_special_tokens=True)
+                trained.append([int(re.search(r"q(\d+):", t).group(1)) for t in texts])
+            return batch
+
+    args = fast_config(out, per_device_train_batch_size=6, beta=0.1, reset_every_steps=2, use_cpu=True)
+    trainer = Recording(model, reward_funcs=half_constant_reward, args=args, train_dataset=prompt_dataset(12))
+    trainer.train()
+    kl = [h["kl"] for h in trainer.state.log_history if "kl" in h]
+    print("RANK " + json.dumps({"rank": trainer.accelerator.process_index, "trained": trained, "kl": kl,
+                                "resets": trainer.resets.state.reset_count}),
+          flush=True)
+
+
 if __name__ == "__main__":
-    _subprocess_main(sys.argv[1:])
+    if sys.argv[1] == "ddp":
+        _ddp_main(sys.argv[2:])
+    else:
+        _subprocess_main(sys.argv[1:])

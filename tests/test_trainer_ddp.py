@@ -1,0 +1,33 @@
+"""Two processes (torch.distributed, gloo, CPU): dynamic sampling decides from gathered rewards, so both ranks run
+the same rounds and train no constant group, including a group split across the two ranks; a reset on both ranks
+brings the (gathered) KL of the next step to ~0."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from trainer_utils import tiny_model  # noqa: F401
+
+HERE = Path(__file__).resolve().parent
+
+
+@pytest.mark.slow
+def test_two_process_dynamic_sampling_and_reset(tiny_model, tmp_path):
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(HERE / "trainer_utils.py"), "ddp", str(tmp_path / "run"), tiny_model],
+        capture_output=True, text=True, timeout=400, env=env, cwd=HERE)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ranks = sorted((json.loads(line[5:]) for line in proc.stdout.splitlines() if line.startswith("RANK ")),
+                   key=lambda r: r["rank"])
+    assert [r["rank"] for r in ranks] == [0, 1]
+    for r in ranks:
+        assert len(r["trained"]) == 3 and all(len(batch) == 6 for batch in r["trained"])
+        assert all(q % 2 == 1 for batch in r["trained"] for q in batch), r["trained"]  # even prompts: constant
+        assert r["resets"] == 1 and r["kl"][1] > 1e-4 and r["kl"][2] < 1e-6
+    # 6 rows per rank in groups of 4: a prompt group split across the two ranks was trained
+    assert any(set(a[-2:]) & set(b[:4]) for a, b in zip(ranks[0]["trained"], ranks[1]["trained"]))
