@@ -220,3 +220,19 @@ def test_threads_may_call_run_at_once(sandbox):
     for t in threads:
         t.join()
     assert not errors
+
+
+def test_make_sandbox_falls_back_to_local_with_a_warning(tmp_path, caplog):
+    from prorl.sandbox import make_sandbox
+    from prorl.sandbox.local import LocalSandbox
+
+    with caplog.at_level("WARNING"):
+        sb = make_sandbox("auto", endpoints=(f"unix://{tmp_path}/none.sock",), pool_size=1)
+    try:
+        assert isinstance(sb, LocalSandbox) and "WEAKER" in caplog.text
+    finally:
+        sb.close()
+    with pytest.raises(RuntimeError, match="DockerSandbox unavailable"):
+        make_sandbox("docker", endpoints=(f"unix://{tmp_path}/none.sock",))
+    with pytest.raises(ValueError, match="sandbox kind"):
+        make_sandbox("vm")

@@ -302,11 +302,12 @@ class DockerSandbox(Sandbox):
                     raise RunnerGone(f"runner error: {frame['error']}")
                 answers.append(frame)
         except RunnerGone as exc:
-            if not slot.container_running():  # the container itself died: infrastructure, retry once
+            stalled = "in time" in str(exc)  # a stopped or starved runner: the budget is spent, answer now
+            if not stalled and not slot.container_running():  # the container died: infrastructure, retry
                 self._recycle(slot)
                 return infra_answers(n, f"sandbox container died: {exc}"), True
             # The container is alive, so the program killed, stopped or starved its own runner.
-            status = "timeout" if "in time" in str(exc) else "runtime_error"
+            status = "timeout" if stalled else "runtime_error"
             answers += [{"status": status, "exit_code": None, "stdout": "", "stderr": "", "wall_s": 0.0,
                          "passed": False, "error": f"the sandbox runner was lost during the run: {exc}"}
                         for _ in range(n - len(answers))]
