@@ -31,7 +31,8 @@ def tiny_model_dir(tmp_path_factory) -> str:
     return build_tiny_model(str(tmp_path_factory.mktemp("gen-tiny")), seed=0, **TINY_SIZE)
 
 
-def _trainer(model_dir: str, output_dir: Path, backend: str | None, **overrides):
+def _trainer(model_dir: str, output_dir: Path, backend: str | None, backend_options: dict | None = None,
+             **overrides):
     from trl import GRPOConfig, GRPOTrainer
 
     class Trainer(GRPOTrainer):
@@ -40,7 +41,7 @@ def _trainer(model_dir: str, output_dir: Path, backend: str | None, **overrides)
             if backend is None:
                 return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations,
                                                      has_tool_images)
-            return trainer_generate(self, prompt_ids, backend=backend), None
+            return trainer_generate(self, prompt_ids, backend=backend, **(backend_options or {})), None
 
     kwargs = dict(output_dir=str(output_dir), per_device_train_batch_size=8, num_generations=4,
                   max_completion_length=12, max_steps=1, logging_steps=1, save_strategy="no", report_to="none",
@@ -76,3 +77,23 @@ def test_training_step_with_static_backend(tiny_model_dir, tmp_path):
     logged = trainer.state.log_history[0]
     assert logged["completions/mean_length"] == 12.0  # min_new_tokens went through the trainer's config
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
+
+
+def test_compiled_decode_step_is_compiled_once_over_training_steps(tiny_model_dir, tmp_path):
+    """TRL re-enables gradient checkpointing after every generation, and transformers then adds one more input-grad
+    hook to the embeddings: a compiled step guarding on the hook count would recompile (and re-capture its CUDA
+    graphs) every step. The generator detaches those hooks while it decodes, so it compiles once."""
+    compiled = []
+
+    def count(graph_module, example_inputs):
+        compiled.append(graph_module)
+        return graph_module.forward
+
+    torch._dynamo.reset()
+    trainer = _trainer(tiny_model_dir, tmp_path, backend="static", max_steps=3,
+                       backend_options={"compile": True, "compile_backend": count, "compile_mode": None})
+    trainer.train()
+    torch._dynamo.reset()
+    assert trainer.state.global_step == 3 and len(compiled) == 1
+    embeddings = trainer.model.get_input_embeddings()
+    assert len(embeddings._forward_hooks) >= 1  # the trainer's hooks are back after each generation

@@ -163,6 +163,26 @@ def _attention(model, implementation: str | None) -> Iterator[None]:
         model.set_attn_implementation(current)
 
 
+@contextlib.contextmanager
+def _without_input_grad_hooks(model) -> Iterator[None]:
+    """Detach, for the block, the `make_inputs_require_grads` forward hooks of the input embeddings.
+
+    transformers 5.23's `gradient_checkpointing_enable` registers one more such hook at every call and its
+    `disable` keeps them (PEFT aside), and TRL disables/re-enables checkpointing around every generation: the hook
+    count grows by one per step, and a compiled decode step, which guards on it, would recompile (and re-capture
+    its CUDA graphs) at every training step. Under `no_grad` the hooks do nothing useful."""
+    hooks = model.get_input_embeddings()._forward_hooks
+    saved = hooks.copy()
+    for key, hook in saved.items():
+        if getattr(hook, "__name__", "") == "make_inputs_require_grads":
+            del hooks[key]
+    try:
+        yield
+    finally:
+        hooks.clear()
+        hooks.update(saved)  # in their order
+
+
 # -- The static-cache decode loop ------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class _CacheKey:
@@ -244,7 +264,7 @@ class StaticCacheGenerator:
         attention = None
         if self.pack_gqa and self.model.config._attn_implementation == "sdpa":
             attention = register_gqa_decode_attention()
-        with _attention(self.model, attention):
+        with _attention(self.model, attention), _without_input_grad_hooks(self.model):
             return self._generate(input_ids, attention_mask.long(), config, device)
 
     def _generate(self, input_ids, attention_mask, config: GenerationConfig, device) -> torch.Tensor:
