@@ -59,6 +59,10 @@ def test_task_formats_and_errors():
     assert "standard input" in stdio.prompt[0]["content"]
     taco = env.task_from_dict({"question": "q", "input_output": json.dumps({"inputs": ["1\n"], "outputs": ["2\n"]})})
     assert taco.reference["tests"] == [{"input": "1\n", "output": "2\n"}]
+    eurus = env.task_from_dict({"prompt": [{"role": "user", "content": "q"}], "reward_model": {
+        "ground_truth": json.dumps({"inputs": ["3\n"], "outputs": ["4\n"]}), "style": "rule"}})
+    assert eurus.prompt == [{"role": "user", "content": "q"}]
+    assert eurus.reference["tests"] == [{"input": "3\n", "output": "4\n"}]
     he = env.task_from_dict({"task_id": "HE/0", "prompt": "def f():\n", "test": "def check(c): pass",
                              "entry_point": "f"})
     assert he.reference["kind"] == "humaneval" and he.id == "HE/0"

@@ -3,7 +3,8 @@
 Task formats, accepted unchanged:
   - stdin/stdout tests (APPS/TACO/Codeforces/Eurus-2-RL style): `{"tests": [{"input": str, "output": str}, ...]}`
     with the statement in `question`/`problem`/`prompt`/`description`; outputs compared token-wise (whitespace
-    normalised). TACO-style `{"input_output": {"inputs": [...], "outputs": [...]}}` (dict or JSON string) too.
+    normalised). TACO-style `{"input_output": {"inputs": [...], "outputs": [...]}}` (dict or JSON string) and
+    Eurus-2-RL rows (chat `prompt`, the same object in `reward_model.ground_truth`) too.
   - HumanEval rows `{"prompt", "test", "entry_point"}`: program = prompt + extracted code (a full function or
     the body continuing the prompt); one test, `check(entry_point)`.
   - MBPP rows `{"test_list": [...], "test_setup_code"}` (and sanitized MBPP's `test_imports`): each assert is a test,
@@ -78,7 +79,10 @@ def _stdio_tests(row: dict[str, Any]) -> list[dict[str, str]]:
             if not isinstance(t, dict) or not isinstance(t.get("input"), str) or not isinstance(t.get("output"), str):
                 raise ValueError(f"field 'tests[{i}]' must be {{'input': str, 'output': str}}, got {t!r:.100}")
         return [{"input": t["input"], "output": t["output"]} for t in tests]
-    io = row["input_output"]
+    if "input_output" in row:
+        io = row["input_output"]
+    else:  # Eurus-2-RL / verl parquet rows: {"reward_model": {"ground_truth": "{\"inputs\": ..., ...}"}}
+        io = row["reward_model"]["ground_truth"]
     io = json.loads(io) if isinstance(io, str) else io
     if "fn_name" in io:
         raise ValueError("field 'input_output' has fn_name (call-based TACO tests are not supported)")
@@ -133,7 +137,7 @@ class CodeEnv(Env):
             statement = _text(row, "text", "prompt", "question")
             text = f"{statement}\nYour code should pass these tests:\n\n" + "\n".join(tests) + f"\n\n{FUNCTION_INSTRUCTION}"
             ref = {"kind": "mbpp", "tests": list(tests), "setup": setup}
-        elif "tests" in row or "input_output" in row:
+        elif "tests" in row or "input_output" in row or "reward_model" in row:
             statement = _text(row, "question", "problem", "prompt", "description", "text")
             if not statement and not isinstance(row.get("prompt"), list):
                 raise KeyError("question")

@@ -83,6 +83,7 @@ def _child(program: str, test_code, limits: dict, workdir: str, fds: dict) -> No
     """Never returns: ends with os._exit. `fds` maps the target fd number to the fd to install there."""
     import builtins
     import io
+    import types
 
     os.setsid()
     for target, fd in fds.items():
@@ -95,10 +96,12 @@ def _child(program: str, test_code, limits: dict, workdir: str, fds: dict) -> No
                 os.close(fd)
             except OSError:
                 pass
-    for sig in signal.Signals:
+    for sig in signal.Signals:  # the dispositions of a fresh interpreter
         if sig not in (signal.SIGKILL, signal.SIGSTOP):
+            handler = {signal.SIGINT: signal.default_int_handler, signal.SIGPIPE: signal.SIG_IGN,
+                       signal.SIGXFSZ: signal.SIG_IGN}.get(sig, signal.SIG_DFL)
             try:
-                signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL)
+                signal.signal(sig, handler)
             except (OSError, ValueError, RuntimeError):
                 pass
     os.chdir(workdir)
@@ -114,7 +117,8 @@ def _child(program: str, test_code, limits: dict, workdir: str, fds: dict) -> No
     result_fd, nonce_fd = limits.get("result_fd"), limits.get("nonce_fd")
     # Bind what the epilogue needs now: the program may patch os, sys or builtins.
     os_read, os_write, os_exit = os.read, os.write, os._exit
-    sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8", errors="replace")
+    sys.stdin = io.TextIOWrapper(io.BufferedReader(io.FileIO(0, "r", closefd=False)), encoding="utf-8",
+                                 errors="replace")
     sys.stdout = io.TextIOWrapper(io.BufferedWriter(io.FileIO(1, "w", closefd=False)), encoding="utf-8",
                                   errors="replace")
     sys.stderr = io.TextIOWrapper(io.BufferedWriter(io.FileIO(2, "w", closefd=False)), encoding="utf-8",
@@ -127,7 +131,10 @@ def _child(program: str, test_code, limits: dict, workdir: str, fds: dict) -> No
     run, build, fail = exec, compile, _report_traceback
     code = 0
     try:
-        scope = {"__name__": "__main__", "__builtins__": builtins, "__file__": "main.py"}
+        main = types.ModuleType("__main__")  # the program is __main__ (pickle, multiprocessing), not the runner
+        main.__file__ = "main.py"
+        sys.modules["__main__"] = main
+        scope = main.__dict__
         run(build(program, "main.py", "exec"), scope)
         if test_code is not None:
             run(build(test_code, "test.py", "exec"), scope)
