@@ -139,10 +139,14 @@ def test_compiled_decode_step_traces_whole_and_reuses_its_cache(model):
     ids, mask = _left_padded(PROMPTS)
     config = GenerationConfig(max_new_tokens=12, do_sample=False)
     expected = generate(model, ids, mask, config, backend="hf")
-    generator = StaticCacheGenerator(model, compile=True, compile_backend="eager", compile_mode=None)
+    generator = StaticCacheGenerator(model, compile=True, compile_backend="eager", compile_mode=None,
+                                     cache_len_multiple=4)
     assert torch.equal(generator(ids, mask, config), expected)
     cache = generator._cache
     assert torch.equal(generator(ids, mask, config), expected) and generator._cache is cache
+    shorter = GenerationConfig(max_new_tokens=5, do_sample=False)  # fits the kept (longer) cache: reused
+    assert torch.equal(generator(ids, mask, shorter), generate(model, ids, mask, shorter, backend="hf"))
+    assert generator._cache is cache
     smaller = generator(ids[:3], mask[:3], config)
     assert generator._cache is not cache
     assert torch.equal(smaller, generate(model, ids[:3], mask[:3], config, backend="hf"))

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import weakref
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -202,8 +203,8 @@ class StaticCacheGenerator:
         compile_backend: `torch.compile` backend ("inductor"; "eager" traces without generating code; a callable).
         pack_gqa: keep the packed GQA path for one-token queries under compile (sdpa models only).
         stop_check_every: read "all rows finished" on the host every this many steps (1: every step, like HF).
-        cache_len_multiple: round the cache length up to a multiple of this, so that batches whose prompt length
-            differs a little reuse one cache and one compiled graph (a new cache shape means a new capture).
+        cache_len_multiple: round the cache length up to a multiple of this; a kept cache at least as long is
+            reused, a longer one replaces it (a new cache shape means a new compile and CUDA-graph capture).
     """
 
     def __init__(self, model, compile: bool | None = None, compile_mode: str | None = "reduce-overhead",
@@ -239,15 +240,20 @@ class StaticCacheGenerator:
                          past_key_values=cache, use_cache=True)
         return out.logits[:, -1].float()
 
-    def _static_cache(self, batch: int, length: int, device: torch.device) -> StaticCache:
+    def _static_cache(self, batch: int, length: int, device: torch.device) -> tuple[StaticCache, int]:
+        """The cache for this batch and its length: the kept one (reset) if it is long enough, else a new one as
+        long as the longest asked so far (as HF does), so the cache shape, hence the compiled graph, only grows."""
         key = _CacheKey(batch, length, self.model.dtype, device)
-        if self._cache is None or self._cache_key != key:
-            self._cache = None  # free the old buffers before allocating new ones
-            self._cache = StaticCache(config=self.model.config, max_cache_len=length)
-            self._cache_key = key
-        else:
+        old = self._cache_key
+        if old is not None and dataclasses.replace(old, length=length) == key and old.length >= length:
             self._cache.reset()
-        return self._cache
+            return self._cache, old.length
+        if old is not None and dataclasses.replace(old, length=length) == key:
+            key = dataclasses.replace(key, length=max(length, old.length))
+        self._cache = None  # free the old buffers before allocating new ones
+        self._cache = StaticCache(config=self.model.config, max_cache_len=key.length)
+        self._cache_key = key
+        return self._cache, key.length
 
     @torch.no_grad()
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
@@ -271,8 +277,8 @@ class StaticCacheGenerator:
         batch, prompt_len = input_ids.shape
         max_new = int(config.max_new_tokens)
         total = prompt_len + max_new
-        cache_len = -(-total // self.cache_len_multiple) * self.cache_len_multiple
-        cache = self._static_cache(batch, cache_len, device)
+        cache, cache_len = self._static_cache(batch, -(-total // self.cache_len_multiple) * self.cache_len_multiple,
+                                              device)
         # The 2D mask over the whole cache: prompt padding, then every later position "on" (causality hides the
         # positions not written yet). One fixed shape for every decode step, so a compiled step never recompiles.
         full_mask = torch.ones(batch, cache_len, dtype=torch.long, device=device)
