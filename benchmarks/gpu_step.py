@@ -153,13 +153,21 @@ GEN_VARIANTS = {  # name -> generate() keyword arguments
 }
 
 
+def matmul_params(model) -> int:
+    """Parameters that take part in matmuls: all but the input-embedding table (a lookup; the LM head counts)."""
+    total = sum(p.numel() for p in model.parameters())
+    embedding = model.get_input_embeddings().weight
+    tied = any(p is embedding for p in model.get_output_embeddings().parameters())
+    return total if tied else total - embedding.numel()
+
+
 def decode_floor_ms(model, batch: int, context: float, gbs: float) -> float:
     """Bytes one decode step must read at least (all weights once, the K/V cache up to the mean context) over the
     measured copy bandwidth."""
     c = model.config
     head_dim = c.hidden_size // c.num_attention_heads
     itemsize = next(model.parameters()).element_size()
-    weights = sum(p.numel() for p in model.parameters()) * itemsize
+    weights = matmul_params(model) * itemsize  # the input embedding is a lookup: B rows, not the table
     kv = 2 * c.num_hidden_layers * batch * c.num_key_value_heads * head_dim * context * itemsize
     return (weights + kv) / (gbs * 1e9) * 1e3
 
@@ -253,13 +261,16 @@ class PhaseClock:
         return wrapper
 
 
-def summarize(steps: list[dict], warmup: int, n_params: int, tflops: float, spec: float | None) -> dict:
+def summarize(steps: list[dict], warmup: int, n_params: dict, tflops: float, spec: float | None) -> dict:
+    """Means over the steps after `warmup`. MFU = 6 * N * train tokens / training-phase time over a peak, with N the
+    matmul parameters (and, for comparison with shared/MEASURED.md, all parameters over the spec peak)."""
     measured = steps[warmup:] or steps
     mean = {k: sum(s.get(k, 0.0) for s in measured) / len(measured)
             for k in ("step_s", "generation_s", "scoring_s", "prepare_s", "rounds", "completion_tokens",
                       "train_tokens")}
     train_s = mean["step_s"] - mean["prepare_s"]
-    flops = 6 * n_params * mean["train_tokens"]
+    flops = 6 * n_params["matmul"] * mean["train_tokens"]
+    flops_all = 6 * n_params["all"] * mean["train_tokens"]
     extra = mean["prepare_s"] * (mean["rounds"] - 1) / mean["rounds"] if mean["rounds"] else 0.0
     return {
         "steps_measured": len(measured), "first_step_s": steps[0]["step_s"], **mean,
@@ -269,6 +280,7 @@ def summarize(steps: list[dict], warmup: int, n_params: int, tflops: float, spec
         "train_tok_per_s": mean["train_tokens"] / train_s,
         "mfu_vs_measured_matmul": flops / train_s / (tflops * 1e12),
         "mfu_vs_spec": flops / train_s / (spec * 1e12) if spec else None,
+        "mfu_vs_spec_all_params": flops_all / train_s / (spec * 1e12) if spec else None,
         # dynamic sampling: the extra rounds' share of batch preparation (rounds are the same size)
         "extra_rounds_s": extra, "step_s_equal_work": mean["step_s"] - extra,
     }
@@ -381,7 +393,7 @@ def main(argv=None) -> dict:
         print(f"hw: {args.matmul_n}^3 matmul {hw['matmul_tflops']:.4g} TFLOP/s, copy {hw['copy_gbs']:.4g} GB/s")
         save()
     model = build_model(shape, dtype, device)
-    n_params = sum(p.numel() for p in model.parameters())
+    n_params = {"all": sum(p.numel() for p in model.parameters()), "matmul": matmul_params(model)}
     results["meta"]["n_params"] = n_params
     if "gen" in parts:
         lengths = [int(x) for x in args.gen_lengths.split(",")]

@@ -16,7 +16,8 @@ def test_gpu_step_smoke_writes_every_part(tmp_path):
                           text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
-    assert result["meta"]["n_params"] > 0 and result["hardware"]["matmul_tflops"] > 0
+    n_params = result["meta"]["n_params"]
+    assert 0 < n_params["matmul"] < n_params["all"] and result["hardware"]["matmul_tflops"] > 0
     for row in result["generation"].values():
         for name in ("hf", "static"):
             assert row[name]["new_tok_per_s"] > 0 and row[name]["warm_s"] > 0
