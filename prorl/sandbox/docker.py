@@ -14,6 +14,7 @@ is recycled (container replaced, in the background) after `recycle_after` progra
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import os
 import queue
@@ -175,8 +176,6 @@ class _Slot:
             self._buf = self._buf[8 + size:]
 
     def read(self, deadline: float) -> dict:
-        import json
-
         while len(self._raw) < HEADER.size:
             self._fill(deadline)
         (size,) = HEADER.unpack(self._raw[:HEADER.size])

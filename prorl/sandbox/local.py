@@ -12,6 +12,7 @@ rlimits only (also warned).
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import os
 import queue
@@ -73,8 +74,6 @@ class _Worker:
         self.proc.stdin.flush()
 
     def read(self, deadline: float) -> dict:
-        import json
-
         fd = self.proc.stdout.fileno()
         while True:
             if len(self._raw) >= HEADER.size:

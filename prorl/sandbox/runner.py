@@ -16,9 +16,13 @@ Every test runs in a fresh forked process with its own empty workdir, rlimits, i
 handlers and only fds 0-2 (plus two private pipes for assertion tests). Tests share one deadline and never stop at
 the first failure. After each test every other process of the sandbox is killed and the scratch area wiped.
 
-Assertion tests (`code` set) are fail-closed: the child reads a random nonce from a private pipe only after the
-program AND the test code returned normally, and writes it to a second private pipe. A program that exits early
-(`sys.exit`, `os._exit`), prints anything, closes its fds or kills its parent never produces the nonce.
+Assertion tests (`code` set) are fail-closed: the runner writes a random nonce (made after the fork, so never in
+the child's memory) into a private pipe; the child's epilogue, bound before the program runs, reads it only after
+the program AND the test code returned normally and writes it to a second private pipe (both at random fd numbers).
+A program that exits early (`sys.exit`, `os._exit`), prints anything, closes its fds, patches builtins/os/sys or
+kills its runner never produces the nonce. The runner is non-dumpable, so programs (same uid) cannot open its fds,
+read its memory or ptrace it. Limit: the program shares the test's process, so code written to scan its own fds for
+the nonce pipe, or to return objects that compare equal to anything, is not stopped here.
 """
 
 from __future__ import annotations
@@ -81,7 +85,6 @@ def run_init() -> None:
 # -- the child: runs the untrusted program -----------------------------------------------------------------
 def _child(program: str, test_code, limits: dict, workdir: str, fds: dict) -> None:
     """Never returns: ends with os._exit. `fds` maps the target fd number to the fd to install there."""
-    import builtins
     import io
     import types
 
@@ -246,10 +249,7 @@ class Server:
         test_code, nonce, res_r = test.get("code"), None, None
         child_limits = dict(limits, cpu_s=max(1.0, deadline - time.monotonic()))
         if test_code is not None:
-            nonce = os.urandom(24).hex().encode()
             non_r, non_w = os.pipe()
-            os.write(non_w, nonce)
-            os.close(non_w)
             res_r, res_w = os.pipe()
             # Random target numbers that are none of the source fds (dup2 onto a source would clobber it).
             free = sorted(set(range(10, 250)) - {stdin_fd, out_w, err_w, res_w, non_r})
@@ -260,12 +260,17 @@ class Server:
         pid = os.fork()
         if pid == 0:
             try:
-                expected = nonce = None  # noqa: F841  (the child must not hold the nonce)
                 _child(program, test_code, child_limits, workdir, fds)
             finally:
                 os._exit(70)
         for fd in fds.values():
             os.close(fd)
+        if test_code is not None:
+            # Made after the fork, so the nonce was never in the child's memory: it sits in the pipe until the
+            # child's epilogue reads it (that read waits for this write if the child gets there first).
+            nonce = os.urandom(24).hex().encode()
+            os.write(non_w, nonce)
+            os.close(non_w)
         outcome = self._supervise(pid, out_r, err_r, int(limits["output_limit"]), deadline)
         wall = time.monotonic() - start
         passed, memory_mark = False, False
