@@ -26,8 +26,10 @@ test: setup sandbox
 	@$(PY) -m pytest -q tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5)"; exit 0; fi; exit $$rc
 
+# The embedded default (datasets/tiny.yaml): tiny model -> SFT -> ProRL -> held-out eval, ~10 min on 2 CPU cores.
+# Resumable and idempotent: finished steps in runs/demo are reused; a finished run just prints its table.
 demo: setup
-	$(VENV)/bin/prorl score datasets/samples/completions.jsonl -o runs/demo/scored.jsonl
+	$(VENV)/bin/prorl demo --output runs/demo
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

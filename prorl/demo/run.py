@@ -192,12 +192,15 @@ def run_demo(output: str | Path, recipe: dict[str, Any], threads: int | None = N
 
     torch.set_num_threads(pick_threads(threads))
     seed = int(recipe["seed"])
-    timings = dict((_load_json(out / "timings.json") or {}))
+    timings = _load_json(out / "timings.json") or {"wall_s": {}, "cpu_s": {}, "load_avg_1min": {}}
 
     def timed(name, fn, *a, **kw):
-        start = time.monotonic()
+        """Run one step, recording its wall time, this process's CPU time and the machine's load meanwhile."""
+        start, cpu = time.monotonic(), time.process_time()
         result = fn(*a, **kw)
-        timings[name] = round(time.monotonic() - start, 1)
+        timings["wall_s"][name] = round(time.monotonic() - start, 1)
+        timings["cpu_s"][name] = round(time.process_time() - cpu, 1)
+        timings["load_avg_1min"][name] = round(os.getloadavg()[0], 2)
         _write_json(out / "timings.json", timings)
         return result
 
@@ -234,9 +237,10 @@ def run_demo(output: str | Path, recipe: dict[str, Any], threads: int | None = N
     timed("plot", plot_curves, rl_dir, out / "curves.png", sorted(recipe["envs"]))
     summary = {
         "sft": per_env(eval_sft), "rl": per_env(eval_rl), "steps": rl_info["steps"], "resets": rl_info["resets"],
-        # every step is timed once, also across an interrupted and resumed run
-        "wall_s": round(sum(timings.values()), 1),
-        "timings_s": timings, "threads": torch.get_num_threads(), "seed": seed,
+        # every step is timed once, also across an interrupted and resumed run. cpu_s: this process's CPU time
+        # (scoring workers not included); on a busy machine wall_s / cpu_s shows the contention.
+        "wall_s": round(sum(timings["wall_s"].values()), 1), "cpu_s": round(sum(timings["cpu_s"].values()), 1),
+        "timings": timings, "threads": torch.get_num_threads(), "seed": seed,
         "eval": {"prompts": eval_sft["overall"]["prompts"], "samples_per_prompt": eval_sft["n"],
                  "sampling": eval_sft["sampling"]},
     }
@@ -256,8 +260,8 @@ def print_table(summary: dict[str, Any]) -> None:
         before, after = summary["sft"][env], summary["rl"].get(env)
         table.add_row(env, f"{before:.3f}", f"{after:.3f}", f"{after - before:+.3f}")
     Console().print(table)
-    print(f"RL steps {summary['steps']}, resets {summary['resets']}, wall {summary['wall_s']:.0f} s "
-          f"({summary['threads']} torch threads)")
+    print(f"RL steps {summary['steps']}, resets {summary['resets']}, wall {summary['wall_s']:.0f} s, CPU "
+          f"{summary['cpu_s']:.0f} s ({summary['threads']} torch threads)")
 
 
 def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:

@@ -1,16 +1,16 @@
 """Small generated tasks for the embedded default, one generator per domain, scored by the gym.
 
 Three domains, each scored by a registered gym environment (never by code here):
-  - `math`: small additions, a MATH-style row (`problem`, `answer`), the answer in `\\boxed{}`; binary reward;
-  - `logic/spell_backward`: reasoning-gym entries (`question`, `answer`, `metadata`), the answer inside
-    `<answer></answer>`; reasoning-gym's partial credit (fraction of letters in place);
+  - `math`: count the numbers of a list, a MATH-style row (`problem`, `answer`), the answer in `\\boxed{}`; binary;
+  - `logic/aiw`: reasoning-gym's "Alice in Wonderland" questions (siblings, friends: "Sarah has 5 sisters and 3
+    brothers. How many sisters does her brother have?"), entries (`question`, `answer`, `metadata`), the answer
+    inside `<answer></answer>`; binary (reasoning-gym's scorer);
   - `ifeval`: IFEval rows (`key`, `prompt`, `instruction_id_list`, `kwargs`) with two verifiable instructions each
     (bullet count or closing phrase, and a title or no commas); reward = fraction of the instructions followed.
 
 `make_rows` turns them into the schema rows the trainer, `prorl.eval` and the SFT step read: `id`, `env`, `prompt`
 (chat messages), `reference`, `metadata` (from the environment's own `task_from_dict`) and `demo`, a correct answer
-that the SFT warm start imitates. Held-out rows are disjoint from training rows by content (addition pair, word,
-prompt text), decided by a hash, so every seed evaluates on prompts no training run has seen.
+that the SFT warm start imitates. Held-out rows are disjoint from training rows by content (the prompt's text), decided by a hash, so every seed evaluates on prompts no training run has seen.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-DOMAINS = ("math", "logic/spell_backward", "ifeval")
+DOMAINS = ("math", "logic/aiw", "ifeval")
 # reasoning-gym's default system prompt is ~75 tokens; a one-line instruction keeps the tiny model's CPU cost down.
 LOGIC_INSTRUCTION = "Answer inside <answer></answer>."
 HELDOUT_BUCKETS = 5  # one content key in 5 is held out
@@ -37,15 +37,20 @@ _END_PHRASES = ("The end.", "Thank you.", "That is all.")
 class TaskConfig:
     """Sizes of the generated tasks (the `tasks:` section of datasets/tiny.yaml)."""
 
-    max_operand: int = field(default=20, metadata={"help": "math: operands of the additions are in [0, max_operand]"})
-    word_len: tuple[int, int] = field(default=(3, 4), metadata={"help": "spell_backward: word length range"})
-    list_words: tuple[int, int] = field(default=(2, 3), metadata={"help": "ifeval: how many words to write"})
+    count_range: tuple[int, int] = field(
+        default=(2, 8), metadata={"help": "math: how many numbers the list to count has"})
+    aiw_types: tuple[str, ...] = field(
+        default=("siblings", "friends"), metadata={"help": "logic/aiw: reasoning-gym task types (siblings, friends, "
+                                                            "colleagues)"})
+    list_words: tuple[int, int] = field(default=(2, 5), metadata={"help": "ifeval: how many words to write"})
 
     def __post_init__(self):
-        self.word_len, self.list_words = tuple(self.word_len), tuple(self.list_words)
-        if self.max_operand < 2:
-            raise ValueError(f"tasks.max_operand must be >= 2, got {self.max_operand}")
-        for name in ("word_len", "list_words"):
+        self.count_range, self.list_words = tuple(self.count_range), tuple(self.list_words)
+        self.aiw_types = tuple(self.aiw_types)
+        unknown = set(self.aiw_types) - {"siblings", "friends", "colleagues"}
+        if not self.aiw_types or unknown:
+            raise ValueError(f"tasks.aiw_types must be some of siblings, friends, colleagues; got {list(self.aiw_types)}")
+        for name in ("count_range", "list_words"):
             lo, hi = getattr(self, name)
             if not 1 <= lo <= hi:
                 raise ValueError(f"tasks.{name} must be [low, high] with 1 <= low <= high, got {[lo, hi]}")
@@ -58,31 +63,34 @@ def is_heldout(key: str) -> bool:
 
 # -- one generator per domain: (public row, demonstration, content key) --------------------------------------------
 def gen_math(rng: random.Random, cfg: TaskConfig) -> tuple[dict, str, str]:
-    a, b = rng.randint(0, cfg.max_operand), rng.randint(0, cfg.max_operand)
-    return {"problem": f"What is {a} + {b}?", "answer": str(a + b)}, f"\\boxed{{{a + b}}}", f"{a}+{b}"
+    numbers = [rng.randrange(10) for _ in range(rng.randint(*cfg.count_range))]
+    problem = f"How many numbers are in this list: {', '.join(map(str, numbers))}?"
+    return {"problem": problem, "answer": str(len(numbers))}, f"\\boxed{{{len(numbers)}}}", problem
 
 
-def gen_spell_backward(rng: random.Random, cfg: TaskConfig) -> tuple[dict, str, str]:
-    words = _spell_words(cfg.word_len)
-    word = words[rng.randrange(len(words))]
-    # the entry reasoning-gym's spell_backward generates for this word (same question text and metadata)
-    question = f"Spell this word backward (example: sun -> nus): {word}"
-    entry = {"question": question, "answer": word[::-1],
-             "metadata": {"source_dataset": "spell_backward", "word": word, "word_len": len(word)}}
-    return entry, f"<answer>{word[::-1]}</answer>", word
+_AIW_POOL_SIZE = 50_000
 
 
-_WORD_CACHE: dict[tuple[int, int], list[str]] = {}
+def gen_aiw(rng: random.Random, cfg: TaskConfig) -> tuple[dict, str, str]:
+    entry = _aiw_dataset(cfg.aiw_types)[rng.randrange(_AIW_POOL_SIZE)]
+    meta = {k: v for k, v in entry["metadata"].items() if k != "difficulty"}
+    row = {"question": entry["question"], "answer": entry["answer"], "metadata": meta}
+    return row, f"<answer>{entry['answer']}</answer>", entry["question"]
 
 
-def _spell_words(word_len: tuple[int, int]) -> list[str]:
-    """reasoning-gym's spell_backward vocabulary, restricted to the length range."""
-    if word_len not in _WORD_CACHE:
+_AIW_CACHE: dict[tuple[str, ...], Any] = {}
+
+
+def _aiw_dataset(types: tuple[str, ...]):
+    """reasoning-gym's "Alice in Wonderland" generator (entries are built lazily, on indexing)."""
+    if types not in _AIW_CACHE:
         import reasoning_gym as rg
+        from reasoning_gym.logic.aiw import TaskType
 
-        ds = rg.create_dataset("spell_backward", seed=0, size=1, min_word_len=word_len[0], max_word_len=word_len[1])
-        _WORD_CACHE[word_len] = sorted({w for w in ds.words if w.isalpha() and w.islower()})
-    return _WORD_CACHE[word_len]
+        _AIW_CACHE[types] = rg.create_dataset("aiw", seed=0, size=_AIW_POOL_SIZE,
+                                              task_types=[TaskType(t) for t in types],
+                                              task_type_weights=[1 / len(types)] * len(types))
+    return _AIW_CACHE[types]
 
 
 def gen_ifeval(rng: random.Random, cfg: TaskConfig) -> tuple[dict, str, str]:
@@ -112,7 +120,7 @@ def gen_ifeval(rng: random.Random, cfg: TaskConfig) -> tuple[dict, str, str]:
 
 
 GENERATORS: dict[str, Callable[[random.Random, TaskConfig], tuple[dict, str, str]]] = {
-    "math": gen_math, "logic/spell_backward": gen_spell_backward, "ifeval": gen_ifeval,
+    "math": gen_math, "logic/aiw": gen_aiw, "ifeval": gen_ifeval,
 }
 
 

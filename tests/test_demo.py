@@ -1,0 +1,98 @@
+"""The embedded default: the tiny model builder, the generated tasks, and a shrunken `prorl demo` end to end."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import struct
+
+import pytest
+
+from prorl.demo.run import add_arguments, load_recipe, run
+from prorl.demo.tasks import DOMAINS, TaskConfig, is_heldout, make_rows
+from prorl.demo.tiny import build_tiny_model
+
+
+def test_tiny_model_tokenizer_and_idempotence(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl.data_utils import apply_chat_template
+
+    out = build_tiny_model(str(tmp_path / "m"), num_hidden_layers=2)
+    tok = AutoTokenizer.from_pretrained(out)
+    assert tok.eos_token == "<|im_end|>" and tok.pad_token == "<|endoftext|>" and tok.bos_token is None
+    # every digit is a token of its own
+    assert [t for t in tok.tokenize("12345") if t.strip("Ġ")] == list("12345")
+    messages = [{"role": "user", "content": "What is 12 + 7?"}]
+    example = apply_chat_template({"prompt": messages, "completion": [{"role": "assistant", "content": "19"}]}, tok)
+    assert example["prompt"].endswith("<|im_start|>assistant\n") and example["completion"] == "19<|im_end|>\n"
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.config.num_hidden_layers == 2 and model.config.vocab_size == len(tok)
+    assert build_tiny_model(out, num_hidden_layers=2) == out  # same build: reused
+    with pytest.raises(ValueError, match="num_hidden_layers"):
+        build_tiny_model(out, num_hidden_layers=3)
+    with pytest.raises(TypeError, match="unknown size fields"):
+        build_tiny_model(str(tmp_path / "other"), hidden_sise=8)
+
+
+def test_generated_tasks_are_scored_right_by_the_gym_and_heldout_is_disjoint():
+    import prorl
+
+    for env_id in DOMAINS:
+        train, held = make_rows(env_id, 40, 0, "train"), make_rows(env_id, 40, 0, "heldout")
+        env = prorl.make(env_id)
+        assert [s.reward for s in env.score_batch([r["demo"] for r in train], train, workers=0)] == [1.0] * 40
+        assert max(s.reward for s in env.score_batch(["no answer"] * 40, held, workers=0)) < 1.0
+        prompts = lambda rows: {json.dumps(r["prompt"]) for r in rows}  # noqa: E731
+        assert not prompts(train) & prompts(held), env_id
+        assert len(prompts(held)) > 20
+    assert make_rows("math", 5, 3, "train") == make_rows("math", 5, 3, "train")  # deterministic
+    assert is_heldout("7+12") == is_heldout("7+12")
+    with pytest.raises(ValueError, match="aiw_types"):
+        TaskConfig(aiw_types=("bogus",))
+
+
+def test_recipe_overrides_and_errors(tmp_path):
+    recipe = load_recipe(_default_recipe(), ["rl.max_steps=3", "seed=5"])
+    assert recipe["rl"]["max_steps"] == 3 and recipe["seed"] == 5 and len(recipe["envs"]) >= 3
+    with pytest.raises(ValueError, match="unknown recipe section"):
+        load_recipe(_default_recipe(), ["bogus.x=1"])
+    with pytest.raises(ValueError, match="output_dir"):
+        load_recipe(_default_recipe(), ["rl.output_dir=/tmp/x"])
+    with pytest.raises(ValueError, match="section.key=value"):
+        load_recipe(_default_recipe(), ["no-equals-sign"])
+
+
+@pytest.mark.slow
+def test_shrunken_demo_end_to_end(tmp_path, capsys):
+    out = tmp_path / "demo"
+    argv = ["--output", str(out), "--threads", "1",
+            "--set", "sft.steps=8", "--set", "rl.max_steps=4", "--set", "rl.reset_every_steps=2",
+            "--set", "rl.per_device_train_batch_size=16", "--set", "rl.num_generations=4",
+            "--set", "eval.prompts_per_env=8", "--set", "eval.n=2"]
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, "demo")
+    assert run(parser.parse_args(argv), "demo") == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary) >= {"sft", "rl", "steps", "resets", "wall_s"}
+    assert set(summary["sft"]) == set(summary["rl"]) == set(DOMAINS) | {"mean"}
+    assert all(0.0 <= v <= 1.0 for part in ("sft", "rl") for v in summary[part].values())
+    assert summary["steps"] == 4 and summary["resets"] == 2 and summary["wall_s"] > 0
+    resets = [json.loads(x) for x in (out / "rl" / "resets.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in resets] == [2, 4]
+    png = (out / "curves.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", png[16:24])[0] > 400
+    printed = capsys.readouterr().out
+    assert "SFT" in printed and "RL" in printed and "logic/aiw" in printed
+    # idempotent: a second run reuses everything and prints the same table
+    mtime = (out / "summary.json").stat().st_mtime
+    assert run(parser.parse_args(argv), "demo") == 0
+    assert (out / "summary.json").stat().st_mtime == mtime
+    # a different recipe in the same folder is refused, not mixed in
+    with pytest.raises(ValueError, match="different recipe"):
+        run(parser.parse_args(argv + ["--set", "sft.steps=9"]), "demo")
+
+
+def _default_recipe():
+    from prorl.demo.run import DEFAULT_RECIPE
+
+    return DEFAULT_RECIPE
