@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_step.py"
 
 
+@pytest.mark.slow  # ~15-20 s: three trainers and the generation backends, in a subprocess
 def test_gpu_step_smoke_writes_every_part(tmp_path):
     out = tmp_path / "smoke.json"
     proc = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--out", str(out)], capture_output=True,
