@@ -149,10 +149,10 @@ def _humaneval_rows():
 def test_humaneval_canonical_solutions_pass_and_return_none_fails(env):
     rows = _humaneval_rows()
     assert len(rows) == 164
-    good = env.score_batch([r["canonical_solution"] for r in rows], rows, workers=3)
+    good = env.score_batch([r["canonical_solution"] for r in rows], rows)
     failed = [(r["task_id"], s.details) for r, s in zip(rows, good) if s.reward != 1.0]
     assert not failed, failed[:3]
-    bad = env.score_batch(["    return None\n"] * len(rows), rows, workers=3)
+    bad = env.score_batch(["    return None\n"] * len(rows), rows)
     passed = [r["task_id"] for r, s in zip(rows, bad) if s.reward != 0.0]
     assert not passed
 
@@ -161,7 +161,7 @@ def test_humaneval_canonical_solutions_pass_and_return_none_fails(env):
 def test_mbpp_reference_code(env):
     rows = [json.loads(line) for line in open(DATA / "mbpp" / "mbpp.jsonl")]
     assert len(rows) == 974
-    scores = env.score_batch([r["code"] for r in rows], rows, workers=3)
+    scores = env.score_batch([r["code"] for r in rows], rows)
     failing = {r["task_id"]: s for r, s in zip(rows, scores) if s.reward != 1.0}
     assert set(failing) == set(MBPP_KNOWN_BROKEN), {k: v.details for k, v in failing.items()}
     assert all(s.status != "infra_error" for s in scores)

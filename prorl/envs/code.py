@@ -163,6 +163,11 @@ class CodeEnv(Env):
         raise ValueError(f"reference.kind must be humaneval, mbpp or stdio, got {kind!r}")
 
     # -- scoring -------------------------------------------------------------------------------------------
+    def score_batch(self, completions, tasks, workers: int | None = None, timeout_s: float | None = None):
+        """Score in parallel; by default one thread per sandbox slot (the sandbox caps concurrency anyway)."""
+        return super().score_batch(completions, tasks, workers=workers or self.sandbox.parallelism,
+                                   timeout_s=timeout_s)
+
     def verify(self, answer: str, task: Task) -> Score:
         code, how = extract_code(answer)
         if not code.strip():

@@ -44,4 +44,17 @@ def make_sandbox(kind: str | None = None, **options) -> Sandbox:
     return LocalSandbox(**local_opts)
 
 
-__all__ = ["STATUSES", "ExecResult", "Sandbox", "Test", "TestResult", "make_sandbox", "outputs_match"]
+def __getattr__(name: str):
+    """`prorl.sandbox.DockerSandbox` / `LocalSandbox`, imported on first use (the docker SDK is not needed before)."""
+    if name == "DockerSandbox":
+        from prorl.sandbox.docker import DockerSandbox
+
+        return DockerSandbox
+    if name == "LocalSandbox":
+        from prorl.sandbox.local import LocalSandbox
+
+        return LocalSandbox
+    raise AttributeError(f"module 'prorl.sandbox' has no attribute {name!r}")
+
+
+__all__ = ["DockerSandbox", "LocalSandbox", "STATUSES", "ExecResult", "Sandbox", "Test", "TestResult", "make_sandbox", "outputs_match"]

@@ -77,6 +77,7 @@ class Sandbox:
     """Runs untrusted Python programs. Thread-safe; use as a context manager or call `close()`."""
 
     name = "sandbox"
+    parallelism = 1  # how many requests the sandbox runs at once (callers size their thread pools by it)
 
     def __init__(self, timeout_s: float = DEFAULT_TIMEOUT_S, memory_mb: int = DEFAULT_MEMORY_MB,
                  output_limit: int = DEFAULT_OUTPUT_LIMIT):

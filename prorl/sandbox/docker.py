@@ -200,6 +200,7 @@ class DockerSandbox(Sandbox):
             raise ValueError(f"pool_size must be >= 1, got {config.pool_size}")
         super().__init__(config.timeout_s, config.memory_mb, config.output_limit)
         self.config = config
+        self.parallelism = config.pool_size
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         endpoints = list(config.endpoints) or [os.environ.get("DOCKER_HOST") or None]
         self._clients: dict[str | None, Any] = {}

@@ -113,6 +113,7 @@ class LocalSandbox(Sandbox):
         # A system interpreter the dropped user can execute (not a pyenv shim or a venv under /root).
         self.python = python or next((p for p in ("/usr/bin/python3", "/usr/local/bin/python3") if os.path.exists(p)),
                                      os.path.realpath(sys.executable))
+        self.parallelism = workers
         self._idle: queue.Queue[_Worker | None] = queue.Queue()
         for _ in range(workers):
             self._idle.put(None)  # started on first use
