@@ -188,7 +188,7 @@ def test_local_sandbox_runs_and_contains():
     from prorl.sandbox.local import LocalSandbox
 
     with LocalSandbox(workers=1, timeout_s=2.0) as sb:
-        if not sb.prefix:
+        if not sb.namespaced:
             pytest.skip("unshare is not usable on this machine")
         assert sb.run("print(input() * 2)", stdin="ab").stdout == "abab\n"
         res = sb.run_tests("def f():\n    return 1\n", [Test(code="assert f() == 1"), Test(code="assert f() == 2"),

@@ -5,8 +5,9 @@ python3 runner.py serve ROOT`: no network but a down `lo`, its own PID namespace
 every stray process after each program), rlimits and a process-group kill per program. Unlike the container, the
 program can READ the host's world-readable files and write wherever the worker's user may; there is no cgroup
 memory/pids/CPU cap (only rlimits) and no seccomp filter. Use it only where no Docker engine is reachable (the
-`make_sandbox` helper does that with a warning) or when asked explicitly. Without `unshare`, the worker runs with
-rlimits only (also warned).
+`make_sandbox` helper does that with a warning) or when asked explicitly. Without a usable `unshare` the worker
+runs with rlimits and process-group kills only (warned), as nobody via `setpriv` when the caller is root (never as
+root). Bubblewrap is not used.
 """
 
 from __future__ import annotations
@@ -38,29 +39,39 @@ def _namespace_prefix() -> list[str]:
     """The `unshare` command line for this user, or [] when namespaces are unavailable."""
     unshare = shutil.which("unshare")
     if unshare is None:
-        return []
+        return _drop_root_prefix()
     base = [unshare, "--net", "--pid", "--fork", "--kill-child", "--mount", "--mount-proc"]
     if os.geteuid() == 0:  # never run untrusted code as root: drop to nobody inside the namespaces
         prefix = base + ["--setuid", str(_NOBODY), "--setgid", str(_NOBODY)]
     else:
         prefix = base + ["--user", "--map-root-user"]
     probe = subprocess.run(prefix + ["true"], capture_output=True, timeout=30)
-    if probe.returncode != 0:
-        log.warning("unshare is not usable here (%s): LocalSandbox runs with rlimits only",
-                    probe.stderr.decode(errors="replace").strip()[:200])
+    if probe.returncode == 0:
+        return prefix
+    log.warning("unshare is not usable here (%s): LocalSandbox runs with rlimits only",
+                probe.stderr.decode(errors="replace").strip()[:200])
+    return _drop_root_prefix()
+
+
+def _drop_root_prefix() -> list[str]:
+    """Without namespaces: [] for a normal user; as root, setpriv to nobody (and refuse without setpriv)."""
+    if os.geteuid() != 0:
         return []
-    return prefix
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        raise RuntimeError("LocalSandbox will not run programs as root without namespaces or setpriv")
+    return [setpriv, "--reuid", str(_NOBODY), "--regid", str(_NOBODY), "--clear-groups"]
 
 
 class _Worker:
-    def __init__(self, prefix: list[str], python: str):
+    def __init__(self, prefix: list[str], python: str, runner: str):
         self.root = tempfile.mkdtemp(prefix="prorl-sandbox-")
-        if os.geteuid() == 0 and prefix:
+        if os.geteuid() == 0:  # the runner runs as nobody (see _namespace_prefix)
             os.chown(self.root, _NOBODY, _NOBODY)
         os.chmod(self.root, 0o700)
-        self.proc = subprocess.Popen(prefix + [python, "-I", "-S", RUNNER, "serve", self.root],
+        self.proc = subprocess.Popen(prefix + [python, "-I", "-S", runner, "serve", self.root],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                     start_new_session=True)
+                                     start_new_session=True, cwd=self.root)
         self._raw = b""
         hello = self.read(time.monotonic() + 30)
         if not hello.get("ready"):
@@ -108,12 +119,18 @@ class LocalSandbox(Sandbox):
                  output_limit: int = DEFAULT_OUTPUT_LIMIT, python: str | None = None):
         super().__init__(timeout_s, memory_mb, output_limit)
         self.prefix = _namespace_prefix()
-        if not self.prefix:
+        self.namespaced = bool(self.prefix) and "unshare" in os.path.basename(self.prefix[0])
+        if not self.namespaced:
             log.warning("LocalSandbox without namespaces: programs share the host's network and processes")
         # A system interpreter the dropped user can execute (not a pyenv shim or a venv under /root).
         self.python = python or next((p for p in ("/usr/bin/python3", "/usr/local/bin/python3") if os.path.exists(p)),
                                      os.path.realpath(sys.executable))
         self.parallelism = workers
+        # A copy of the runner the dropped user can read (the checkout may sit under a private home directory).
+        self._code_dir = tempfile.mkdtemp(prefix="prorl-runner-")
+        os.chmod(self._code_dir, 0o755)
+        self._runner = shutil.copy(RUNNER, os.path.join(self._code_dir, "runner.py"))
+        os.chmod(self._runner, 0o444)
         self._idle: queue.Queue[_Worker | None] = queue.Queue()
         for _ in range(workers):
             self._idle.put(None)  # started on first use
@@ -122,7 +139,7 @@ class LocalSandbox(Sandbox):
         atexit.register(self.close)
 
     def _new_worker(self) -> _Worker:
-        worker = _Worker(self.prefix, self.python)
+        worker = _Worker(self.prefix, self.python, self._runner)
         self._all.append(worker)
         return worker
 
@@ -177,4 +194,5 @@ class LocalSandbox(Sandbox):
         self._closed = True
         for worker in list(self._all):
             self._retire(worker)
+        shutil.rmtree(self._code_dir, ignore_errors=True)
         atexit.unregister(self.close)
