@@ -196,13 +196,23 @@ def test_generated_logic_source_holds_out_the_first_entries_of_each_task(tmp_pat
     assert len(result.train) == 30 and len(result.heldout) == 12
     assert dict(result.stats["logic"].per_task) == {"chain_sum": 10, "basic_arithmetic": 10, "word_sorting": 10}
     held = {r["id"] for r in result.heldout}
-    assert all(r["metadata"]["origin"].split("#")[1] in "0123" for r in result.heldout)
+    assert {r["metadata"]["origin"].split("#")[1] for r in result.heldout} == {"h0", "h1", "h2", "h3"}
     assert not held & {r["id"] for r in result.train}
     held_questions = {r["prompt"][-1]["content"] for r in result.heldout}
     assert not held_questions & {r["prompt"][-1]["content"] for r in result.train}
     again = build(recipe_of(tmp_path, **spec))
     assert [r["id"] for r in again.heldout] == [r["id"] for r in result.heldout]
     assert len(load_rows(tmp_path / "out", "heldout")) == 12
+
+
+def test_held_out_rows_do_not_depend_on_the_recipe_size(tmp_path):
+    def held(size):
+        spec = dict(name="g", sources={"logic": {"env": "logic", "size": size, "generate": {
+            "tasks": ["acre", "chain_sum"], "seed": 1, "holdout_per_task": 3}}})
+        return [r["prompt"][-1]["content"] for r in build(recipe_of(tmp_path, **spec)).heldout]
+
+    small, large = held(4), held(40)  # acre makes all its entries up front: they depend on its dataset size
+    assert len(small) == 6 and small == large
 
 
 def test_file_source_holdout_is_seeded_and_disjoint(tmp_path):

@@ -114,38 +114,55 @@ def task_seed(base: int, task: str) -> int:
 
 
 class _TaskStream:
-    """Entries of one reasoning-gym task in index order: the first `holdout` ones, then training entries whose
-    question was not seen before. Exhausted after `patience` draws in a row brought nothing new."""
+    """Entries of one reasoning-gym task: the held-out ones (entries 0..holdout-1 of a dataset of exactly that size),
+    then training entries from index `holdout` on whose question was not seen before. Exhausted after `patience`
+    draws in a row brought nothing new.
 
-    def __init__(self, task: str, seed: int, holdout: int, patience: int = 200):
-        import reasoning_gym
+    Most reasoning-gym datasets make entry i from seed + i whatever their size; a few (acre) generate every entry
+    up front, so their entries depend on the size. Sizing the held-out dataset by `holdout` alone keeps the
+    held-out set fixed whatever the recipe's size; the training dataset grows (doubling) as more is taken.
+    """
 
-        self.task, self.holdout, self.patience = task, holdout, patience
-        self.dataset = reasoning_gym.create_dataset(task, size=10**9, seed=seed)  # entries are made on access
-        self.next_index = 0
+    def __init__(self, task: str, seed: int, holdout: int, expected: int, patience: int = 200):
+        self.task, self.seed, self.holdout, self.patience = task, seed, holdout, patience
+        self.size = holdout + 2 * expected + 100
+        self.dataset = self._create(self.size)
+        self.next_index = holdout
         self.seen: set[str] = set()
         self.exhausted = False
 
-    def _entry(self, idx: int) -> dict:
+    def _create(self, size: int):
+        import reasoning_gym
+
         with contextlib.redirect_stdout(io.StringIO()):  # some generators print progress dots
-            item = self.dataset[idx]
+            return reasoning_gym.create_dataset(self.task, size=size, seed=self.seed)
+
+    @staticmethod
+    def _entry(dataset, idx: int) -> dict:
+        with contextlib.redirect_stdout(io.StringIO()):
+            item = dataset[idx]
         return json.loads(json.dumps(item, default=_json_default))
 
     def heldout_rows(self) -> list[RawRow]:
+        if not self.holdout:
+            return []
+        dataset = self._create(self.holdout)
         rows = []
         for idx in range(self.holdout):
-            entry = self._entry(idx)
+            entry = self._entry(dataset, idx)
             self.seen.add(entry.get("question"))
-            rows.append(RawRow(entry, f"reasoning_gym:{self.task}#{idx}", stratum=self.task, holdout=True))
-        self.next_index = self.holdout
+            rows.append(RawRow(entry, f"reasoning_gym:{self.task}#h{idx}", stratum=self.task, holdout=True))
         return rows
 
     def take(self, count: int) -> list[RawRow]:
         rows, misses = [], 0
         while len(rows) < count and not self.exhausted:
             idx = self.next_index
+            if idx >= self.size:
+                self.size *= 2
+                self.dataset = self._create(self.size)
             self.next_index += 1
-            entry = self._entry(idx)
+            entry = self._entry(self.dataset, idx)
             if entry.get("question") in self.seen:
                 misses += 1
                 self.exhausted = misses >= self.patience
@@ -160,8 +177,7 @@ def generate_reasoning_gym(gen: GenerateConfig, size: int, margin: float = 0.05,
                            progress: Callable[[str, int, int], None] | None = None) -> list[RawRow]:
     """Held-out and training entries of every task, generated with fixed seeds.
 
-    The first `holdout_per_task` entries of each task are held out (reasoning-gym derives entry i from seed + i,
-    so the held-out set does not change with `size`). `size` training entries (plus `margin` to absorb later
+    The first `holdout_per_task` entries of each task are held out; they do not change with `size`. `size` training entries (plus `margin` to absorb later
     de-duplication) are split evenly over the tasks; training questions are distinct within a task and from its
     held-out ones. A task with too few distinct questions leaves its shortfall to the others, spread evenly.
     """
@@ -177,9 +193,10 @@ def generate_reasoning_gym(gen: GenerateConfig, size: int, margin: float = 0.05,
     for i, task in enumerate(gen.tasks):
         if progress:
             progress(task, i, n)
-        stream = _TaskStream(task, task_seed(gen.seed, task), gen.holdout_per_task)
+        quota = want // n + (i < want % n)
+        stream = _TaskStream(task, task_seed(gen.seed, task), gen.holdout_per_task, quota)
         rows += stream.heldout_rows()
-        rows += stream.take(want // n + (i < want % n))
+        rows += stream.take(quota)
         streams.append(stream)
     missing = want - sum(not r.holdout for r in rows)
     while missing > 0:  # top up from the tasks that still have new questions, round robin
