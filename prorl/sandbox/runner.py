@@ -43,6 +43,10 @@ HEADER = struct.Struct(">I")
 MAX_FRAME = 256 * 1024 * 1024
 STATUSES = ("ok", "runtime_error", "timeout", "memory", "output_limit", "infra_error")
 _MEMORY_MARK = b"MEMORY"
+# Signals the server ignores (a program may signal its parent); its children restore them. Python itself already
+# ignores SIGPIPE and SIGXFSZ.
+_SERVER_IGNORES = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
+                   signal.SIGALRM, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU)
 
 
 def encode_frame(obj) -> bytes:
@@ -99,14 +103,8 @@ def _child(program: str, test_code, limits: dict, workdir: str, fds: dict) -> No
                 os.close(fd)
             except OSError:
                 pass
-    for sig in signal.Signals:  # the dispositions of a fresh interpreter
-        if sig not in (signal.SIGKILL, signal.SIGSTOP):
-            handler = {signal.SIGINT: signal.default_int_handler, signal.SIGPIPE: signal.SIG_IGN,
-                       signal.SIGXFSZ: signal.SIG_IGN}.get(sig, signal.SIG_DFL)
-            try:
-                signal.signal(sig, handler)
-            except (OSError, ValueError, RuntimeError):
-                pass
+    for sig in _SERVER_IGNORES:  # back to the dispositions of a fresh interpreter
+        signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL)
     os.chdir(workdir)
     os.umask(0o077)
     mem = int(limits["memory_mb"]) * 1024 * 1024
@@ -414,8 +412,7 @@ def serve(root: str) -> None:
     for fd in (0, 1, 2):
         os.dup2(null, fd)
     os.close(null)
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
-                signal.SIGPIPE, signal.SIGALRM, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU):
+    for sig in _SERVER_IGNORES:
         signal.signal(sig, signal.SIG_IGN)
     sealed = _make_non_dumpable()
     os.makedirs(root, exist_ok=True)
