@@ -142,6 +142,7 @@ def test_hard_reset_copies_policy_clears_optimizer_and_zeroes_kl(tiny_model, tmp
     assert len(lines) == 1
     event = json.loads(lines[0])
     assert event["step"] == 2 and event["reset"] == 1 and event["trigger"] == "every_steps" and event["stage"] == 0
+    assert event["metrics"]["kl"] == pytest.approx(kl[1]) and set(event["metrics"]) == {"reward", "kl", "entropy"}
 
 
 @pytest.mark.parametrize("trigger,extra", [

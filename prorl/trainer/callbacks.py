@@ -8,9 +8,10 @@ reference exceeding a threshold. Every reset is appended to `output_dir/resets.j
 
 Users react to resets by subclassing `ResetCallback`:
 
-    class MyHook(ResetCallback):
+    class LongerTimeouts(ResetCallback):
         def on_reset(self, args, state, control, event, trainer, **kwargs):
-            trainer.reward_funcs[0].env_kwargs["math"] = {"hard": True}
+            if event.stage >= 2:
+                trainer.reward_funcs[0].timeout_s = 20.0  # the EnvReward: slower verifiers from stage 2 on
 """
 
 from __future__ import annotations
@@ -180,6 +181,7 @@ class ResetController(TrainerCallback):
         s.stage = min(s.reset_count, len(args.stages))
         s.last_reset_step = tr.state.global_step
         s.plateau_best, s.plateau_bad = None, 0
+        metrics = {**{k: v for k in ("reward", "kl", "entropy") if (v := tr.step_metric(k)) is not None}, **metrics}
         event = ResetEvent(step=tr.state.global_step, reset=s.reset_count, trigger=trigger,
                            metrics={k: float(v) for k, v in metrics.items()}, stage=s.stage,
                            stage_overrides=dict(overrides), restart_required=restart, time=time.time())
