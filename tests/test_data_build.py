@@ -9,7 +9,7 @@ import yaml
 
 import prorl
 from prorl.cli import main as cli_main
-from prorl.data import DataError, build, load_recipe, load_rows, parse_recipe
+from prorl.data import DataError, build, load_recipe, load_rows
 
 from _envs_for_tests import EchoEnv
 

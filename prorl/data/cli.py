@@ -63,12 +63,12 @@ def _difficulty(args, console: Console):
 def card_table(card: dict) -> Table:
     table = Table(title=f"{card['name']}: {card['rows']['train']} rows ({card['rows']['heldout']} held out), "
                         f"scale {card['scale']:.4g}")
-    for col in ("source", "env", "read", "dropped", "held out", "available", "selected", "share", "recipe share"):
-        table.add_column(col, justify="left" if col in ("source", "env") else "right")
+    for col in ("source", "env", "read", "dropped", "held", "avail", "selected", "share (recipe)"):
+        table.add_column(col, justify="left" if col in ("source", "env") else "right", no_wrap=True)
     for name, s in card["sources"].items():
-        rshare = f"{s['recipe_share']:.3f}" if s["recipe_share"] is not None else "-"
+        rshare = f" ({s['recipe_share']:.3f})" if s["recipe_share"] is not None else ""
         table.add_row(name, s["env"], str(s["read"]), str(sum(s["dropped"].values())), str(s["heldout"]),
-                      str(s["available"]), str(s["selected"]), f"{s['share']:.3f}", rshare)
+                      str(s["available"]), str(s["selected"]), f"{s['share']:.3f}{rshare}")
     return table
 
 
@@ -111,7 +111,7 @@ def run(args: argparse.Namespace, name: str) -> int:
         console.print(card_table(card_dict(result)))
     console.print(f"wrote {args.output}/train.parquet ({len(result.train)} rows)"
                   + (f", heldout.parquet ({len(result.heldout)} rows)" if result.heldout else "")
-                  + f", card.md, card.json, dropped.jsonl")
+                  + ", card.md, card.json, dropped.jsonl")
     return 0
 
 
