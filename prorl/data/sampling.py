@@ -4,7 +4,8 @@ Used by `prorl eval` (pass@k) and by the difficulty filter of `prorl data build`
 rendered with the tokenizer's chat template (a tokenizer without one gets the messages' contents joined by blank
 lines). With the HF backend, sequences are batched across prompts (similar lengths together, left padding) and
 sampling is reproducible for a seed and batch size. Only temperature and top_p shape the distribution: top-k and
-repetition penalties a model's generation_config may carry are switched off.
+repetition penalties a model's generation_config may carry are switched off. The vLLM path (one `LLM.generate`
+call with `n` samples per prompt) is not exercised by the test suite: vLLM needs a GPU, which CI does not have.
 """
 
 from __future__ import annotations
@@ -91,7 +92,9 @@ class Sampler:
         c = self.config
         params = SamplingParams(n=n, temperature=c.temperature, top_p=c.top_p, max_tokens=c.max_new_tokens,
                                 seed=c.seed)
-        outputs = self.llm.generate(texts, params)
+        # token ids, so the rendered chat template's own special tokens are not doubled by a second BOS
+        ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        outputs = self.llm.generate([{"prompt_token_ids": x} for x in ids], params)
         if progress:
             progress(len(texts) * n)
         return [[o.text for o in out.outputs] for out in outputs]
