@@ -95,14 +95,12 @@ def _child(program: str, test_code, limits: dict, workdir: str, fds: dict) -> No
     os.setsid()
     for target, fd in fds.items():
         os.dup2(fd, target, inheritable=True)
-    keep = set(fds)
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
-        if fd not in keep:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+    low = 0
+    for fd in sorted(fds):  # close every other fd (close_range between the kept ones)
+        if low < fd:  # an empty range would reach close_range(low, -1): every fd
+            os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, 1 << 20)
     for sig in _SERVER_IGNORES:  # back to the dispositions of a fresh interpreter
         signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL)
     os.chdir(workdir)
@@ -112,9 +110,7 @@ def _child(program: str, test_code, limits: dict, workdir: str, fds: dict) -> No
     for res, value in ((resource.RLIMIT_AS, mem), (resource.RLIMIT_CPU, cpu), (resource.RLIMIT_CORE, 0),
                        (resource.RLIMIT_NOFILE, 256)):
         resource.setrlimit(res, (value, value))
-    os.environ.clear()
-    os.environ.update(PATH="/usr/local/bin:/usr/bin:/bin", HOME=workdir, TMPDIR=workdir, LANG="C.UTF-8",
-                      PYTHONIOENCODING="utf-8")
+    os.environ.update(HOME=workdir, TMPDIR=workdir)  # the rest was set once by serve()
     result_fd, nonce_fd = limits.get("result_fd"), limits.get("nonce_fd")
     # Bind what the epilogue needs now: the program may patch os, sys or builtins.
     os_read, os_write, os_exit = os.read, os.write, os._exit
@@ -415,6 +411,8 @@ def serve(root: str) -> None:
     for sig in _SERVER_IGNORES:
         signal.signal(sig, signal.SIG_IGN)
     sealed = _make_non_dumpable()
+    os.environ.clear()  # what every program sees (plus HOME and TMPDIR = its workdir)
+    os.environ.update(PATH="/usr/local/bin:/usr/bin:/bin", LANG="C.UTF-8", PYTHONIOENCODING="utf-8")
     os.makedirs(root, exist_ok=True)
     server = Server(root)
     server.cleanup()
