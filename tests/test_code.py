@@ -16,11 +16,23 @@ from prorl.sandbox.docker import DockerSandbox, engine_available
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 ENGINE_OK, ENGINE_WHY = engine_available()
 
-# MBPP rows whose reference code does not score 1.0 here, with the reason (checked in test_mbpp_reference_code).
-MBPP_KNOWN_BROKEN = {
+# MBPP rows whose reference code may not score 1.0 within the default 5 s budget (depending on the machine's load),
+# with the reason. No row is broken otherwise: every reference solution scores 1.0 (test_mbpp_reference_code).
+MBPP_KNOWN_SLOW = {
     123: "reference amicable_numbers_sum(9999) needs ~4 s of CPU: over the 5 s budget on a 1-CPU container "
-         "(passes with a 60 s budget)",
+         "(scores 1.0 with a 60 s budget)",
 }
+
+
+def score_all(env, completions, rows):
+    """Score, then re-score with a 60 s budget what ran out of time: the machine is shared, the budget is not
+    what these tests are about (timeouts are tested elsewhere). Returns (scores, ids that needed the rescore)."""
+    scores = env.score_batch(completions, rows)
+    slow = [i for i, sc in enumerate(scores) if sc.details.get("budget_exceeded")]
+    patient = CodeEnv(sandbox=env.sandbox, timeout_s=60)
+    for i in slow:
+        scores[i] = patient.score(completions[i], rows[i])
+    return scores, [rows[i].get("task_id") for i in slow]
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +161,7 @@ def _humaneval_rows():
 def test_humaneval_canonical_solutions_pass_and_return_none_fails(env):
     rows = _humaneval_rows()
     assert len(rows) == 164
-    good = env.score_batch([r["canonical_solution"] for r in rows], rows)
+    good, _ = score_all(env, [r["canonical_solution"] for r in rows], rows)
     failed = [(r["task_id"], s.details) for r, s in zip(rows, good) if s.reward != 1.0]
     assert not failed, failed[:3]
     bad = env.score_batch(["    return None\n"] * len(rows), rows)
@@ -161,9 +173,9 @@ def test_humaneval_canonical_solutions_pass_and_return_none_fails(env):
 def test_mbpp_reference_code(env):
     rows = [json.loads(line) for line in open(DATA / "mbpp" / "mbpp.jsonl")]
     assert len(rows) == 974
-    scores = env.score_batch([r["code"] for r in rows], rows)
-    failing = {r["task_id"]: s for r, s in zip(rows, scores) if s.reward != 1.0}
-    assert set(failing) == set(MBPP_KNOWN_BROKEN), {k: v.details for k, v in failing.items()}
-    assert all(s.status != "infra_error" for s in scores)
-    slow_row = next(r for r in rows if r["task_id"] == 123)
-    assert CodeEnv(sandbox=env.sandbox, timeout_s=60).score(slow_row["code"], slow_row).reward == 1.0
+    scores, slow = score_all(env, [r["code"] for r in rows], rows)
+    failing = {r["task_id"]: s.details for r, s in zip(rows, scores) if s.reward != 1.0}
+    assert not failing, failing
+    unexpected_slow = set(slow) - set(MBPP_KNOWN_SLOW)
+    if unexpected_slow:  # they passed with the patient budget: worth knowing, not a failure on a shared machine
+        print(f"MBPP rows over the 5 s budget besides {sorted(MBPP_KNOWN_SLOW)}: {sorted(unexpected_slow)}")
