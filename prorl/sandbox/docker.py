@@ -298,8 +298,9 @@ class DockerSandbox(Sandbox):
                 frame = slot.read(deadline)
                 if frame.get("done"):
                     break
-                if "error" in frame:
-                    raise RunnerGone(f"runner error: {frame['error']}")
+                if "error" in frame:  # a runner bug, not the program's doing
+                    self._recycle(slot)
+                    return answers + infra_answers(n - len(answers), f"runner error: {frame['error']}"), False
                 answers.append(frame)
         except RunnerGone as exc:
             stalled = "in time" in str(exc)  # a stopped or starved runner: the budget is spent, answer now
