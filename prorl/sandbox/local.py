@@ -175,8 +175,10 @@ class LocalSandbox(Sandbox):
                     frame = worker.read(deadline)
                     if frame.get("done"):
                         return answers
-                    if "error" in frame:
-                        raise EOFError(frame["error"])
+                    if "error" in frame:  # a runner bug, not the program's doing
+                        self._retire(worker)
+                        worker = None
+                        return answers + infra_answers(n - len(answers), f"runner error: {frame['error']}")
                     answers.append(frame)
             except (TimeoutError, EOFError) as exc:
                 self._retire(worker)
