@@ -86,17 +86,24 @@ class BuildResult:
 
 
 # -- normalisation ---------------------------------------------------------------------------------------------
+_SPACE_AROUND_SYMBOL = re.compile(r"\s*([^\w\s])\s*")
+
+
 def normalize_text(text: str) -> str:
-    """The loose de-duplication key: NFKC, case-folded, every run of non-alphanumerics collapsed to one space."""
-    text = unicodedata.normalize("NFKC", text).casefold()
-    return " ".join(re.sub(r"[\W_]+", " ", text).split())
+    """The loose de-duplication key: NFKC, case-folded, whitespace runs collapsed to one space and dropped next to
+    punctuation or symbols ("What is 1+1 ?" == "what is 1 + 1?"). Symbols themselves are kept: in board and
+    emoji puzzles they are the question."""
+    text = " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+    return _SPACE_AROUND_SYMBOL.sub(r"\1", text)
 
 
 def is_prose(text: str) -> bool:
-    """Whether letters and digits make up at least half of the text's visible characters. Only prose gets the
-    loose key: in grids, ASCII art, emoji puzzles or Brainf*ck programs the symbols and spacing are the question."""
+    """Whether the loose key is safe: letters and digits are at least half of the visible characters and no line
+    lays things out with runs of spaces. Grids, ASCII art and programs in symbols are de-duplicated exactly only."""
     visible = [c for c in text if not c.isspace()]
-    return sum(c.isalnum() for c in visible) >= 0.5 * len(visible)
+    if sum(c.isalnum() for c in visible) < 0.5 * len(visible):
+        return False
+    return not any("   " in line.strip() for line in text.splitlines())
 
 
 def _fill(template: str, values: dict[str, Any]) -> str:
