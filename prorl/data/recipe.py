@@ -89,8 +89,8 @@ class Recipe:
     on_error: str = field(default="skip", metadata={
         "help": "a row that fails validation: `skip` (report it with file:line, keep going) or `fail` (stop)"})
     dedup: str = field(default="normalized", metadata={
-        "help": "`exact` (same question text), `normalized` (also the same after case/space/punctuation folding, "
-                "for prose questions; grids and symbol puzzles stay exact) across domains, the first source listed "
+        "help": "`exact` (same question text), `normalized` (also the same after case and spacing folding, for "
+                "prose questions; laid-out grids and ASCII art stay exact) across domains, the first source listed "
                 "keeping the row; or `none`"})
     shortfall: str = field(default="scale", metadata={
         "help": "when a source has fewer valid rows than its size: `scale` every source down by the same factor "
