@@ -92,6 +92,15 @@ def test_run_statuses(sandbox):
     assert sandbox.run("print(1", timeout_s=1).status == "runtime_error"  # SyntaxError inside the sandbox
 
 
+def test_threads_fit_in_the_memory_cap(sandbox):
+    program = ("import threading\nout = []\ndef work(i):\n    out.append(len([bytearray(1000) for _ in range(2000)]))\n"
+               "ts = [threading.Thread(target=work, args=(i,)) for i in range(24)]\n"
+               "[t.start() for t in ts]\n[t.join() for t in ts]\nprint(len(out))")
+    for _ in range(3):
+        res = sandbox.run(program)
+        assert (res.status, res.stdout) == ("ok", "24\n"), res
+
+
 def test_environment_inside(sandbox):
     probe = ("import os, socket, sys\n"
              "print(os.getuid(), os.getcwd(), sorted(os.listdir('.')), [n for _, n in socket.if_nameindex()])\n"

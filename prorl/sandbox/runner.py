@@ -392,11 +392,15 @@ def _is_prorl_init(pid: int) -> bool:
 
 def _make_non_dumpable() -> bool:
     """PR_SET_DUMPABLE 0: processes of the same uid (the programs) can no longer open /proc/<runner>/fd/*, read
-    /proc/<runner>/mem or ptrace the runner, so they cannot write frames to the host or read a nonce."""
+    /proc/<runner>/mem or ptrace the runner, so they cannot write frames to the host or read a nonce.
+    Also caps glibc's malloc arenas at 2 for the forked programs: each thread arena reserves 64 MB of address
+    space, so a few threads would otherwise exhaust RLIMIT_AS ("can't start new thread")."""
     try:
         import ctypes
 
-        return ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0) == 0  # PR_SET_DUMPABLE = 4
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.mallopt(-8, 2)  # M_ARENA_MAX
+        return libc.prctl(4, 0, 0, 0, 0) == 0  # PR_SET_DUMPABLE = 4
     except Exception:
         return False
 
@@ -412,7 +416,8 @@ def serve(root: str) -> None:
         signal.signal(sig, signal.SIG_IGN)
     sealed = _make_non_dumpable()
     os.environ.clear()  # what every program sees (plus HOME and TMPDIR = its workdir)
-    os.environ.update(PATH="/usr/local/bin:/usr/bin:/bin", LANG="C.UTF-8", PYTHONIOENCODING="utf-8")
+    os.environ.update(PATH="/usr/local/bin:/usr/bin:/bin", LANG="C.UTF-8", PYTHONIOENCODING="utf-8",
+                      MALLOC_ARENA_MAX="2")
     os.makedirs(root, exist_ok=True)
     server = Server(root)
     server.cleanup()
