@@ -24,7 +24,6 @@ Every part appends to the JSON at `--out` as soon as it is done (a run stopped b
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
@@ -290,7 +289,6 @@ def run_trainer(kind: str, model_dir: str, tokenizer, dataset, args, device, dty
     from trl import GRPOConfig, GRPOTrainer
 
     from prorl.trainer import ProRLConfig, ProRLTrainer
-    from prorl.trainer.generation import trainer_generate
 
     common = dict(
         output_dir=tempfile.mkdtemp(prefix=f"gpu_step_{kind}_"), per_device_train_batch_size=args.micro_batch,
@@ -307,19 +305,10 @@ def run_trainer(kind: str, model_dir: str, tokenizer, dataset, args, device, dty
         trainer_cls, config = GRPOTrainer, GRPOConfig(**common)
     else:
         prorl = dict(dynamic_sampling=True, reset_every_steps=2)
-        fields = {f.name for f in dataclasses.fields(ProRLConfig)}
         trainer_cls = ProRLTrainer
         if kind == "prorl_static":
-            if "generation_backend" in fields:
-                prorl["generation_backend"] = "static"
-                hook = "ProRLConfig.generation_backend='static'"
-            else:  # the hook the trainer is meant to carry (see README_gpu.md), applied here until it does
-                class Hooked(ProRLTrainer):
-                    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations,
-                                              has_tool_images=False):
-                        return trainer_generate(self, prompt_ids, backend="static"), None
-
-                trainer_cls, hook = Hooked, "benchmark subclass (ProRLConfig has no generation_backend yet)"
+            prorl["generation_backend"] = "static"
+            hook = "ProRLConfig.generation_backend='static'"
         config = ProRLConfig(**common, **prorl)
     trainer = trainer_cls(model=model_dir, reward_funcs=coin_reward, args=config, train_dataset=dataset,
                           processing_class=tokenizer)

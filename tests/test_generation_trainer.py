@@ -33,22 +33,16 @@ def tiny_model_dir(tmp_path_factory) -> str:
 
 def _trainer(model_dir: str, output_dir: Path, backend: str | None, backend_options: dict | None = None,
              **overrides):
-    from trl import GRPOConfig, GRPOTrainer
-
-    class Trainer(GRPOTrainer):
-        def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations,
-                                  has_tool_images=False):
-            if backend is None:
-                return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations,
-                                                     has_tool_images)
-            return trainer_generate(self, prompt_ids, backend=backend, **(backend_options or {})), None
+    from prorl.trainer import ProRLConfig, ProRLTrainer
 
     kwargs = dict(output_dir=str(output_dir), per_device_train_batch_size=8, num_generations=4,
                   max_completion_length=12, max_steps=1, logging_steps=1, save_strategy="no", report_to="none",
                   bf16=False, use_cpu=True, seed=0, gradient_checkpointing=True, dataloader_num_workers=0,
                   disable_tqdm=True, learning_rate=1e-3, beta=1e-4, temperature=1.3)
     kwargs.update(overrides)
-    return Trainer(model=model_dir, reward_funcs=text_hash_reward, args=GRPOConfig(**kwargs),
+    kwargs.update(generation_backend=backend or "hf", generation_backend_kwargs=backend_options,
+                  dynamic_sampling=False)
+    return ProRLTrainer(model=model_dir, reward_funcs=text_hash_reward, args=ProRLConfig(**kwargs),
                    train_dataset=prompt_dataset(8))
 
 

@@ -123,7 +123,26 @@ class ProRLConfig(GRPOConfig):
         metadata={"help": "Per-sample scoring timeout in seconds (None: each environment's own). A timed-out sample "
                           "is masked: neither rewarded nor penalised."})
 
+    # -- Generation ------------------------------------------------------------------------------------------
+    generation_backend: str = field(
+        default="hf",
+        metadata={"help": "Decode loop of the regular (no vLLM) generation path: 'hf' (transformers' generate, "
+                          "TRL's default) or 'static' (prorl.trainer.generation: reused static KV cache, decode step "
+                          "compiled into CUDA graphs on GPU, a host sync every few steps; same tokens as 'hf' under "
+                          "greedy decoding and the same draws under a fixed seed). Text prompts only; ignored with "
+                          "use_vllm or paged generation."})
+    generation_backend_kwargs: dict | str | None = field(
+        default=None,
+        metadata={"help": "Options of the 'static' backend: compile (None: on CUDA only), compile_mode "
+                          "('reduce-overhead'), pack_gqa (True), stop_check_every (16), cache_len_multiple (256). A "
+                          "JSON object on the command line."})
+
     def __post_init__(self):
+        if isinstance(self.generation_backend_kwargs, str):
+            try:
+                self.generation_backend_kwargs = json.loads(self.generation_backend_kwargs)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"generation_backend_kwargs: not valid JSON ({exc})") from None
         if isinstance(self.env_weights, str):
             try:
                 self.env_weights = json.loads(self.env_weights)
@@ -138,6 +157,7 @@ class ProRLConfig(GRPOConfig):
         self._validate_prorl()
 
     def _validate_prorl(self) -> None:
+        _require(self.generation_backend in ("hf", "static"), "generation_backend", "must be 'hf' or 'static'")
         window = self.dynamic_sampling_accuracy_window
         if len(window) != 2 or not window[0] < window[1]:
             raise ValueError(f"dynamic_sampling_accuracy_window must be [low, high] with low < high, got {window}")

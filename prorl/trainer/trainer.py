@@ -23,6 +23,7 @@ from trl import GRPOTrainer
 from trl.trainer.utils import RepeatSampler, add_fused_lm_head
 
 from prorl.trainer.callbacks import ResetController, copy_weights_, truncate_jsonl
+from prorl.trainer.generation import trainer_generate
 from prorl.trainer.config import LIVE_STAGE_FIELDS, RESTART_STAGE_FIELDS, ProRLConfig
 from prorl.trainer.rewards import EnvReward
 from prorl.trainer.sampling import concat_rows, group_keep_mask, mixture_view, num_rows, select_rows
@@ -64,6 +65,18 @@ class ProRLTrainer(GRPOTrainer):
         self._refill_iter = None
         self._refill_epoch = 0
         self._refill_skip = 0
+
+    # -- Generation ------------------------------------------------------------------------------------------
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        """TRL's generation, or with `generation_backend='static'` prorl's static-cache decode loop (text prompts
+        on the regular path; vLLM, paged generation and images stay TRL's)."""
+        if (self.args.generation_backend == "hf" or self.use_vllm or self.use_transformers_continuous_batching
+                or images is not None or multimodal_fields):
+            return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations,
+                                                 has_tool_images)
+        completion_ids = trainer_generate(self, prompt_ids, backend=self.args.generation_backend,
+                                          **(self.args.generation_backend_kwargs or {}))
+        return completion_ids, None
 
     # -- Rewards ---------------------------------------------------------------------------------------------
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
