@@ -15,6 +15,7 @@ schema rows (or public rows with `--env`), or a recipe (built in memory).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
 from collections import defaultdict
@@ -86,7 +87,7 @@ def evaluate(model_dir: str, rows: Sequence[dict[str, Any]], n: int = 16, ks: Se
     t0 = time.monotonic()
     sampler = Sampler(model_dir, sampling)
     bar = _progress_bar(len(rows) * n, f"sampling {Path(model_dir).name}") if progress else None
-    with bar or _Null():
+    with bar or contextlib.nullcontext():
         completions = sampler.sample([r["prompt"] for r in rows], n,
                                      progress=(lambda k: bar.advance(bar.task_ids[0], k)) if bar else None)
     envs = {e: make(e) for e in sorted({r["env"] for r in rows})}
@@ -107,14 +108,6 @@ def evaluate(model_dir: str, rows: Sequence[dict[str, Any]], n: int = 16, ks: Se
         "wall_s": round(time.monotonic() - t0, 2), "overall": aggregate(per_prompt, ks),
         "per_env": {env: aggregate(ps, ks) for env, ps in sorted(by_env.items())}, "per_prompt": per_prompt,
     }
-
-
-class _Null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _progress_bar(total: int, label: str):
