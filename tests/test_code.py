@@ -153,6 +153,17 @@ def test_infra_failure_is_infra_error_not_zero(tmp_path):
     assert score.status == "infra_error" and score.masked and score.details["error"]
 
 
+def test_no_sandbox_at_all_is_infra_error(monkeypatch):
+    import prorl.envs.code as code_module
+
+    def unavailable(kind=None):
+        raise RuntimeError("DockerSandbox unavailable: test")
+
+    monkeypatch.setattr(code_module, "shared_sandbox", unavailable)
+    score = CodeEnv(sandbox="docker").score(reply("def add(a, b):\n    return a + b"), MBPP_ROW)
+    assert score.status == "infra_error" and "unavailable" in score.details["error"]
+
+
 def _humaneval_rows():
     with gzip.open(DATA / "humaneval" / "HumanEval.jsonl.gz", "rt") as fh:
         return [json.loads(line) for line in fh]

@@ -179,7 +179,11 @@ class CodeEnv(Env):
                 ast.parse(program)
         except (SyntaxError, ValueError) as exc:  # ValueError: null bytes
             return Score(0.0, "format_error", {"error": f"syntax error: {exc}", "extraction": how})
-        results = self.sandbox.run_tests(program, tests, total_timeout_s=self.timeout_s, memory_mb=self.memory_mb)
+        try:
+            sandbox = self.sandbox
+        except (RuntimeError, OSError) as exc:  # no engine and no fallback: nothing was said about the model
+            return Score(0.0, "infra_error", {"error": f"no sandbox: {exc}", "extraction": how})
+        results = sandbox.run_tests(program, tests, total_timeout_s=self.timeout_s, memory_mb=self.memory_mb)
         statuses = [r.status for r in results]
         details: dict[str, Any] = {"extraction": how, "passed": sum(r.passed for r in results),
                                    "total": len(results), "statuses": statuses}
