@@ -153,15 +153,14 @@ def test_infra_failure_is_infra_error_not_zero(tmp_path):
     assert score.status == "infra_error" and score.masked and score.details["error"]
 
 
-def test_no_sandbox_at_all_is_infra_error(monkeypatch):
+def test_no_sandbox_at_all_is_infra_error(monkeypatch, tmp_path):
     import prorl.envs.code as code_module
 
-    def unavailable(kind=None):
-        raise RuntimeError("DockerSandbox unavailable: test")
-
-    monkeypatch.setattr(code_module, "shared_sandbox", unavailable)
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/none.sock")  # an engine that does not answer
+    monkeypatch.delitem(code_module._SHARED, "docker", raising=False)
     score = CodeEnv(sandbox="docker").score(reply("def add(a, b):\n    return a + b"), MBPP_ROW)
     assert score.status == "infra_error" and "unavailable" in score.details["error"]
+    assert "docker" not in code_module._SHARED
 
 
 def _humaneval_rows():
