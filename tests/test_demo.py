@@ -9,6 +9,7 @@ import struct
 import pytest
 
 from prorl.demo.run import add_arguments, load_recipe, run
+from prorl.demo.sft import teacher_rows
 from prorl.demo.tasks import DOMAINS, TaskConfig, is_heldout, make_rows
 from prorl.demo.tiny import build_tiny_model
 
@@ -42,11 +43,18 @@ def test_generated_tasks_are_scored_right_by_the_gym_and_heldout_is_disjoint():
         env = prorl.make(env_id)
         assert [s.reward for s in env.score_batch([r["demo"] for r in train], train, workers=0)] == [1.0] * 40
         assert max(s.reward for s in env.score_batch(["no answer"] * 40, held, workers=0)) < 1.0
+        # the weak teacher's slips are real mistakes by the gym's verdict
+        assert max(s.reward for s in env.score_batch([r["flawed_demo"] for r in train], train, workers=0)) < 1.0
         prompts = lambda rows: {json.dumps(r["prompt"]) for r in rows}  # noqa: E731
         assert not prompts(train) & prompts(held), env_id
         assert len(prompts(held)) > 20
     assert make_rows("math", 5, 3, "train") == make_rows("math", 5, 3, "train")  # deterministic
     assert is_heldout("7+12") == is_heldout("7+12")
+    flawed = teacher_rows(make_rows("math", 400, 0, "train"), 0.25, seed=0)
+    share = sum(r["demo"] == r["flawed_demo"] for r in flawed) / len(flawed)
+    assert 0.18 < share < 0.32
+    with pytest.raises(ValueError, match="teacher_error"):
+        teacher_rows(flawed, 1.5, seed=0)
     with pytest.raises(ValueError, match="aiw_types"):
         TaskConfig(aiw_types=("bogus",))
 

@@ -45,7 +45,7 @@ def plot_curves(run_dir: str | Path, path: str | Path, envs: Sequence[str]) -> P
     steps = [h["step"] for h in logs]
     window = max(1, len(steps) // 15)
     panels = [
-        ("reward per domain (held-in training prompts)", [(f"reward/{e}", e) for e in envs] + [("reward", "all")]),
+        ("reward per domain (training rollouts)", [(f"reward/{e}", e) for e in envs] + [("reward", "all")]),
         ("entropy (nats/token)", [("entropy", "entropy")]),
         ("KL to the reference", [("kl", "kl")]),
         ("completion length (tokens)", [("completions/mean_length", "mean"), ("completions/max_length", "max")]),

@@ -53,7 +53,7 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> dict[str, Any]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ValueError(f"--set {item!r}: {part!r} is not a section")
-        node[leaf] = yaml.safe_load(value)
+        node[leaf] = _parse_value(value)
     unknown = set(recipe) - SECTIONS
     if unknown:
         raise ValueError(f"{path}: unknown recipe section(s) {sorted(unknown)} (known: {sorted(SECTIONS)})")
@@ -66,6 +66,17 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> dict[str, Any]:
     for section in ("model", "tasks", "sft", "rl", "eval"):
         recipe[section] = dict(recipe.get(section) or {})
     return recipe
+
+
+def _parse_value(text: str) -> Any:
+    """A YAML value, with numbers like `2e-4` read as floats (YAML 1.1 wants `2.0e-4`)."""
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
 
 
 def recipe_hash(recipe: dict[str, Any]) -> str:
@@ -176,7 +187,7 @@ def run_demo(output: str | Path, recipe: dict[str, Any], threads: int | None = N
     import torch
 
     from prorl.demo.plots import plot_curves
-    from prorl.demo.sft import train_sft
+    from prorl.demo.sft import teacher_rows, train_sft
     from prorl.demo.tiny import build_tiny_model
 
     out = Path(output)
@@ -211,7 +222,8 @@ def run_demo(output: str | Path, recipe: dict[str, Any], threads: int | None = N
     sft_dir = out / "sft"
     if not (sft_dir / "trainer_state.json").exists():
         sft = recipe["sft"]
-        timed("sft", train_sft, model_dir, sft_rows, str(sft_dir), steps=int(sft.get("steps", 300)),
+        demos = teacher_rows(sft_rows, float(sft.get("teacher_error", 0.0)), seed)
+        timed("sft", train_sft, model_dir, demos, str(sft_dir), steps=int(sft.get("steps", 300)),
               batch_size=int(sft.get("batch_size", 32)), learning_rate=float(sft.get("learning_rate", 2e-3)),
               seed=seed)
     eval_sft = _load_json(out / "eval_sft.json")

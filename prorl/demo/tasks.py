@@ -1,16 +1,17 @@
 """Small generated tasks for the embedded default, one generator per domain, scored by the gym.
 
 Three domains, each scored by a registered gym environment (never by code here):
-  - `math`: count the numbers of a list, a MATH-style row (`problem`, `answer`), the answer in `\\boxed{}`; binary;
-  - `logic/aiw`: reasoning-gym's "Alice in Wonderland" questions (siblings, friends: "Sarah has 5 sisters and 3
-    brothers. How many sisters does her brother have?"), entries (`question`, `answer`, `metadata`), the answer
+  - `math`: how many numbers a list has, a MATH-style row (`problem`, `answer`), the answer in `\\boxed{}`; binary;
+  - `logic/aiw`: reasoning-gym's "Alice in Wonderland" questions ("Sarah has 5 sisters and she also has 3 brothers.
+    How many sisters does Sarah's brother have?"), entries (`question`, `answer`, `metadata`), the answer
     inside `<answer></answer>`; binary (reasoning-gym's scorer);
   - `ifeval`: IFEval rows (`key`, `prompt`, `instruction_id_list`, `kwargs`) with two verifiable instructions each
     (bullet count or closing phrase, and a title or no commas); reward = fraction of the instructions followed.
 
 `make_rows` turns them into the schema rows the trainer, `prorl.eval` and the SFT step read: `id`, `env`, `prompt`
-(chat messages), `reference`, `metadata` (from the environment's own `task_from_dict`) and `demo`, a correct answer
-that the SFT warm start imitates. Held-out rows are disjoint from training rows by content (the prompt's text), decided by a hash, so every seed evaluates on prompts no training run has seen.
+(chat messages), `reference`, `metadata` (from the environment's own `task_from_dict`), `demo`, a correct answer,
+and `flawed_demo`, the answer of a weak teacher (see prorl.demo.sft). Held-out rows are disjoint from training rows
+by content (the prompt's text), decided by a hash, so every seed evaluates on prompts no training run has seen.
 """
 
 from __future__ import annotations
@@ -37,20 +38,21 @@ _END_PHRASES = ("The end.", "Thank you.", "That is all.")
 class TaskConfig:
     """Sizes of the generated tasks (the `tasks:` section of datasets/tiny.yaml)."""
 
-    count_range: tuple[int, int] = field(
-        default=(2, 8), metadata={"help": "math: how many numbers the list to count has"})
+    count_length: tuple[int, int] = field(
+        default=(3, 9), metadata={"help": "math: length of the list of digits to count"})
     aiw_types: tuple[str, ...] = field(
-        default=("siblings", "friends"), metadata={"help": "logic/aiw: reasoning-gym task types (siblings, friends, "
+        default=("siblings",), metadata={"help": "logic/aiw: reasoning-gym task types (siblings, friends, "
                                                             "colleagues)"})
     list_words: tuple[int, int] = field(default=(2, 5), metadata={"help": "ifeval: how many words to write"})
 
     def __post_init__(self):
-        self.count_range, self.list_words = tuple(self.count_range), tuple(self.list_words)
+        self.count_length = tuple(self.count_length)
+        self.list_words = tuple(self.list_words)
         self.aiw_types = tuple(self.aiw_types)
         unknown = set(self.aiw_types) - {"siblings", "friends", "colleagues"}
         if not self.aiw_types or unknown:
             raise ValueError(f"tasks.aiw_types must be some of siblings, friends, colleagues; got {list(self.aiw_types)}")
-        for name in ("count_range", "list_words"):
+        for name in ("count_length", "list_words"):
             lo, hi = getattr(self, name)
             if not 1 <= lo <= hi:
                 raise ValueError(f"tasks.{name} must be [low, high] with 1 <= low <= high, got {[lo, hi]}")
@@ -62,20 +64,24 @@ def is_heldout(key: str) -> bool:
 
 
 # -- one generator per domain: (public row, demonstration, content key) --------------------------------------------
-def gen_math(rng: random.Random, cfg: TaskConfig) -> tuple[dict, str, str]:
-    numbers = [rng.randrange(10) for _ in range(rng.randint(*cfg.count_range))]
+def gen_math(rng: random.Random, cfg: TaskConfig) -> tuple[dict, str, str, str]:
+    numbers = [rng.randrange(10) for _ in range(rng.randint(*cfg.count_length))]
+    n = len(numbers)
     problem = f"How many numbers are in this list: {', '.join(map(str, numbers))}?"
-    return {"problem": problem, "answer": str(len(numbers))}, f"\\boxed{{{len(numbers)}}}", problem
+    slip = n + rng.choice([-1, 1])  # off by one
+    return {"problem": problem, "answer": str(n)}, f"\\boxed{{{n}}}", f"\\boxed{{{slip}}}", problem
 
 
 _AIW_POOL_SIZE = 50_000
 
 
-def gen_aiw(rng: random.Random, cfg: TaskConfig) -> tuple[dict, str, str]:
+def gen_aiw(rng: random.Random, cfg: TaskConfig) -> tuple[dict, str, str, str]:
     entry = _aiw_dataset(cfg.aiw_types)[rng.randrange(_AIW_POOL_SIZE)]
     meta = {k: v for k, v in entry["metadata"].items() if k != "difficulty"}
     row = {"question": entry["question"], "answer": entry["answer"], "metadata": meta}
-    return row, f"<answer>{entry['answer']}</answer>", entry["question"]
+    # the error the AIW paper found in large models: the asker forgets to count Alice herself
+    slip = int(entry["answer"]) - 1
+    return row, f"<answer>{entry['answer']}</answer>", f"<answer>{slip}</answer>", entry["question"]
 
 
 _AIW_CACHE: dict[tuple[str, ...], Any] = {}
@@ -93,7 +99,7 @@ def _aiw_dataset(types: tuple[str, ...]):
     return _AIW_CACHE[types]
 
 
-def gen_ifeval(rng: random.Random, cfg: TaskConfig) -> tuple[dict, str, str]:
+def gen_ifeval(rng: random.Random, cfg: TaskConfig) -> tuple[dict, str, str, str]:
     # No letter-case instructions: IFEval's case checks also run language detection, which calls short word lists
     # non-English at random; a reward the model cannot control teaches nothing.
     n = rng.randint(*cfg.list_words)
@@ -103,23 +109,27 @@ def gen_ifeval(rng: random.Random, cfg: TaskConfig) -> tuple[dict, str, str]:
         text = f"List {n} of these words as markdown bullet points: {', '.join(words)}."
         ids.append("detectable_format:number_bullet_lists"), kwargs.append({"num_bullets": n})
         body = "\n".join(f"* {w}" for w in words[:n])
+        slip = "\n".join(f"* {w}" for w in words[:n - 1])  # one bullet short
     else:
         end = rng.choice(_END_PHRASES)
         text = f"Write {n} of these words: {', '.join(words)}. End your response with \"{end}\""
         ids.append("startend:end_checker"), kwargs.append({"end_phrase": end})
         body = " ".join(words[:n]) + " " + end
+        slip = " ".join(words[:n])  # the closing phrase forgotten
     if rng.random() < 0.5:  # a second instruction in every prompt: the reward is a fraction, not all-or-nothing
         text += " Start with a title in double angular brackets, like <<title>>."
         ids.append("detectable_format:title"), kwargs.append({})
-        demo = f"<<{words[0].capitalize()}>>\n{body}"
+        demo, slip = f"<<{words[0].capitalize()}>>\n{body}", f"<<{words[0].capitalize()}>>\n{slip}"
     else:
         text += " Do not use any commas."
         ids.append("punctuation:no_comma"), kwargs.append({})
         demo = body
-    return {"key": 0, "prompt": text, "instruction_id_list": ids, "kwargs": kwargs}, demo, text
+    return {"key": 0, "prompt": text, "instruction_id_list": ids, "kwargs": kwargs}, demo, slip, text
 
 
-GENERATORS: dict[str, Callable[[random.Random, TaskConfig], tuple[dict, str, str]]] = {
+# A generator returns (public row, correct demonstration, flawed demonstration, content key). The flawed one makes
+# the mistake a weak teacher makes on that task; the SFT step can imitate such a teacher (sft.teacher_error).
+GENERATORS: dict[str, Callable[[random.Random, TaskConfig], tuple[dict, str, str, str]]] = {
     "math": gen_math, "logic/aiw": gen_aiw, "ifeval": gen_ifeval,
 }
 
@@ -140,7 +150,7 @@ def make_rows(env_id: str, n: int, seed: int, split: str, cfg: TaskConfig | None
         tries += 1
         if tries > 200 * n + 1000:
             raise RuntimeError(f"{env_id}: could not draw {n} {split} tasks (is the task space too small?)")
-        public, demo, key = gen(rng, cfg)
+        public, demo, flawed, key = gen(rng, cfg)
         if is_heldout(key) != (split == "heldout"):
             continue
         if env_id == "ifeval":
@@ -150,7 +160,8 @@ def make_rows(env_id: str, n: int, seed: int, split: str, cfg: TaskConfig | None
         if env_id.startswith("logic/"):
             prompt = [{"role": "user", "content": f"{public['question']}\n{LOGIC_INSTRUCTION}"}]
         rows.append({"id": f"{env_id}/{split}/{seed}/{len(rows)}", "env": env_id, "prompt": prompt,
-                     "reference": task.reference, "metadata": task.metadata, "demo": demo})
+                     "reference": task.reference, "metadata": task.metadata, "demo": demo,
+                     "flawed_demo": flawed})
     return rows
 
 
@@ -171,7 +182,7 @@ def tokenizer_corpus(seed: int = 0, n: int = 300) -> list[str]:
     texts = [SYSTEM_PROMPTS["default"], PROMPT_SUFFIX, LOGIC_INSTRUCTION]
     for _ in range(n):
         for env_id, gen in GENERATORS.items():
-            public, demo, _ = gen(rng, cfg)
+            public, demo, _, _ = gen(rng, cfg)
             question = public.get("problem") or public.get("question") or public.get("prompt")
             texts.append(f"<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n{demo}<|im_end|>")
     return texts
