@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from prorl.data.sampling import SamplingConfig
-from prorl.envs import Score
+from prorl.envs import Score, Task
 
 # -- pass@k ------------------------------------------------------------------------------------------------------
 
@@ -72,7 +72,7 @@ def evaluate(model_dir: str, rows: Sequence[dict[str, Any]], n: int = 16, ks: Se
 
     {"model", "n", "ks", "sampling", "wall_s", "overall": {...}, "per_env": {env: {...}}, "per_prompt": [...]}
     where each summary holds prompts, samples, masked, format_error, mean_reward, pass@1 and pass@k.
-    Rows are schema rows ({"id", "env", "prompt", "reference", ...}, see prorl.data.build).
+    Rows are schema rows ({"id", "env", "prompt", "reference", ...}, see prorl.data.build) or `prorl.Task`s.
     """
     from prorl.data.sampling import Sampler
     from prorl.envs import make
@@ -83,6 +83,7 @@ def evaluate(model_dir: str, rows: Sequence[dict[str, Any]], n: int = 16, ks: Se
         raise ValueError(f"need n >= 1 and 1 <= k <= n for every k, got n={n}, ks={ks}")
     if not rows:
         raise ValueError("no prompts to evaluate")
+    rows = [r.to_dict() if isinstance(r, Task) else r for r in rows]
     sampling = sampling or SamplingConfig()
     t0 = time.monotonic()
     sampler = Sampler(model_dir, sampling)

@@ -148,6 +148,12 @@ def test_evaluate_coin_model_matches_the_estimator_and_is_reproducible(models):
     assert res["overall"]["pass@1"] <= res["overall"]["pass@2"] <= res["overall"]["pass@8"]
 
 
+def test_evaluate_accepts_tasks(models):
+    tasks = [prorl.make("test/echo").task_from_dict({"q": "say q", "answer": a, "id": a}) for a in ("7", "9")]
+    res = evaluate(models["seven"], tasks, n=2, ks=[1], workers=0)
+    assert [p["correct"] for p in res["per_prompt"]] == [2, 0]
+
+
 def test_evaluate_rejects_k_above_n(models):
     with pytest.raises(ValueError, match="k <= n"):
         evaluate(models["seven"], echo_rows(["7"]), n=2, ks=[1, 4], workers=0)
