@@ -124,7 +124,7 @@ class LogicTaskEnv(Env):
         meta.setdefault("source_dataset", self.task)
         entry = {"question": row["question"], "answer": row["answer"], "metadata": meta}
         prompt = [{"role": "system", "content": system_prompt()}, {"role": "user", "content": row["question"]}]
-        task_id = f"{meta['source_dataset']}/{meta.get('source_index', '')}"
+        task_id = f"{meta['source_dataset']}/{meta.get('source_index', meta.get('source_idx', ''))}"
         return Task(id=task_id, env=self.id, prompt=prompt, reference={"entry": entry},
                     metadata={"source_dataset": meta["source_dataset"]})
 
