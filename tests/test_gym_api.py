@@ -200,3 +200,26 @@ def test_installed_plugin_is_discovered_through_entry_points(tmp_path, monkeypat
 
 def test_top_level_api_is_exported():
     assert prorl.make is make and prorl.register is register and prorl.list_envs is list_envs
+
+
+def test_env_defined_in_a_user_script_scores_in_workers(tmp_path):
+    """An Env subclass written in the user's `__main__` (a training script) is shipped to the scoring workers."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "user_script.py"
+    script.write_text(
+        "import prorl\n"
+        "@prorl.register('user/echo')\n"
+        "class Echo(prorl.Env):\n"
+        "    def task_from_dict(self, row):\n"
+        "        return prorl.Task(id='t', env=self.id, prompt=[], reference={'word': row['word']})\n"
+        "    def verify(self, answer, task):\n"
+        "        return prorl.Score.graded(float(answer.strip() == task.reference['word']))\n"
+        "env = prorl.make('user/echo')\n"
+        "scores = env.score_batch(['hi', 'ho'], [{'word': 'hi'}] * 2, workers=1, timeout_s=30)\n"
+        "print([s.status for s in scores])\n"
+    )
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "['ok', 'wrong']"

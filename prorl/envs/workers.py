@@ -24,6 +24,8 @@ import uuid
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
+
+import cloudpickle
 from typing import Sequence
 
 from prorl.envs.base import Env, Score, Task
@@ -181,7 +183,9 @@ def _close_pools() -> None:
 def _env_blob(env: Env) -> tuple[str, bytes | None]:
     if env not in _ENV_BLOBS:
         try:
-            blob = pickle.dumps((list(sys.path), pickle.dumps(env)))
+            # cloudpickle pickles importable classes by reference and classes of the caller's `__main__` (a user's
+            # training script) by value, so those score in workers too.
+            blob = pickle.dumps((list(sys.path), cloudpickle.dumps(env)))
         except Exception as exc:
             log.warning("%s cannot be pickled (%r): scoring it in threads, without a killable timeout", env, exc)
             blob = None
