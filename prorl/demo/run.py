@@ -15,11 +15,12 @@ Steps, each skipped when its output is already there (so the command is idempote
 from __future__ import annotations
 
 import argparse
-import copy
 import hashlib
 import json
 import logging
 import os
+import random
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,8 @@ log = logging.getLogger("prorl.demo")
 DEFAULT_RECIPE = Path(__file__).resolve().parents[2] / "datasets" / "tiny.yaml"
 SECTIONS = {"seed", "model", "tasks", "envs", "sft", "rl", "eval"}
 # RL settings the demo owns (paths, devices, logging): a recipe may not set them.
-_RL_FIXED = {"output_dir", "use_cpu", "bf16", "report_to", "save_strategy", "logging_steps", "disable_tqdm", "seed"}
+_RL_FIXED = {"output_dir", "use_cpu", "bf16", "report_to", "save_strategy", "logging_steps", "disable_tqdm", "seed",
+             "gradient_checkpointing"}
 
 
 # -- recipe --------------------------------------------------------------------------------------------------------
@@ -102,8 +104,6 @@ def build_rows(recipe: dict[str, Any]) -> tuple[list[dict], list[dict], list[dic
         sft_rows += rows[:n_sft]
         rl_rows += rows[n_sft:]
         heldout += make_rows(env_id, int(recipe["eval"].get("prompts_per_env", 200)), 0, "heldout", cfg)
-    import random
-
     random.Random(seed).shuffle(sft_rows)
     random.Random(seed + 1).shuffle(rl_rows)
     return sft_rows, rl_rows, heldout  # held-out rows: seed 0 always, so every seed is scored on the same prompts
@@ -234,6 +234,7 @@ def run_demo(output: str | Path, recipe: dict[str, Any], threads: int | None = N
     rl_dir = out / "rl"
     rl_info = _load_json(out / "rl_done.json")
     if rl_info is None:
+        shutil.rmtree(rl_dir, ignore_errors=True)  # an interrupted run left appended metric files: start clean
         rl_info = timed("rl", train_rl, str(sft_dir), rl_rows, rl_dir, recipe)
         _write_json(out / "rl_done.json", rl_info)
     eval_rl = _load_json(out / "eval_rl.json")
