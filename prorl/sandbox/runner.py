@@ -107,9 +107,11 @@ def _child(program: str, test_code, limits: dict, workdir: str, fds: dict) -> No
     os.umask(0o077)
     mem = int(limits["memory_mb"]) * 1024 * 1024
     cpu = int(limits["cpu_s"]) + 1
-    for res, value in ((resource.RLIMIT_AS, mem), (resource.RLIMIT_CPU, cpu), (resource.RLIMIT_CORE, 0),
-                       (resource.RLIMIT_NOFILE, 256)):
-        resource.setrlimit(res, (value, value))
+    # CPU: SIGXCPU at the soft limit (reported as `timeout`); with soft == hard Linux sends SIGKILL instead, which
+    # would read as a runtime error. The hard limit a second later catches a program that ignores SIGXCPU.
+    for res, soft, hard in ((resource.RLIMIT_AS, mem, mem), (resource.RLIMIT_CPU, cpu, cpu + 1),
+                            (resource.RLIMIT_CORE, 0, 0), (resource.RLIMIT_NOFILE, 256, 256)):
+        resource.setrlimit(res, (soft, hard))
     os.environ.update(HOME=workdir, TMPDIR=workdir)  # the rest was set once by serve()
     result_fd, nonce_fd = limits.get("result_fd"), limits.get("nonce_fd")
     # Bind what the epilogue needs now: the program may patch os, sys or builtins.
