@@ -41,7 +41,8 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> dict[str, Any]:
     """The recipe YAML with `section.key=value` overrides applied (values parsed as YAML)."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"recipe {path} does not exist")
+        raise FileNotFoundError(f"recipe {path} does not exist (the default is datasets/tiny.yaml of the repository; "
+                                f"pass --recipe PATH)")
     recipe = yaml.safe_load(path.read_text()) or {}
     if not isinstance(recipe, dict):
         raise ValueError(f"{path}: the recipe must be a mapping, got {type(recipe).__name__}")
