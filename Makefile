@@ -26,7 +26,7 @@ test: setup sandbox
 	@$(PY) -m pytest -q tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5)"; exit 0; fi; exit $$rc
 
-# The embedded default (datasets/tiny.yaml): tiny model -> SFT -> ProRL -> held-out eval, ~10 min on 2 CPU cores.
+# The embedded default (datasets/tiny.yaml): tiny model -> SFT -> ProRL -> held-out eval, ~7 min on 2 idle cores.
 # Resumable and idempotent: finished steps in runs/demo are reused; a finished run just prints its table.
 demo: setup
 	$(VENV)/bin/prorl demo --output runs/demo

@@ -6,8 +6,9 @@ The demonstrations come from an imperfect teacher, as in ProRL's own setting (it
 DeepSeek-R1-Distill-Qwen-1.5B, imitates R1's traces, mistakes included): with probability `teacher_error` a row's
 demonstration is the teacher's typical mistake on that task (prorl.demo.tasks: off by one when counting, forgetting
 Alice herself in AIW, one bullet short or the closing phrase forgotten). Imitation copies the mistakes; the verifiable
-rewards of RL are what can remove them. With a perfect teacher (`teacher_error: 0`) the SFT model was already at
-its best for these tasks and 100 RL steps did not beat it (measured once: held-out mean 0.874 -> 0.863).
+rewards of RL are what can remove them. In one trial with a perfect teacher (`teacher_error: 0`, an earlier version
+of these tasks) 100 RL steps did not beat the SFT model (held-out mean 0.874 -> 0.863): demonstrations of a
+perfect teacher teach a tiny model faster than rewards do.
 """
 
 from __future__ import annotations
