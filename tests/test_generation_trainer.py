@@ -15,13 +15,7 @@ from trainer_utils import TINY_SIZE, prompt_dataset, text_hash_reward  # noqa: E
 from prorl.trainer.generation import trainer_generate, until_first_eos  # noqa: E402
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors on a shared 2-core machine: one intra-op thread is much faster than two contending ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
