@@ -91,15 +91,9 @@ def file_dataset(path: str, split: str = "train"):
     if p.suffix == ".parquet":
         ds = Dataset.from_parquet(str(p))
     elif p.suffix == ".jsonl":
-        rows = []
-        with open(p) as f:
-            for lineno, line in enumerate(f, start=1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as exc:
-                        raise ValueError(f"{p}:{lineno}: not valid JSON: {exc.msg}") from None
-        ds = Dataset.from_list(rows)
+        from prorl.data.card import read_jsonl
+
+        ds = Dataset.from_list(read_jsonl(p))
     else:
         raise ValueError(f"dataset_path: {p} is neither a folder, a .parquet nor a .jsonl file")
     missing = {"env", "prompt"} - set(ds.column_names)

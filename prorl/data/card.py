@@ -126,6 +126,11 @@ def load_rows(path: str | Path, split: str = "train") -> list[dict[str, Any]]:
         path = target
     if path.suffix == ".parquet":
         return Dataset.from_parquet(str(path)).to_list()
+    return read_jsonl(path)
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """The objects of a JSONL file (blank lines skipped); a bad line is an error naming `file:line`."""
     rows = []
     with open(path) as f:
         for lineno, line in enumerate(f, start=1):
