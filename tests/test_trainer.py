@@ -102,6 +102,31 @@ def test_dynamic_sampling_cap_finishes_the_step_with_a_warning(tiny_model, tmp_p
     assert _history(trainer, "loss") == [0.0]
 
 
+def test_generated_tokens_count_every_sampled_completion(tiny_model, tmp_path):
+    args = fast_config(tmp_path, dynamic_sampling=False)
+    trainer = RecordingTrainer(tiny_model, reward_funcs=text_hash_reward, args=args, train_dataset=prompt_dataset())
+    trainer.train()
+    trained = [int(b["completion_mask"].sum()) for b in trainer.trained]  # without DS: all that was sampled
+    expected = [sum(trained[:i + 1]) for i in range(len(trained))]
+    assert _history(trainer, "tokens/generated") == [float(x) for x in expected]
+    assert trainer.resets.state.generated_tokens == expected[-1] > 0
+
+
+def test_generation_budget_counts_dropped_groups_and_stops_the_run(tiny_model, tmp_path):
+    args = fast_config(tmp_path, max_steps=1, dynamic_sampling_max_rounds=1)
+    trainer = RecordingTrainer(tiny_model, reward_funcs=constant_reward, args=args, train_dataset=prompt_dataset())
+    trainer.train()  # constant reward: each step samples 2 rounds and trains on nothing
+    assert _history(trainer, "dynamic_sampling/rounds") == [2.0]
+    generated = _history(trainer, "tokens/generated")
+    assert len(generated) == 1 and generated[0] > 0
+    args = fast_config(tmp_path / "budget", max_steps=10, dynamic_sampling_max_rounds=1,
+                       max_generated_tokens=int(generated[0]) + 1)
+    trainer = RecordingTrainer(tiny_model, reward_funcs=constant_reward, args=args, train_dataset=prompt_dataset())
+    trainer.train()
+    assert trainer.state.global_step == 2  # the step that crossed the budget is the last
+    assert trainer.resets.state.generated_tokens >= args.max_generated_tokens
+
+
 # -- Hard resets -------------------------------------------------------------------------------------------------
 class ResetProbe(ResetCallback):
     """Checks the state right after each reset and on the step after it."""

@@ -67,6 +67,7 @@ class ResetState:
     plateau_best: float | None = None
     plateau_bad: int = 0
     refill_batches: int = 0  # generation batches drawn by dynamic sampling's refill stream
+    generated_tokens: int = 0  # completion tokens sampled in training, all processes and rounds
     events: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -138,6 +139,10 @@ class ResetController(TrainerCallback):
     # -- Triggers ----------------------------------------------------------------------------------------------
     def on_step_end(self, args, state, control, **kwargs):
         step = state.global_step
+        if args.max_generated_tokens and self.state.generated_tokens >= args.max_generated_tokens:
+            log.info("generation budget reached at step %d: %d >= max_generated_tokens %d", step,
+                     self.state.generated_tokens, args.max_generated_tokens)
+            control.should_training_stop = True
         if args.reset_every_steps and step % args.reset_every_steps == 0:
             self.reset("every_steps", {}, control)
         elif args.reset_on_kl is not None and self._interval_ok(step):

@@ -72,6 +72,13 @@ class ProRLConfig(GRPOConfig):
         metadata={"help": "Most extra generation rounds per step. When reached, the step trains on the groups it "
                           "has (the batch is completed with dropped rows whose loss is masked) and logs a warning."})
 
+    max_generated_tokens: int | None = field(
+        default=None,
+        metadata={"help": "Stop training once this many completion tokens have been generated (all processes, every "
+                          "dynamic-sampling round, dropped groups included; logged as `tokens/generated`): a "
+                          "generation budget for comparing runs at equal sampling cost. None: no budget (max_steps "
+                          "or the epochs end the run)."})
+
     # -- Hard resets of the reference policy and the optimizer --------------------------------------------------
     reset_every_steps: int | None = field(
         default=None, metadata={"help": "Reset every N optimizer steps (None: no scheduled reset)."})
@@ -171,6 +178,8 @@ class ProRLConfig(GRPOConfig):
         _require(self.reset_on_kl is None or self.beta > 0, "reset_on_kl",
                  "needs beta > 0 (with beta = 0 there is no reference model and no KL)")
         _require(self.reset_min_interval >= 0, "reset_min_interval", "must be >= 0")
+        _require(self.max_generated_tokens is None or self.max_generated_tokens > 0, "max_generated_tokens",
+                 "must be > 0")
         if self.env_weights is not None:
             _check_env_weights(self.env_weights, "env_weights")
         if self.stages is None:

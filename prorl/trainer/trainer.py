@@ -87,6 +87,9 @@ class ProRLTrainer(GRPOTrainer):
                                      device=device))
         mode = "train" if self.model.training else "eval"
         self._metrics[mode]["no_eos_fraction"].append(no_eos.float().mean().item())
+        if mode == "train":  # every round of dynamic sampling, dropped groups too: what generation cost
+            self.resets.state.generated_tokens += int(gather(torch.tensor(
+                [sum(len(ids) for ids in completion_ids_list)], device=device)).sum().item())
         if self.args.no_eos_penalty is not None:
             rewards_per_func[no_eos] = float(self.args.no_eos_penalty)  # every reward function, so the total too
         self._round_rewards = rewards_per_func
@@ -269,6 +272,7 @@ class ProRLTrainer(GRPOTrainer):
             if metrics:
                 metrics["resets"] = [float(self.resets.state.reset_count)]
                 metrics["stage"] = [float(self.resets.state.stage)]
+                metrics["tokens/generated"] = [float(self.resets.state.generated_tokens)]
         super().log(logs, start_time)
         if self.accelerator.is_main_process and self.state.log_history:
             with open(os.path.join(self.args.output_dir, METRICS_FILE), "a") as f:
