@@ -202,3 +202,17 @@ def test_eval_data_from_a_recipe_uses_its_held_out_split(models, tmp_path):
     assert len(held) == 3 and len(train) == 5 and not {r["id"] for r in held} & {r["id"] for r in train}
     res = evaluate(models["seven"], held, n=2, ks=[1, 2], workers=0)
     assert res["overall"]["pass@1"] == 1.0 and res["per_env"]["test/echo"]["prompts"] == 3
+
+
+def test_sampler_over_a_model_in_memory_draws_what_the_loaded_one_draws(models):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from prorl.data.sampling import Sampler, SamplingConfig
+
+    config = SamplingConfig(temperature=1.0, top_p=1.0, max_new_tokens=3, seed=5, backend="hf", batch_size=4)
+    prompts = [[{"role": "user", "content": f"say q{i}"}] for i in range(3)]
+    loaded = Sampler(models["coin"], config, device="cpu").sample(prompts, 4)
+    model = AutoModelForCausalLM.from_pretrained(models["coin"])
+    in_memory = Sampler.from_model(model, AutoTokenizer.from_pretrained(models["coin"]), config).sample(prompts, 4)
+    assert in_memory == loaded
+    assert {c for cs in loaded for c in cs} == {"7", "8"}  # seeded draws of a coin, not one constant answer

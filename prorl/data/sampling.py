@@ -78,6 +78,18 @@ class Sampler:
         dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
         self.model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=dtype).to(self.device).eval()
 
+    @classmethod
+    def from_model(cls, model, tokenizer, config: SamplingConfig | None = None) -> "Sampler":
+        """A sampler (HF backend) over a model already in memory, e.g. the policy inside a trainer during training.
+        The tokenizer is set to pad on the left, as generation needs."""
+        self = cls.__new__(cls)
+        self.model_dir, self.config, self.backend = getattr(model, "name_or_path", ""), config or SamplingConfig(), "hf"
+        self.model, self.tokenizer, self.device = model, tokenizer, str(model.device)
+        tokenizer.padding_side = "left"
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        return self
+
     def sample(self, prompts: Sequence[Messages], n: int,
                progress: Callable[[int], None] | None = None) -> list[list[str]]:
         """`n` completions for each prompt, in prompt order. `progress(k)` is called as k more sequences finish."""
