@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # name -> (module, one-line help)
@@ -37,11 +38,17 @@ def main(argv: list[str] | None = None) -> int:
     name, rest = argv[0], argv[1:]
     module = importlib.import_module(COMMANDS[name][0])
     cmd_parser = argparse.ArgumentParser(prog=f"prorl {name}", description=COMMANDS[name][1])
-    if name == "train":  # TrlParser owns the argument parsing of training
-        return int(module.main(rest) or 0)
-    module.add_arguments(cmd_parser, name)
-    args = cmd_parser.parse_args(rest)
-    return int(module.run(args, name) or 0)
+    try:
+        if name == "train":  # TrlParser owns the argument parsing of training
+            return int(module.main(rest) or 0)
+        module.add_arguments(cmd_parser, name)
+        args = cmd_parser.parse_args(rest)
+        return int(module.run(args, name) or 0)
+    except BrokenPipeError:
+        # The reader went away (`prorl eval-ifeval ... | head`): stop quietly with status 1, as the commands that
+        # print through rich do. Point stdout at /dev/null so that the interpreter's final flush does not raise.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

@@ -197,3 +197,20 @@ def test_prorl_score_handles_ifeval_lines(tmp_path):
     scored = [json.loads(line) for line in out.read_text().splitlines()]
     assert [(s["reward"], s["status"], s["details"]["followed"]) for s in scored] == [
         (1.0, "ok", [True, True]), (0.0, "wrong", [False, False])]
+
+
+def test_eval_ifeval_into_a_closed_pipe_stops_quietly(tmp_path):
+    """`prorl eval-ifeval FILE | head -1`: the reader is gone before the report is printed: no traceback."""
+    import os
+    import subprocess
+    import sys
+
+    lines = tmp_path / "lines.jsonl"
+    lines.write_text(json.dumps(dict(ROW, key=8, response="river, once")) + "\n")
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # every write now fails with EPIPE, deterministically
+    proc = subprocess.run([sys.executable, "-m", "prorl.cli", "eval-ifeval", str(lines)], stdout=write_end,
+                          stderr=subprocess.PIPE, text=True, timeout=120)
+    os.close(write_end)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
