@@ -23,6 +23,8 @@ END_EVALS = 3
 CLAIMS = {
     "a": ("base", "eps_high_0.2", "clip-higher (eps_high 0.4 vs 0.2) keeps policy entropy higher"),
     "b": ("base", "no_resets", "hard resets of reference + optimizer give a higher held-out reward"),
+    "b2": ("plateau_resets", "no_resets", "resets when the held-out reward plateaus (the paper's trigger) give a "
+                                          "higher held-out reward"),
     "c": ("base", "no_dynamic_sampling", "dynamic sampling gives a higher held-out reward per generated token"),
     "d": ("base", "logic_only", "the multi-domain mixture gives a higher held-out reward on a task no arm trains on"),
 }
@@ -97,6 +99,7 @@ def summarize(runs: dict) -> dict:
     measures = {  # claim -> (value of one run, higher is the paper's direction for the first arm)
         "a": lambda k: per_run[k]["entropy_last_quarter"],
         "b": lambda k: per_run[k]["heldout_end"]["trained_mean"],
+        "b2": lambda k: per_run[k]["heldout_end"]["trained_mean"],
         "c": lambda k: per_run[k]["trained_mean_token_auc"],
         "d": lambda k: per_run[k]["heldout_end"][UNSEEN],
     }
@@ -118,7 +121,7 @@ def summarize(runs: dict) -> dict:
 
 # -- figures -------------------------------------------------------------------------------------------------------
 COLORS = {"base": "tab:blue", "eps_high_0.2": "tab:red", "no_resets": "tab:orange", "no_dynamic_sampling": "tab:green",
-          "logic_only": "tab:purple"}
+          "logic_only": "tab:purple", "plateau_resets": "tab:brown"}
 STYLES = ["-", "--", ":", "-."]
 
 
@@ -162,12 +165,14 @@ def plot_all(runs: dict, results: Path) -> list[str]:
     save(fig, "a_entropy.png")
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    lines(axes[0], ["base", "no_resets"], "step", lambda rows: [r["trained_mean"] for r in rows], "heldout")
-    for seed in seeds:
-        for ev in (runs.get((seed, "base")) or {}).get("resets", []):
-            axes[0].axvline(ev["step"], color="gray", lw=0.6, ls=":")
+    b_arms = ["base", "no_resets", "plateau_resets"]
+    lines(axes[0], b_arms, "step", lambda rows: [r["trained_mean"] for r in rows], "heldout")
+    for arm in ("base", "plateau_resets"):
+        for seed in seeds:
+            for ev in (runs.get((seed, arm)) or {}).get("resets", []):
+                axes[0].axvline(ev["step"], color=COLORS[arm], lw=0.6, ls=":")
     axes[0].set(title="(b) held-out reward, trained domains (dotted: resets)", xlabel="step", ylabel="mean reward")
-    lines(axes[1], ["base", "no_resets"], "step", lambda rows: _smooth([r.get("kl", 0.0) for r in rows]), "steps")
+    lines(axes[1], b_arms, "step", lambda rows: _smooth([r.get("kl", 0.0) for r in rows]), "steps")
     axes[1].set(title="(b) KL to the reference (20-step mean)", xlabel="step")
     axes[0].legend(fontsize=7)
     save(fig, "b_resets.png")
@@ -198,6 +203,7 @@ def markdown(summary: dict, figures: list[str]) -> str:
              f"seeds {summary['seeds']}.", "",
              "| claim | measure | seed | paper's arm | other arm | difference | verdict |", "|---|---|---|---|---|---|---|"]
     measure = {"a": "entropy, last quarter of steps", "b": f"held-out trained-domain reward, last {END_EVALS} evals",
+               "b2": f"held-out trained-domain reward, last {END_EVALS} evals",
                "c": "held-out trained-domain reward, mean over the token budget",
                "d": f"held-out {UNSEEN} reward, last {END_EVALS} evals"}
     for key, c in summary["claims"].items():

@@ -14,6 +14,8 @@ setting each:
   (b) no_resets            no reference/optimizer reset -> held-out reward over steps
   (c) no_dynamic_sampling  every group trained on        -> held-out reward per generated token
   (d) logic_only           RL on logic/aiw alone         -> held-out reward on tasks the arm does not train on
+  (b) plateau_resets       resets triggered by a plateau of the held-out reward (the paper's trigger), not by a
+                           fixed schedule
 
 Held-out reward is measured during training every `--eval-every` steps (and at steps 0 and last) by sampling the
 policy in memory on held-out prompts of each trained domain plus `unseen/aiw_friends` (reasoning-gym AIW "friends"
@@ -44,7 +46,11 @@ ARMS: dict[str, dict] = {
     "no_resets": {"reset_every_steps": None},
     "no_dynamic_sampling": {"dynamic_sampling": False},
     "logic_only": {"env_weights": {"logic/aiw": 1.0}},
+    # (b) as the paper triggers them: a reset when the held-out reward has not improved for 2 evaluations
+    "plateau_resets": {"reset_every_steps": None, "reset_on_plateau": "heldout/trained_mean",
+                       "reset_plateau_patience": 2, "reset_plateau_min_delta": 0.005, "reset_min_interval": 80},
 }
+TRAINED_GROUPS = ("math", "logic/aiw", "ifeval")
 # The recipe's RL section changed for these runs (before --set): the paper's rollout batch split into 4 mini-batches
 # (256 prompts, mini-batch 64: 4 policy updates per generation). With one update per generation, as `prorl demo`
 # runs, the policy ratio is exactly 1 when the loss is computed and no clipping ever happens, so eps_high could not
@@ -84,13 +90,15 @@ class HeldoutEval(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step % self.every == 0:
-            self.evaluate(state.global_step)
+            record = self.evaluate(state.global_step)
+            # the trainer's plateau trigger watches this value (reset_on_plateau="heldout/trained_mean")
+            self.trainer.resets.on_log(args, state, control, logs={"heldout/trained_mean": record["trained_mean"]})
 
     def on_train_end(self, args, state, control, **kwargs):
         if state.global_step % self.every:  # the budget ended the run between two evaluations
             self.evaluate(state.global_step)
 
-    def evaluate(self, step: int) -> None:
+    def evaluate(self, step: int) -> dict:
         from prorl.data.sampling import Sampler, SamplingConfig
         from prorl.envs import make
         from prorl.envs.workers import score_many
@@ -115,9 +123,12 @@ class HeldoutEval(TrainerCallback):
             i += len(group) * self.n
             rewards = [s.reward for s in mine if s.status not in ("timeout", "infra_error")]
             record[name] = sum(rewards) / len(rewards) if rewards else None
+        trained = [record[g] for g in TRAINED_GROUPS if record.get(g) is not None]
+        record["trained_mean"] = sum(trained) / len(trained) if trained else None
         record["eval_s"] = round(time.monotonic() - start, 2)
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
+        return record
 
 
 # -- one run -------------------------------------------------------------------------------------------------------
