@@ -127,6 +127,34 @@ def test_generation_budget_counts_dropped_groups_and_stops_the_run(tiny_model, t
     assert trainer.resets.state.generated_tokens >= args.max_generated_tokens
 
 
+def test_a_step_that_kept_no_group_leaves_the_weights_alone(tiny_model, tmp_path, caplog):
+    calls = []
+
+    def varying_then_constant(prompts, completions, **kwargs):
+        calls.append(1)  # the first generation round varies; every later one is constant
+        return text_hash_reward(prompts, completions) if len(calls) == 1 else [1.0] * len(completions)
+
+    class Snapshots(TrainerCallback):
+        def __init__(self):
+            self.weights = []
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            self.weights.append({n: p.detach().clone() for n, p in model.named_parameters()})
+
+    snaps = Snapshots()
+    args = fast_config(tmp_path, max_steps=2, dynamic_sampling_max_rounds=1)
+    trainer = RecordingTrainer(tiny_model, reward_funcs=varying_then_constant, args=args,
+                               train_dataset=prompt_dataset(), callbacks=[snaps])
+    with caplog.at_level(logging.WARNING, logger="prorl.trainer.trainer"):
+        trainer.train()
+    assert trainer.trained[0]["completion_mask"].sum() > 0  # step 1 trained: AdamW has momentum
+    assert trainer.trained[1]["completion_mask"].sum() == 0  # step 2 kept nothing
+    first, second = snaps.weights
+    assert all(torch.equal(first[n], second[n]) for n in first)  # momentum did not move the weights
+    assert any("the optimizer step is skipped" in r.getMessage() for r in caplog.records)
+    assert _history(trainer, "skipped_updates") == [1.0]
+
+
 # -- Hard resets -------------------------------------------------------------------------------------------------
 class ResetProbe(ResetCallback):
     """Checks the state right after each reset and on the step after it."""

@@ -136,6 +136,10 @@ class ResetController(TrainerCallback):
         self.trainer = trainer
         self.state = ResetState()
 
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        self.trainer.decide_update()
+        return control
+
     # -- Triggers ----------------------------------------------------------------------------------------------
     def on_step_end(self, args, state, control, **kwargs):
         step = state.global_step

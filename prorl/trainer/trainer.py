@@ -65,6 +65,8 @@ class ProRLTrainer(GRPOTrainer):
         self._refill_iter = None
         self._refill_epoch = 0
         self._refill_skip = 0
+        self._step_loss_tokens = 0  # loss tokens of the micro-batches since the last optimizer step (this process)
+        self._skip_update = False  # set before an optimizer step whose batch has no loss token anywhere
 
     # -- Generation ------------------------------------------------------------------------------------------
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
@@ -177,6 +179,42 @@ class ProRLTrainer(GRPOTrainer):
 
         batch_size = self._train_batch_size * self.args.steps_per_generation
         return self._get_dataloader(self.train_dataset, "Refill", batch_size, sampler_fn=sampler, is_training=True)
+
+    # -- Updates with nothing to learn ------------------------------------------------------------------------
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.model.training:
+            mask = inputs["completion_mask"] * inputs.get("tool_mask", 1)
+            self._step_loss_tokens += int(mask.sum())
+        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    def create_optimizer(self, model=None):
+        """TRL's optimizer, whose `step` does nothing when the update's batch had no loss token on any process (a
+        dynamic-sampling step at its cap that kept no group): AdamW would otherwise still move the weights by its
+        momentum and weight decay on an all-zero gradient. DeepSpeed steps inside its engine and is not covered."""
+        optimizer = super().create_optimizer(model)
+        if getattr(optimizer, "_prorl_guarded", False):
+            return optimizer
+        step = optimizer.step
+
+        def guarded_step(*args, **kwargs):
+            if self._skip_update:
+                self._skip_update = False
+                return None
+            return step(*args, **kwargs)
+
+        optimizer.step, optimizer._prorl_guarded = guarded_step, True
+        return optimizer
+
+    def decide_update(self) -> bool:
+        """Called right before each optimizer step (ResetController.on_pre_optimizer_step): whether it updates."""
+        tokens = gather(torch.tensor([self._step_loss_tokens], device=self.accelerator.device)).sum().item()
+        self._step_loss_tokens = 0
+        self._skip_update = tokens == 0
+        if self._skip_update:
+            self._metrics["train"]["skipped_updates"].append(1.0)
+            log.warning("step %d: no loss token in the batch on any process; the optimizer step is skipped",
+                        self.state.global_step + 1)
+        return not self._skip_update
 
     # -- Resets and stages -----------------------------------------------------------------------------------
     def sync_reference_to_policy(self) -> None:
