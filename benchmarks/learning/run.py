@@ -7,8 +7,8 @@
 Every arm of a seed starts from the same SFT model (datasets/tiny.yaml: tiny Qwen2 + TRL SFT on an imperfect
 teacher, exactly `prorl demo`'s) and runs ProRL (prorl.trainer.ProRLTrainer) until `--budget` completion tokens have
 been generated (`max_generated_tokens`: every dynamic-sampling round counts, dropped groups too). The arms differ
-from `base` (the recipe with RECIPE_SET: 4 policy updates per generation, eps_high 0.4, a hard reset every 40 generations, dynamic sampling, 3-domain mixture) in one
-setting each:
+from `base` (the recipe with RECIPE_SET: 4 policy updates per generation, eps_high 0.4, a hard reset every 40
+generations, dynamic sampling, 3-domain mixture) in one setting each:
 
   (a) eps_high_0.2         clip-higher off              -> policy entropy over steps
   (b) no_resets            no reference/optimizer reset -> held-out reward over steps
@@ -111,6 +111,8 @@ class HeldoutEval(TrainerCallback):
         rows = [r for group in self.groups.values() for r in group]
         sampler = Sampler.from_model(model, tr.processing_class, SamplingConfig(seed=1234, **self.sampling))
         completions = sampler.sample([r["prompt"] for r in rows], self.n)
+        entropies = policy_entropy(model, sampler.tokenizer, [r["prompt"] for r in rows],
+                                   self.sampling["max_new_tokens"], temperature=float(tr.args.temperature))
         model.train(was_training)
         flat_rows = [r for r in rows for _ in range(self.n)]
         scores = score_many([make(r["env"]) for r in flat_rows], [c for cs in completions for c in cs], flat_rows,
@@ -123,12 +125,47 @@ class HeldoutEval(TrainerCallback):
             i += len(group) * self.n
             rewards = [s.reward for s in mine if s.status not in ("timeout", "infra_error")]
             record[name] = sum(rewards) / len(rewards) if rewards else None
+            first = i // self.n - len(group)
+            record[f"entropy/{name}"] = sum(entropies[first:first + len(group)]) / len(group)
         trained = [record[g] for g in TRAINED_GROUPS if record.get(g) is not None]
         record["trained_mean"] = sum(trained) / len(trained) if trained else None
+        record["entropy/trained_mean"] = sum(record[f"entropy/{g}"] for g in TRAINED_GROUPS) / len(TRAINED_GROUPS)
         record["eval_s"] = round(time.monotonic() - start, 2)
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
         return record
+
+
+def policy_entropy(model, tokenizer, prompts: list, max_new_tokens: int, temperature: float, seed: int = 4321,
+                   batch_size: int = 256) -> list[float]:
+    """Per prompt, the mean entropy (nats) of the policy's next-token distribution at the training temperature
+    along one completion it samples at that temperature (fixed seed, up to and including its EOS): the policy
+    entropy of the paper's plots, measured on fixed held-out prompts instead of each step's training batch (whose
+    mix of domains changes from step to step)."""
+    import torch
+
+    from prorl.data.sampling import render
+
+    out: list[float] = []
+    stop = {tokenizer.eos_token_id, tokenizer.pad_token_id}
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(seed)
+        for start in range(0, len(prompts), batch_size):
+            texts = [render(tokenizer, p) for p in prompts[start:start + batch_size]]
+            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+            gen = model.generate(**enc, do_sample=True, temperature=temperature, top_p=1.0, top_k=0,
+                                 max_new_tokens=max_new_tokens, output_logits=True, return_dict_in_generate=True,
+                                 pad_token_id=tokenizer.pad_token_id)
+            logp = (torch.stack(gen.logits, dim=1).float() / temperature).log_softmax(-1)
+            entropy = -(logp.exp() * logp).sum(-1)  # (rows, generated tokens)
+            tokens = gen.sequences[:, enc["input_ids"].shape[1]:]
+            ended = torch.zeros_like(tokens[:, 0], dtype=torch.bool)
+            valid = torch.zeros_like(tokens, dtype=torch.bool)
+            for t in range(tokens.size(1)):  # tokens up to and including the first stop token
+                valid[:, t] = ~ended
+                ended |= torch.isin(tokens[:, t], torch.tensor(sorted(stop), device=tokens.device))
+            out += ((entropy * valid).sum(1) / valid.sum(1).clamp(min=1)).tolist()
+    return out
 
 
 # -- one run -------------------------------------------------------------------------------------------------------
