@@ -102,6 +102,38 @@ def test_dynamic_sampling_cap_finishes_the_step_with_a_warning(tiny_model, tmp_p
     assert _history(trainer, "loss") == [0.0]
 
 
+def test_adaptive_refill_samples_only_what_the_missing_groups_need(tiny_model, tmp_path):
+    def quarter_constant_reward(prompts, completions, qid, **kwargs):  # prompts 0 and 4 teach nothing
+        varying = text_hash_reward(prompts, completions)
+        return [0.5 if q % 4 == 0 else r for q, r in zip(qid, varying)]
+
+    class RoundSizes(RecordingTrainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.rounds = []  # completions sampled by each generation round
+
+        def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+            if self.model.training:
+                self.rounds.append(len(completion_ids_list))
+            return super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+
+    args = fast_config(tmp_path, per_device_train_batch_size=16, max_steps=4, dynamic_sampling_max_rounds=3,
+                       dynamic_sampling_refill="adaptive")
+    trainer = RoundSizes(tiny_model, reward_funcs=quarter_constant_reward, args=args, train_dataset=prompt_dataset())
+    trainer.train()
+    assert len(trainer.trained) == 4
+    for batch in trainer.trained:
+        assert batch["prompt_ids"].size(0) == 16 and batch["completion_mask"].sum() > 0
+        qids = [int(re.search(r"q(\d+):", t).group(1))
+                for t in trainer.processing_class.batch_decode(batch["prompt_ids"], skip_special_tokens=True)]
+        assert all(q % 4 for q in qids), qids  # constant groups never trained on
+    sizes = trainer.rounds
+    assert all(n % 4 == 0 and n <= 16 for n in sizes)
+    assert sizes[0] == 16 and any(n < 16 for n in sizes), sizes  # a refill smaller than a full batch
+    assert _history(trainer, "dynamic_sampling/filled_rows") == [0.0] * 4
+    assert sum(_history(trainer, "dynamic_sampling/rounds")) == len(sizes)
+
+
 def test_generated_tokens_count_every_sampled_completion(tiny_model, tmp_path):
     args = fast_config(tmp_path, dynamic_sampling=False)
     trainer = RecordingTrainer(tiny_model, reward_funcs=text_hash_reward, args=args, train_dataset=prompt_dataset())

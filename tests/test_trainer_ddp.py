@@ -14,17 +14,32 @@ from trainer_utils import tiny_model  # noqa: F401
 HERE = Path(__file__).resolve().parent
 
 
-@pytest.mark.slow
-def test_two_process_dynamic_sampling_and_reset(tiny_model, tmp_path):
+def _two_ranks(mode: str, tiny_model: str, tmp_path) -> list[dict]:
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         str(HERE / "trainer_utils.py"), "ddp", str(tmp_path / "run"), tiny_model],
+         str(HERE / "trainer_utils.py"), mode, str(tmp_path / "run"), tiny_model],
         capture_output=True, text=True, timeout=400, env=env, cwd=HERE)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    ranks = sorted((json.loads(line[5:]) for line in proc.stdout.splitlines() if line.startswith("RANK ")),
-                   key=lambda r: r["rank"])
+    ranks = [json.loads((tmp_path / "run" / f"rank{i}.json").read_text()) for i in range(2)]
     assert [r["rank"] for r in ranks] == [0, 1]
+    return ranks
+
+
+@pytest.mark.slow
+def test_two_process_adaptive_refill_draws_the_same_rows_on_both_ranks(tiny_model, tmp_path):
+    ranks = _two_ranks("ddp-adaptive", tiny_model, tmp_path)
+    assert ranks[0]["rounds"] == ranks[1]["rounds"]  # equal shares, or TRL's gather would hang or misalign
+    assert all(n % 4 == 0 and n <= 16 for n in ranks[0]["rounds"])
+    assert any(n < 16 for n in ranks[0]["rounds"]), ranks[0]["rounds"]  # some refill smaller than a full batch
+    for r in ranks:
+        assert len(r["trained"]) == 3 and all(len(batch) == 16 for batch in r["trained"])
+        assert all(q % 4 for batch in r["trained"] for q in batch), r["trained"]  # every 4th prompt: constant
+
+
+@pytest.mark.slow
+def test_two_process_dynamic_sampling_and_reset(tiny_model, tmp_path):
+    ranks = _two_ranks("ddp", tiny_model, tmp_path)
     for r in ranks:
         assert len(r["trained"]) == 3 and all(len(batch) == 6 for batch in r["trained"])
         assert all(q % 2 == 1 for batch in r["trained"] for q in batch), r["trained"]  # even prompts: constant

@@ -99,9 +99,10 @@ def _subprocess_main(argv: list[str]) -> None:
     trainer.train(resume_from_checkpoint=True if resume else None)
 
 
-def _ddp_main(argv: list[str]) -> None:
-    """Under `accelerate launch --cpu --num_processes 2`: 6 rows per process and groups of 4, so one group spans
-    both processes; a reward constant on even prompts; a reset after step 2. Prints one JSON line per rank."""
+def _ddp_main(argv: list[str], adaptive: bool = False) -> None:
+    """Under `torch.distributed.run --nproc_per_node 2`: 6 rows per process and groups of 4, so one group spans
+    both processes; a reward constant on even prompts; a reset after step 2. With `adaptive`: 16 rows per process,
+    a reward constant on every fourth prompt and adaptive refills. Writes OUT/rank<N>.json per rank."""
     import re
 
     from prorl.trainer import ProRLTrainer
@@ -117,17 +118,32 @@ def _ddp_main(argv: list[str]) -> None:
                 trained.append([int(re.search(r"q(\d+):", t).group(1)) for t in texts])
             return batch
 
-    args = fast_config(out, per_device_train_batch_size=6, beta=0.1, reset_every_steps=2, use_cpu=True)
-    trainer = Recording(model, reward_funcs=half_constant_reward, args=args, train_dataset=prompt_dataset(12))
+    rounds = []
+
+    def quarter_constant_reward(prompts, completions, qid, **kwargs):
+        rounds.append(len(completions))  # this rank's share of each generation round
+        varying = text_hash_reward(prompts, completions)
+        return [0.5 if q % 4 == 0 else r for q, r in zip(qid, varying)]
+
+    if adaptive:  # 16 rows per process = 4 whole groups; prompts 0, 4, 8 are constant
+        args = fast_config(out, per_device_train_batch_size=16, dynamic_sampling_refill="adaptive",
+                           dynamic_sampling_max_rounds=3, use_cpu=True)
+        reward = quarter_constant_reward
+    else:
+        args = fast_config(out, per_device_train_batch_size=6, beta=0.1, reset_every_steps=2, use_cpu=True)
+        reward = half_constant_reward
+    trainer = Recording(model, reward_funcs=reward, args=args, train_dataset=prompt_dataset(12))
     trainer.train()
     kl = [h["kl"] for h in trainer.state.log_history if "kl" in h]
-    print("RANK " + json.dumps({"rank": trainer.accelerator.process_index, "trained": trained, "kl": kl,
-                                "resets": trainer.resets.state.reset_count}),
-          flush=True)
+    rank = trainer.accelerator.process_index
+    # one file per rank: two ranks printing long lines to one pipe can interleave them
+    Path(out, f"rank{rank}.json").write_text(json.dumps({"rank": rank, "trained": trained, "kl": kl,
+                                                         "resets": trainer.resets.state.reset_count,
+                                                         "rounds": rounds}))
 
 
 if __name__ == "__main__":
-    if sys.argv[1] == "ddp":
-        _ddp_main(sys.argv[2:])
+    if sys.argv[1] in ("ddp", "ddp-adaptive"):
+        _ddp_main(sys.argv[2:], adaptive=sys.argv[1] == "ddp-adaptive")
     else:
         _subprocess_main(sys.argv[1:])

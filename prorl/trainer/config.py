@@ -19,7 +19,8 @@ LIVE_STAGE_FIELDS = frozenset({
     "max_completion_length", "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "no_eos_penalty",
     "beta", "epsilon", "epsilon_high", "learning_rate", "mask_truncated_completions",
     "dynamic_sampling", "dynamic_sampling_accuracy_window", "dynamic_sampling_std_tol",
-    "dynamic_sampling_max_rounds", "reset_every_steps", "reset_on_plateau", "reset_plateau_patience",
+    "dynamic_sampling_max_rounds", "dynamic_sampling_refill", "reset_every_steps", "reset_on_plateau",
+    "reset_plateau_patience",
     "reset_plateau_min_delta", "reset_on_kl", "reset_optimizer", "reset_min_interval",
 })
 # Stage overrides that change the shape of a generation batch: the data loader is built from them when training
@@ -72,6 +73,14 @@ class ProRLConfig(GRPOConfig):
         metadata={"help": "Most extra generation rounds per step. When reached, the step trains on the groups it "
                           "has (the batch is completed with dropped rows whose loss is masked) and logs a warning."})
 
+    dynamic_sampling_refill: str = field(
+        default="full",
+        metadata={"help": "Size of a refill round. 'full': a whole generation batch, as DAPO and verl sample (the "
+                          "surplus of kept groups is discarded). 'adaptive': only as many prompts as the missing "
+                          "groups need at the keep rate seen so far in the step (at least the missing groups, at most "
+                          "a whole batch), which spends fewer generated tokens per kept group. Needs whole groups "
+                          "on each process (per_device_train_batch_size x steps_per_generation a multiple of "
+                          "num_generations); otherwise full batches are used, with a warning."})
     max_generated_tokens: int | None = field(
         default=None,
         metadata={"help": "Stop training once this many completion tokens have been generated (all processes, every "
@@ -171,6 +180,8 @@ class ProRLConfig(GRPOConfig):
         self.dynamic_sampling_accuracy_window = [float(window[0]), float(window[1])]
         _require(self.dynamic_sampling_std_tol >= 0, "dynamic_sampling_std_tol", "must be >= 0")
         _require(self.dynamic_sampling_max_rounds >= 0, "dynamic_sampling_max_rounds", "must be >= 0")
+        _require(self.dynamic_sampling_refill in ("full", "adaptive"), "dynamic_sampling_refill",
+                 "must be 'full' or 'adaptive'")
         _require(self.reset_every_steps is None or self.reset_every_steps > 0, "reset_every_steps", "must be > 0")
         _require(self.reset_plateau_patience >= 1, "reset_plateau_patience", "must be >= 1")
         _require(self.reset_plateau_mode in ("max", "min"), "reset_plateau_mode", "must be 'max' or 'min'")

@@ -130,6 +130,9 @@ class ProRLTrainer(GRPOTrainer):
             if least >= target or rounds > self.args.dynamic_sampling_max_rounds:
                 break
             batch = self._refill_batch()
+            if self.args.dynamic_sampling_refill == "adaptive":
+                batch = batch[:self._adaptive_refill_rows(target - kept_local, kept_groups, dropped_groups,
+                                                          len(batch))]
         filler_rows = max(0, target - kept_local)
         if filler_rows:
             # Rows that keep the batch shape but train nothing: no advantage, no loss tokens (as TRL masks
@@ -154,6 +157,27 @@ class ProRLTrainer(GRPOTrainer):
         metrics["dynamic_sampling/rounds"].append(float(rounds))
         metrics["dynamic_sampling/filled_rows"].append(float(filled))
         return merged
+
+    def _adaptive_refill_rows(self, missing_rows: int, kept_groups: int, dropped_groups: int, full: int) -> int:
+        """Rows of the next refill round under `dynamic_sampling_refill='adaptive'`: the missing groups divided by
+        the step's keep rate so far, in whole groups, between the missing groups and a full batch; the same on every
+        process (TRL's generation gathers equal shares), so the largest need decides. Each process keeps the first
+        groups of its share of the drawn batch, which holds whole groups when `full` is a multiple of the group."""
+        g = self.num_generations
+        if full % g:  # a group spans two processes: slicing would cut it; refill with whole batches
+            if not getattr(self, "_warned_refill", False):
+                log.warning("dynamic_sampling_refill='adaptive' needs whole groups on each process "
+                            "(per_device_train_batch_size x steps_per_generation = %d is not a multiple of "
+                            "num_generations = %d): refilling with full batches", full, g)
+                self._warned_refill = True
+            return full
+        need = -(-max(0, missing_rows) // g)  # groups this process still lacks (ceil)
+        if kept_groups == 0:  # nothing kept yet: no keep rate to go by
+            groups = full // g
+        else:  # need / keep rate, rounded up: need * (kept + dropped) / kept
+            groups = min(full // g, -(-need * (kept_groups + dropped_groups) // kept_groups))
+        groups = int(gather(torch.tensor([groups], device=self.accelerator.device)).max().item())
+        return max(1, groups) * g
 
     def _refill_batch(self) -> list[dict[str, Any]]:
         """The next generation batch of the refill stream: its own shuffled passes over the train set, grouped and
