@@ -27,6 +27,8 @@ CLAIMS = {
     "b2": ("plateau_resets", "no_resets", "resets when the held-out reward plateaus (the paper's trigger) give a "
                                           "higher held-out reward"),
     "c": ("base", "no_dynamic_sampling", "dynamic sampling gives a higher held-out reward per generated token"),
+    "c2": ("ds_adaptive", "no_dynamic_sampling", "dynamic sampling with refills sized to the missing groups gives a "
+                                                 "higher held-out reward per generated token"),
     "d": ("base", "logic_only", "the multi-domain mixture gives a higher held-out reward on a task no arm trains on"),
 }
 
@@ -112,6 +114,7 @@ def summarize(runs: dict) -> dict:
         "b": lambda k: per_run[k]["heldout_end"]["trained_mean"],
         "b2": lambda k: per_run[k]["heldout_end"]["trained_mean"],
         "c": lambda k: per_run[k]["trained_mean_token_auc"],
+        "c2": lambda k: per_run[k]["trained_mean_token_auc"],
         "d": lambda k: per_run[k]["heldout_end"][UNSEEN],
     }
     claims = {}
@@ -133,7 +136,7 @@ def summarize(runs: dict) -> dict:
 
 # -- figures -------------------------------------------------------------------------------------------------------
 COLORS = {"base": "tab:blue", "eps_high_0.2": "tab:red", "no_resets": "tab:orange", "no_dynamic_sampling": "tab:green",
-          "logic_only": "tab:purple", "plateau_resets": "tab:brown"}
+          "logic_only": "tab:purple", "plateau_resets": "tab:brown", "ds_adaptive": "tab:olive"}
 STYLES = ["-", "--", ":", "-."]
 
 
@@ -198,11 +201,11 @@ def plot_all(runs: dict, results: Path) -> list[str]:
     save(fig, "b_resets.png")
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    lines(axes[0], ["base", "no_dynamic_sampling"], "generated_tokens", lambda rows: [r["trained_mean"] for r in rows],
-          "heldout")
+    c_arms = ["base", "no_dynamic_sampling", "ds_adaptive"]
+    lines(axes[0], c_arms, "generated_tokens", lambda rows: [r["trained_mean"] for r in rows], "heldout")
     axes[0].set(title="(c) held-out reward per generated token", xlabel="generated completion tokens",
                 ylabel="mean reward, trained domains")
-    lines(axes[1], ["base", "no_dynamic_sampling"], "step", lambda rows: [r["trained_mean"] for r in rows], "heldout")
+    lines(axes[1], c_arms, "step", lambda rows: [r["trained_mean"] for r in rows], "heldout")
     axes[1].set(title="(c) the same per optimizer step", xlabel="step")
     axes[0].legend(fontsize=7)
     save(fig, "c_dynamic_sampling.png")
@@ -228,6 +231,7 @@ def markdown(summary: dict, figures: list[str]) -> str:
                "a2": "entropy on held-out prompts, last quarter of evals",
                "b": f"held-out trained-domain reward, {end}", "b2": f"held-out trained-domain reward, {end}",
                "c": "held-out trained-domain reward, mean over the token budget",
+               "c2": "held-out trained-domain reward, mean over the token budget",
                "d": f"held-out {UNSEEN} reward, {end}"}
     for key, c in summary["claims"].items():
         for i, (seed, (a, b)) in enumerate(c["per_seed"].items()):

@@ -13,6 +13,7 @@ generations, dynamic sampling, 3-domain mixture) in one setting each:
   (a) eps_high_0.2         clip-higher off              -> policy entropy over steps
   (b) no_resets            no reference/optimizer reset -> held-out reward over steps
   (c) no_dynamic_sampling  every group trained on        -> held-out reward per generated token
+  (c) ds_adaptive          refills sized to the missing groups (dynamic_sampling_refill='adaptive')
   (d) logic_only           RL on logic/aiw alone         -> held-out reward on tasks the arm does not train on
   (b) plateau_resets       resets triggered by a plateau of the held-out reward (the paper's trigger), not by a
                            fixed schedule
@@ -45,6 +46,8 @@ ARMS: dict[str, dict] = {
     "eps_high_0.2": {"epsilon_high": 0.2},
     "no_resets": {"reset_every_steps": None},
     "no_dynamic_sampling": {"dynamic_sampling": False},
+    # (c) with refills sized to the missing groups instead of whole batches
+    "ds_adaptive": {"dynamic_sampling_refill": "adaptive"},
     "logic_only": {"env_weights": {"logic/aiw": 1.0}},
     # (b) as the paper triggers them: a reset when the held-out reward has not improved for 2 evaluations
     "plateau_resets": {"reset_every_steps": None, "reset_on_plateau": "heldout/trained_mean",
@@ -177,11 +180,12 @@ def run_arm(run_dir: Path, sft_dir: Path, recipe: dict, arm: str, budget: int, e
     from prorl.trainer import ProRLConfig, ProRLTrainer
 
     torch.set_num_threads(1)
+    on_gpu = torch.cuda.is_available()  # fp32 either way: the tiny model's runs stay comparable
     _, rl_rows, _ = build_rows(recipe)
     rl = {**recipe["rl"], **ARMS[arm], "max_steps": MAX_STEPS, "max_generated_tokens": budget}
     shutil.rmtree(run_dir, ignore_errors=True)  # an interrupted run left appended metric files: start clean
     run_dir.mkdir(parents=True)
-    config = ProRLConfig(output_dir=str(run_dir), use_cpu=True, bf16=False, report_to="none", save_strategy="no",
+    config = ProRLConfig(output_dir=str(run_dir), use_cpu=not on_gpu, bf16=False, report_to="none", save_strategy="no",
                          logging_steps=1, disable_tqdm=True, seed=int(recipe["seed"]), gradient_checkpointing=False,
                          **rl)
     ev = recipe["eval"]
