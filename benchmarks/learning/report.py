@@ -122,7 +122,7 @@ def summarize(runs: dict) -> dict:
         rows = [(s, measures[claim](f"seed{s}/{arm}"), measures[claim](f"seed{s}/{other}")) for s in seeds
                 if f"seed{s}/{arm}" in per_run and f"seed{s}/{other}" in per_run]
         rows = [r for r in rows if r[1] is not None and r[2] is not None]
-        if not rows:
+        if len(rows) < 2:  # one seed says nothing about seed noise
             continue
         diffs = [a - b for _, a, b in rows]
         # seed-to-seed spread of each arm: how much the measure moves with the seed alone
