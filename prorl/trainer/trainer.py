@@ -216,7 +216,9 @@ class ProRLTrainer(GRPOTrainer):
         dynamic-sampling step at its cap that kept no group): AdamW would otherwise still move the weights by its
         momentum and weight decay on an all-zero gradient. DeepSpeed steps inside its engine and is not covered."""
         optimizer = super().create_optimizer(model)
-        if getattr(optimizer, "_prorl_guarded", False):
+        if getattr(optimizer, "_prorl_guarded", False) or self.is_deepspeed_enabled:
+            # DeepSpeed steps inside accelerator.backward, before on_pre_optimizer_step: a flag set there would
+            # skip the next (real) update instead, so no guard
             return optimizer
         step = optimizer.step
 
@@ -231,6 +233,8 @@ class ProRLTrainer(GRPOTrainer):
 
     def decide_update(self) -> bool:
         """Called right before each optimizer step (ResetController.on_pre_optimizer_step): whether it updates."""
+        if self.is_deepspeed_enabled:
+            return True
         tokens = gather(torch.tensor([self._step_loss_tokens], device=self.accelerator.device)).sum().item()
         self._step_loss_tokens = 0
         self._skip_update = tokens == 0
