@@ -16,6 +16,8 @@ import json
 import statistics
 from pathlib import Path
 
+from prorl.data.card import read_jsonl
+
 RESULTS = Path(__file__).resolve().parent / "results"
 TRAINED = ("math", "logic/aiw", "ifeval")
 UNSEEN = "unseen/aiw_friends"
@@ -34,7 +36,7 @@ CLAIMS = {
 
 
 def _jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    return read_jsonl(path) if path.exists() else []  # a run without resets has no resets.jsonl
 
 
 def load_runs(runs: Path) -> dict[tuple[int, str], dict]:

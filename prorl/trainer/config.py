@@ -20,8 +20,7 @@ LIVE_STAGE_FIELDS = frozenset({
     "beta", "epsilon", "epsilon_high", "learning_rate", "mask_truncated_completions",
     "dynamic_sampling", "dynamic_sampling_accuracy_window", "dynamic_sampling_std_tol",
     "dynamic_sampling_max_rounds", "dynamic_sampling_refill", "reset_every_steps", "reset_on_plateau",
-    "reset_plateau_patience",
-    "reset_plateau_min_delta", "reset_on_kl", "reset_optimizer", "reset_min_interval",
+    "reset_plateau_patience", "reset_plateau_min_delta", "reset_on_kl", "reset_optimizer", "reset_min_interval",
 })
 # Stage overrides that change the shape of a generation batch: the data loader is built from them when training
 # starts, so the trainer saves a checkpoint and stops at that reset; resuming from the checkpoint applies them.
