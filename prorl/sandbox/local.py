@@ -30,7 +30,8 @@ from prorl.sandbox.runner import HEADER, encode_frame
 
 log = logging.getLogger(__name__)
 
-RUNNER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "runner.py")
+_HERE = os.path.dirname(os.path.abspath(__file__))
+RUNNER_FILES = ("runner.py", "child.py")  # the runner and what runs in each forked process
 _NOBODY = 65534
 _GRACE_S = 0.7
 
@@ -129,8 +130,9 @@ class LocalSandbox(Sandbox):
         # A copy of the runner the dropped user can read (the checkout may sit under a private home directory).
         self._code_dir = tempfile.mkdtemp(prefix="prorl-runner-")
         os.chmod(self._code_dir, 0o755)
-        self._runner = shutil.copy(RUNNER, os.path.join(self._code_dir, "runner.py"))
-        os.chmod(self._runner, 0o444)
+        for name in RUNNER_FILES:
+            os.chmod(shutil.copy(os.path.join(_HERE, name), os.path.join(self._code_dir, name)), 0o444)
+        self._runner = os.path.join(self._code_dir, "runner.py")
         self._idle: queue.Queue[_Worker | None] = queue.Queue()
         for _ in range(workers):
             self._idle.put(None)  # started on first use

@@ -1,7 +1,7 @@
 """The in-sandbox runner: a fork server that runs one untrusted Python program per fresh process.
 
-Standard library only, Python >= 3.9: this file is copied into the sandbox image (`/opt/prorl/runner.py`) and
-also imported on the host for the framing helpers.
+Standard library only, Python >= 3.9: this file and child.py (what runs in each forked process) are copied into the
+sandbox image (`/opt/prorl/`); runner.py is also imported on the host for the framing helpers.
 
 Modes:
   `runner.py init`   PID 1 of a container: ignores every signal and lets the kernel reap orphans.
@@ -30,23 +30,23 @@ from __future__ import annotations
 import json
 import os
 import random
-import resource
 import select
 import shutil
 import signal
 import struct
 import sys
 import time
-from traceback import format_exception as _format_exception
+
+if __package__:  # imported on the host (prorl.sandbox.runner) for the framing helpers
+    from prorl.sandbox.child import MEMORY_MARK, SERVER_IGNORES, run_program
+else:  # run as a script in the sandbox, child.py beside it (`python -I` leaves the script's folder off sys.path)
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from child import MEMORY_MARK, SERVER_IGNORES, run_program
+    del sys.path[0]
 
 HEADER = struct.Struct(">I")
 MAX_FRAME = 256 * 1024 * 1024
 STATUSES = ("ok", "runtime_error", "timeout", "memory", "output_limit", "infra_error")
-_MEMORY_MARK = b"MEMORY"
-# Signals the server ignores (a program may signal its parent); its children restore them. Python itself already
-# ignores SIGPIPE and SIGXFSZ.
-_SERVER_IGNORES = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
-                   signal.SIGALRM, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU)
 
 
 def encode_frame(obj) -> bytes:
@@ -84,116 +84,6 @@ def run_init() -> None:
                 pass
     while True:
         time.sleep(3600)
-
-
-# -- the child: runs the untrusted program -----------------------------------------------------------------
-def _child(program: str, test_code, limits: dict, workdir: str, fds: dict) -> None:
-    """Never returns: ends with os._exit. `fds` maps the target fd number to the fd to install there."""
-    import io
-    import types
-
-    os.setsid()
-    for target, fd in fds.items():
-        os.dup2(fd, target, inheritable=True)
-    low = 0
-    for fd in sorted(fds):  # close every other fd (close_range between the kept ones)
-        if low < fd:  # an empty range would reach close_range(low, -1): every fd
-            os.closerange(low, fd)
-        low = fd + 1
-    os.closerange(low, 1 << 20)
-    for sig in _SERVER_IGNORES:  # back to the dispositions of a fresh interpreter
-        signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL)
-    os.chdir(workdir)
-    os.umask(0o077)
-    mem = int(limits["memory_mb"]) * 1024 * 1024
-    cpu = int(limits["cpu_s"]) + 1
-    # CPU: SIGXCPU at the soft limit (reported as `timeout`); with soft == hard Linux sends SIGKILL instead, which
-    # would read as a runtime error. The hard limit a second later catches a program that ignores SIGXCPU.
-    for res, soft, hard in ((resource.RLIMIT_AS, mem, mem), (resource.RLIMIT_CPU, cpu, cpu + 1),
-                            (resource.RLIMIT_CORE, 0, 0), (resource.RLIMIT_NOFILE, 256, 256)):
-        resource.setrlimit(res, (soft, hard))
-    os.environ.update(HOME=workdir, TMPDIR=workdir)  # the rest was set once by serve()
-    result_fd, nonce_fd = limits.get("result_fd"), limits.get("nonce_fd")
-    # Bind what the epilogue needs now: the program may patch os, sys or builtins.
-    os_read, os_write, os_exit = os.read, os.write, os._exit
-    sys.stdin = io.TextIOWrapper(io.BufferedReader(io.FileIO(0, "r", closefd=False)), encoding="utf-8",
-                                 errors="replace")
-    sys.stdout = io.TextIOWrapper(io.BufferedWriter(io.FileIO(1, "w", closefd=False)), encoding="utf-8",
-                                  errors="replace")
-    sys.stderr = io.TextIOWrapper(io.BufferedWriter(io.FileIO(2, "w", closefd=False)), encoding="utf-8",
-                                  errors="backslashreplace", line_buffering=True)
-    sys.__stdin__, sys.__stdout__, sys.__stderr__ = sys.stdin, sys.stdout, sys.stderr
-    sys.argv = ["main.py"]
-    sys.path[:] = [workdir] + [p for p in sys.path[1:] if not p.startswith("/opt/prorl")]
-    stdout, stderr = sys.stdout, sys.stderr
-    # Everything the epilogue uses is bound before the program runs: it may replace builtins, os, sys.modules.
-    run, build, fail = exec, compile, _report_traceback
-    code = 0
-    try:
-        main = types.ModuleType("__main__")  # the program is __main__ (pickle, multiprocessing), not the runner
-        main.__file__ = "main.py"
-        sys.modules["__main__"] = main
-        scope = main.__dict__
-        run(build(program, "main.py", "exec"), scope)
-        if test_code is not None:
-            run(build(test_code, "test.py", "exec"), scope)
-        _python_shutdown()
-    except SystemExit as exc:
-        test_code = None  # an exit, even exit(0), never passes a test
-        code = _exit_code(exc)
-    except MemoryError:
-        test_code = None
-        code = 1
-        fail(os_write)
-        if result_fd is not None:
-            os_write(result_fd, _MEMORY_MARK)
-    except BaseException:
-        test_code = None
-        code = 1
-        fail(os_write)
-    for stream in (stdout, stderr):
-        try:
-            stream.flush()
-        except BaseException:
-            code = code or 1
-    if test_code is not None and code == 0 and nonce_fd is not None:
-        try:
-            os_write(result_fd, os_read(nonce_fd, 64))
-        except OSError:
-            pass
-    os_exit(code)
-
-
-def _python_shutdown() -> None:
-    """What the interpreter does at a normal exit: join non-daemon threads, run atexit handlers."""
-    threading = sys.modules.get("threading")
-    if threading is not None:
-        threading._shutdown()
-    import atexit
-
-    atexit._run_exitfuncs()
-
-
-def _exit_code(exc: SystemExit) -> int:
-    if exc.code is None:
-        return 0
-    if isinstance(exc.code, int):
-        return exc.code & 0xFF
-    try:
-        print(exc.code, file=sys.stderr)
-    except BaseException:
-        pass
-    return 1
-
-
-def _report_traceback(write) -> None:
-    """Print the traceback of the exception being handled straight to fd 2 (not via the program's sys.stderr)."""
-    try:
-        etype, value, tb = sys.exc_info()
-        lines = _format_exception(etype, value, tb.tb_next if tb is not None else None)  # skip the runner frame
-        write(2, "".join(lines)[-20000:].encode("utf-8", "replace"))
-    except BaseException:
-        pass
 
 
 # -- the server ---------------------------------------------------------------------------------------------
@@ -256,7 +146,7 @@ class Server:
         pid = os.fork()
         if pid == 0:
             try:
-                _child(program, test_code, child_limits, workdir, fds)
+                run_program(program, test_code, child_limits, workdir, fds)
             finally:
                 os._exit(70)
         for fd in fds.values():
@@ -278,7 +168,7 @@ class Server:
                 got = b""
             os.close(res_r)
             passed = got == nonce
-            memory_mark = got == _MEMORY_MARK
+            memory_mark = got == MEMORY_MARK
         status, exit_code, stdout, stderr = outcome
         if status == "ok" and memory_mark:
             status = "memory"
@@ -414,7 +304,7 @@ def serve(root: str) -> None:
     for fd in (0, 1, 2):
         os.dup2(null, fd)
     os.close(null)
-    for sig in _SERVER_IGNORES:
+    for sig in SERVER_IGNORES:
         signal.signal(sig, signal.SIG_IGN)
     sealed = _make_non_dumpable()
     os.environ.clear()  # what every program sees (plus HOME and TMPDIR = its workdir)
