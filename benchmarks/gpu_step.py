@@ -228,8 +228,9 @@ class PhaseClock:
         from transformers import TrainerCallback
 
         for method, phase in (("_generate_single_turn", "generation"), ("_calculate_rewards", "scoring"),
-                              ("_generate_and_score_completions", "prepare")):
-            setattr(trainer, method, self._timed(getattr(trainer, method), phase))
+                              ("_generate_and_score_completions", "prepare"), ("_generate_round", "round")):
+            if hasattr(trainer, method):  # `_generate_round`: one dynamic-sampling round (ProRLTrainer only)
+                setattr(trainer, method, self._timed(getattr(trainer, method), phase))
         clock = self
 
         class Steps(TrainerCallback):
@@ -265,12 +266,13 @@ def summarize(steps: list[dict], warmup: int, n_params: dict, tflops: float, spe
     matmul parameters (and, for comparison with shared/MEASURED.md, all parameters over the spec peak)."""
     measured = steps[warmup:] or steps
     mean = {k: sum(s.get(k, 0.0) for s in measured) / len(measured)
-            for k in ("step_s", "generation_s", "scoring_s", "prepare_s", "rounds", "completion_tokens",
+            for k in ("step_s", "generation_s", "scoring_s", "prepare_s", "round_s", "rounds", "completion_tokens",
                       "train_tokens")}
     train_s = mean["step_s"] - mean["prepare_s"]
     flops = 6 * n_params["matmul"] * mean["train_tokens"]
     flops_all = 6 * n_params["all"] * mean["train_tokens"]
-    extra = mean["prepare_s"] * (mean["rounds"] - 1) / mean["rounds"] if mean["rounds"] else 0.0
+    # dynamic sampling: its rounds beyond the first (same size; their log-prob passes are deferred to the kept rows)
+    extra = (mean["round_s"] or mean["prepare_s"]) * (mean["rounds"] - 1) / mean["rounds"] if mean["rounds"] else 0.0
     return {
         "steps_measured": len(measured), "first_step_s": steps[0]["step_s"], **mean,
         "reference_logps_s": mean["prepare_s"] - mean["generation_s"] - mean["scoring_s"], "train_s": train_s,
@@ -280,7 +282,6 @@ def summarize(steps: list[dict], warmup: int, n_params: dict, tflops: float, spe
         "mfu_vs_measured_matmul": flops / train_s / (tflops * 1e12),
         "mfu_vs_spec": flops / train_s / (spec * 1e12) if spec else None,
         "mfu_vs_spec_all_params": flops_all / train_s / (spec * 1e12) if spec else None,
-        # dynamic sampling: the extra rounds' share of batch preparation (rounds are the same size)
         "extra_rounds_s": extra, "step_s_equal_work": mean["step_s"] - extra,
     }
 

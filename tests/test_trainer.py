@@ -89,7 +89,7 @@ def test_dynamic_sampling_never_trains_on_a_constant_group(tiny_model, tmp_path)
 def test_dynamic_sampling_cap_finishes_the_step_with_a_warning(tiny_model, tmp_path, caplog):
     args = fast_config(tmp_path, max_steps=1, dynamic_sampling_max_rounds=2)
     trainer = RecordingTrainer(tiny_model, reward_funcs=constant_reward, args=args, train_dataset=prompt_dataset())
-    with caplog.at_level(logging.WARNING, logger="prorl.trainer.trainer"):
+    with caplog.at_level(logging.WARNING, logger="prorl.trainer.dynamic_sampling"):
         trainer.train()
     assert trainer.state.global_step == 1
     assert any("hit the cap of 2 extra rounds" in r.getMessage() for r in caplog.records)
@@ -100,6 +100,46 @@ def test_dynamic_sampling_cap_finishes_the_step_with_a_warning(tiny_model, tmp_p
     assert batch["prompt_ids"].size(0) == 8 and torch.all(batch["advantages"] == 0)
     assert batch["completion_mask"].sum() == 0 and batch["num_items_in_batch"] == 0  # nothing is trained on
     assert _history(trainer, "loss") == [0.0]
+
+
+def test_dynamic_sampling_computes_log_probs_for_the_kept_rows_only(tiny_model, tmp_path):
+    """Old-policy and reference log-probs are computed once per generation, for the merged batch, and equal the
+    ones TRL computes round by round (dropped groups included)."""
+
+    class CountingTrainer(RecordingTrainer):
+        def __init__(self, *args, defer=True, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._defer_logps = defer
+            self.logp_rows = 0  # rows through a no-grad log-prob forward pass
+
+        def _get_per_token_logps_and_entropies(self, model, input_ids, *args, **kwargs):
+            if self._deferred_models is None and not torch.is_grad_enabled():
+                self.logp_rows += input_ids.size(0)
+            return super()._get_per_token_logps_and_entropies(model, input_ids, *args, **kwargs)
+
+    runs = {}
+    for defer in (True, False):
+        # 2 updates per generation (so TRL needs old log-probs), beta > 0 (reference log-probs), half the groups
+        # constant: every generation takes refill rounds
+        args = fast_config(tmp_path / str(defer), max_steps=4, steps_per_generation=2, beta=0.1)
+        trainer = CountingTrainer(tiny_model, reward_funcs=half_constant_reward, args=args,
+                                  train_dataset=prompt_dataset(), defer=defer)
+        trainer.train()
+        runs[defer] = trainer
+    deferred, eager = runs[True], runs[False]
+    rounds = sum(_history(eager, "dynamic_sampling/rounds"))
+    assert _history(deferred, "dynamic_sampling/rounds") == _history(eager, "dynamic_sampling/rounds")
+    assert rounds > len(eager.trained) == len(deferred.trained) == 2  # refills happened
+    assert deferred.logp_rows == 2 * 16 * 2  # 2 generations x 16 rows x (old, reference)
+    assert eager.logp_rows == rounds * 16 * 2
+    for a, b in zip(deferred.trained, eager.trained):
+        assert torch.equal(a["completion_ids"], b["completion_ids"])  # same samples, same order
+        mask = a["completion_mask"].bool()
+        assert mask.any()
+        for key in ("old_per_token_logps", "ref_per_token_logps"):
+            assert torch.allclose(a[key][mask], b[key][mask], atol=1e-5), key
+    for key in ("loss", "kl"):
+        assert _history(deferred, key) == pytest.approx(_history(eager, key), abs=1e-5)
 
 
 def test_adaptive_refill_samples_only_what_the_missing_groups_need(tiny_model, tmp_path):

@@ -2,7 +2,8 @@
 environment reward. Everything else (generation, vLLM, the DAPO loss, KL, logging, checkpointing) is TRL's.
 
 Extension points used (all methods of `GRPOTrainer`/`Trainer`, called with `super()`):
-  - `_generate_and_score_completions`: called repeatedly per step for dynamic sampling; the kept rows are merged.
+  - `_generate_and_score_completions`: called repeatedly per step for dynamic sampling; the kept rows are merged
+    (prorl/trainer/dynamic_sampling.py, which also defers the log-prob passes to the kept rows).
   - `_calculate_rewards`: the no-EOS penalty, and the rewards that dynamic sampling filters on.
   - `log`: the ProRL metrics, and `output_dir/metrics.jsonl`.
   - `_save_checkpoint` / `train`: the reset state travels with checkpoints and is restored on resume.
@@ -20,13 +21,14 @@ from accelerate.utils import gather, is_peft_model
 from datasets import IterableDataset
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
-from trl.trainer.utils import RepeatSampler, add_fused_lm_head
+from trl.trainer.utils import add_fused_lm_head
 
 from prorl.trainer.callbacks import ResetController, copy_weights_, truncate_jsonl
 from prorl.trainer.generation import trainer_generate
 from prorl.trainer.config import LIVE_STAGE_FIELDS, RESTART_STAGE_FIELDS, ProRLConfig
+from prorl.trainer.dynamic_sampling import DynamicSamplingMixin
 from prorl.trainer.rewards import EnvReward
-from prorl.trainer.sampling import concat_rows, group_keep_mask, mixture_view, num_rows, select_rows
+from prorl.trainer.sampling import mixture_view
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +42,7 @@ METRIC_ALIASES = {
 }
 
 
-class ProRLTrainer(GRPOTrainer):
+class ProRLTrainer(DynamicSamplingMixin, GRPOTrainer):
     """GRPO with the ProRL recipe. `reward_funcs` defaults to `EnvReward` (route each row to its `env`)."""
 
     _tag_names = ["trl", "grpo", "prorl"]
@@ -97,113 +99,6 @@ class ProRLTrainer(GRPOTrainer):
         self._round_rewards = rewards_per_func
         return rewards_per_func
 
-    def _total_rewards(self, rewards_per_func: torch.Tensor) -> torch.Tensor:
-        """Per-completion weighted total reward, NaN where every reward function abstained (as TRL computes it)."""
-        weights = self.reward_weights.to(rewards_per_func.device)
-        total = (rewards_per_func * weights.unsqueeze(0)).nansum(dim=1)
-        total[torch.isnan(rewards_per_func).all(dim=1)] = torch.nan
-        return total
-
-    # -- Dynamic sampling ------------------------------------------------------------------------------------
-    def _generate_and_score_completions(self, inputs):
-        if not (self.model.training and self.args.dynamic_sampling):
-            return super()._generate_and_score_completions(inputs)
-        target = len(inputs)
-        kept, spare = [], None
-        kept_local = kept_groups = dropped_groups = rounds = 0
-        batch = inputs
-        while True:
-            rounds += 1
-            out = super()._generate_and_score_completions(batch)
-            keep = group_keep_mask(self._total_rewards(self._round_rewards), self.num_generations,
-                                   self.args.dynamic_sampling_accuracy_window, self.args.dynamic_sampling_std_tol)
-            kept_groups += int(keep.sum())
-            dropped_groups += int((~keep).sum())
-            n = num_rows(out)
-            start = self.accelerator.process_index * n
-            keep_rows = keep.repeat_interleave(self.num_generations)[start:start + n].to(out["advantages"].device)
-            kept.append(select_rows(out, keep_rows))
-            spare = select_rows(out, ~keep_rows)
-            kept_local += int(keep_rows.sum())
-            # Every process must agree on whether to go on: stop when the emptiest one is full.
-            least = gather(torch.tensor([kept_local], device=keep_rows.device)).min().item()
-            if least >= target or rounds > self.args.dynamic_sampling_max_rounds:
-                break
-            batch = self._refill_batch()
-            if self.args.dynamic_sampling_refill == "adaptive":
-                batch = batch[:self._adaptive_refill_rows(target - kept_local, kept_groups, dropped_groups,
-                                                          len(batch))]
-        filler_rows = max(0, target - kept_local)
-        if filler_rows:
-            # Rows that keep the batch shape but train nothing: no advantage, no loss tokens (as TRL masks
-            # truncated completions), so the step trains on exactly the groups it kept.
-            spare = select_rows(spare, torch.arange(min(filler_rows, num_rows(spare))))
-            spare["advantages"] = torch.zeros_like(spare["advantages"])
-            spare["completion_mask"] = torch.zeros_like(spare["completion_mask"])
-            kept.append(spare)
-        filled = gather(torch.tensor([filler_rows], device=keep_rows.device)).sum().item()
-        if filled:
-            log.warning("dynamic sampling: step %d hit the cap of %d extra rounds with %d rows missing; they are "
-                        "filled with masked rows (no loss)", self.state.global_step + 1,
-                        self.args.dynamic_sampling_max_rounds, filled)
-        token_level = ("importance_sampling_ratio",) if self.vllm_importance_sampling_mode.startswith("token") else ()
-        merged = concat_rows(kept, self._tokenizer.pad_token_id, token_level)
-        merged = select_rows(merged, torch.arange(target))
-        loss_mask = merged["completion_mask"] * merged.get("tool_mask", 1)
-        merged["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
-        metrics = self._metrics["train"]
-        metrics["dynamic_sampling/kept_groups"].append(float(kept_groups))
-        metrics["dynamic_sampling/dropped_groups"].append(float(dropped_groups))
-        metrics["dynamic_sampling/rounds"].append(float(rounds))
-        metrics["dynamic_sampling/filled_rows"].append(float(filled))
-        return merged
-
-    def _adaptive_refill_rows(self, missing_rows: int, kept_groups: int, dropped_groups: int, full: int) -> int:
-        """Rows of the next refill round under `dynamic_sampling_refill='adaptive'`: the missing groups divided by
-        the step's keep rate so far, in whole groups, between the missing groups and a full batch; the same on every
-        process (TRL's generation gathers equal shares), so the largest need decides. Each process keeps the first
-        groups of its share of the drawn batch, which holds whole groups when `full` is a multiple of the group."""
-        g = self.num_generations
-        if full % g:  # a group spans two processes: slicing would cut it; refill with whole batches
-            if not getattr(self, "_warned_refill", False):
-                log.warning("dynamic_sampling_refill='adaptive' needs whole groups on each process "
-                            "(per_device_train_batch_size x steps_per_generation = %d is not a multiple of "
-                            "num_generations = %d): refilling with full batches", full, g)
-                self._warned_refill = True
-            return full
-        need = -(-max(0, missing_rows) // g)  # groups this process still lacks (ceil)
-        if kept_groups == 0:  # nothing kept yet: no keep rate to go by
-            groups = full // g
-        else:  # need / keep rate, rounded up: need * (kept + dropped) / kept
-            groups = min(full // g, -(-need * (kept_groups + dropped_groups) // kept_groups))
-        groups = int(gather(torch.tensor([groups], device=self.accelerator.device)).max().item())
-        return max(1, groups) * g
-
-    def _refill_batch(self) -> list[dict[str, Any]]:
-        """The next generation batch of the refill stream: its own shuffled passes over the train set, grouped and
-        sharded across processes like TRL's, resumable (the number of batches drawn is checkpointed)."""
-        while True:
-            if self._refill_iter is None:
-                self._refill_iter = iter(self._refill_dataloader())
-            batch = next(self._refill_iter, None)
-            if batch is None:
-                self._refill_iter, self._refill_epoch = None, self._refill_epoch + 1
-            elif self._refill_skip:  # drawn by the run this one resumes
-                self._refill_skip -= 1
-            else:
-                self.resets.state.refill_batches += 1
-                return batch
-
-    def _refill_dataloader(self):
-        def sampler(dataset):
-            return RepeatSampler(dataset, mini_repeat_count=self.num_generations,
-                                 batch_size=self.args.generation_batch_size // self.num_generations,
-                                 repeat_count=1, shuffle=self.shuffle_dataset,
-                                 seed=self.args.seed + 1 + self._refill_epoch)
-
-        batch_size = self._train_batch_size * self.args.steps_per_generation
-        return self._get_dataloader(self.train_dataset, "Refill", batch_size, sampler_fn=sampler, is_training=True)
-
     # -- Updates with nothing to learn ------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.model.training:
@@ -258,15 +153,9 @@ class ProRLTrainer(GRPOTrainer):
         generate_every = self.args.steps_per_generation * self.num_iterations
         if not self._buffered_inputs or self._step % generate_every == 0:
             return
-        with torch.no_grad():
-            for batch in self._buffered_inputs:
-                if "ref_per_token_logps" not in batch:
-                    continue
-                ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
-                mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
-                batch["ref_per_token_logps"], _, _ = self._get_per_token_logps_and_entropies(
-                    self.ref_model, ids, mask, batch["completion_ids"].size(1),
-                    batch_size=self.args.per_device_train_batch_size)
+        for batch in self._buffered_inputs:
+            if "ref_per_token_logps" in batch:
+                batch["ref_per_token_logps"] = self._batch_logps(self.ref_model, batch)
 
     def apply_stage(self, overrides: dict[str, Any], live: bool) -> bool:
         """Apply a stage's overrides to `args` and the trainer. With `live=True` (at a reset, mid-run) the fields

@@ -1,0 +1,174 @@
+"""Dynamic sampling (DAPO) inside `GRPOTrainer._generate_and_score_completions`: generate, score, keep the groups
+that carry a learning signal, refill from a stream of its own, merge the kept rows into one batch.
+
+TRL computes the old-policy and reference log-probs of a generation batch before its rewards, so a round would pay
+one or two forward passes for groups it then drops (about 40% of the groups in our runs). Here those passes are
+deferred: during the rounds `_get_per_token_logps_and_entropies` records which model was asked and returns zeros,
+and the log-probs are computed once, for the merged batch only. Neither model changes between the rounds (no
+optimizer step), so the values are the ones TRL would have computed. Not deferred with vLLM (its importance
+sampling uses the old log-probs at once) or a PEFT reference (it needs TRL's adapter context).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from accelerate.utils import gather
+from trl.models.utils import disable_gradient_checkpointing
+from trl.trainer.utils import RepeatSampler
+
+from prorl.trainer.sampling import concat_rows, group_keep_mask, num_rows, select_rows
+
+log = logging.getLogger(__name__)
+
+# The log-prob keys of TRL's generation output, in the order TRL computes them.
+LOGP_KEYS = ("old_per_token_logps", "ref_per_token_logps")
+
+
+class DynamicSamplingMixin:
+    """Mixed into `ProRLTrainer` before `GRPOTrainer`; uses its `args` (ProRLConfig), `resets` and `_round_rewards`
+    (the rewards of the latest generation round, set by `_calculate_rewards`)."""
+
+    _deferred_models: list | None = None  # set during a dynamic-sampling round whose log-probs are deferred
+    _defer_logps = True  # False: compute them in every round, as TRL does (tests compare the two)
+
+    def _total_rewards(self, rewards_per_func: torch.Tensor) -> torch.Tensor:
+        """Per-completion weighted total reward, NaN where every reward function abstained (as TRL computes it)."""
+        weights = self.reward_weights.to(rewards_per_func.device)
+        total = (rewards_per_func * weights.unsqueeze(0)).nansum(dim=1)
+        total[torch.isnan(rewards_per_func).all(dim=1)] = torch.nan
+        return total
+
+    def _generate_and_score_completions(self, inputs):
+        if not (self.model.training and self.args.dynamic_sampling):
+            return super()._generate_and_score_completions(inputs)
+        target = len(inputs)
+        kept, spare, deferred = [], None, []
+        kept_local = kept_groups = dropped_groups = rounds = 0
+        batch = inputs
+        while True:
+            rounds += 1
+            out, deferred = self._generate_round(batch)
+            keep = group_keep_mask(self._total_rewards(self._round_rewards), self.num_generations,
+                                   self.args.dynamic_sampling_accuracy_window, self.args.dynamic_sampling_std_tol)
+            kept_groups += int(keep.sum())
+            dropped_groups += int((~keep).sum())
+            n = num_rows(out)
+            start = self.accelerator.process_index * n
+            keep_rows = keep.repeat_interleave(self.num_generations)[start:start + n].to(out["advantages"].device)
+            kept.append(select_rows(out, keep_rows))
+            spare = select_rows(out, ~keep_rows)
+            kept_local += int(keep_rows.sum())
+            # Every process must agree on whether to go on: stop when the emptiest one is full.
+            least = gather(torch.tensor([kept_local], device=keep_rows.device)).min().item()
+            if least >= target or rounds > self.args.dynamic_sampling_max_rounds:
+                break
+            batch = self._refill_batch()
+            if self.args.dynamic_sampling_refill == "adaptive":
+                batch = batch[:self._adaptive_refill_rows(target - kept_local, kept_groups, dropped_groups,
+                                                          len(batch))]
+        filler_rows = max(0, target - kept_local)
+        if filler_rows:
+            # Rows that keep the batch shape but train nothing: no advantage, no loss tokens (as TRL masks
+            # truncated completions), so the step trains on exactly the groups it kept.
+            spare = select_rows(spare, torch.arange(min(filler_rows, num_rows(spare))))
+            spare["advantages"] = torch.zeros_like(spare["advantages"])
+            spare["completion_mask"] = torch.zeros_like(spare["completion_mask"])
+            kept.append(spare)
+        filled = gather(torch.tensor([filler_rows], device=keep_rows.device)).sum().item()
+        if filled:
+            log.warning("dynamic sampling: step %d hit the cap of %d extra rounds with %d rows missing; they are "
+                        "filled with masked rows (no loss)", self.state.global_step + 1,
+                        self.args.dynamic_sampling_max_rounds, filled)
+        token_level = ("importance_sampling_ratio",) if self.vllm_importance_sampling_mode.startswith("token") else ()
+        merged = concat_rows(kept, self._tokenizer.pad_token_id, token_level)
+        merged = select_rows(merged, torch.arange(target))
+        for key, model in deferred:
+            merged[key] = self._batch_logps(model, merged)
+        loss_mask = merged["completion_mask"] * merged.get("tool_mask", 1)
+        merged["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
+        metrics = self._metrics["train"]
+        metrics["dynamic_sampling/kept_groups"].append(float(kept_groups))
+        metrics["dynamic_sampling/dropped_groups"].append(float(dropped_groups))
+        metrics["dynamic_sampling/rounds"].append(float(rounds))
+        metrics["dynamic_sampling/filled_rows"].append(float(filled))
+        return merged
+
+    def _generate_round(self, batch) -> tuple[dict, list[tuple[str, Any]]]:
+        """TRL's generate-and-score on `batch`, its log-probs deferred when possible: returns the output (zeros in
+        place of the deferred log-probs) and the (output key, model) pairs still to compute."""
+        if not self._defer_logps or self.use_vllm or (self.beta != 0 and self.ref_model is None):
+            return super()._generate_and_score_completions(batch), []
+        self._deferred_models = []
+        try:
+            out = super()._generate_and_score_completions(batch)
+        finally:
+            models, self._deferred_models = self._deferred_models, None
+        keys = [k for k in LOGP_KEYS if k in out]
+        if len(keys) != len(models):  # a TRL version that computes log-probs elsewhere: fail, do not mislabel
+            raise RuntimeError(f"dynamic sampling: TRL asked for {len(models)} log-prob passes but returned {keys}")
+        return out, list(zip(keys, models))
+
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):
+        if self._deferred_models is None:
+            return super()._get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep,
+                                                              *args, **kwargs)
+        self._deferred_models.append(model)
+        return torch.zeros(input_ids.size(0), logits_to_keep, device=input_ids.device), None, None
+
+    def _batch_logps(self, model, batch: dict) -> torch.Tensor:
+        """Per-token log-probs of `model` for the completions of a generation batch, as TRL computes them."""
+        ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
+        mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
+        with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
+            logps, _, _ = self._get_per_token_logps_and_entropies(
+                model, ids, mask, batch["completion_ids"].size(1), batch_size=self.args.per_device_train_batch_size)
+        return logps
+
+    def _adaptive_refill_rows(self, missing_rows: int, kept_groups: int, dropped_groups: int, full: int) -> int:
+        """Rows of the next refill round under `dynamic_sampling_refill='adaptive'`: the missing groups divided by
+        the step's keep rate so far, in whole groups, between the missing groups and a full batch; the same on every
+        process (TRL's generation gathers equal shares), so the largest need decides. Each process keeps the first
+        groups of its share of the drawn batch, which holds whole groups when `full` is a multiple of the group."""
+        g = self.num_generations
+        if full % g:  # a group spans two processes: slicing would cut it; refill with whole batches
+            if not getattr(self, "_warned_refill", False):
+                log.warning("dynamic_sampling_refill='adaptive' needs whole groups on each process "
+                            "(per_device_train_batch_size x steps_per_generation = %d is not a multiple of "
+                            "num_generations = %d): refilling with full batches", full, g)
+                self._warned_refill = True
+            return full
+        need = -(-max(0, missing_rows) // g)  # groups this process still lacks (ceil)
+        if kept_groups == 0:  # nothing kept yet: no keep rate to go by
+            groups = full // g
+        else:  # need / keep rate, rounded up: need * (kept + dropped) / kept
+            groups = min(full // g, -(-need * (kept_groups + dropped_groups) // kept_groups))
+        groups = int(gather(torch.tensor([groups], device=self.accelerator.device)).max().item())
+        return max(1, groups) * g
+
+    def _refill_batch(self) -> list[dict[str, Any]]:
+        """The next generation batch of the refill stream: its own shuffled passes over the train set, grouped and
+        sharded across processes like TRL's, resumable (the number of batches drawn is checkpointed)."""
+        while True:
+            if self._refill_iter is None:
+                self._refill_iter = iter(self._refill_dataloader())
+            batch = next(self._refill_iter, None)
+            if batch is None:
+                self._refill_iter, self._refill_epoch = None, self._refill_epoch + 1
+            elif self._refill_skip:  # drawn by the run this one resumes
+                self._refill_skip -= 1
+            else:
+                self.resets.state.refill_batches += 1
+                return batch
+
+    def _refill_dataloader(self):
+        def sampler(dataset):
+            return RepeatSampler(dataset, mini_repeat_count=self.num_generations,
+                                 batch_size=self.args.generation_batch_size // self.num_generations,
+                                 repeat_count=1, shuffle=self.shuffle_dataset,
+                                 seed=self.args.seed + 1 + self._refill_epoch)
+
+        batch_size = self._train_batch_size * self.args.steps_per_generation
+        return self._get_dataloader(self.train_dataset, "Refill", batch_size, sampler_fn=sampler, is_training=True)
