@@ -85,3 +85,31 @@ def test_resume_skips_a_half_written_checkpoint(tmp_path):
     assert latest_complete_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-4")
     with pytest.raises(ValueError, match="no complete checkpoint"):
         latest_complete_checkpoint(str(tmp_path / "checkpoint-6"))
+
+
+@pytest.mark.slow
+def test_resume_after_a_reset_restores_the_reference(tiny_model, tmp_path):
+    """The KL anchor of a run resumed after a reset is the policy of that reset (saved with each checkpoint), not
+    the initial model TRL loads the reference from."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    def config(**overrides):
+        return fast_config(tmp_path, **{"max_steps": 3, "beta": 0.1, "reset_every_steps": 2, "dynamic_sampling": False,
+                                        "save_strategy": "steps", "save_steps": 3, **overrides})
+
+    first = ProRLTrainer(tiny_model, reward_funcs=text_hash_reward, args=config(), train_dataset=prompt_dataset())
+    first.train()
+    anchor = {name: p.detach().clone() for name, p in first.ref_model.named_parameters()}
+    policy = dict(first.model.named_parameters())
+    initial = dict(AutoModelForCausalLM.from_pretrained(tiny_model).named_parameters())
+    assert any(not torch.equal(anchor[n], initial[n]) for n in anchor)  # the reset at step 2 moved the anchor
+    assert any(not torch.equal(anchor[n], policy[n]) for n in anchor)  # and step 3 moved the policy past it
+
+    # one more step, without a reset at step 4: the anchor must still be the policy of step 2
+    second = ProRLTrainer(tiny_model, reward_funcs=text_hash_reward, args=config(max_steps=4, reset_every_steps=None),
+                          train_dataset=prompt_dataset())
+    second.train(resume_from_checkpoint=True)
+    assert second.state.global_step == 4 and second.resets.state.reset_count == 1
+    for name, p in second.ref_model.named_parameters():
+        assert torch.equal(p, anchor[name]), name

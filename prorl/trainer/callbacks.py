@@ -99,6 +99,51 @@ def copy_weights_(src: torch.nn.Module, dst: torch.nn.Module) -> None:
                 q.data.copy_(p.data)
 
 
+def full_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The parameters of `model` as whole CPU tensors, by name (ZeRO-3: gathered one at a time, a collective every
+    process joins; FSDP2: `full_tensor()`). Tied parameters appear once, as in `named_parameters()`."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    zero3, out = is_deepspeed_zero3_enabled(), {}
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if zero3:
+                import deepspeed
+
+                with deepspeed.zero.GatheredParameters([p]):
+                    out[name] = p.data.detach().cpu().clone()
+            else:
+                t = p.data.full_tensor() if hasattr(p.data, "full_tensor") else p.data
+                out[name] = t.detach().cpu().clone()
+    return out
+
+
+def load_weights_(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    """model's parameters := `weights` (as `full_weights` returns them), matched by name; ZeRO-3 and FSDP2 aware."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    params = dict(model.named_parameters())
+    if params.keys() != weights.keys():
+        differ = sorted(params.keys() ^ weights.keys())[:5]
+        raise RuntimeError(f"saved reference weights do not match the model's parameters (e.g. {differ})")
+    zero3 = is_deepspeed_zero3_enabled()
+    with torch.no_grad():
+        for name, q in params.items():
+            t = weights[name]
+            if zero3:
+                import deepspeed
+
+                with deepspeed.zero.GatheredParameters([q], modifier_rank=0):
+                    if deepspeed.comm.get_rank() == 0:
+                        q.data.copy_(t)
+            elif hasattr(q.data, "device_mesh"):  # an FSDP2 shard
+                from torch.distributed.tensor import distribute_tensor
+
+                q.data.copy_(distribute_tensor(t.to(q.device), q.data.device_mesh, q.data.placements))
+            else:
+                q.data.copy_(t)
+
+
 def reset_optimizer_state(optimizer: torch.optim.Optimizer | Any) -> None:
     """Clear the optimizer state (AdamW moments, step counts). Torch optimizers rebuild it lazily on the next step.
     Under DeepSpeed, whose ZeRO optimizers pre-allocate their state, it is zeroed in place instead

@@ -23,7 +23,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
 from trl.trainer.utils import add_fused_lm_head
 
-from prorl.trainer.callbacks import ResetController, copy_weights_, truncate_jsonl
+from prorl.trainer.callbacks import ResetController, copy_weights_, full_weights, load_weights_, truncate_jsonl
 from prorl.trainer.generation import trainer_generate
 from prorl.trainer.config import LIVE_STAGE_FIELDS, RESTART_STAGE_FIELDS, ProRLConfig
 from prorl.trainer.dynamic_sampling import DynamicSamplingMixin
@@ -33,6 +33,7 @@ from prorl.trainer.sampling import mixture_view
 log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
+REFERENCE_FILE = "reference.safetensors"  # in checkpoints after the first reset: the KL anchor
 # The issue's metric names for values TRL already logs under its own names (both are kept).
 METRIC_ALIASES = {
     "completion_length/mean": "completions/mean_length",
@@ -239,7 +240,21 @@ class ProRLTrainer(DynamicSamplingMixin, GRPOTrainer):
             folder = os.path.join(self._get_output_dir(trial=trial), name)
             os.makedirs(folder, exist_ok=True)
             self.resets.save(folder)
+        self._save_reference(os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-"
+                                          f"{self.state.global_step}"))
         super()._save_checkpoint(model, trial)
+
+    def _save_reference(self, folder: str) -> None:
+        """After a reset the reference is no longer the model TRL loads at start: save its weights with the
+        checkpoint (`reference.safetensors`), so that a resumed run keeps its KL anchor."""
+        if self.ref_model is None or self.resets.state.reset_count == 0:
+            return
+        weights = full_weights(self.accelerator.unwrap_model(self.ref_model))  # every process: ZeRO-3 gathers
+        if self.args.should_save:
+            from safetensors.torch import save_file
+
+            os.makedirs(folder, exist_ok=True)
+            save_file(weights, os.path.join(folder, REFERENCE_FILE), metadata={"format": "pt"})
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
         if resume_from_checkpoint is True:
@@ -255,6 +270,14 @@ class ProRLTrainer(DynamicSamplingMixin, GRPOTrainer):
         rolled back to the checkpoint's step (what a killed run logged after it will be logged again)."""
         self.resets.load(checkpoint)
         self._refill_skip = self.resets.state.refill_batches
+        reference = os.path.join(checkpoint, REFERENCE_FILE)
+        if self.ref_model is not None and os.path.exists(reference):
+            from safetensors.torch import load_file
+
+            load_weights_(self.accelerator.unwrap_model(self.ref_model), load_file(reference))
+        elif self.ref_model is not None and self.resets.state.reset_count:
+            log.warning("checkpoint %s has no %s (saved by an older prorl?): the reference stays the initial model, "
+                        "not the policy of reset %d", checkpoint, REFERENCE_FILE, self.resets.state.reset_count)
         with open(os.path.join(checkpoint, "trainer_state.json")) as f:
             step = json.load(f)["global_step"]
         if self.accelerator.is_main_process:
