@@ -1,6 +1,6 @@
 """Two processes (torch.distributed, gloo, CPU): dynamic sampling decides from gathered rewards, so both ranks run
 the same rounds and train no constant group, including a group split across the two ranks; a reset on both ranks
-brings the (gathered) KL of the next step to ~0."""
+brings the (gathered) KL of the next step to ~0; a stage that reshapes the batch restarts both ranks in process."""
 
 import json
 import os
@@ -46,3 +46,13 @@ def test_two_process_dynamic_sampling_and_reset(tiny_model, tmp_path):
         assert r["resets"] == 1 and r["kl"][1] > 1e-4 and r["kl"][2] < 1e-6
     # 6 rows per rank in groups of 4: a prompt group split across the two ranks was trained
     assert any(set(a[-2:]) & set(b[:4]) for a, b in zip(ranks[0]["trained"], ranks[1]["trained"]))
+
+
+@pytest.mark.slow
+def test_two_process_restart_stage_goes_on_in_process(tiny_model, tmp_path):
+    """A stage that doubles the rows per process restarts both ranks in process from the reset's checkpoint."""
+    ranks = _two_ranks("ddp-restart", tiny_model, tmp_path)
+    for r in ranks:
+        assert [len(batch) for batch in r["trained"]] == [4, 4, 8, 8], r["trained"]
+        assert r["resets"] == 2 and r["kl"][2] < 1e-6  # step 3: the reference restored is the policy of step 2
+    assert (tmp_path / "run" / "checkpoint-2" / "reference.safetensors").exists()

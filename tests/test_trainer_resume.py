@@ -57,9 +57,11 @@ def test_sigkill_after_reset_then_resume(tiny_model, tmp_path):
 
 @pytest.mark.slow
 def test_restart_stage_stops_and_applies_on_resume(tiny_model, tmp_path):
-    """A stage that reshapes the generation batch saves a checkpoint and stops; resuming applies it."""
+    """With restart_stages_in_process=False a stage that reshapes the generation batch saves a checkpoint and
+    stops; resuming applies it."""
     args = fast_config(tmp_path, max_steps=4, beta=0.1, reset_every_steps=2, dynamic_sampling=False,
-                       save_strategy="steps", save_steps=10, stages=[{"num_generations": 2}])
+                       save_strategy="steps", save_steps=10, stages=[{"num_generations": 2}],
+                       restart_stages_in_process=False)
     trainer = ProRLTrainer(tiny_model, reward_funcs=text_hash_reward, args=args, train_dataset=prompt_dataset())
     trainer.train()
     assert trainer.state.global_step == 2 and (tmp_path / "checkpoint-2").is_dir()
@@ -72,6 +74,42 @@ def test_restart_stage_stops_and_applies_on_resume(tiny_model, tmp_path):
     trainer.train(resume_from_checkpoint=True)
     assert trainer.state.global_step == 4 and trainer.num_generations == 2
     assert trainer.args.generation_batch_size == 8  # 4 prompts x 2 completions per step after the restart
+
+
+@pytest.mark.slow
+def test_restart_stage_goes_on_in_process(tiny_model, tmp_path):
+    """By default one train() call runs through a stage that reshapes the generation batch: it resumes from the
+    checkpoint of that reset in the same process, with the new shape, the reference of the reset and no metric
+    line lost or repeated."""
+    import re
+
+    import torch
+
+    class Recording(ProRLTrainer):
+        prompts_per_batch: list[int] = []  # distinct prompts in each generation batch
+
+        def _generate_and_score_completions(self, inputs):
+            out = super()._generate_and_score_completions(inputs)
+            if self.model.training:
+                texts = self.processing_class.batch_decode(out["prompt_ids"], skip_special_tokens=True)
+                self.prompts_per_batch.append(len({re.search(r"q(\d+):", t).group(1) for t in texts}))
+            return out
+
+    args = fast_config(tmp_path, max_steps=4, beta=0.1, reset_every_steps=2, dynamic_sampling=False,
+                       save_strategy="no", stages=[{"num_generations": 2}])
+    trainer = Recording(tiny_model, reward_funcs=text_hash_reward, args=args, train_dataset=prompt_dataset())
+    trainer.train()
+    assert trainer.state.global_step == 4 and trainer.num_generations == 2
+    assert (tmp_path / "checkpoint-2" / "reference.safetensors").exists()
+    assert trainer.prompts_per_batch == [2, 2, 4, 4]  # 2 prompts x 4 completions, then 4 x 2
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4]
+    assert [r["stage"] for r in rows if "loss" in r] == [0, 1, 1, 1]
+    events = [json.loads(x) for x in (tmp_path / "resets.jsonl").read_text().splitlines()]
+    assert [(e["step"], e["restart_required"]) for e in events] == [(2, True), (4, False)]
+    # the reference is the policy of the reset at step 4 (a live reset, no restart)
+    for (name, p), q in zip(trainer.model.named_parameters(), trainer.ref_model.parameters()):
+        assert torch.equal(p, q), name
 
 
 def test_resume_skips_a_half_written_checkpoint(tmp_path):

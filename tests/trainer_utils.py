@@ -99,10 +99,12 @@ def _subprocess_main(argv: list[str]) -> None:
     trainer.train(resume_from_checkpoint=True if resume else None)
 
 
-def _ddp_main(argv: list[str], adaptive: bool = False) -> None:
+def _ddp_main(argv: list[str], mode: str = "ddp") -> None:
     """Under `torch.distributed.run --nproc_per_node 2`: 6 rows per process and groups of 4, so one group spans
     both processes; a reward constant on even prompts; a reset after step 2. With `adaptive`: 16 rows per process,
-    a reward constant on every fourth prompt and adaptive refills. Writes OUT/rank<N>.json per rank."""
+    a reward constant on every fourth prompt and adaptive refills. With `restart`: no dynamic sampling, 4 rows per
+    process, and a stage at the reset after step 2 that doubles them (an in-process restart). Writes OUT/rank<N>.json
+    per rank."""
     import re
 
     from prorl.trainer import ProRLTrainer
@@ -125,10 +127,14 @@ def _ddp_main(argv: list[str], adaptive: bool = False) -> None:
         varying = text_hash_reward(prompts, completions)
         return [0.5 if q % 4 == 0 else r for q, r in zip(qid, varying)]
 
-    if adaptive:  # 16 rows per process = 4 whole groups; prompts 0, 4, 8 are constant
+    if mode == "ddp-adaptive":  # 16 rows per process = 4 whole groups; prompts 0, 4, 8 are constant
         args = fast_config(out, per_device_train_batch_size=16, dynamic_sampling_refill="adaptive",
                            dynamic_sampling_max_rounds=3, use_cpu=True)
         reward = quarter_constant_reward
+    elif mode == "ddp-restart":
+        args = fast_config(out, per_device_train_batch_size=4, max_steps=4, beta=0.1, reset_every_steps=2,
+                           dynamic_sampling=False, stages=[{"per_device_train_batch_size": 8}], use_cpu=True)
+        reward = text_hash_reward
     else:
         args = fast_config(out, per_device_train_batch_size=6, beta=0.1, reset_every_steps=2, use_cpu=True)
         reward = half_constant_reward
@@ -143,7 +149,7 @@ def _ddp_main(argv: list[str], adaptive: bool = False) -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1] in ("ddp", "ddp-adaptive"):
-        _ddp_main(sys.argv[2:], adaptive=sys.argv[1] == "ddp-adaptive")
+    if sys.argv[1] in ("ddp", "ddp-adaptive", "ddp-restart"):
+        _ddp_main(sys.argv[2:], mode=sys.argv[1])
     else:
         _subprocess_main(sys.argv[1:])

@@ -180,6 +180,7 @@ class ResetController(TrainerCallback):
     def __init__(self, trainer: "ProRLTrainer"):
         self.trainer = trainer
         self.state = ResetState()
+        self.restart_pending = False  # a stage that reshapes the batch stopped the run at its checkpoint
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         self.trainer.decide_update()
@@ -247,10 +248,12 @@ class ResetController(TrainerCallback):
                 os.fsync(f.fileno())
         log.info("reset %d at step %d (%s): stage %d %s", event.reset, event.step, trigger, event.stage, overrides)
         if restart and control is not None:
-            log.warning("stage %d changes the generation batch shape (%s): saving a checkpoint and stopping; "
-                        "resume from it to continue with the new stage", s.stage, sorted(overrides))
+            log.warning("stage %d changes the generation batch shape (%s): saving a checkpoint and %s", s.stage,
+                        sorted(overrides), "resuming from it" if tr.restarts_in_process else
+                        "stopping; resume from it to continue with the new stage")
             control.should_save = True
             control.should_training_stop = True
+            self.restart_pending = True
         for cb in tr.callback_handler.callbacks:
             if isinstance(cb, ResetCallback):
                 cb.on_reset(args, tr.state, control, event=event, trainer=tr)

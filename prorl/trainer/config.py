@@ -23,7 +23,7 @@ LIVE_STAGE_FIELDS = frozenset({
     "reset_plateau_patience", "reset_plateau_min_delta", "reset_on_kl", "reset_optimizer", "reset_min_interval",
 })
 # Stage overrides that change the shape of a generation batch: the data loader is built from them when training
-# starts, so the trainer saves a checkpoint and stops at that reset; resuming from the checkpoint applies them.
+# starts, so the trainer saves a checkpoint at that reset and resumes from it (in process, or at the next launch).
 RESTART_STAGE_FIELDS = frozenset({"num_generations", "per_device_train_batch_size", "steps_per_generation",
                                   "env_weights"})
 
@@ -114,8 +114,13 @@ class ProRLConfig(GRPOConfig):
                           "second, ... (a JSON list on the command line). Example: "
                           "[{'max_completion_length': 16384}, {'num_generations': 32, 'temperature': 1.0}]. Keys "
                           f"applied in place: {sorted(LIVE_STAGE_FIELDS)}. Keys that reshape the generation batch "
-                          f"({sorted(RESTART_STAGE_FIELDS)}) save a checkpoint and stop the run at that reset; "
-                          "resuming from that checkpoint applies them."})
+                          f"({sorted(RESTART_STAGE_FIELDS)}) save a checkpoint at that reset, from which the run goes on "
+                          "with them (see restart_stages_in_process)."})
+    restart_stages_in_process: bool = field(
+        default=True,
+        metadata={"help": "When a stage reshapes the generation batch: resume from the checkpoint saved at that "
+                          "reset in the same process and go on (True), or stop there and let the next launch "
+                          "resume (False; always so under DeepSpeed and FSDP, whose engines are not re-entrant)."})
 
     env_weights: dict[str, float] | str | None = field(
         default=None,

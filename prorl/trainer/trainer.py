@@ -256,14 +256,42 @@ class ProRLTrainer(DynamicSamplingMixin, GRPOTrainer):
             os.makedirs(folder, exist_ok=True)
             save_file(weights, os.path.join(folder, REFERENCE_FILE), metadata={"format": "pt"})
 
+    @property
+    def restarts_in_process(self) -> bool:
+        return self.args.restart_stages_in_process and not (self.is_deepspeed_enabled or self.is_fsdp_enabled)
+
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
-        if resume_from_checkpoint is True:
-            resume_from_checkpoint = latest_complete_checkpoint(self.args.output_dir)
-        if resume_from_checkpoint:
-            self._restore_run_state(resume_from_checkpoint)
-        if self.args.env_weights:
-            self.train_dataset = mixture_view(self.source_dataset, self.args.env_weights, seed=self.args.seed)
-        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        while True:
+            if resume_from_checkpoint is True:
+                resume_from_checkpoint = latest_complete_checkpoint(self.args.output_dir)
+            if resume_from_checkpoint:
+                self._restore_run_state(resume_from_checkpoint)
+            if self.args.env_weights:
+                self.train_dataset = mixture_view(self.source_dataset, self.args.env_weights, seed=self.args.seed)
+            output = super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+            budget = self.args.max_generated_tokens
+            finished = self.state.global_step >= self.state.max_steps or (
+                budget is not None and self.resets.state.generated_tokens >= budget)
+            if not (self.resets.restart_pending and self.restarts_in_process) or finished:
+                self.resets.restart_pending = False
+                return output
+            # A stage reshaped the generation batch: TRL's data loader is built for the old shape, so go on as a
+            # relaunch would, from the checkpoint saved at the reset (same weights, reference and reset state).
+            resume_from_checkpoint = os.path.join(self.args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-"
+                                                  f"{self.state.global_step}")
+            log.info("stage %d: resuming in process from %s", self.resets.state.stage, resume_from_checkpoint)
+            self._forget_generation_state()
+
+    def _forget_generation_state(self) -> None:
+        """What a fresh process would not have: buffered generation batches, the refill stream, unlogged metrics,
+        the optimizer and its schedule (rebuilt by Trainer.train and loaded from the checkpoint)."""
+        self.resets.restart_pending = False
+        self.optimizer, self.lr_scheduler = None, None
+        self._step, self._buffered_inputs = 0, None
+        self._refill_iter, self._refill_epoch = None, 0
+        self._step_loss_tokens, self._skip_update = 0, False
+        for metrics in self._metrics.values():
+            metrics.clear()
 
     def _restore_run_state(self, checkpoint: str) -> None:
         """Before the data loader is built: reset state and stages from the checkpoint, and the run's metric files
