@@ -144,6 +144,9 @@ def test_resume_after_a_reset_restores_the_reference(tiny_model, tmp_path):
     assert any(not torch.equal(anchor[n], initial[n]) for n in anchor)  # the reset at step 2 moved the anchor
     assert any(not torch.equal(anchor[n], policy[n]) for n in anchor)  # and step 3 moved the policy past it
 
+    finished = ProRLTrainer(tiny_model, reward_funcs=text_hash_reward, args=config(), train_dataset=prompt_dataset())
+    with pytest.raises(ValueError, match="is at step 3, max_steps is 3: nothing to train"):
+        finished.train(resume_from_checkpoint=True)
     # one more step, without a reset at step 4: the anchor must still be the policy of step 2
     second = ProRLTrainer(tiny_model, reward_funcs=text_hash_reward, args=config(max_steps=4, reset_every_steps=None),
                           train_dataset=prompt_dataset())

@@ -296,6 +296,11 @@ class ProRLTrainer(DynamicSamplingMixin, GRPOTrainer):
     def _restore_run_state(self, checkpoint: str) -> None:
         """Before the data loader is built: reset state and stages from the checkpoint, and the run's metric files
         rolled back to the checkpoint's step (what a killed run logged after it will be logged again)."""
+        with open(os.path.join(checkpoint, "trainer_state.json")) as f:
+            step = json.load(f)["global_step"]
+        if 0 < self.args.max_steps <= step:  # Trainer would train one step past max_steps, mid-epoch
+            raise ValueError(f"resume_from_checkpoint: {checkpoint} is at step {step}, max_steps is "
+                             f"{self.args.max_steps}: nothing to train (raise max_steps to go on)")
         self.resets.load(checkpoint)
         self._refill_skip = self.resets.state.refill_batches
         reference = os.path.join(checkpoint, REFERENCE_FILE)
@@ -306,8 +311,6 @@ class ProRLTrainer(DynamicSamplingMixin, GRPOTrainer):
         elif self.ref_model is not None and self.resets.state.reset_count:
             log.warning("checkpoint %s has no %s (saved by an older prorl?): the reference stays the initial model, "
                         "not the policy of reset %d", checkpoint, REFERENCE_FILE, self.resets.state.reset_count)
-        with open(os.path.join(checkpoint, "trainer_state.json")) as f:
-            step = json.load(f)["global_step"]
         if self.accelerator.is_main_process:
             truncate_jsonl(os.path.join(self.args.output_dir, METRICS_FILE), step)
 
