@@ -93,7 +93,8 @@ def main(argv=None) -> dict:
           f"(best of {args.repeat}; mean logged dynamic-sampling rounds {e['rounds_mean']:.2f})")
     print(json.dumps(summary))
     if args.out:
-        settings = {"repeat": args.repeat, "steps": args.steps, "length": args.length, "threads": torch.get_num_threads()}
+        settings = {"repeat": args.repeat, "steps": args.steps, "length": args.length,
+                    "threads": torch.get_num_threads()}
         with open(args.out, "w") as f:
             json.dump({"settings": settings, **summary}, f, indent=1)
     return summary

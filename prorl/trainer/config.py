@@ -114,13 +114,14 @@ class ProRLConfig(GRPOConfig):
                           "second, ... (a JSON list on the command line). Example: "
                           "[{'max_completion_length': 16384}, {'num_generations': 32, 'temperature': 1.0}]. Keys "
                           f"applied in place: {sorted(LIVE_STAGE_FIELDS)}. Keys that reshape the generation batch "
-                          f"({sorted(RESTART_STAGE_FIELDS)}) save a checkpoint at that reset, from which the run goes on "
-                          "with them (see restart_stages_in_process)."})
+                          f"({sorted(RESTART_STAGE_FIELDS)}) save a checkpoint at that reset, from which the run "
+                          "goes on with them (see restart_stages_in_process)."})
     restart_stages_in_process: bool = field(
         default=True,
         metadata={"help": "When a stage reshapes the generation batch: resume from the checkpoint saved at that "
                           "reset in the same process and go on (True), or stop there and let the next launch "
-                          "resume (False; always so under DeepSpeed and FSDP, whose engines are not re-entrant)."})
+                          "resume (False; always so under DeepSpeed and FSDP, whose engines are not "
+                          "re-entrant)."})
 
     env_weights: dict[str, float] | str | None = field(
         default=None,

@@ -6,6 +6,7 @@ from typing import Any, Sequence
 
 from prorl.envs.base import Env, Score, Task
 from prorl.envs.ifeval.checker import Checker, InstructionError, build_checkers
+from prorl.envs.ifeval.generator import generate_task
 
 MODES = ("strict", "loose")
 
@@ -34,18 +35,29 @@ class IFEvalEnv(Env):
     Tasks are the official `input_data.jsonl` rows, `{"key", "prompt", "instruction_id_list", "kwargs"}`. The
     reward is the fraction of instructions followed (ProRL's continuous reward) or, with `all_or_nothing=True`, 1
     only when all are. `mode="loose"` applies the official loose evaluation (first/last line dropped, `*` removed).
-    A task with an unknown instruction id or a bad kwarg gets status `format_error`, never a pass.
+    A task with an unknown instruction id or a bad kwarg gets status `format_error`, never a pass. Without a
+    dataset, `reset()`/`sample_tasks()` draw procedural tasks (`generator.py`: a writing request and `instructions`
+    = (fewest, most) compatible instructions, IFEval's phrasing).
     """
 
     id = "ifeval"
     description = "IFEval verifiable instructions; reward = fraction followed"
 
-    def __init__(self, dataset=None, seed: int | None = None, mode: str = "strict", all_or_nothing: bool = False):
+    def __init__(self, dataset=None, seed: int | None = None, mode: str = "strict", all_or_nothing: bool = False,
+                 instructions: tuple[int, int] = (1, 3)):
         super().__init__(dataset=dataset, seed=seed)
         if mode not in MODES:
             raise ValueError(f"ifeval: mode must be one of {MODES}, got {mode!r}")
+        low, high = instructions
+        if not 1 <= low <= high:
+            raise ValueError(f"ifeval: instructions must be (fewest, most) with 1 <= fewest <= most, got "
+                             f"{instructions!r}")
         self.mode = mode
         self.all_or_nothing = bool(all_or_nothing)
+        self.instructions = (int(low), int(high))
+
+    def generate(self, rng) -> dict[str, Any]:
+        return generate_task(rng, self.instructions)
 
     def task_from_dict(self, row: dict[str, Any]) -> Task:
         for field in ("prompt", "instruction_id_list"):
