@@ -87,6 +87,10 @@ def test_shrunken_demo_end_to_end(tmp_path, capsys):
     assert summary["steps"] == 4 and summary["resets"] == 2 and summary["wall_s"] > 0
     resets = [json.loads(x) for x in (out / "rl" / "resets.jsonl").read_text().splitlines()]
     assert [e["step"] for e in resets] == [2, 4]
+    from prorl.eval import load_eval_rows  # the held-out prompts, as `prorl eval --data` reads them
+
+    heldout = load_eval_rows(str(out / "heldout.jsonl"))
+    assert len(heldout) == 8 * len(DOMAINS) and {r["env"] for r in heldout} == set(DOMAINS)
     png = (out / "curves.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", png[16:24])[0] > 400
     printed = capsys.readouterr().out

@@ -63,3 +63,25 @@ def test_paper_config_parses():
     assert config.stages[-1] == {"max_completion_length": 16384} and config.dynamic_sampling
     # one process here: 8 x 64 rollouts per generation batch, 32 prompts of 16
     assert config.generation_batch_size == 512 and config.generation_batch_size % config.num_generations == 0
+
+
+@pytest.mark.parametrize("name", ["prorl-1.5b.yaml", "tiny-cpu.yaml"])
+def test_configs_report_only_to_installed_integrations(name):
+    """Each `report_to` of the shipped configs has its package installed (the trainer would raise when built)."""
+    from transformers.integrations import get_reporting_integration_callbacks
+    from trl import TrlParser
+
+    from prorl.train import TrainScriptArguments
+    from prorl.trainer import ProRLConfig
+
+    _, config = TrlParser((TrainScriptArguments, ProRLConfig)).parse_args_and_config(
+        ["--config", str(ROOT / "configs" / name), "--bf16", "false", "--use_cpu", "true"])
+    for callback in get_reporting_integration_callbacks(config.report_to):
+        callback()  # as Trainer builds them: raises when the integration's package is missing
+
+
+def test_default_config_is_valid(tmp_path):
+    from prorl.trainer import ProRLConfig
+
+    config = ProRLConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False)  # TRL defaults to bf16 on a GPU
+    assert (config.num_generations, config.per_device_train_batch_size, config.generation_batch_size) == (16, 16, 16)

@@ -217,6 +217,10 @@ def run_demo(output: str | Path, recipe: dict[str, Any], threads: int | None = N
         return result
 
     sft_rows, rl_rows, heldout = timed("data", build_rows, recipe)
+    if not (out / "heldout.jsonl").exists():  # the held-out prompts, for `prorl eval --data OUT/heldout.jsonl`
+        tmp = out / "heldout.jsonl.tmp"
+        tmp.write_text("".join(json.dumps(row) + "\n" for row in heldout))
+        os.replace(tmp, out / "heldout.jsonl")
     model_dir = str(out / "model")
     timed("build_model", build_tiny_model, model_dir, seed=seed, **recipe["model"])
 

@@ -1,7 +1,7 @@
 """`ProRLConfig`: TRL's `GRPOConfig` with the ProRL recipe's defaults and the fields for dynamic sampling, hard
 resets of the reference policy and optimizer, training stages and the no-EOS penalty.
 
-Paper: Liu et al., "ProRL: Prolonged Reinforcement Learning Expands Reasoning Boundaries in Large Language Models",
+Paper: "Scaling Up RL: Unlocking Diverse Reasoning in LLMs via Prolonged Training" (NVIDIA, the ProRL recipe),
 arXiv 2507.12507. Defaults below follow its Section 4 (DAPO decoupled clipping 0.2/0.4, temperature 1.2, 16 samples
 per prompt, constant learning rate 2e-6, a KL penalty, dynamic sampling, periodic reference/optimizer resets).
 """
@@ -53,6 +53,10 @@ class ProRLConfig(GRPOConfig):
     temperature: float = field(default=1.2, metadata={"help": "Sampling temperature (ProRL: 1.2)."})
     num_generations: int | None = field(
         default=16, metadata={"help": "Completions sampled per prompt (ProRL: 16, later 32)."})
+    per_device_train_batch_size: int = field(
+        default=16, metadata={"help": "Completions per device per optimizer micro-step; with the default "
+                                      "steps_per_generation (1) one whole group of 16, so the defaults are valid "
+                                      "(TrainingArguments' 8 is not a multiple of 16)."})
 
     # -- Dynamic sampling (DAPO) ----------------------------------------------------------------------------
     dynamic_sampling: bool = field(
