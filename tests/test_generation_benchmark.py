@@ -32,5 +32,9 @@ def test_gpu_step_smoke_writes_every_part(tmp_path):
         assert 0 < run["generation_s"] < run["step_s"] and run["train_s"] > 0 and run["mfu_vs_measured_matmul"] > 0
     assert trainers["prorl"]["resets"] == 1 and trainers["prorl_static"]["hook"]
     assert sum(s["rounds"] for s in trainers["prorl"]["steps"]) > 2  # dynamic sampling drew extra rounds
+    for kind in ("prorl", "prorl_static"):  # each round timed: the extra ones are taken out of the step
+        run = trainers[kind]
+        assert 0 < run["round_s"] <= run["prepare_s"] and run["extra_rounds_s"] < run["round_s"]
+        assert run["step_s_equal_work"] == pytest.approx(run["step_s"] - run["extra_rounds_s"])
     assert set(trainers["ratios"]) == {"prorl_over_trl_step_equal_work", "trl_over_prorl_static_step_equal_work",
                                        "generation_speedup_static"}

@@ -102,17 +102,6 @@ def _capital_words(rng, request):
             f"In your response, words with all capital letters should appear {rel} {n} times.")
 
 
-@describes("change_case:english_capital", "case")
-def _capital(rng, request):
-    return {}, "Your entire response should be in English, and in all capital letters."
-
-
-@describes("change_case:english_lowercase", "case")
-def _lowercase(rng, request):
-    return {}, ("Your entire response should be in English, and in all lowercase letters. No capital letters are "
-                "allowed.")
-
-
 @describes("length_constraints:number_sentences", "length")
 def _sentences(rng, request):
     n, rel = rng.randint(2, 8), rng.choice(RELATIONS)
@@ -156,12 +145,6 @@ def _bullets(rng, request):
                                 "points such as:\n* This is point 1.\n* This is point 2")
 
 
-@describes("combination:two_responses", "layout")
-def _two_responses(rng, request):
-    return {}, ("Give two different responses. Responses and only responses should be separated by 6 asterisk "
-                "symbols: ******.")
-
-
 @describes("combination:repeat_prompt", "layout")
 def _repeat(rng, request):
     return {"prompt_to_repeat": request}, (
@@ -169,26 +152,11 @@ def _repeat(rng, request):
         "characters before repeating the request; 2. the request you need to repeat does not include this sentence)")
 
 
-@describes("detectable_format:json_format", "whole")
-def _json(rng, request):
-    return {}, "Entire output should be wrapped in JSON format. You can use markdown ticks such as ```."
-
-
-@describes("detectable_format:constrained_response", "whole")
-def _constrained(rng, request):
-    return {}, "Answer with one of the following options: My answer is yes., My answer is no., My answer is maybe."
-
-
 @describes("startend:end_checker", "ending")
 def _end(rng, request):
     phrase = rng.choice(END_PHRASES)
     return {"end_phrase": phrase}, (f"Finish your response with this exact phrase {phrase} No other words should "
                                     "follow this phrase.")
-
-
-@describes("startend:quotation", "ending")
-def _quotation(rng, request):
-    return {}, "Wrap your entire response with double quotation marks."
 
 
 @describes("detectable_content:postscript", "ending")
@@ -212,14 +180,28 @@ def _highlights(rng, request):
                                    "*highlighted section*.")
 
 
-@describes("detectable_format:title", "content")
-def _title(rng, request):
-    return {}, "Your answer must contain a title, wrapped in double angular brackets, such as <<poem of joy>>."
-
-
-@describes("punctuation:no_comma", "content")
-def _no_comma(rng, request):
-    return {}, "In your entire response, refrain from the use of any commas."
+# Instructions without kwargs: (group, description).
+FIXED = {
+    "change_case:english_capital": (
+        "case", "Your entire response should be in English, and in all capital letters."),
+    "change_case:english_lowercase": (
+        "case", "Your entire response should be in English, and in all lowercase letters. No capital letters are "
+                "allowed."),
+    "combination:two_responses": (
+        "layout", "Give two different responses. Responses and only responses should be separated by 6 asterisk "
+                  "symbols: ******."),
+    "detectable_format:json_format": (
+        "whole", "Entire output should be wrapped in JSON format. You can use markdown ticks such as ```."),
+    "detectable_format:constrained_response": (
+        "whole", "Answer with one of the following options: My answer is yes., My answer is no., My answer is "
+                 "maybe."),
+    "startend:quotation": ("ending", "Wrap your entire response with double quotation marks."),
+    "detectable_format:title": (
+        "content", "Your answer must contain a title, wrapped in double angular brackets, such as <<poem of joy>>."),
+    "punctuation:no_comma": ("content", "In your entire response, refrain from the use of any commas."),
+}
+for _id, (_group, _text) in FIXED.items():
+    describes(_id, _group)(lambda rng, request, text=_text: ({}, text))
 
 
 # Pairs from different groups that still contradict: case-sensitive section markers under a letter case, a
