@@ -1,4 +1,4 @@
-"""The entry point: `python -m prorl.train --config configs/tiny-cpu.yaml --max_steps 4` on a fresh output folder."""
+"""The entry point: `python -m prorl.train --config configs/tiny-cpu.yaml --max_steps 6` on a fresh output folder."""
 
 import json
 import os
@@ -19,21 +19,28 @@ METRICS = ["reward", "reward/logic/basic_arithmetic", "reward/logic/chain_sum", 
 
 
 @pytest.mark.slow
-def test_tiny_cpu_config_runs_4_steps(tmp_path):
+def test_tiny_cpu_config_runs_6_steps_through_both_stages(tmp_path):
     out, model = tmp_path / "out", tmp_path / "model"
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
     proc = subprocess.run(
-        [sys.executable, "-m", "prorl.train", "--config", str(ROOT / "configs" / "tiny-cpu.yaml"), "--max_steps", "4",
+        [sys.executable, "-m", "prorl.train", "--config", str(ROOT / "configs" / "tiny-cpu.yaml"), "--max_steps", "6",
          "--output_dir", str(out), "--model_name_or_path", str(model)],
         capture_output=True, text=True, timeout=400, cwd=ROOT, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
     history = json.loads((out / "trainer_state.json").read_text())["log_history"]
     train_logs = [h for h in history if "loss" in h]
-    assert [h["step"] for h in train_logs] == [1, 2, 3, 4]
-    for name in METRICS:
-        assert all(name in h for h in train_logs), f"{name} missing from log_history"
-    assert [h["resets"] for h in train_logs] == [0, 1, 1, 2] and [h["stage"] for h in train_logs] == [0, 1, 1, 1]
-    assert [json.loads(x)["step"] for x in (out / "resets.jsonl").read_text().splitlines()] == [2, 4]
+    assert [h["step"] for h in train_logs] == [1, 2, 3, 4, 5, 6]
+    for name in METRICS:  # after the restart a step holds one prompt, so one env: reward/<env> of the other is absent
+        logs = train_logs[:4] if name.startswith("reward/") else train_logs
+        assert all(name in h for h in logs), f"{name} missing from log_history"
+    assert [h["resets"] for h in train_logs] == [0, 1, 1, 2, 2, 3]
+    assert [h["stage"] for h in train_logs] == [0, 1, 1, 2, 2, 2]
+    events = [json.loads(x) for x in (out / "resets.jsonl").read_text().splitlines()]
+    assert [(e["step"], e["restart_required"]) for e in events] == [(2, False), (4, True), (6, False)]
+    # 8 completions per step: 2 groups of 4 per round before the restart at step 4, 1 group of 8 after it
+    groups = [(h["dynamic_sampling/kept_groups"] + h["dynamic_sampling/dropped_groups"]) / h["dynamic_sampling/rounds"]
+              for h in train_logs]
+    assert groups == [2, 2, 2, 2, 1, 1]
     assert (out / "model.safetensors").exists() and (model / "tiny_build.json").exists()
 
 
