@@ -249,7 +249,12 @@ class ProRLTrainer(DynamicSamplingMixin, GRPOTrainer):
         checkpoint (`reference.safetensors`), so that a resumed run keeps its KL anchor."""
         if self.ref_model is None or self.resets.state.reset_count == 0:
             return
-        weights = full_weights(self.accelerator.unwrap_model(self.ref_model))  # every process: ZeRO-3 gathers
+        from transformers.integrations import is_deepspeed_zero3_enabled
+
+        # ZeRO-3 gathers and FSDP2's full_tensor() are collectives: every process joins; otherwise only the saver
+        if not (self.args.should_save or is_deepspeed_zero3_enabled() or self.is_fsdp_enabled):
+            return
+        weights = full_weights(self.accelerator.unwrap_model(self.ref_model))
         if self.args.should_save:
             from safetensors.torch import save_file
 
