@@ -217,6 +217,27 @@ def test_generated_logic_source_holds_out_the_first_entries_of_each_task(tmp_pat
     assert len(load_rows(tmp_path / "out", "heldout")) == 12
 
 
+def test_env_generator_source_builds_valid_ifeval_tasks(tmp_path):
+    """`generate: {generator: env}`: the environment's own generator (ifeval's procedural tasks), seeded, with the
+    first entries held out; a task list or an env without a generator is an error naming the field."""
+    spec = dict(name="g", seed=3, sources={"if": {"env": "ifeval", "size": 40, "generate": {
+        "generator": "env", "seed": 5, "holdout_per_task": 6}}})
+    result = build(recipe_of(tmp_path, **spec), tmp_path / "out")
+    assert len(result.train) == 40 and len(result.heldout) == 6
+    assert len({json.dumps(r["prompt"]) for r in result.train + result.heldout}) == 46  # no prompt twice
+    env = prorl.make("ifeval")
+    for row in result.train[:10]:
+        assert env.score("an answer", row).status in ("ok", "wrong")  # a valid task, scored
+    again = build(recipe_of(tmp_path, **spec), tmp_path / "out2")
+    assert [r["prompt"] for r in again.heldout] == [r["prompt"] for r in result.heldout]
+    bad = dict(spec, sources={"if": {"env": "ifeval", "size": 4, "generate": {"generator": "env", "tasks": ["x"]}}})
+    with pytest.raises(prorl.data.RecipeError, match=r"sources.if.generate.tasks"):
+        recipe_of(tmp_path, **bad)
+    no_gen = dict(spec, sources={"m": {"env": "math", "size": 4, "generate": {"generator": "env"}}})
+    with pytest.raises(prorl.data.RecipeError, match="math has no generator"):
+        build(recipe_of(tmp_path, **no_gen), tmp_path / "out3")
+
+
 def test_held_out_rows_do_not_depend_on_the_recipe_size(tmp_path):
     def held(size):
         spec = dict(name="g", sources={"logic": {"env": "logic", "size": size, "generate": {

@@ -26,7 +26,7 @@ from typing import Any, Callable, Sequence
 
 from prorl.data.adapters import ADAPTERS, FieldError, get_dotted
 from prorl.data.recipe import Recipe, RecipeError, SourceConfig
-from prorl.data.sources import RawRow, generate_reasoning_gym, read_file, source_files
+from prorl.data.sources import RawRow, generated_rows, read_file, source_files
 from prorl.envs import Env, Task, make
 
 ROLES = ("system", "user", "assistant")
@@ -187,13 +187,9 @@ def normalize_row(raw: RawRow, source: SourceConfig, env: Env) -> Candidate:
 def _raw_rows(source: SourceConfig, recipe: Recipe, stats: SourceStats, sample_data: bool, root: str | None,
               size: int, log: Callable[..., None]) -> list[RawRow]:
     if source.generate is not None and not (sample_data and source.sample):
-        log(f"{source.name}: generating {size} rows over {len(source.generate.tasks)} reasoning-gym tasks")
-        stats.files = [f"reasoning_gym (seed {source.generate.seed})"]
-
-        def progress(task: str, i: int, n: int) -> None:
-            log(f"{source.name}: generating {task} ({i + 1}/{n})", transient=True)
-
-        return generate_reasoning_gym(source.generate, size, progress=progress)
+        rows, label = generated_rows(source, size, log)
+        stats.files = [label]
+        return rows
     files = source_files(source, recipe, sample_data, root)
     stats.files = files
     rows: list[RawRow] = []

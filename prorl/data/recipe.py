@@ -23,7 +23,7 @@ import yaml
 ON_ERROR = ("skip", "fail")
 DEDUP = ("none", "exact", "normalized")
 SHORTFALL = ("scale", "take", "error")
-GENERATORS = ("reasoning_gym",)
+GENERATORS = ("reasoning_gym", "env")  # env: the source environment's own generate() (e.g. ifeval)
 
 
 class RecipeError(ValueError):
@@ -32,9 +32,11 @@ class RecipeError(ValueError):
 
 @dataclass
 class GenerateConfig:
-    """A procedurally generated source (reasoning-gym): rows are generated at build time with fixed seeds."""
+    """A procedurally generated source: rows are generated at build time with fixed seeds, by reasoning-gym tasks
+    or (`generator: env`) by the source environment's own `generate()`, e.g. ifeval's procedural tasks."""
 
-    tasks: list[str] = field(metadata={"help": "reasoning-gym task names; the source's size is split evenly"})
+    tasks: list[str] = field(default_factory=list, metadata={
+        "help": "reasoning-gym task names; the source's size is split evenly (not used by generator env)"})
     seed: int = field(default=0, metadata={"help": "base seed; task t uses seed + crc32(t) so tasks differ"})
     holdout_per_task: int = field(
         default=0, metadata={"help": "entries per task kept out of training (the first ones generated), saved as "
@@ -200,8 +202,13 @@ def _parse_source(name, spec, where: str, fail) -> SourceConfig:
         if not isinstance(gen, dict):
             fail(f"{where}.generate", "must be a mapping")
         _check_keys(gen, GenerateConfig, f"{where}.generate", fail)
-        tasks = gen["tasks"]
-        if not isinstance(tasks, list) or not tasks or not all(isinstance(t, str) for t in tasks):
+        generator = _choice(gen.get("generator", "reasoning_gym"), GENERATORS, f"{where}.generate.generator", fail)
+        tasks = gen.get("tasks", [])
+        if generator == "env":
+            if tasks:
+                fail(f"{where}.generate.tasks", "generator env draws from the source's env: give no tasks")
+            tasks = [str(spec.get("env"))]
+        elif not isinstance(tasks, list) or not tasks or not all(isinstance(t, str) for t in tasks):
             fail(f"{where}.generate.tasks", "must be a non-empty list of task names")
         if len(set(tasks)) != len(tasks):
             dup = sorted({t for t in tasks if tasks.count(t) > 1})
@@ -209,7 +216,7 @@ def _parse_source(name, spec, where: str, fail) -> SourceConfig:
         gen = GenerateConfig(
             tasks=list(tasks), seed=_int(gen.get("seed", 0), f"{where}.generate.seed", fail),
             holdout_per_task=_int(gen.get("holdout_per_task", 0), f"{where}.generate.holdout_per_task", fail),
-            generator=_choice(gen.get("generator", "reasoning_gym"), GENERATORS, f"{where}.generate.generator", fail),
+            generator=generator,
         )
     path, sample = _str(spec.get("path"), f"{where}.path", fail), _str(spec.get("sample"), f"{where}.sample", fail)
     if gen is None and path is None and sample is None:

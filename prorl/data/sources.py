@@ -210,6 +210,48 @@ def generate_reasoning_gym(gen: GenerateConfig, size: int, margin: float = 0.05,
     return rows
 
 
+def generated_rows(source: SourceConfig, size: int, log: Callable[..., None]) -> tuple[list[RawRow], str]:
+    """The rows of a `generate:` source, and what made them (for the data card)."""
+    gen = source.generate
+    if gen.generator == "env":
+        log(f"{source.name}: generating {size} rows with {source.env}'s generator")
+        return generate_env_rows(source.env, gen, size), f"{source.env} generator (seed {gen.seed})"
+    log(f"{source.name}: generating {size} rows over {len(gen.tasks)} reasoning-gym tasks")
+
+    def progress(task: str, i: int, n: int) -> None:
+        log(f"{source.name}: generating {task} ({i + 1}/{n})", transient=True)
+
+    return generate_reasoning_gym(gen, size, progress=progress), f"reasoning_gym (seed {gen.seed})"
+
+
+def generate_env_rows(env_id: str, gen: GenerateConfig, size: int, margin: float = 0.05) -> list[RawRow]:
+    """`generator: env`: rows from the environment's own `generate()`, seeded with `gen.seed`; the first
+    `holdout_per_task` are held out. Repeated prompts are drawn again (up to 20 tries per row)."""
+    import random
+
+    from prorl.envs import make
+
+    env = make(env_id)
+    rng = random.Random(gen.seed)
+    want = gen.holdout_per_task + (math.ceil(size * (1 + margin)) if size else 0)
+    rows: list[RawRow] = []
+    seen: set[str] = set()
+    for tries in range(20 * want + 100):
+        if len(rows) == want:
+            break
+        try:
+            data = env.generate(rng)
+        except NotImplementedError as exc:
+            raise RecipeError(f"generate.generator env: {exc}") from None
+        key = json.dumps(data.get("prompt", data), sort_keys=True, default=str)
+        if key in seen:
+            continue
+        seen.add(key)
+        rows.append(RawRow(data, f"{env_id}:generate#{tries}", stratum=env_id,
+                           holdout=len(rows) < gen.holdout_per_task))
+    return rows
+
+
 def _json_default(obj):
     if isinstance(obj, (set, frozenset)):
         return sorted(obj, key=repr)
