@@ -35,6 +35,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from hardware import copy_gbs, matmul_tflops, peak_memory, reset_memory, spec_tflops, sync, timed
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -45,65 +46,11 @@ SHAPES = {
     "smoke": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, vocab_size=512, max_position_embeddings=512, tie_word_embeddings=False),
 }
-SPEC_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16 peak by GPU name (SXM parts)
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]  # pad, unused, eos
 PAD_ID, EOS_ID = 0, 2
 
 
-# -- Device and hardware limits ----------------------------------------------------------------------------------
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn, device: torch.device):
-    sync(device)
-    start = time.perf_counter()
-    out = fn()
-    sync(device)
-    return out, time.perf_counter() - start
-
-
-def matmul_tflops(n: int, dtype: torch.dtype, device: torch.device, iters: int = 20) -> float:
-    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
-    for _ in range(3):
-        a @ b
-    _, seconds = timed(lambda: [a @ b for _ in range(iters)], device)
-    return 2 * n**3 * iters / seconds / 1e12
-
-
-def copy_gbs(nbytes: int, device: torch.device, iters: int = 10) -> float:
-    src = torch.empty(nbytes // 2, dtype=torch.int16, device=device).fill_(1)
-    dst = torch.empty_like(src)
-    dst.copy_(src)
-    _, seconds = timed(lambda: [dst.copy_(src) for _ in range(iters)], device)
-    return 2 * nbytes * iters / seconds / 1e9  # read + write
-
-
-def spec_tflops(device: torch.device) -> float | None:
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((v for k, v in SPEC_BF16_TFLOPS.items() if k in name), None)
-
-
-def peak_memory(device: torch.device) -> dict:
-    if device.type != "cuda":
-        return {}
-    return {"peak_alloc_gib": torch.cuda.max_memory_allocated(device) / 2**30,
-            "peak_reserved_gib": torch.cuda.max_memory_reserved(device) / 2**30}
-
-
-def reset_memory(device: torch.device) -> None:
-    import gc
-
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-# -- Model, tokenizer, data ----------------------------------------------------------------------------------------
+# -- Device and hardware limits ------------------------------------------------------------------------------------
 def build_tokenizer(vocab_size: int):
     """A word-level tokenizer with one token per model id: special tokens, then 'w3', 'w4', ... 'w<vocab-1>'."""
     from tokenizers import Tokenizer, models, pre_tokenizers
