@@ -13,6 +13,8 @@ prompts x 16 generations per optimizer step, gradient checkpointing, beta 1e-4. 
          with the static generation backend: step time split into generation / scoring / reference log-probs /
          training, completion and training tokens/s, training-phase MFU (6*N*tokens/time over the measured matmul
          ceiling and over the spec peak), peak memory. Dynamic sampling's extra rounds are reported separately.
+         A trainer name may add training-phase changes, each a run of its own (`prorl_static+fused+mb32`:
+         TRAIN_VARIANTS), so that each change's effect on MFU is measured.
 
 Every part appends to the JSON at `--out` as soon as it is done (a run stopped by a time limit keeps what it had).
 `--smoke` runs a tiny shape on CPU end to end in well under a minute (what tests/test_generation_benchmark.py runs).
@@ -28,14 +30,12 @@ import json
 import os
 import platform
 import tempfile
-import time
 import zlib
-from collections import defaultdict
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from hardware import copy_gbs, matmul_tflops, peak_memory, reset_memory, spec_tflops, sync, timed
+from measure import PhaseClock, copy_gbs, matmul_tflops, peak_memory, reset_memory, spec_tflops, summarize, timed
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -163,84 +163,36 @@ def bench_generation(model, lengths: list[int], batch: int, prompt_len: int, var
     return results
 
 
-# -- Part "train": trainers, step time by phase ---------------------------------------------------------------------
-class PhaseClock:
-    """Times each optimizer step and, inside it, the trainer's generation / scoring / batch-preparation calls
-    (instance-level wrappers, so the trainer classes are untouched). A `TrainerCallback` marks the steps."""
-
-    def __init__(self, device: torch.device):
-        self.device, self.steps, self.current = device, [], None
-
-    def attach(self, trainer) -> None:
-        from transformers import TrainerCallback
-
-        for method, phase in (("_generate_single_turn", "generation"), ("_calculate_rewards", "scoring"),
-                              ("_generate_and_score_completions", "prepare"), ("_generate_round", "round")):
-            if hasattr(trainer, method):  # `_generate_round`: one dynamic-sampling round (ProRLTrainer only)
-                setattr(trainer, method, self._timed(getattr(trainer, method), phase))
-        clock = self
-
-        class Steps(TrainerCallback):
-            def on_step_begin(self, args, state, control, **kwargs):
-                sync(clock.device)
-                clock.current = defaultdict(float, rounds=0, start=time.perf_counter())
-
-            def on_step_end(self, args, state, control, **kwargs):
-                sync(clock.device)
-                step = clock.current
-                step["step_s"] = time.perf_counter() - step.pop("start")
-                clock.steps.append(dict(step))
-
-        trainer.add_callback(Steps())
-
-    def _timed(self, fn, phase: str):
-        def wrapper(*args, **kwargs):
-            out, seconds = timed(lambda: fn(*args, **kwargs), self.device)
-            step = self.current
-            step[f"{phase}_s"] += seconds
-            if phase == "generation":
-                step["rounds"] += 1
-                step["completion_tokens"] += sum(len(c) for c in out[0])
-            elif phase == "prepare":
-                step["train_tokens"] += int(out["prompt_mask"].sum() + out["completion_mask"].sum())
-            return out
-
-        return wrapper
+# -- Part "train": trainers (timed by measure.PhaseClock) ------------------------------------------------------
+# Training-phase changes a trainer name can add with "+" (e.g. prorl_static+fused+mb32), each measured as its own run
+# so that every change's effect on the training phase (MFU) is reported: config overrides of (Pro)GRPOConfig.
+TRAIN_VARIANTS = {
+    "fused": {"optim": "adamw_torch_fused"},  # one fused AdamW kernel instead of a loop over tensors
+    "nockpt": {"gradient_checkpointing": False},  # no recomputation: more memory, ~1/4 fewer FLOPs
+    "mb32": {"per_device_train_batch_size": 32},  # larger micro-batches (fewer, bigger matmuls)
+    "mb64": {"per_device_train_batch_size": 64},
+    "liger": {"use_liger_kernel": True},  # Liger's fused kernels (needs the liger-kernel package)
+}
 
 
-def summarize(steps: list[dict], warmup: int, n_params: dict, tflops: float, spec: float | None) -> dict:
-    """Means over the steps after `warmup`. MFU = 6 * N * train tokens / training-phase time over a peak, with N the
-    matmul parameters (and, for comparison with shared/MEASURED.md, all parameters over the spec peak)."""
-    measured = steps[warmup:] or steps
-    mean = {k: sum(s.get(k, 0.0) for s in measured) / len(measured)
-            for k in ("step_s", "generation_s", "scoring_s", "prepare_s", "round_s", "rounds", "completion_tokens",
-                      "train_tokens")}
-    train_s = mean["step_s"] - mean["prepare_s"]
-    flops = 6 * n_params["matmul"] * mean["train_tokens"]
-    flops_all = 6 * n_params["all"] * mean["train_tokens"]
-    # dynamic sampling: its rounds beyond the first (same size; their log-prob passes are deferred to the kept rows)
-    extra = (mean["round_s"] or mean["prepare_s"]) * (mean["rounds"] - 1) / mean["rounds"] if mean["rounds"] else 0.0
-    return {
-        "steps_measured": len(measured), "first_step_s": steps[0]["step_s"], **mean,
-        "reference_logps_s": mean["prepare_s"] - mean["generation_s"] - mean["scoring_s"], "train_s": train_s,
-        "generation_share": mean["generation_s"] / mean["step_s"],
-        "completion_tok_per_s": mean["completion_tokens"] / mean["generation_s"],
-        "train_tok_per_s": mean["train_tokens"] / train_s,
-        "mfu_vs_measured_matmul": flops / train_s / (tflops * 1e12),
-        "mfu_vs_spec": flops / train_s / (spec * 1e12) if spec else None,
-        "mfu_vs_spec_all_params": flops_all / train_s / (spec * 1e12) if spec else None,
-        "extra_rounds_s": extra, "step_s_equal_work": mean["step_s"] - extra,
-    }
+def trainer_kind(name: str) -> tuple[str, dict]:
+    """`base+variant+...` -> (base trainer, merged config overrides)."""
+    base, *variants = name.split("+")
+    unknown = [v for v in variants if v not in TRAIN_VARIANTS]
+    if base not in ("trl", "prorl", "prorl_static") or unknown:
+        raise SystemExit(f"--trainers: {name!r}: base must be trl, prorl or prorl_static and variants of "
+                         f"{sorted(TRAIN_VARIANTS)}")
+    return base, {k: v for variant in variants for k, v in TRAIN_VARIANTS[variant].items()}
 
 
-def run_trainer(kind: str, model_dir: str, tokenizer, dataset, args, device, dtype) -> tuple[list[dict], dict]:
+def run_trainer(name: str, model_dir: str, tokenizer, dataset, args, device, dtype) -> tuple[list[dict], dict]:
     from trl import GRPOConfig, GRPOTrainer
 
     from prorl.trainer import ProRLConfig, ProRLTrainer
 
+    kind, overrides = trainer_kind(name)
     common = dict(
         output_dir=tempfile.mkdtemp(prefix=f"gpu_step_{kind}_"), per_device_train_batch_size=args.micro_batch,
-        gradient_accumulation_steps=args.prompts * args.generations // args.micro_batch,
         num_generations=args.generations, max_completion_length=args.length,
         generation_kwargs={"min_new_tokens": args.length}, beta=1e-4, loss_type="dapo", epsilon=0.2,
         epsilon_high=0.4, temperature=1.0, learning_rate=1e-6, lr_scheduler_type="constant",
@@ -248,6 +200,8 @@ def run_trainer(kind: str, model_dir: str, tokenizer, dataset, args, device, dty
         max_steps=args.steps, logging_steps=args.steps, save_strategy="no", report_to="none", disable_tqdm=True, seed=0,
         dataloader_num_workers=0, model_init_kwargs={"dtype": dtype, "attn_implementation": "sdpa"},
     )
+    common.update(overrides)
+    common["gradient_accumulation_steps"] = args.prompts * args.generations // common["per_device_train_batch_size"]
     hook = None
     if kind == "trl":
         trainer_cls, config = GRPOTrainer, GRPOConfig(**common)
@@ -264,7 +218,7 @@ def run_trainer(kind: str, model_dir: str, tokenizer, dataset, args, device, dty
     clock.attach(trainer)
     reset_memory(device)
     trainer.train()
-    info = {"hook": hook, **peak_memory(device)}
+    info = {"hook": hook, "overrides": overrides, **peak_memory(device)}
     if kind != "trl":
         info["resets"] = trainer.resets.state.reset_count
     del trainer
@@ -284,7 +238,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--gen-batch", type=int, default=128)
     p.add_argument("--prompt-len", type=int, default=128, help="prompt tokens")
     p.add_argument("--variants", default="hf,static,static_nopack", help=f"of {sorted(GEN_VARIANTS)}")
-    p.add_argument("--trainers", default="trl,prorl,prorl_static", help="comma list of trl, prorl, prorl_static")
+    p.add_argument("--trainers", default="trl,prorl,prorl_static",
+                   help="comma list of trl, prorl, prorl_static, each optionally +" + "+".join(TRAIN_VARIANTS))
     p.add_argument("--prompts", type=int, default=8, help="prompts per optimizer step")
     p.add_argument("--generations", type=int, default=16, help="completions per prompt")
     p.add_argument("--micro-batch", type=int, default=16, help="per-device train batch (completions)")
@@ -297,8 +252,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.length, args.gen_lengths, args.gen_batch, args.prompt_len = 8, "8,16", 8, 16
         args.prompts, args.generations, args.micro_batch, args.steps, args.matmul_n = 2, 4, 4, 2, 256
         args.variants = ",".join(v for v in args.variants.split(",") if v in ("hf", "static", "static_eager"))
-    if (args.prompts * args.generations) % args.micro_batch:
-        p.error("--micro-batch must divide --prompts x --generations")
+    completions = args.prompts * args.generations
+    for name in args.trainers.split(","):
+        micro = trainer_kind(name)[1].get("per_device_train_batch_size", args.micro_batch)
+        if completions % micro:
+            p.error(f"{name}: the micro-batch ({micro}) must divide --prompts x --generations ({completions})")
     return args
 
 
@@ -351,7 +309,7 @@ def main(argv=None) -> dict:
                 trainers[kind] = {**info, **summarize(steps, args.warmup_steps, n_params, hw["matmul_tflops"],
                                                       hw["spec_bf16_tflops"]), "steps": steps}
                 s = trainers[kind]
-                print(f"train {kind:13s} step {s['step_s']:.2f}s (gen {s['generation_s']:.2f}, score "
+                print(f"train {kind:22s} step {s['step_s']:.2f}s (gen {s['generation_s']:.2f}, score "
                       f"{s['scoring_s']:.2f}, ref {s['reference_logps_s']:.2f}, train {s['train_s']:.2f}) "
                       f"rounds {s['rounds']:.1f} gen {s['completion_tok_per_s']:.0f} tok/s, train "
                       f"{s['train_tok_per_s']:.0f} tok/s, MFU {s['mfu_vs_measured_matmul']:.3f}", flush=True)

@@ -38,3 +38,17 @@ def test_gpu_step_smoke_writes_every_part(tmp_path):
         assert run["step_s_equal_work"] == pytest.approx(run["step_s"] - run["extra_rounds_s"])
     assert set(trainers["ratios"]) == {"prorl_over_trl_step_equal_work", "trl_over_prorl_static_step_equal_work",
                                        "generation_speedup_static"}
+
+
+def test_gpu_step_trainer_variants_are_runs_of_their_own(tmp_path):
+    out = tmp_path / "variants.json"
+    name = "prorl_static+fused+nockpt"
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--parts", "train", "--trainers", name,
+                           "--out", str(out)], capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = json.loads(out.read_text())["trainer"][name]
+    assert run["overrides"] == {"optim": "adamw_torch_fused", "gradient_checkpointing": False}
+    assert run["mfu_vs_measured_matmul"] > 0 and len(run["steps"]) == 2
+    bad = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--trainers", "prorl+turbo", "--out",
+                          str(tmp_path / "bad.json")], capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "variants of" in bad.stderr
