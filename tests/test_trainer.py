@@ -48,6 +48,17 @@ def test_group_keep_mask_uses_a_tolerance_and_the_window():
     assert keep.tolist() == [False]
 
 
+def test_dynamic_sampling_filter_is_the_std_and_the_window_reads_the_unshaped_verdicts():
+    # a no-EOS penalty of -1 on truncated completions: one solved completion among truncated ones still teaches
+    shaped = torch.tensor([1.0, -1.0, -1.0, -1.0, 1.0, 1.0, -1.0, -1.0, -1.0, -1.0, -1.0, -1.0])
+    verdicts = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
+    assert group_keep_mask(shaped, 4, None, 1e-6).tolist() == [True, True, False]
+    assert group_keep_mask(shaped, 4, (0.0, 1.0), 1e-6, accuracy=verdicts).tolist() == [True, True, False]
+    assert group_keep_mask(shaped, 4, (0.0, 0.4), 1e-6, accuracy=verdicts).tolist() == [True, False, False]
+    # two reward functions: totals in [0, 2]; a group with spread is kept without a window
+    assert group_keep_mask(torch.tensor([1.5, 1.5, 1.5, 0.0]), 4, None, 1e-6).tolist() == [True]
+
+
 def test_concat_rows_pads_prompts_left_and_completions_right():
     a = {"prompt_ids": torch.tensor([[5, 6]]), "prompt_mask": torch.ones(1, 2, dtype=torch.long),
          "completion_ids": torch.tensor([[7]]), "completion_mask": torch.ones(1, 1, dtype=torch.long),

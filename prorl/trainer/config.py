@@ -63,10 +63,12 @@ class ProRLConfig(GRPOConfig):
         default=True,
         metadata={"help": "Drop prompt groups that carry no learning signal (accuracy outside the window or reward "
                           "std below the tolerance) and refill the batch with freshly sampled prompts."})
-    dynamic_sampling_accuracy_window: list[float] = field(
-        default_factory=lambda: [0.0, 1.0],
-        metadata={"help": "Keep a group only if its accuracy (mean reward of its scored completions; the pass rate "
-                          "for binary rewards) is strictly between these two values."})
+    dynamic_sampling_accuracy_window: list[float] | None = field(
+        default=None,
+        metadata={"help": "Optional extra filter: keep a group only if its accuracy (mean total reward of its scored "
+                          "completions before the no-EOS penalty; the pass rate for binary rewards) is strictly "
+                          "between these two values, e.g. [0, 0.9] to drop nearly solved prompts too. DAPO's filter "
+                          "(accuracy 0 or 1) is the std criterion below, whatever the reward range."})
     dynamic_sampling_std_tol: float = field(
         default=1e-6,
         metadata={"help": "Drop a group whose reward standard deviation is <= this tolerance (a tolerance, not "
@@ -184,9 +186,10 @@ class ProRLConfig(GRPOConfig):
     def _validate_prorl(self) -> None:
         _require(self.generation_backend in ("hf", "static"), "generation_backend", "must be 'hf' or 'static'")
         window = self.dynamic_sampling_accuracy_window
-        if len(window) != 2 or not window[0] < window[1]:
-            raise ValueError(f"dynamic_sampling_accuracy_window must be [low, high] with low < high, got {window}")
-        self.dynamic_sampling_accuracy_window = [float(window[0]), float(window[1])]
+        if window is not None:
+            if len(window) != 2 or not window[0] < window[1]:
+                raise ValueError(f"dynamic_sampling_accuracy_window must be [low, high] with low < high, got {window}")
+            self.dynamic_sampling_accuracy_window = [float(window[0]), float(window[1])]
         _require(self.dynamic_sampling_std_tol >= 0, "dynamic_sampling_std_tol", "must be >= 0")
         _require(self.dynamic_sampling_max_rounds >= 0, "dynamic_sampling_max_rounds", "must be >= 0")
         _require(self.dynamic_sampling_refill in ("full", "adaptive"), "dynamic_sampling_refill",

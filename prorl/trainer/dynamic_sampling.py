@@ -52,7 +52,8 @@ class DynamicSamplingMixin:
             rounds += 1
             out, deferred = self._generate_round(batch)
             keep = group_keep_mask(self._total_rewards(self._round_rewards), self.num_generations,
-                                   self.args.dynamic_sampling_accuracy_window, self.args.dynamic_sampling_std_tol)
+                                   self.args.dynamic_sampling_accuracy_window, self.args.dynamic_sampling_std_tol,
+                                   accuracy=self._round_verdicts)
             kept_groups += int(keep.sum())
             dropped_groups += int((~keep).sum())
             n = num_rows(out)

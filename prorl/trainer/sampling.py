@@ -19,14 +19,15 @@ UNSUPPORTED_KEYS = ("pixel_values", "image_grid_thw", "pixel_attention_mask", "s
                     "num_images", "num_tiles", "token_type_ids", "mm_token_type_ids", "image_position_ids")
 
 
-def group_keep_mask(rewards: torch.Tensor, num_generations: int, accuracy_window: tuple[float, float],
-                    std_tol: float) -> torch.Tensor:
+def group_keep_mask(rewards: torch.Tensor, num_generations: int, accuracy_window: tuple[float, float] | None,
+                    std_tol: float, accuracy: torch.Tensor | None = None) -> torch.Tensor:
     """Which groups carry a learning signal, from the per-completion total rewards of a whole (gathered) batch.
 
-    `rewards` has one value per completion, NaN for masked completions (timeouts, infrastructure errors). A group
-    is kept when at least two of its completions were scored, the std of their rewards exceeds `std_tol`, and their
-    mean ("accuracy": the pass rate for binary rewards) lies strictly inside `accuracy_window`. Returns a bool
-    tensor with one value per group.
+    `rewards` (what the advantages are computed from) has one value per completion, NaN for masked completions
+    (timeouts, infrastructure errors). A group is kept when at least two of its completions were scored and the std
+    of their rewards exceeds `std_tol` (DAPO: accuracy 0 or 1 teaches nothing), and, with an `accuracy_window`,
+    when the mean of `accuracy` (the rewards before shaping; default `rewards`) lies strictly inside it. Returns a
+    bool tensor with one value per group.
     """
     if rewards.numel() % num_generations:
         raise ValueError(f"{rewards.numel()} rewards do not form groups of {num_generations}")
@@ -36,8 +37,12 @@ def group_keep_mask(rewards: torch.Tensor, num_generations: int, accuracy_window
     mean = torch.nansum(grouped, dim=1) / count.clamp(min=1)
     centered = torch.where(scored, grouped - mean.unsqueeze(1), torch.zeros_like(grouped))
     std = (centered.pow(2).sum(dim=1) / (count - 1).clamp(min=1)).sqrt()  # unbiased, like TRL's nanstd
-    low, high = accuracy_window
-    return (count >= 2) & (std > std_tol) & (mean > low) & (mean < high)
+    keep = (count >= 2) & (std > std_tol)
+    if accuracy_window is not None:
+        verdicts = (rewards if accuracy is None else accuracy).view(-1, num_generations).float()
+        acc = torch.nansum(verdicts, dim=1) / (~torch.isnan(verdicts)).sum(dim=1).clamp(min=1)
+        keep &= (acc > accuracy_window[0]) & (acc < accuracy_window[1])
+    return keep
 
 
 def check_supported(batch: dict) -> None:

@@ -95,8 +95,10 @@ class ProRLTrainer(DynamicSamplingMixin, GRPOTrainer):
         if mode == "train":  # every round of dynamic sampling, dropped groups too: what generation cost
             self.resets.state.generated_tokens += int(gather(torch.tensor(
                 [sum(len(ids) for ids in completion_ids_list)], device=device)).sum().item())
-        if self.args.no_eos_penalty is not None:
-            rewards_per_func[no_eos] = float(self.args.no_eos_penalty)  # every reward function, so the total too
+        self._round_verdicts = self._total_rewards(rewards_per_func)  # before shaping: dynamic sampling's accuracy
+        if self.args.no_eos_penalty is not None:  # every function the same value, so the weighted total == penalty
+            total_weight = float(self.reward_weights.sum())
+            rewards_per_func[no_eos] = float(self.args.no_eos_penalty) / (total_weight or 1.0)
         self._round_rewards = rewards_per_func
         return rewards_per_func
 
