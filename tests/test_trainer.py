@@ -310,6 +310,26 @@ def test_stage_overrides_apply_at_the_reset(tiny_model, tmp_path):
     assert _history(trainer, "kl")[2] < 1e-6  # the temperature change is applied to the fused heads of both models
 
 
+def test_stages_at_a_reset_in_the_middle_of_a_generation_buffer(tiny_model, tmp_path):
+    """2 updates per generation and a reset after every step: resets at odd steps fall inside a buffered
+    generation. A temperature stage waits for the next generation (the buffered batches, their old and reference
+    log-probs are at the old one), and a stage that turns beta back on fills in the buffered reference log-probs."""
+    common = dict(max_steps=4, reset_every_steps=1, per_device_train_batch_size=4, steps_per_generation=2,
+                  dynamic_sampling=False, beta=0.1)
+    trainer = ProRLTrainer(tiny_model, reward_funcs=text_hash_reward, train_dataset=prompt_dataset(),
+                           args=fast_config(tmp_path / "t", stages=[{"temperature": 0.6}], **common))
+    trainer.train()
+    assert _history(trainer, "kl")[1] < 1e-6 and _history(trainer, "clip_ratio/region_mean")[1] == 0.0
+    assert trainer.temperature == 0.6 and trainer.generation_config.temperature == 0.6  # from step 3 on
+    assert _history(trainer, "kl")[3] < 1e-6  # reset at step 3 (aligned): reference at the new temperature
+
+    trainer = ProRLTrainer(tiny_model, reward_funcs=text_hash_reward, train_dataset=prompt_dataset(),
+                           args=fast_config(tmp_path / "b", stages=[{"beta": 0.0}, {}, {"beta": 0.1}], **common))
+    trainer.train()  # step 4 trains on a batch generated with beta = 0
+    assert trainer.state.global_step == 4 and trainer.beta == 0.1
+    assert len(_history(trainer, "kl")) == 2 and _history(trainer, "kl")[-1] < 1e-6  # logged only while beta > 0
+
+
 def test_config_rejects_bad_fields(tmp_path):
     with pytest.raises(ValueError, match="accuracy_window"):
         fast_config(tmp_path, dynamic_sampling_accuracy_window=[0.8, 0.2])

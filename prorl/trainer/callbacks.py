@@ -227,11 +227,11 @@ class ResetController(TrainerCallback):
     def reset(self, trigger: str, metrics: dict[str, float], control=None) -> ResetEvent:
         """Reference := policy, optimizer state cleared, next stage applied; returns the recorded event."""
         tr, args, s = self.trainer, self.trainer.args, self.state
+        overrides = args.stages[s.reset_count] if s.reset_count < len(args.stages) else {}
+        restart = tr.apply_stage(overrides, live=True)  # first: a new beta decides the buffered batches' refresh
         tr.sync_reference_to_policy()
         if args.reset_optimizer and tr.optimizer is not None:
             reset_optimizer_state(tr.optimizer)
-        overrides = args.stages[s.reset_count] if s.reset_count < len(args.stages) else {}
-        restart = tr.apply_stage(overrides, live=True)
         s.reset_count += 1
         s.stage = min(s.reset_count, len(args.stages))
         s.last_reset_step = tr.state.global_step

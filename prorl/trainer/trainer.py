@@ -70,6 +70,7 @@ class ProRLTrainer(DynamicSamplingMixin, GRPOTrainer):
         self._refill_skip = 0
         self._step_loss_tokens = 0  # loss tokens of the micro-batches since the last optimizer step (this process)
         self._skip_update = False  # set before an optimizer step whose batch has no loss token anywhere
+        self._pending_temperature: float | None = None  # a stage's temperature, waiting for the next generation
 
     # -- Generation ------------------------------------------------------------------------------------------
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
@@ -153,12 +154,10 @@ class ProRLTrainer(DynamicSamplingMixin, GRPOTrainer):
     def _refresh_buffered_reference_logps(self) -> None:
         """Generation batches already buffered for the next steps (steps_per_generation > gradient accumulation,
         or num_iterations > 1) carry log-probs of the old reference: recompute them with the new one."""
-        generate_every = self.args.steps_per_generation * self.num_iterations
-        if not self._buffered_inputs or self._step % generate_every == 0:
+        if self.beta == 0 or not self._mid_generation_buffer():
             return
-        for batch in self._buffered_inputs:
-            if "ref_per_token_logps" in batch:
-                batch["ref_per_token_logps"] = self._batch_logps(self.ref_model, batch)
+        for batch in self._buffered_inputs:  # also those sampled while a stage had beta = 0 (no reference log-probs)
+            batch["ref_per_token_logps"] = self._batch_logps(self.ref_model, batch)
 
     def apply_stage(self, overrides: dict[str, Any], live: bool) -> bool:
         """Apply a stage's overrides to `args` and the trainer. With `live=True` (at a reset, mid-run) the fields
@@ -172,16 +171,12 @@ class ProRLTrainer(DynamicSamplingMixin, GRPOTrainer):
         for key in ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "max_completion_length"):
             if key not in overrides:
                 continue
-            value = getattr(self.args, key)
-            setattr(self, key, value)
-            gen_key = "max_new_tokens" if key == "max_completion_length" else key
-            if self.use_vllm:
-                setattr(self.vllm_generation, key, value)
+            if key == "temperature" and live and self._mid_generation_buffer():
+                # buffered batches were sampled, and their old log-probs computed, at the current temperature:
+                # the new one starts with the next generation (so does its use in the loss)
+                self._pending_temperature = self.args.temperature
             else:
-                self.generation_kwargs[gen_key] = value
-                setattr(self.generation_config, gen_key, value)
-        if "temperature" in overrides:  # the fused LM head divides the logits by the temperature
-            self._patch_fused_heads()
+                self._set_sampling(key, getattr(self.args, key))
         if "beta" in overrides:
             self.beta = self.args.beta
         if "epsilon" in overrides:
@@ -196,6 +191,28 @@ class ProRLTrainer(DynamicSamplingMixin, GRPOTrainer):
             if self.lr_scheduler is not None and hasattr(self.lr_scheduler, "base_lrs"):
                 self.lr_scheduler.base_lrs = [self.args.learning_rate] * len(self.lr_scheduler.base_lrs)
         return bool(restart) and live
+
+    def _set_sampling(self, key: str, value: Any) -> None:
+        setattr(self, key, value)
+        gen_key = "max_new_tokens" if key == "max_completion_length" else key
+        if self.use_vllm:
+            setattr(self.vllm_generation, key, value)
+        else:
+            self.generation_kwargs[gen_key] = value
+            setattr(self.generation_config, gen_key, value)
+        if key == "temperature":  # the fused LM head divides the logits by the temperature
+            self._patch_fused_heads()
+
+    def _mid_generation_buffer(self) -> bool:
+        """Whether the next training steps still consume batches generated before now."""
+        generate_every = self.args.steps_per_generation * self.num_iterations
+        return self._buffered_inputs is not None and self._step % generate_every != 0
+
+    def _prepare_inputs(self, generation_batch):
+        if self._pending_temperature is not None and self.model.training and not self._mid_generation_buffer():
+            value, self._pending_temperature = self._pending_temperature, None
+            self._set_sampling("temperature", value)
+        return super()._prepare_inputs(generation_batch)
 
     def _apply_batch_shape(self) -> None:
         args = self.args
@@ -296,7 +313,7 @@ class ProRLTrainer(DynamicSamplingMixin, GRPOTrainer):
         self.optimizer, self.lr_scheduler = None, None
         self._step, self._buffered_inputs = 0, None
         self._refill_iter, self._refill_epoch = None, 0
-        self._step_loss_tokens, self._skip_update = 0, False
+        self._step_loss_tokens, self._skip_update, self._pending_temperature = 0, False, None
         for metrics in self._metrics.values():
             metrics.clear()
 
