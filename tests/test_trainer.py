@@ -330,6 +330,29 @@ def test_stages_at_a_reset_in_the_middle_of_a_generation_buffer(tiny_model, tmp_
     assert len(_history(trainer, "kl")) == 2 and _history(trainer, "kl")[-1] < 1e-6  # logged only while beta > 0
 
 
+def test_learning_rate_stage_keeps_the_schedule(tiny_model, tmp_path):
+    """A stage halving the learning rate under a cosine schedule: the step after the reset runs at half the
+    scheduled rate, not at the new base rate."""
+    class Rates(TrainerCallback):
+        def __init__(self):
+            self.rates = []
+
+        def on_step_begin(self, args, state, control, optimizer=None, **kwargs):
+            self.rates.append(optimizer.param_groups[0]["lr"])
+
+    runs = {}
+    for name, stages in (("plain", None), ("halved", [{"learning_rate": 5e-4}])):
+        rates = Rates()
+        args = fast_config(tmp_path / name, max_steps=6, reset_every_steps=3, dynamic_sampling=False,
+                           lr_scheduler_type="cosine", stages=stages)
+        ProRLTrainer(tiny_model, reward_funcs=text_hash_reward, args=args, train_dataset=prompt_dataset(),
+                     callbacks=[rates]).train()
+        runs[name] = rates.rates
+    plain, halved = runs["plain"], runs["halved"]
+    assert halved[:3] == pytest.approx(plain[:3])
+    assert halved[3:] == pytest.approx([r / 2 for r in plain[3:]]) and plain[3] < 1e-3
+
+
 def test_config_rejects_bad_fields(tmp_path):
     with pytest.raises(ValueError, match="accuracy_window"):
         fast_config(tmp_path, dynamic_sampling_accuracy_window=[0.8, 0.2])

@@ -186,10 +186,15 @@ class ProRLTrainer(DynamicSamplingMixin, GRPOTrainer):
         if "mask_truncated_completions" in overrides:
             self.mask_truncated_completions = self.args.mask_truncated_completions
         if "learning_rate" in overrides and self.optimizer is not None:
-            for group in self.optimizer.param_groups:
-                group["lr"] = self.args.learning_rate
-            if self.lr_scheduler is not None and hasattr(self.lr_scheduler, "base_lrs"):
-                self.lr_scheduler.base_lrs = [self.args.learning_rate] * len(self.lr_scheduler.base_lrs)
+            # a new base rate; the schedule's factor for the next step (already applied to the groups) is kept
+            bases = list(getattr(self.lr_scheduler, "base_lrs", None) or [])
+            for i, group in enumerate(self.optimizer.param_groups):
+                old = bases[i] if i < len(bases) else group.get("initial_lr", group["lr"])
+                group["lr"] = self.args.learning_rate * (group["lr"] / old if old else 1.0)
+                if "initial_lr" in group:
+                    group["initial_lr"] = self.args.learning_rate
+            if bases:
+                self.lr_scheduler.base_lrs = [self.args.learning_rate] * len(bases)
         return bool(restart) and live
 
     def _set_sampling(self, key: str, value: Any) -> None:
