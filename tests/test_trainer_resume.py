@@ -112,6 +112,33 @@ def test_restart_stage_goes_on_in_process(tiny_model, tmp_path):
         assert torch.equal(p, q), name
 
 
+@pytest.mark.slow
+def test_restart_stage_saves_its_checkpoint_under_save_strategy_best(tiny_model, tmp_path):
+    """save_strategy="best" overrules a save that is not a new best; the restart checkpoint is still written."""
+    from trainer_utils import constant_reward
+
+    args = fast_config(tmp_path, max_steps=4, stages=[{"num_generations": 2}], dynamic_sampling=False, beta=0.0,
+                       eval_strategy="steps", eval_steps=1, per_device_eval_batch_size=8, save_strategy="best",
+                       metric_for_best_model="eval_reward", greater_is_better=True, reset_on_plateau="eval_reward",
+                       reset_plateau_patience=1)
+    trainer = ProRLTrainer(tiny_model, reward_funcs=constant_reward, args=args, train_dataset=prompt_dataset(),
+                           eval_dataset=prompt_dataset(4, "e"))
+    trainer.train()
+    event = json.loads((tmp_path / "resets.jsonl").read_text().splitlines()[0])
+    assert event["restart_required"] and (tmp_path / f"checkpoint-{event['step']}" / "trainer_state.json").exists()
+    assert trainer.state.global_step == 4 and trainer.num_generations == 2
+
+
+def test_restart_stage_with_save_only_model_stops_at_its_checkpoint(tiny_model, tmp_path):
+    """A save_only_model checkpoint has no optimizer or schedule to go on from: no in-process restart (it would
+    restart the LR schedule), the run stops there as with restart_stages_in_process=False."""
+    args = fast_config(tmp_path, max_steps=6, reset_every_steps=3, lr_scheduler_type="cosine", dynamic_sampling=False,
+                       beta=0.0, stages=[{"num_generations": 2}], save_only_model=True)
+    trainer = ProRLTrainer(tiny_model, reward_funcs=text_hash_reward, args=args, train_dataset=prompt_dataset())
+    trainer.train()
+    assert trainer.state.global_step == 3 and (tmp_path / "checkpoint-3" / "model.safetensors").exists()
+
+
 def test_resume_skips_a_half_written_checkpoint(tmp_path):
     from prorl.trainer.trainer import latest_complete_checkpoint
 

@@ -127,7 +127,7 @@ class ProRLConfig(GRPOConfig):
         metadata={"help": "When a stage reshapes the generation batch: resume from the checkpoint saved at that "
                           "reset in the same process and go on (True), or stop there and let the next launch "
                           "resume (False; always so under DeepSpeed and FSDP, whose engines are not "
-                          "re-entrant)."})
+                          "re-entrant, and with save_only_model, whose checkpoints lack the optimizer and schedule)."})
 
     env_weights: dict[str, float] | str | None = field(
         default=None,

@@ -287,7 +287,10 @@ class ProRLTrainer(DynamicSamplingMixin, GRPOTrainer):
 
     @property
     def restarts_in_process(self) -> bool:
-        return self.args.restart_stages_in_process and not (self.is_deepspeed_enabled or self.is_fsdp_enabled)
+        """DeepSpeed/FSDP engines are not re-entrant; a save_only_model checkpoint has no optimizer, schedule or RNG
+        state to go on from: those runs stop at the restart checkpoint instead."""
+        return self.args.restart_stages_in_process and not (self.is_deepspeed_enabled or self.is_fsdp_enabled
+                                                            or self.args.save_only_model)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
         while True:
@@ -306,10 +309,23 @@ class ProRLTrainer(DynamicSamplingMixin, GRPOTrainer):
                 return output
             # A stage reshaped the generation batch: TRL's data loader is built for the old shape, so go on as a
             # relaunch would, from the checkpoint saved at the reset (same weights, reference and reset state).
-            resume_from_checkpoint = os.path.join(self.args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-"
-                                                  f"{self.state.global_step}")
+            resume_from_checkpoint = self._restart_checkpoint()
+            if not os.path.exists(os.path.join(resume_from_checkpoint, "trainer_state.json")):
+                raise RuntimeError(f"stage {self.resets.state.stage}: no checkpoint {resume_from_checkpoint} to "
+                                   "restart from")
             log.info("stage %d: resuming in process from %s", self.resets.state.stage, resume_from_checkpoint)
             self._forget_generation_state()
+
+    def _restart_checkpoint(self) -> str:
+        return os.path.join(self.args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+
+    def _maybe_log_save_evaluate(self, tr_loss, grad_norm, model, trial, *args, **kwargs):
+        super()._maybe_log_save_evaluate(tr_loss, grad_norm, model, trial, *args, **kwargs)
+        # A restart stage asked for a checkpoint; save_strategy="best" overrules should_save with "is a new best"
+        if self.resets.restart_pending and not os.path.exists(
+                os.path.join(self._restart_checkpoint(), "trainer_state.json")):
+            self._save_checkpoint(model, trial)
+            self.control = self.callback_handler.on_save(self.args, self.state, self.control)
 
     def _forget_generation_state(self) -> None:
         """What a fresh process would not have: buffered generation batches, the refill stream, unlogged metrics,
