@@ -139,6 +139,45 @@ def test_restart_stage_with_save_only_model_stops_at_its_checkpoint(tiny_model, 
     assert trainer.state.global_step == 3 and (tmp_path / "checkpoint-3" / "model.safetensors").exists()
 
 
+def test_resume_replays_the_reset_hooks(tiny_model, tmp_path):
+    """A ResetCallback's change to the trainer survives a resume in a new process: the hook is called again for
+    each past reset with replay=True (and not again on an in-process restart)."""
+    from transformers import TrainerCallback
+
+    from prorl.trainer import ResetCallback
+
+    class Hook(ResetCallback):
+        def __init__(self):
+            self.calls = []
+
+        def on_reset(self, args, state, control, event, trainer, replay=False, **kwargs):
+            self.calls.append((event.step, replay))
+            if event.stage >= 1:
+                trainer.args.no_eos_penalty = -1.0
+
+    class Probe(TrainerCallback):
+        def __init__(self, trainer_ref):
+            self.trainer_ref, self.seen = trainer_ref, []
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.seen.append((state.global_step + 1, self.trainer_ref[0].args.no_eos_penalty))
+
+    runs = []
+    for max_steps, resume in ((2, None), (4, True)):
+        hook, ref = Hook(), []
+        probe = Probe(ref)
+        args = fast_config(tmp_path, max_steps=max_steps, reset_every_steps=2, stages=[{"temperature": 1.0}],
+                           dynamic_sampling=False, beta=0.0, save_strategy="steps", save_steps=2)
+        trainer = ProRLTrainer(tiny_model, reward_funcs=text_hash_reward, args=args, train_dataset=prompt_dataset(),
+                               callbacks=[hook, probe])
+        ref.append(trainer)
+        trainer.train(resume_from_checkpoint=resume)
+        runs.append((hook.calls, probe.seen))
+    (first_calls, first_seen), (calls, seen) = runs
+    assert first_calls == [(2, False)] and first_seen == [(1, None), (2, None)]
+    assert calls == [(2, True), (4, False)] and seen == [(3, -1.0), (4, -1.0)]
+
+
 def test_resume_skips_a_half_written_checkpoint(tmp_path):
     from prorl.trainer.trainer import latest_complete_checkpoint
 

@@ -54,7 +54,9 @@ class ResetCallback(TrainerCallback):
     """Base class for user hooks called right after each reset (weights copied, optimizer cleared, stage applied)."""
 
     def on_reset(self, args, state, control, event: ResetEvent, trainer: "ProRLTrainer", **kwargs):
-        """Override to change data, reward shaping or anything else of `trainer` at a reset."""
+        """Override to change data, reward shaping or anything else of `trainer` at a reset. A run resumed in a new
+        process calls it again for every past reset, in order, with `replay=True` (and `control=None`), so changes
+        to the trainer are made again; a hook with effects outside the trainer should skip those on replay."""
 
 
 @dataclass
@@ -264,18 +266,24 @@ class ResetController(TrainerCallback):
         with open(os.path.join(checkpoint_dir, STATE_FILE), "w") as f:
             json.dump(asdict(self.state), f, indent=1)
 
-    def load(self, checkpoint_dir: str) -> bool:
-        """Restore the reset state of a checkpoint and re-apply its stages. False if it has none (not a ProRL run)."""
+    def load(self, checkpoint_dir: str, replay_hooks: bool = True) -> bool:
+        """Restore the reset state of a checkpoint, re-apply its stages and (`replay_hooks`) replay the reset hooks.
+        False if it has none (not a ProRL run)."""
         path = os.path.join(checkpoint_dir, STATE_FILE)
         if not os.path.exists(path):
             return False
         with open(path) as f:
             self.state = ResetState(**json.load(f))
-        for overrides in self.trainer.args.stages[: self.state.stage]:
-            self.trainer.apply_stage(overrides, live=False)
-        if self.trainer.accelerator.is_main_process:
+        tr = self.trainer
+        for overrides in tr.args.stages[: self.state.stage]:
+            tr.apply_stage(overrides, live=False)
+        hooks = [cb for cb in tr.callback_handler.callbacks if isinstance(cb, ResetCallback)] if replay_hooks else []
+        for event in self.state.events:
+            for cb in hooks:
+                cb.on_reset(tr.args, tr.state, None, event=ResetEvent(**event), trainer=tr, replay=True)
+        if tr.accelerator.is_main_process:
             lines = [json.dumps(e) + "\n" for e in self.state.events]
-            atomic_write(os.path.join(self.trainer.args.output_dir, RESETS_FILE), "".join(lines))
+            atomic_write(os.path.join(tr.args.output_dir, RESETS_FILE), "".join(lines))
         return True
 
 

@@ -293,11 +293,12 @@ class ProRLTrainer(DynamicSamplingMixin, GRPOTrainer):
                                                             or self.args.save_only_model)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
+        in_process = False  # an in-process restart: the reset hooks' changes are already made
         while True:
             if resume_from_checkpoint is True:
                 resume_from_checkpoint = latest_complete_checkpoint(self.args.output_dir)
             if resume_from_checkpoint:
-                self._restore_run_state(resume_from_checkpoint)
+                self._restore_run_state(resume_from_checkpoint, replay_hooks=not in_process)
             if self.args.env_weights:
                 self.train_dataset = mixture_view(self.source_dataset, self.args.env_weights, seed=self.args.seed)
             output = super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
@@ -315,6 +316,7 @@ class ProRLTrainer(DynamicSamplingMixin, GRPOTrainer):
                                    "restart from")
             log.info("stage %d: resuming in process from %s", self.resets.state.stage, resume_from_checkpoint)
             self._forget_generation_state()
+            in_process = True
 
     def _restart_checkpoint(self) -> str:
         return os.path.join(self.args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
@@ -338,7 +340,7 @@ class ProRLTrainer(DynamicSamplingMixin, GRPOTrainer):
         for metrics in self._metrics.values():
             metrics.clear()
 
-    def _restore_run_state(self, checkpoint: str) -> None:
+    def _restore_run_state(self, checkpoint: str, replay_hooks: bool = True) -> None:
         """Before the data loader is built: reset state and stages from the checkpoint, and the run's metric files
         rolled back to the checkpoint's step (what a killed run logged after it will be logged again)."""
         with open(os.path.join(checkpoint, "trainer_state.json")) as f:
@@ -346,7 +348,7 @@ class ProRLTrainer(DynamicSamplingMixin, GRPOTrainer):
         if 0 < self.args.max_steps <= step:  # Trainer would train one step past max_steps, mid-epoch
             raise ValueError(f"resume_from_checkpoint: {checkpoint} is at step {step}, max_steps is "
                              f"{self.args.max_steps}: nothing to train (raise max_steps to go on)")
-        self.resets.load(checkpoint)
+        self.resets.load(checkpoint, replay_hooks)
         self._refill_skip = self.resets.state.refill_batches
         reference = os.path.join(checkpoint, REFERENCE_FILE)
         if self.ref_model is not None and os.path.exists(reference):
