@@ -56,6 +56,10 @@ class ProRLTrainer(DynamicSamplingMixin, GRPOTrainer):
             reward_funcs = EnvReward(workers=args.reward_workers, timeout_s=args.reward_timeout_s)
         if args.dynamic_sampling and isinstance(train_dataset, IterableDataset):
             raise ValueError("dynamic_sampling needs a map-style train_dataset (refill prompts are drawn by index)")
+        if args.dynamic_sampling and args.scale_rewards == "batch":
+            log.warning("scale_rewards='batch' with dynamic sampling: each round is scaled by its own batch std, "
+                        "dropped groups included, so merged rows from different rounds carry differently scaled "
+                        "advantages; 'group' or 'none' do not have this problem")
         super().__init__(model, reward_funcs, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          processing_class=processing_class, callbacks=callbacks, **kwargs)
         if args.beta != 0 and is_peft_model(self.model) and (args.wants_resets or args.stages):
