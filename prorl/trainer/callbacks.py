@@ -101,9 +101,10 @@ def copy_weights_(src: torch.nn.Module, dst: torch.nn.Module) -> None:
                 q.data.copy_(p.data)
 
 
-def full_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+def full_weights(model: torch.nn.Module, keep: bool = True) -> dict[str, torch.Tensor]:
     """The parameters of `model` as whole CPU tensors, by name (ZeRO-3: gathered one at a time, a collective every
-    process joins; FSDP2: `full_tensor()`). Tied parameters appear once, as in `named_parameters()`."""
+    process joins; FSDP2: `full_tensor()`, likewise). Tied parameters appear once, as in `named_parameters()`. With
+    `keep=False` a process only takes part in the gathers and returns nothing (no CPU copy of the model)."""
     from transformers.integrations import is_deepspeed_zero3_enabled
 
     zero3, out = is_deepspeed_zero3_enabled(), {}
@@ -113,10 +114,12 @@ def full_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
                 import deepspeed
 
                 with deepspeed.zero.GatheredParameters([p]):
-                    out[name] = p.data.detach().cpu().clone()
+                    if keep:
+                        out[name] = p.data.detach().cpu().clone()
             else:
                 t = p.data.full_tensor() if hasattr(p.data, "full_tensor") else p.data
-                out[name] = t.detach().cpu().clone()
+                if keep:
+                    out[name] = t.detach().cpu().clone()
     return out
 
 

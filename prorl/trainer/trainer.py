@@ -282,7 +282,7 @@ class ProRLTrainer(DynamicSamplingMixin, GRPOTrainer):
         # ZeRO-3 gathers and FSDP2's full_tensor() are collectives: every process joins; otherwise only the saver
         if not (self.args.should_save or is_deepspeed_zero3_enabled() or self.is_fsdp_enabled):
             return
-        weights = full_weights(self.accelerator.unwrap_model(self.ref_model))
+        weights = full_weights(self.accelerator.unwrap_model(self.ref_model), keep=self.args.should_save)
         if self.args.should_save:
             from safetensors.torch import save_file
 
