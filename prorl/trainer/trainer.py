@@ -68,7 +68,8 @@ class ProRLTrainer(DynamicSamplingMixin, GRPOTrainer):
         self.source_dataset = train_dataset  # env_weights resample it into self.train_dataset
         self.resets = ResetController(self)
         self.add_callback(self.resets)
-        self._round_rewards: torch.Tensor | None = None
+        self._round_rewards: torch.Tensor | None = None  # the latest round: per function, after the no-EOS penalty
+        self._round_verdicts: torch.Tensor | None = None  # and its weighted totals before the penalty
         self._refill_iter = None
         self._refill_epoch = 0
         self._refill_skip = 0
