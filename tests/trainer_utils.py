@@ -53,6 +53,11 @@ def fast_config(output_dir: str | Path, **overrides):
     return ProRLConfig(**kwargs)
 
 
+def history(trainer, key: str) -> list:
+    """The values of a logged metric, one per log line that has it."""
+    return [h[key] for h in trainer.state.log_history if key in h]
+
+
 def text_hash_reward(prompts, completions, **kwargs):
     """A reward that differs between completions: a hash of the completion text in [0, 1)."""
     import zlib

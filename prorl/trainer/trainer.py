@@ -76,6 +76,7 @@ class ProRLTrainer(DynamicSamplingMixin, GRPOTrainer):
         self._step_loss_tokens = 0  # loss tokens of the micro-batches since the last optimizer step (this process)
         self._skip_update = False  # set before an optimizer step whose batch has no loss token anywhere
         self._pending_temperature: float | None = None  # a stage's temperature, waiting for the next generation
+        self._saved_step = -1  # global step of the latest checkpoint this process took part in
 
     # -- Generation ------------------------------------------------------------------------------------------
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
@@ -264,6 +265,7 @@ class ProRLTrainer(DynamicSamplingMixin, GRPOTrainer):
                 f.write(json.dumps(self.state.log_history[-1]) + "\n")
 
     def _save_checkpoint(self, model, trial):
+        self._saved_step = self.state.global_step
         if self.args.should_save:  # first, so that a checkpoint with a trainer_state.json always has it
             name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
             folder = os.path.join(self._get_output_dir(trial=trial), name)
@@ -316,6 +318,7 @@ class ProRLTrainer(DynamicSamplingMixin, GRPOTrainer):
             # A stage reshaped the generation batch: TRL's data loader is built for the old shape, so go on as a
             # relaunch would, from the checkpoint saved at the reset (same weights, reference and reset state).
             resume_from_checkpoint = self._restart_checkpoint()
+            self.accelerator.wait_for_everyone()  # the main process writes the checkpoint
             if not os.path.exists(os.path.join(resume_from_checkpoint, "trainer_state.json")):
                 raise RuntimeError(f"stage {self.resets.state.stage}: no checkpoint {resume_from_checkpoint} to "
                                    "restart from")
@@ -328,9 +331,9 @@ class ProRLTrainer(DynamicSamplingMixin, GRPOTrainer):
 
     def _maybe_log_save_evaluate(self, tr_loss, grad_norm, model, trial, *args, **kwargs):
         super()._maybe_log_save_evaluate(tr_loss, grad_norm, model, trial, *args, **kwargs)
-        # A restart stage asked for a checkpoint; save_strategy="best" overrules should_save with "is a new best"
-        if self.resets.restart_pending and not os.path.exists(
-                os.path.join(self._restart_checkpoint(), "trainer_state.json")):
+        # A restart stage asked for a checkpoint; save_strategy="best" overrules should_save with "is a new best".
+        # (Decided from what this process did, the same on every process: not from files the main one writes.)
+        if self.resets.restart_pending and self._saved_step != self.state.global_step:
             self._save_checkpoint(model, trial)
             self.control = self.callback_handler.on_save(self.args, self.state, self.control)
 

@@ -1,0 +1,162 @@
+"""ProRLTrainer on a tiny local Qwen2 (CPU): hard resets (reference, optimizer, KL), triggers, and stages applied at
+resets, also inside a buffered generation."""
+
+import json
+import math
+
+import pytest
+import torch
+from trainer_utils import fast_config, prompt_dataset, text_hash_reward, tiny_model  # noqa: F401  (a fixture)
+from trainer_utils import history as _history
+from transformers import TrainerCallback
+
+from prorl.trainer import ProRLTrainer, ResetCallback
+
+
+# -- Hard resets -------------------------------------------------------------------------------------------------
+class ResetProbe(ResetCallback):
+    """Checks the state right after each reset and on the step after it."""
+
+    def __init__(self):
+        self.events, self.ref_equal, self.opt_state_sizes, self.after = [], [], [], {}
+
+    def on_reset(self, args, state, control, event, trainer, **kwargs):
+        self.events.append(event)
+        policy = dict(trainer.model.named_parameters())
+        self.ref_equal.append(all(torch.equal(p, policy[n]) for n, p in trainer.ref_model.named_parameters()))
+        self.opt_state_sizes.append(len(trainer.optimizer.state))
+        self.trainer = trainer
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.events and state.global_step == self.events[-1].step + 1:
+            opt = self.trainer.optimizer
+            self.after = {"size": len(opt.state), "steps": {float(s["step"]) for s in opt.state.values()}}
+
+
+def test_hard_reset_copies_policy_clears_optimizer_and_zeroes_kl(tiny_model, tmp_path):
+    probe = ResetProbe()
+    args = fast_config(tmp_path, beta=0.1, reset_every_steps=2, dynamic_sampling=False)
+    trainer = ProRLTrainer(tiny_model, reward_funcs=text_hash_reward, args=args, train_dataset=prompt_dataset(),
+                           callbacks=[probe])
+    trainer.train()
+    assert [e.step for e in probe.events] == [2] and probe.events[0].trigger == "every_steps"
+    assert probe.ref_equal == [True]
+    assert probe.opt_state_sizes == [0]  # empty right after the reset...
+    n_params = sum(1 for p in trainer.model.parameters() if p.requires_grad)
+    assert probe.after == {"size": n_params, "steps": {1.0}}  # ...and rebuilt by the next step, from step 1
+    kl = _history(trainer, "kl")
+    assert kl[1] > 1e-4  # step 2: the policy had moved away from the initial reference
+    assert kl[2] < 1e-6  # step 3: the first step against the new reference
+    assert _history(trainer, "resets") == [0.0, 1.0, 1.0]
+    assert _history(trainer, "learning_rate") == [1e-3, 1e-3, 1e-3]  # the schedule continues
+    lines = (tmp_path / "resets.jsonl").read_text().splitlines()
+    assert len(lines) == 1
+    event = json.loads(lines[0])
+    assert event["step"] == 2 and event["reset"] == 1 and event["trigger"] == "every_steps" and event["stage"] == 0
+    assert event["metrics"]["kl"] == pytest.approx(kl[1]) and set(event["metrics"]) == {"reward", "kl", "entropy"}
+
+
+@pytest.mark.parametrize("trigger,extra", [
+    ("kl", {"reset_on_kl": 1e-5}),
+    ("plateau", {"reset_on_plateau": "reward", "reset_plateau_patience": 1, "reset_plateau_min_delta": 10.0}),
+])
+def test_triggered_resets(tiny_model, tmp_path, trigger, extra):
+    args = fast_config(tmp_path, beta=0.1, dynamic_sampling=False, reset_min_interval=2, **extra)
+    trainer = ProRLTrainer(tiny_model, reward_funcs=text_hash_reward, args=args, train_dataset=prompt_dataset())
+    trainer.train()
+    events = [json.loads(line) for line in (tmp_path / "resets.jsonl").read_text().splitlines()]
+    # step 1 never triggers (KL is 0 before any update; the first plateau value is the best so far); step 2 does,
+    # and the minimum interval of 2 steps keeps step 3 from resetting again.
+    assert [(e["step"], e["trigger"]) for e in events] == [(2, trigger)]
+    assert math.isfinite(next(iter(events[0]["metrics"].values())))
+
+
+def test_stage_overrides_apply_at_the_reset(tiny_model, tmp_path):
+    args = fast_config(tmp_path, beta=0.1, reset_every_steps=2, dynamic_sampling=False, no_eos_penalty=None,
+                       stages=[{"temperature": 0.7, "max_completion_length": 5, "no_eos_penalty": 0.0}])
+    trainer = ProRLTrainer(tiny_model, reward_funcs=text_hash_reward, args=args, train_dataset=prompt_dataset())
+    trainer.train()
+    assert trainer.temperature == 0.7 and trainer.generation_config.temperature == 0.7
+    assert trainer.generation_config.max_new_tokens == 5 and trainer.args.no_eos_penalty == 0.0
+    assert _history(trainer, "completion_length/max")[2] <= 5
+    assert _history(trainer, "stage") == [0.0, 1.0, 1.0]
+    # every step-3 completion ran out of tokens and got the no-EOS penalty of 0 (text_hash_reward is never 0 there)
+    assert _history(trainer, "no_eos_fraction")[2] == 1.0 and _history(trainer, "reward")[2] == 0.0
+    assert _history(trainer, "kl")[2] < 1e-6  # the temperature change is applied to the fused heads of both models
+
+
+def test_stages_at_a_reset_in_the_middle_of_a_generation_buffer(tiny_model, tmp_path):
+    """2 updates per generation and a reset after every step: resets at odd steps fall inside a buffered
+    generation. A temperature stage waits for the next generation (the buffered batches, their old and reference
+    log-probs are at the old one), and a stage that turns beta back on fills in the buffered reference log-probs."""
+    common = dict(max_steps=4, reset_every_steps=1, per_device_train_batch_size=4, steps_per_generation=2,
+                  dynamic_sampling=False, beta=0.1)
+    trainer = ProRLTrainer(tiny_model, reward_funcs=text_hash_reward, train_dataset=prompt_dataset(),
+                           args=fast_config(tmp_path / "t", stages=[{"temperature": 0.6}], **common))
+    trainer.train()
+    assert _history(trainer, "kl")[1] < 1e-6 and _history(trainer, "clip_ratio/region_mean")[1] == 0.0
+    assert trainer.temperature == 0.6 and trainer.generation_config.temperature == 0.6  # from step 3 on
+    assert _history(trainer, "kl")[3] < 1e-6  # reset at step 3 (aligned): reference at the new temperature
+
+    trainer = ProRLTrainer(tiny_model, reward_funcs=text_hash_reward, train_dataset=prompt_dataset(),
+                           args=fast_config(tmp_path / "b", stages=[{"beta": 0.0}, {}, {"beta": 0.1}], **common))
+    trainer.train()  # step 4 trains on a batch generated with beta = 0
+    assert trainer.state.global_step == 4 and trainer.beta == 0.1
+    assert len(_history(trainer, "kl")) == 2 and _history(trainer, "kl")[-1] < 1e-6  # logged only while beta > 0
+
+
+def test_learning_rate_stage_keeps_the_schedule(tiny_model, tmp_path):
+    """A stage halving the learning rate under a cosine schedule: the step after the reset runs at half the
+    scheduled rate, not at the new base rate."""
+    class Rates(TrainerCallback):
+        def __init__(self):
+            self.rates = []
+
+        def on_step_begin(self, args, state, control, optimizer=None, **kwargs):
+            self.rates.append(optimizer.param_groups[0]["lr"])
+
+    runs = {}
+    for name, stages in (("plain", None), ("halved", [{"learning_rate": 5e-4}])):
+        rates = Rates()
+        args = fast_config(tmp_path / name, max_steps=6, reset_every_steps=3, dynamic_sampling=False,
+                           lr_scheduler_type="cosine", stages=stages)
+        ProRLTrainer(tiny_model, reward_funcs=text_hash_reward, args=args, train_dataset=prompt_dataset(),
+                     callbacks=[rates]).train()
+        runs[name] = rates.rates
+    plain, halved = runs["plain"], runs["halved"]
+    assert halved[:3] == pytest.approx(plain[:3])
+    assert halved[3:] == pytest.approx([r / 2 for r in plain[3:]]) and plain[3] < 1e-3
+
+
+def test_zeroing_adamw_state_in_place_equals_a_fresh_optimizer():
+    """The DeepSpeed reset path (state zeroed in place) gives the same next update as a new AdamW."""
+    from prorl.trainer.callbacks import reset_optimizer_state, zero_optimizer_state_
+
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(5))
+    opt = torch.optim.AdamW([w], lr=0.1)
+    for _ in range(3):
+        w.grad = torch.randn(5)
+        opt.step()
+    start, grad = w.detach().clone(), torch.randn(5)
+    fresh_w = torch.nn.Parameter(start.clone())
+    fresh = torch.optim.AdamW([fresh_w], lr=0.1)
+    fresh_w.grad = grad.clone()
+    fresh.step()
+    zero_optimizer_state_(opt)
+    w.grad = grad.clone()
+    opt.step()
+    assert torch.allclose(w, fresh_w, atol=1e-7)
+    reset_optimizer_state(opt)
+    assert len(opt.state) == 0
+
+
+def test_reset_refreshes_reference_logps_of_buffered_batches(tiny_model, tmp_path):
+    """With steps_per_generation=2 the batch of step 4 is generated at step 3, before the reset that ends step 3:
+    its reference log-probs must be recomputed, or step 4's KL would be measured against the old reference."""
+    args = fast_config(tmp_path, max_steps=4, per_device_train_batch_size=4, steps_per_generation=2, beta=0.1,
+                       reset_every_steps=3, dynamic_sampling=False)
+    trainer = ProRLTrainer(tiny_model, reward_funcs=text_hash_reward, args=args, train_dataset=prompt_dataset())
+    trainer.train()
+    kl = _history(trainer, "kl")
+    assert kl[2] > 1e-4 and kl[3] < 1e-6
