@@ -266,13 +266,11 @@ class ProRLTrainer(DynamicSamplingMixin, GRPOTrainer):
 
     def _save_checkpoint(self, model, trial):
         self._saved_step = self.state.global_step
+        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
         if self.args.should_save:  # first, so that a checkpoint with a trainer_state.json always has it
-            name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-            folder = os.path.join(self._get_output_dir(trial=trial), name)
             os.makedirs(folder, exist_ok=True)
             self.resets.save(folder)
-        self._save_reference(os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-"
-                                          f"{self.state.global_step}"))
+        self._save_reference(folder)
         super()._save_checkpoint(model, trial)
 
     def _save_reference(self, folder: str) -> None:
