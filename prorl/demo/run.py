@@ -166,10 +166,14 @@ def _load_json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def _write_json(path: Path, obj: Any) -> None:
+def _write_text(path: Path, text: str) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    _write_text(path, json.dumps(obj, indent=1) + "\n")
 
 
 def pick_threads(requested: int | None) -> int:
@@ -218,9 +222,7 @@ def run_demo(output: str | Path, recipe: dict[str, Any], threads: int | None = N
 
     sft_rows, rl_rows, heldout = timed("data", build_rows, recipe)
     if not (out / "heldout.jsonl").exists():  # the held-out prompts, for `prorl eval --data OUT/heldout.jsonl`
-        tmp = out / "heldout.jsonl.tmp"
-        tmp.write_text("".join(json.dumps(row) + "\n" for row in heldout))
-        os.replace(tmp, out / "heldout.jsonl")
+        _write_text(out / "heldout.jsonl", "".join(json.dumps(row) + "\n" for row in heldout))
     model_dir = str(out / "model")
     timed("build_model", build_tiny_model, model_dir, seed=seed, **recipe["model"])
 
