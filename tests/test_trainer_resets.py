@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from trainer_utils import fast_config, prompt_dataset, text_hash_reward, tiny_model  # noqa: F401  (a fixture)
+from trainer_utils import fast_config, half_constant_reward, prompt_dataset, text_hash_reward, tiny_model  # noqa: F401
 from trainer_utils import history as _history
 from transformers import TrainerCallback
 
@@ -160,3 +160,26 @@ def test_reset_refreshes_reference_logps_of_buffered_batches(tiny_model, tmp_pat
     trainer.train()
     kl = _history(trainer, "kl")
     assert kl[2] > 1e-4 and kl[3] < 1e-6
+
+
+def test_reset_event_reward_is_the_whole_generation_with_dynamic_sampling(tiny_model, tmp_path):
+    """A generation spans 2 steps (steps_per_generation=2) and several dynamic-sampling rounds (half the prompts
+    get a constant reward): the reward a reset records is the generation's, the mean over its rounds, at both steps,
+    though the per-step metric lists were cleared by the log of step 1."""
+    round_means = []
+
+    def reward(prompts, completions, qid, **kwargs):
+        values = half_constant_reward(prompts, completions, qid)
+        round_means.append(sum(values) / len(values))
+        return values
+
+    args = fast_config(tmp_path, max_steps=2, steps_per_generation=2, reset_every_steps=1, beta=0.1,
+                       no_eos_penalty=None)
+    trainer = ProRLTrainer(tiny_model, reward_funcs=reward, args=args, train_dataset=prompt_dataset())
+    trainer.train()
+    events = [json.loads(line) for line in (tmp_path / "resets.jsonl").read_text().splitlines()]
+    assert len(round_means) >= 2  # one generation, refilled at least once
+    expected = sum(round_means) / len(round_means)
+    assert [e["step"] for e in events] == [1, 2]
+    assert [e["metrics"]["reward"] for e in events] == [pytest.approx(expected)] * 2
+    assert events[1]["metrics"]["kl"] < 1e-6  # kl is still the step's own (right after the reset at step 1)

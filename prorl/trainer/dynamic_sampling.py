@@ -42,8 +42,19 @@ class DynamicSamplingMixin:
         return total
 
     def _generate_and_score_completions(self, inputs):
-        if not (self.model.training and self.args.dynamic_sampling):
+        if not self.model.training:
             return super()._generate_and_score_completions(inputs)
+        metrics = self._metrics["train"]
+        marks = {name: len(values) for name, values in metrics.items()}
+        out = (self._dynamic_sampling(inputs) if self.args.dynamic_sampling
+               else super()._generate_and_score_completions(inputs))
+        # What this generation logged (over its rounds), for `step_metric`: TRL's per-micro-batch metric lists may
+        # be cleared by a log before the steps that train on a buffered generation end.
+        self.generation_metrics = {name: sum(new) / len(new) for name, values in metrics.items()
+                                   if (new := values[marks.get(name, 0):])}
+        return out
+
+    def _dynamic_sampling(self, inputs):
         target = len(inputs)
         kept, spare, deferred = [], None, []
         kept_local = kept_groups = dropped_groups = rounds = 0

@@ -70,6 +70,7 @@ class ProRLTrainer(DynamicSamplingMixin, GRPOTrainer):
         self.add_callback(self.resets)
         self._round_rewards: torch.Tensor | None = None  # the latest round: per function, after the no-EOS penalty
         self._round_verdicts: torch.Tensor | None = None  # and its weighted totals before the penalty
+        self.generation_metrics: dict[str, float] = {}  # what the latest training generation logged (step_metric)
         self._refill_iter = None
         self._refill_epoch = 0
         self._refill_skip = 0
@@ -243,7 +244,11 @@ class ProRLTrainer(DynamicSamplingMixin, GRPOTrainer):
                               cast_lm_head_to_fp32=self.args.cast_lm_head_to_fp32)
 
     def step_metric(self, name: str) -> float | None:
-        """Mean of a train metric over the micro-batches of the latest optimizer step (None if not logged)."""
+        """A train metric of the latest optimizer step (None if not logged): a metric of the generation (reward,
+        completion lengths: mean over its dynamic-sampling rounds) from the generation this step trained on, any
+        other (kl, entropy) the mean over the step's micro-batches."""
+        if name in self.generation_metrics:
+            return self.generation_metrics[name]
         values = self._metrics["train"].get(name) or []
         values = values[-self.args.gradient_accumulation_steps:]
         return sum(values) / len(values) if values else None
@@ -343,6 +348,7 @@ class ProRLTrainer(DynamicSamplingMixin, GRPOTrainer):
         self._step, self._buffered_inputs = 0, None
         self._refill_iter, self._refill_epoch = None, 0
         self._step_loss_tokens, self._skip_update, self._pending_temperature = 0, False, None
+        self.generation_metrics = {}
         for metrics in self._metrics.values():
             metrics.clear()
 
