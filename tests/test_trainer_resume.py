@@ -100,6 +100,7 @@ def test_restart_stage_goes_on_in_process(tiny_model, tmp_path):
     trainer = Recording(tiny_model, reward_funcs=text_hash_reward, args=args, train_dataset=prompt_dataset())
     trainer.train()
     assert trainer.state.global_step == 4 and trainer.num_generations == 2
+    assert trainer.accelerator._optimizers == [trainer.optimizer]  # the first run's optimizer is not kept there
     assert (tmp_path / "checkpoint-2" / "reference.safetensors").exists()
     assert trainer.prompts_per_batch == [2, 2, 4, 4]  # 2 prompts x 4 completions, then 4 x 2
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
