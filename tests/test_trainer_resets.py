@@ -183,3 +183,22 @@ def test_reset_event_reward_is_the_whole_generation_with_dynamic_sampling(tiny_m
     assert [e["step"] for e in events] == [1, 2]
     assert [e["metrics"]["reward"] for e in events] == [pytest.approx(expected)] * 2
     assert events[1]["metrics"]["kl"] < 1e-6  # kl is still the step's own (right after the reset at step 1)
+
+
+def test_reset_refreshes_only_the_buffered_batches_still_to_train_on(tiny_model, tmp_path):
+    """4 steps per generation and a reset after each of the first 3 steps: each reset recomputes the reference
+    log-probs of the batches not yet trained on (3, 2, 1), and each following step's KL is ~0."""
+    refreshed = []
+
+    class Counting(ProRLTrainer):
+        def _batch_logps(self, model, batch):
+            if model is self.ref_model:
+                refreshed.append(self.state.global_step)
+            return super()._batch_logps(model, batch)
+
+    args = fast_config(tmp_path, max_steps=4, per_device_train_batch_size=4, steps_per_generation=4, beta=0.1,
+                       reset_every_steps=1, dynamic_sampling=False)
+    trainer = Counting(tiny_model, reward_funcs=text_hash_reward, args=args, train_dataset=prompt_dataset())
+    trainer.train()
+    assert refreshed == [1, 1, 1, 2, 2, 3]
+    assert all(kl < 1e-6 for kl in _history(trainer, "kl"))

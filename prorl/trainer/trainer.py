@@ -163,7 +163,11 @@ class ProRLTrainer(DynamicSamplingMixin, GRPOTrainer):
         or num_iterations > 1) carry log-probs of the old reference: recompute them with the new one."""
         if self.beta == 0 or not self._mid_generation_buffer():
             return
-        for batch in self._buffered_inputs:  # also those sampled while a stage had beta = 0 (no reference log-probs)
+        # only the batches still to be trained on (TRL takes batch _step % steps_per_generation for each micro-batch
+        # until the next generation), also those sampled while a stage had beta = 0 (no reference log-probs yet)
+        spg, generate_every = self.args.steps_per_generation, self.args.steps_per_generation * self.num_iterations
+        for index in sorted({(self._step + i) % spg for i in range(generate_every - self._step % generate_every)}):
+            batch = self._buffered_inputs[index]
             batch["ref_per_token_logps"] = self._batch_logps(self.ref_model, batch)
 
     def apply_stage(self, overrides: dict[str, Any], live: bool) -> bool:
