@@ -136,13 +136,22 @@ def load_eval_rows(spec: str, split: str | None = None, env: str | None = None, 
         rows = load_rows(path, split)
     else:
         rows = load_rows(path)
-    out = []
+    out, envs = [], {}
     for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise ValueError(f"{spec}: row {i} is a {type(row).__name__}, not an object")
         row_env = env or row.get("env")
         if not row_env:
             raise ValueError(f"{spec}: row {i} has no `env`; pass --env ID for files of public rows")
         if not (isinstance(row.get("prompt"), list) and isinstance(row.get("reference"), dict)):
-            task = make(row_env).task_from_dict(row)
+            if row_env not in envs:
+                envs[row_env] = make(row_env)
+            try:
+                task = envs[row_env].task_from_dict(row)
+            except KeyError as exc:
+                raise ValueError(f"{spec}: row {i} ({row_env}) is missing field {exc.args[0]!r}") from None
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"{spec}: row {i} ({row_env}): {exc}") from None
             row = {"id": task.id or str(i), "env": row_env, "prompt": task.prompt, "reference": task.reference,
                    "metadata": task.metadata}
         out.append({**row, "env": row_env})

@@ -59,6 +59,15 @@ def test_score_writes_rows_and_a_summary(tmp_path, capsys):
     assert "% correct" in summary and "timeouts" in summary and "format errors" in summary
 
 
+def test_output_that_is_the_input_file_is_refused_and_the_input_kept(tmp_path, capsys, monkeypatch):
+    inp = write_lines(tmp_path / "in.jsonl", GOOD[:2])
+    before = inp.read_text()
+    monkeypatch.chdir(tmp_path)
+    assert main(["score", str(inp), "-o", "in.jsonl", "--workers", "0"]) == 2  # used to truncate it and exit 0
+    assert "is the input file" in capsys.readouterr().err
+    assert inp.read_text() == before
+
+
 def test_malformed_lines_are_named_and_the_rest_scores(tmp_path, capsys):
     lines = [GOOD[0], "{not json", [1, 2], {"env": "math", "answer": "1"}, {"env": "nope", "completion": "x"},
              {"env": "math", "problem": "p", "completion": r"\boxed{1}"}, {"completion": "x", "answer": "1"},

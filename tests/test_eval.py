@@ -193,6 +193,20 @@ def test_load_eval_rows_reads_public_rows_with_env_and_limits_per_env(tmp_path):
     assert rows[0]["prompt"] == [{"role": "user", "content": "say q0"}] and rows[0]["reference"] == {"answer": "7"}
 
 
+def test_load_eval_rows_names_the_row_and_field_of_a_bad_public_row(tmp_path):
+    data = tmp_path / "public.jsonl"
+    data.write_text(json.dumps({"problem": "1+1", "answer": "2"}) + "\n" + json.dumps({"problem": "x", "answr": "3"})
+                    + "\n")
+    with pytest.raises(ValueError, match=r"public.jsonl: row 1 \(math\) is missing field 'answer'"):
+        load_eval_rows(str(data), env="math")
+    data.write_text(json.dumps({"problem": "1+1", "answer": None}) + "\n")
+    with pytest.raises(ValueError, match=r"row 0 \(math\): field 'answer' must be"):
+        load_eval_rows(str(data), env="math")
+    data.write_text(json.dumps([1, 2]) + "\n")
+    with pytest.raises(ValueError, match="row 0 is a list"):
+        load_eval_rows(str(data), env="math")
+
+
 def test_eval_data_from_a_recipe_uses_its_held_out_split(models, tmp_path):
     (tmp_path / "a.jsonl").write_text("".join(json.dumps({"q": f"say q{i}", "answer": "7"}) + "\n" for i in range(8)))
     (tmp_path / "r.yaml").write_text(json.dumps({"name": "e", "seed": 1, "sources": {

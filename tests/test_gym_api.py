@@ -198,6 +198,30 @@ def test_installed_plugin_is_discovered_through_entry_points(tmp_path, monkeypat
     assert spec("plugin/shout").description.startswith("test plugin")
 
 
+def test_a_plugin_whose_registration_raises_breaks_neither_make_nor_other_plugins(tmp_path, monkeypatch):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "prorl_broken_plugin.py").write_text(textwrap.dedent('''
+        import prorl
+        from _envs_for_tests import EchoEnv
+
+        def broken():
+            raise RuntimeError("plugin bug")
+
+        def fine():
+            prorl.register("plugin/after-broken", EchoEnv, override=True)
+    '''))
+    dist = site / "prorl_broken_plugin-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: prorl-broken-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(
+        "[prorl.envs]\nbroken = prorl_broken_plugin:broken\nfine = prorl_broken_plugin:fine\n")
+    monkeypatch.syspath_prepend(str(site))
+    reload_plugins()  # used to raise the plugin's RuntimeError out of the first make/list_envs
+    assert make("math").id == "math"
+    assert "plugin/after-broken" in list_envs()
+
+
 def test_top_level_api_is_exported():
     assert prorl.make is make and prorl.register is register and prorl.list_envs is list_envs
 

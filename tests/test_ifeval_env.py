@@ -170,6 +170,13 @@ def test_eval_ifeval_on_self_contained_lines_and_bad_input(tmp_path, capsys):
     assert f"{inputs}:1: no response for the prompt of key 7" in capsys.readouterr().err
 
 
+def test_eval_ifeval_on_an_official_response_file_alone_says_to_pass_input_data(capsys):
+    _, responses = _official_rows()  # the README's `prorl eval-ifeval RESPONSES.jsonl` on the official file
+    assert cli_main(["eval-ifeval", str(responses)]) == 2
+    err = capsys.readouterr().err
+    assert f"{responses}:1: no field 'instruction_id_list'" in err and "--input-data" in err
+
+
 def test_no_nltk_data_is_ever_looked_up():
     """Sentence and word tokens work with NLTK's data loading and downloader disabled (fresh interpreter)."""
     code = """

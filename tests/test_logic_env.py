@@ -49,6 +49,15 @@ def test_answer_extraction_and_statuses():
     assert env.score("<answer>not a number</answer>", entry).status == "wrong"
 
 
+def test_hand_written_rows_with_a_numeric_answer_or_a_bad_metadata_field():
+    env = make("logic/chain_sum")
+    # a number in a JSON file used to reach reasoning-gym's string scorer: an infra_error (masked) on every sample
+    assert env.score("<answer>2</answer>", {"question": "1 + 1 =", "answer": 2}).status == "ok"
+    assert env.score("<answer>3</answer>", {"question": "1 + 1 =", "answer": 2}).status == "wrong"
+    bad = env.score("<answer>2</answer>", {"question": "1 + 1 =", "answer": "2", "metadata": "chain_sum"})
+    assert bad.status == "format_error" and "field 'metadata'" in bad.details["error"]
+
+
 def test_arc_boards_score_after_a_json_round_trip():
     for name in ("arc_agi", "rearc"):
         env = make(f"logic/{name}", size=5, seed=0)

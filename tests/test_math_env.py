@@ -130,3 +130,15 @@ def test_acceptance_golds_against_themselves_and_other_answers():
     false_pos = [(golds[i], others[i]) for i, s in enumerate(cross) if s.reward == 1.0]
     assert len(false_pos) / n < 0.02, false_pos[:20]
     assert not any(s.status in ("timeout", "infra_error") for s in own + cross)
+
+
+def test_percent_answers_are_graded_not_crashed():
+    # `10\%` parses to an unevaluated 10*(1/100): the exact-number guard used to raise TypeError on it (an
+    # exception from `score`, an infra_error in the workers); math-verify's own percent verdict stands.
+    env = make("math")
+    assert env.score(r"\boxed{10}", {"answer": r"10\%"}).status == "ok"
+    assert env.score(r"\boxed{10\%}", {"answer": "10"}).status == "ok"
+    assert env.score(r"\boxed{\frac{1}{2}}", {"answer": r"50\%"}).status == "ok"
+    assert env.score(r"\boxed{51}", {"answer": r"50\%"}).status == "wrong"
+    scores = env.score_batch([r"\boxed{10}", r"\boxed{11}"], [{"answer": r"10\%"}] * 2, workers=1)
+    assert [s.status for s in scores] == ["ok", "wrong"]

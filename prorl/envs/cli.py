@@ -176,6 +176,9 @@ def score_command(args: argparse.Namespace) -> int:
     if not args.input.is_file():
         err.print(f"[red]prorl score: no such input file: {args.input}")
         return 2
+    if args.output.exists() and args.output.samefile(args.input):  # opening OUT would truncate the input
+        err.print(f"[red]prorl score: the output {args.output} is the input file; choose another -o")
+        return 2
     args.output.parent.mkdir(parents=True, exist_ok=True)
     done, previous = _read_done(args.output) if args.resume and args.output.exists() else (set(), [])
     summary = Summary()

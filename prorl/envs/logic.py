@@ -120,9 +120,14 @@ class LogicTaskEnv(Env):
         for key in ("question", "answer"):
             if key not in row:
                 raise KeyError(key)
+        if not isinstance(row.get("metadata") or {}, dict):
+            raise ValueError(f"field 'metadata' must be an object, got {type(row['metadata']).__name__}")
         meta = dict(row.get("metadata") or {})
         meta.setdefault("source_dataset", self.task)
-        entry = {"question": row["question"], "answer": row["answer"], "metadata": meta}
+        answer = row["answer"]
+        if isinstance(answer, (int, float)) and not isinstance(answer, bool):
+            answer = str(answer)  # reasoning-gym answers are strings; its scorers fail on a number from a JSON file
+        entry = {"question": row["question"], "answer": answer, "metadata": meta}
         prompt = [{"role": "system", "content": system_prompt()}, {"role": "user", "content": row["question"]}]
         task_id = f"{meta['source_dataset']}/{meta.get('source_index', meta.get('source_idx', ''))}"
         return Task(id=task_id, env=self.id, prompt=prompt, reference={"entry": entry},

@@ -95,7 +95,10 @@ def _load_plugins() -> None:
             if ep.name not in _REGISTRY:
                 register(ep.name, obj)
         elif callable(obj):
-            obj()
+            try:
+                obj()
+            except Exception as exc:
+                log.warning("prorl.envs plugin %r failed to register: %r", ep.name, exc)
 
 
 def reload_plugins() -> None:

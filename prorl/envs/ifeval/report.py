@@ -98,6 +98,9 @@ def evaluate_rows(tasks: Iterable[tuple[str, dict]], responses: dict[str, str] |
                 raise ValueError(f"{where}: no response for the prompt of key {row.get('key')!r}")
             response = responses[prompt]
         else:
+            if "instruction_id_list" not in row:  # an official {prompt, response} file given alone
+                raise ValueError(f"{where}: no field 'instruction_id_list' to check the response against; pair "
+                                 "{prompt, response} lines with the official input_data.jsonl (--input-data)")
             response = _response_text(row, where)
         try:
             checkers = build_checkers(row.get("instruction_id_list"), row.get("kwargs"))
