@@ -53,6 +53,19 @@ def test_register_as_decorator_and_duplicate_ids():
     assert type(make("test/decorated")) is EchoEnv
 
 
+def test_registering_the_same_class_again_replaces_it():
+    """A notebook cell or a module run twice defines a new class object of the same name: it replaces the old one
+    instead of raising (a different class under the same id still raises)."""
+    def define():
+        @register("test/rerun")
+        class Rerun(EchoEnv):
+            pass
+        return Rerun
+
+    first, second = define(), define()
+    assert first is not second and type(make("test/rerun")) is second
+
+
 def test_unknown_id_names_itself():
     with pytest.raises(KeyError, match="logic/no_such_task"):
         make("logic/no_such_task")
@@ -100,9 +113,35 @@ def test_score_standalone_and_think_stripping(echo_id):
     assert "bad task" in env.score("3", {"answer": "3"}).details["error"]  # missing "q"
     assert split_think("a</think>b</think>c") == ("c", True)
     assert split_think("plain") == ("plain", False)
+    assert split_think("<THINK>x</THINK> 3") == (" 3", True)  # closing tags in any case, as opening ones
     # the Task dict form (Task.to_dict) round-trips
     t = env.task_from_dict(task)
     assert env.score("3", t.to_dict()).status == "ok"
+
+
+def test_a_verify_that_does_not_return_a_score_names_the_env():
+    class Sloppy(EchoEnv):
+        def verify(self, answer, task):
+            return 1.0
+
+    with pytest.raises(TypeError, match="Sloppy.verify returned float, not a Score"):
+        Sloppy().score("3", {"q": "say 3", "answer": "3"})
+
+
+def test_score_batch_scores_an_env_as_it_is_now():
+    """Workers keep the environments they were sent: one changed after a first batch is sent again; and more
+    distinct environments than a worker keeps are re-sent once evicted, not lost."""
+    from prorl.envs.workers import _KEEP_ENVS
+
+    env, task, reply = make("math"), {"problem": "1+1?", "answer": "2"}, "The answer is 2"
+    assert env.score_batch([reply], [task], workers=1)[0].status == "format_error"  # nothing boxed
+    env.require_boxed = False
+    assert env.score(reply, task).status == env.score_batch([reply], [task], workers=1)[0].status == "ok"
+    envs = [make("math", require_boxed=False) for _ in range(_KEEP_ENVS + 6)]
+    for i, e in enumerate(envs):
+        e.tag = i  # distinct pickled contents
+        assert e.score_batch([reply], [task], workers=1)[0].status == "ok"
+    assert envs[0].score_batch([reply], [task], workers=1)[0].status == "ok"  # evicted by the worker: sent again
 
 
 def test_score_validates_reward_and_status():

@@ -65,7 +65,7 @@ class Score:
 
 
 _THINK_OPEN = re.compile(r"<think>", re.IGNORECASE)
-_THINK_CLOSE = "</think>"
+_THINK_CLOSE = re.compile(r"</think>", re.IGNORECASE)
 
 
 def split_think(completion: str) -> tuple[str | None, bool]:
@@ -74,9 +74,11 @@ def split_think(completion: str) -> tuple[str | None, bool]:
     Only the text after the last `</think>` is scored. A completion that opens `<think>` and never closes it
     has no answer: returns (None, True).
     """
-    idx = completion.rfind(_THINK_CLOSE)
-    if idx >= 0:
-        return completion[idx + len(_THINK_CLOSE):], True
+    last = None
+    for last in _THINK_CLOSE.finditer(completion):
+        pass
+    if last is not None:
+        return completion[last.end():], True
     if _THINK_OPEN.search(completion):
         return None, True
     return completion, False
@@ -172,6 +174,9 @@ class Env:
         if answer is None:
             return Score(0.0, "format_error", {"error": "unterminated <think> block"})
         score = self.verify(answer, task)
+        if not isinstance(score, Score):
+            raise TypeError(f"{type(self).__name__}.verify returned {type(score).__name__}, not a Score (e.g. "
+                            "Score.graded(reward))")
         if had_think:
             score.details.setdefault("think", True)
         return score

@@ -59,7 +59,7 @@ def register(env_id: str, entry_point: Any = None, *, description: str = "", ove
         raise ValueError(f"env_id must be a non-empty string, got {env_id!r}")
 
     def _do(ep):
-        if env_id in _REGISTRY and not override and _REGISTRY[env_id].entry_point is not ep:
+        if env_id in _REGISTRY and not override and not _same_definition(_REGISTRY[env_id].entry_point, ep):
             raise ValueError(f"environment {env_id!r} is already registered (pass override=True to replace it)")
         desc = description or (_first_line(getattr(ep, "description", "") or getattr(ep, "__doc__", "") or "")
                                if not isinstance(ep, str) else "")
@@ -69,6 +69,16 @@ def register(env_id: str, entry_point: Any = None, *, description: str = "", ove
     if entry_point is None:
         return _do
     return _do(entry_point)
+
+
+def _same_definition(old: Any, new: Any) -> bool:
+    """The same entry point, or the same class/function defined again (a re-run notebook cell, a reloaded module)."""
+    if old is new:
+        return True
+    if isinstance(old, str) or isinstance(new, str):
+        return old == new
+    return (getattr(old, "__module__", None), getattr(old, "__qualname__", None)) == \
+        (getattr(new, "__module__", None), getattr(new, "__qualname__", None)) and hasattr(new, "__qualname__")
 
 
 def _first_line(text: str) -> str:

@@ -4,12 +4,14 @@ Verifiers such as math-verify can spin for minutes on a LaTeX bomb, and their si
 the main thread. Here every sample is scored in a worker *process*; the parent waits on a pipe with a deadline and,
 when the deadline passes, kills the worker (SIGKILL), reports `timeout` for that sample and starts a fresh worker.
 This works from any thread of the caller. Workers are started once per process and reused across calls; each keeps
-the environments it was sent.
+the environments it was sent (the latest `_KEEP_ENVS`), keyed by their pickled content: an environment changed since
+the previous call (an attribute set, a new dataset) is sent again.
 """
 
 from __future__ import annotations
 
 import atexit
+import hashlib
 import logging
 import os
 import pickle
@@ -20,8 +22,8 @@ import sys
 import threading
 import time
 import traceback
-import uuid
 import weakref
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 
@@ -33,6 +35,15 @@ from prorl.envs.base import Env, Score, Task
 log = logging.getLogger(__name__)
 
 _STARTUP_TIMEOUT_S = 120.0
+_KEEP_ENVS = 64  # environments a worker keeps; the parent mirrors the eviction, so it knows which to re-send
+
+
+def _remember(cache: OrderedDict, key: str, value) -> None:
+    """Insert/refresh `key` as the newest entry, dropping the oldest beyond _KEEP_ENVS (same order on both sides)."""
+    cache[key] = value
+    cache.move_to_end(key)
+    while len(cache) > _KEEP_ENVS:
+        cache.popitem(last=False)
 
 
 def _worker_main(rfd: int, wfd: int) -> None:
@@ -41,7 +52,7 @@ def _worker_main(rfd: int, wfd: int) -> None:
 
     conn_in, conn_out = Connection(rfd, writable=False), Connection(wfd, readable=False)
     conn_out.send("ready")
-    envs: dict[str, Env] = {}
+    envs: OrderedDict[str, Env] = OrderedDict()
     while True:
         try:
             msg = conn_in.recv()
@@ -56,7 +67,9 @@ def _worker_main(rfd: int, wfd: int) -> None:
                 # after this worker started must still be importable here.
                 paths, env_blob = pickle.loads(blob)
                 sys.path.extend(p for p in paths if p not in sys.path)
-                envs[key] = pickle.loads(env_blob)
+                _remember(envs, key, pickle.loads(env_blob))
+            else:
+                _remember(envs, key, envs[key])
             score = envs[key].score(completion, task)
         except Exception as exc:  # a verifier bug must not kill the worker or the batch
             score = Score(0.0, "infra_error", {"error": repr(exc), "traceback": traceback.format_exc(limit=4)})
@@ -73,7 +86,7 @@ class _Worker:
     def __init__(self):
         self.proc: subprocess.Popen | None = None
         self.send_conn = self.recv_conn = None
-        self.known: set[str] = set()
+        self.known: OrderedDict[str, None] = OrderedDict()  # mirrors the worker's kept environments
         self.ready = False
 
     def _start(self) -> None:
@@ -89,7 +102,7 @@ class _Worker:
         os.close(w_child)
         self.send_conn = Connection(w_parent, readable=False)
         self.recv_conn = Connection(r_parent, writable=False)
-        self.known = set()
+        self.known = OrderedDict()
         self.ready = False
 
     def _wait_ready(self) -> None:
@@ -120,7 +133,7 @@ class _Worker:
                 self._wait_ready()
                 t0 = time.monotonic()
                 self.send_conn.send((key, send_blob, completion, task))
-                self.known.add(key)
+                _remember(self.known, key, None)
                 if self.recv_conn.poll(timeout_s):
                     return self.recv_conn.recv()
             except (EOFError, OSError) as exc:
@@ -163,7 +176,7 @@ class ScoringPool:
 
 _POOLS: dict[int, ScoringPool] = {}
 _POOLS_LOCK = threading.Lock()
-_ENV_BLOBS: "weakref.WeakKeyDictionary[Env, tuple[str, bytes | None]]" = weakref.WeakKeyDictionary()
+_UNPICKLABLE: "weakref.WeakSet[Env]" = weakref.WeakSet()  # warned about once each
 
 
 def get_pool(workers: int) -> ScoringPool:
@@ -180,17 +193,19 @@ def _close_pools() -> None:
     _POOLS.clear()
 
 
-def _env_blob(env: Env) -> tuple[str, bytes | None]:
-    if env not in _ENV_BLOBS:
-        try:
-            # cloudpickle pickles importable classes by reference and classes of the caller's `__main__` (a user's
-            # training script) by value, so those score in workers too.
-            blob = pickle.dumps((list(sys.path), cloudpickle.dumps(env)))
-        except Exception as exc:
+def _env_blob(env: Env) -> tuple[str | None, bytes | None]:
+    """(content key, pickled env), or (None, None) if it cannot be pickled. Pickled on every call (an env is a few
+    KB unless it holds a dataset): workers score the env as it is now, not as it was when first sent."""
+    try:
+        # cloudpickle pickles importable classes by reference and classes of the caller's `__main__` (a user's
+        # training script) by value, so those score in workers too.
+        blob = pickle.dumps((list(sys.path), cloudpickle.dumps(env)))
+    except Exception as exc:
+        if env not in _UNPICKLABLE:
+            _UNPICKLABLE.add(env)
             log.warning("%s cannot be pickled (%r): scoring it in threads, without a killable timeout", env, exc)
-            blob = None
-        _ENV_BLOBS[env] = (uuid.uuid4().hex, blob)
-    return _ENV_BLOBS[env]
+        return None, None
+    return hashlib.blake2b(blob, digest_size=16).hexdigest(), blob
 
 
 def default_workers() -> int:
@@ -218,8 +233,11 @@ def score_many(envs: Sequence[Env], completions: Sequence[str], tasks: Sequence[
         return [_safe_score(e, c, t) for e, c, t in zip(envs, completions, tasks)]
     results: list[Score | None] = [None] * n
     proc_jobs, proc_idx, thread_idx = [], [], []
+    blobs: dict[int, tuple[str | None, bytes | None]] = {}  # once per distinct env object and call
     for i, env in enumerate(envs):
-        key, blob = _env_blob(env) if env.score_in_subprocess else (None, None)
+        if id(env) not in blobs:
+            blobs[id(env)] = _env_blob(env) if env.score_in_subprocess else (None, None)
+        key, blob = blobs[id(env)]
         if blob is None:
             thread_idx.append(i)
         else:
