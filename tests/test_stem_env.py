@@ -20,6 +20,12 @@ MC = {"question": "Which is a noble gas?", "options": ["Oxygen", "Neon", "Iron",
     ("Answer: A ... wait, Answer: B", "B"),
     ("the answer is a noble gas", None),
     ("I cannot tell", None),
+    (r"so \boxed{c}", "C"),  # a lone lower-case letter in a box
+    (r"\boxed{a prime}", None),  # not a letter
+    ("Answer: I think it's C", None),  # the pronoun is not option I
+    ("Answer: I'm not sure", None),
+    ("Answer: I", "I"),
+    ("Answer: (I) fits", "I"),
 ])
 def test_extract_choice(completion, letter):
     assert extract_choice(completion) == letter

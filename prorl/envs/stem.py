@@ -26,6 +26,8 @@ _ANSWER_RE = re.compile(r"(?i:answer)\s*(?:(?i:is)|:)?\s*[:\-]?\s*(?:(?i:option)
 _ANSWER_TEXT_RE = re.compile(r"(?i:answer)\s*(?:(?i:is)|:)\s*:?\s*([^\n]+)")
 _PAREN_RE = re.compile(r"\(([A-J])\)")
 _BOXED_LETTER_RE = re.compile(r"^(?:\\text(?:bf)?\{)?\s*\(?\s*([A-J])\s*\)?\s*\}?(?:[.:)]|\s|$)")
+_BOXED_LOWER_RE = re.compile(r"^\(?([a-j])\)?\.?$")  # \boxed{c}: a lone lower-case letter names an option too
+_PRONOUN_I_RE = re.compile(r"(?:'|\u2019|\s+[a-z])")  # "Answer: I think it's C": the pronoun, not option I
 
 
 def normalize_options(options: Any) -> dict[str, str]:
@@ -61,9 +63,10 @@ def extract_choice(text: str, options: dict[str, str] | None = None) -> str | No
     option text) also names its option."""
     boxed = last_boxed(text)
     if boxed is not None:
-        m = _BOXED_LETTER_RE.match(boxed.strip())
+        m = _BOXED_LETTER_RE.match(boxed.strip()) or _BOXED_LOWER_RE.match(boxed.strip())
         return m.group(1).upper() if m else _option_by_text(boxed, options)
-    found = list(_ANSWER_RE.finditer(text))
+    found = [m for m in _ANSWER_RE.finditer(text)
+             if not (m.group(1) == "I" and "(" not in m.group(0) and _PRONOUN_I_RE.match(text, m.end()))]
     if found:
         return found[-1].group(1).upper()
     said = list(_ANSWER_TEXT_RE.finditer(text))
