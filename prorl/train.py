@@ -78,6 +78,9 @@ def gym_dataset(env_ids: list[str], tasks_per_env: int, seed: int = 0):
     return Dataset.from_list(rows)
 
 
+_JSON_COLUMNS = ("reference", "metadata", "task")  # read by prorl.trainer.rewards.row_task as dicts or JSON text
+
+
 def file_dataset(path: str, split: str = "train"):
     """Rows written by `prorl data build` (a folder), a .parquet file or a .jsonl file, checked for the columns the
     trainer needs."""
@@ -93,7 +96,14 @@ def file_dataset(path: str, split: str = "train"):
     elif p.suffix == ".jsonl":
         from prorl.data.card import read_jsonl
 
-        ds = Dataset.from_list(read_jsonl(p))
+        # Per-row dicts (a reference per environment) as JSON text, which the reward decodes: Arrow would otherwise
+        # merge them into one struct, filling other rows' keys with nulls, or refuse keys of clashing types.
+        rows = [{k: json.dumps(v) if k in _JSON_COLUMNS and isinstance(v, (dict, list)) else v for k, v in r.items()}
+                for r in read_jsonl(p)]
+        try:
+            ds = Dataset.from_list(rows)
+        except (ValueError, TypeError) as exc:  # pyarrow's ArrowInvalid / ArrowTypeError are ValueError/TypeError
+            raise ValueError(f"{p}: rows whose columns have clashing types ({exc})") from None
     else:
         raise ValueError(f"dataset_path: {p} is neither a folder, a .parquet nor a .jsonl file")
     missing = {"env", "prompt"} - set(ds.column_names)
@@ -115,15 +125,36 @@ def prepare_model(script: TrainScriptArguments) -> str:
     return path
 
 
-def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+DATA_SOURCES = ("dataset_path", "gym_envs")
+
+
+def parse_args(argv: list[str]):
+    """(TrainScriptArguments, ProRLConfig) from `--config FILE` and the flags, which override the file. A data source
+    given by a flag replaces the file's other one (`--dataset_path` the file's `gym_envs`, and back): the two
+    exclude each other, and no flag could unset the file's."""
     from trl import TrlParser
 
-    from prorl.trainer import EnvReward, ProRLConfig, ProRLTrainer
+    from prorl.trainer import ProRLConfig
+
+    def on_cli(name: str) -> bool:
+        return any(a.split("=", 1)[0] in (f"--{name}", f"--{name.replace('_', '-')}") for a in argv)
+
+    class Parser(TrlParser):
+        def set_defaults_with_config(self, **config):
+            given = [name for name in DATA_SOURCES if on_cli(name)]
+            if len(given) == 1:
+                config = {k: v for k, v in config.items() if k not in DATA_SOURCES or k == given[0]}
+            return super().set_defaults_with_config(**config)
+
+    return Parser((TrainScriptArguments, ProRLConfig)).parse_args_and_config(args=list(argv))
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from prorl.trainer import EnvReward, ProRLTrainer
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    parser = TrlParser((TrainScriptArguments, ProRLConfig))
-    script, config = parser.parse_args_and_config(args=list(sys.argv[1:] if argv is None else argv))
+    script, config = parse_args(list(sys.argv[1:] if argv is None else argv))
 
     model_path = prepare_model(script)
     if config.model_init_kwargs is None:

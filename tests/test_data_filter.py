@@ -65,3 +65,43 @@ def test_cli_filter_flags(models, recipe_path, tmp_path):
     assert len(load_rows(out)) == 3
     assert cli_main(["data", "build", str(recipe_path), "-o", str(out), "--filter-model", models["coin"],
                      "--keep", "1<p<0"]) == 2
+
+
+def test_an_interrupted_filter_keeps_its_pass_rates_and_a_rerun_samples_only_the_rest(models, recipe_path, tmp_path):
+    cache = tmp_path / "out" / "pass_rates.jsonl"
+    sampled = []
+
+    def stop_in_second_chunk(done, total):
+        sampled.append(done)
+        if done > 2 * 8:  # the first chunk (2 prompts x 8 samples) is estimated: the user presses Ctrl-C
+            raise KeyboardInterrupt
+
+    def coin(progress):
+        return DifficultyFilter(models["coin"], samples=8, sampling=SamplingConfig(temperature=1.0, top_p=1.0),
+                                workers=0, progress=progress, cache=cache, chunk=2)
+
+    with pytest.raises(KeyboardInterrupt):
+        build(load_recipe(recipe_path), difficulty=coin(stop_in_second_chunk))
+    assert len(cache.read_text().splitlines()) == 2
+    sampled.clear()
+    result = build(load_recipe(recipe_path), difficulty=coin(lambda done, total: sampled.append(done)))
+    assert sampled[0] > 2 * 8 and sampled[-1] == 6 * 8  # progress goes on from the cached prompts
+    assert sum(b - a for a, b in zip([2 * 8] + sampled, sampled)) == 4 * 8  # only the 4 others were sampled
+    assert len(cache.read_text().splitlines()) == 6
+    assert sorted(r["reference"]["answer"] for r in result.train) == ["7", "7", "7"]
+    sampled.clear()
+    again = build(load_recipe(recipe_path), difficulty=coin(lambda done, total: sampled.append(done)))
+    assert sampled == [] and [r["id"] for r in again.train] == [r["id"] for r in result.train]
+    assert [r["metadata"]["pass_rate"] for r in again.train] == [r["metadata"]["pass_rate"] for r in result.train]
+    other = DifficultyFilter(models["coin"], samples=4, sampling=SamplingConfig(temperature=1.0, top_p=1.0), workers=0,
+                             progress=lambda done, total: sampled.append(done), cache=cache)
+    build(load_recipe(recipe_path), difficulty=other)  # other settings: nothing reused
+    assert sampled[-1] == 6 * 4
+
+
+def test_cli_filter_model_that_is_not_a_local_model_fails_before_the_build(recipe_path, tmp_path, capsys):
+    code = cli_main(["data", "build", str(recipe_path), "-o", str(tmp_path / "out"), "--filter-model",
+                     str(tmp_path / "no-model")])
+    assert code == 2
+    assert f"--filter-model {tmp_path / 'no-model'}: not a local model folder" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

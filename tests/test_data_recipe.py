@@ -49,6 +49,13 @@ def test_overrides_set_nested_fields_and_drop_sources(tmp_path):
         apply_overrides({}, ["seed"])
 
 
+@pytest.mark.parametrize("text,kind", [("", "NoneType"), ("- a\n- b\n", "list")])
+def test_a_recipe_that_is_not_a_mapping_is_named_also_with_overrides(tmp_path, text, kind):
+    (tmp_path / "r.yaml").write_text(text)
+    with pytest.raises(RecipeError, match=rf"r\.yaml: \(top level\): a recipe is a mapping of fields, got {kind}"):
+        load_recipe(tmp_path / "r.yaml", ["seed=1"])
+
+
 def test_paths_expand_variables_and_explain_an_unset_one(tmp_path, monkeypatch):
     monkeypatch.setenv("PRORL_DATA", "/data")
     assert expand_path("${PRORL_DATA}/a.json", tmp_path, "w") == "/data/a.json"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from prorl.train import main
+from prorl.train import main, parse_args
 
 ROOT = Path(__file__).resolve().parents[1]
 # Every metric the trainer issue names (completion_length and clip_ratio under their /mean, /max, /low, /high keys).
@@ -51,9 +51,23 @@ def test_missing_model_is_a_clear_error(tmp_path):
 
 
 def test_dataset_choice_is_validated(tmp_path):
+    config = tmp_path / "both.yaml"
+    config.write_text((ROOT / "configs" / "tiny-cpu.yaml").read_text() + "dataset_path: data\n")
     with pytest.raises(ValueError, match="exactly one of dataset_path and gym_envs"):
-        main(["--config", str(ROOT / "configs" / "tiny-cpu.yaml"), "--output_dir", str(tmp_path),
-              "--dataset_path", str(tmp_path / "data")])
+        main(["--config", str(config), "--output_dir", str(tmp_path)])
+    with pytest.raises(ValueError, match="exactly one of dataset_path and gym_envs"):
+        parse_args(["--config", str(ROOT / "configs" / "tiny-cpu.yaml"), "--dataset_path", "data",
+                    "--gym_envs", "logic/chain_sum"])
+
+
+def test_a_data_source_flag_replaces_the_config_files_other_one():
+    """`--dataset_path` overrides a config that generates its tasks (`gym_envs`, which no flag could unset), and
+    `--gym_envs` a config that reads a dataset."""
+    script, _ = parse_args(["--config", str(ROOT / "configs" / "tiny-cpu.yaml"), "--dataset-path=runs/data/sample"])
+    assert (script.dataset_path, script.gym_envs) == ("runs/data/sample", None)
+    script, _ = parse_args(["--config", str(ROOT / "configs" / "prorl-1.5b.yaml"), "--bf16", "false", "--use_cpu",
+                            "true", "--gym_envs", "logic/chain_sum", "--eval_split", ""])
+    assert (script.dataset_path, script.gym_envs) == (None, ["logic/chain_sum"])
 
 
 def test_paper_config_parses():
@@ -92,3 +106,56 @@ def test_default_config_is_valid(tmp_path):
 
     config = ProRLConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False)  # TRL defaults to bf16 on a GPU
     assert (config.num_generations, config.per_device_train_batch_size, config.generation_batch_size) == (16, 16, 16)
+
+
+def test_jsonl_dataset_of_mixed_envs_keeps_each_rows_own_reference(tmp_path):
+    """`dataset_path: rows.jsonl` with the rows of a `prorl data build` mixture (five envs, each with its own
+    reference layout) loads, and every row's task is its own, without other rows' keys filled with nulls."""
+    from prorl.data import build, load_recipe
+    from prorl.train import file_dataset
+    from prorl.trainer.rewards import row_task
+
+    rows = build(load_recipe(ROOT / "datasets" / "prorl-mix.yaml"), sample_data=True).train
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ds = file_dataset(str(path))
+    assert len(ds) == len(rows) and {r["env"] for r in rows} == {"math", "code", "stem", "logic", "ifeval"}
+    for row, loaded in zip(rows, ds):
+        task = row_task(dict(loaded))
+        assert (task["reference"], task["metadata"], loaded["prompt"]) == (row["reference"], row["metadata"],
+                                                                           row["prompt"])
+
+
+@pytest.mark.parametrize("line,message", [
+    ("dynamic_sampling_accuracy_window: 0.9", "dynamic_sampling_accuracy_window must be [low, high]"),
+    ("dynamic_sampling_accuracy_window: [0, x]", "dynamic_sampling_accuracy_window must be [low, high]"),
+    ("reset_every_steps: 2.5", "reset_every_steps must be an integer, got 2.5"),
+    ("reset_min_interval: [1]", "reset_min_interval must be an integer"),
+])
+def test_a_wrongly_typed_yaml_value_is_an_error_naming_the_field(tmp_path, line, message):
+    """YAML values reach the config unconverted (argparse converts only strings): checked, naming the field."""
+    config = tmp_path / "c.yaml"
+    config.write_text((ROOT / "configs" / "tiny-cpu.yaml").read_text() + line + "\n")
+    with pytest.raises(ValueError) as info:
+        parse_args(["--config", str(config)])
+    assert message in str(info.value)
+
+
+def test_a_whole_float_count_in_yaml_is_an_integer(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text((ROOT / "configs" / "tiny-cpu.yaml").read_text() + "max_generated_tokens: 2.0e+6\n")
+    _, args = parse_args(["--config", str(config)])
+    assert args.max_generated_tokens == 2_000_000 and isinstance(args.max_generated_tokens, int)
+
+
+def test_a_stage_whose_batch_shape_splits_a_group_is_refused_before_training(tmp_path):
+    """Caught when the config is parsed, not at the reset that reaches the stage (it raised there, mid-run)."""
+    base = ["--config", str(ROOT / "configs" / "tiny-cpu.yaml")]
+    with pytest.raises(ValueError, match=r"stages\[1\]: its generation batch of 8 rollouts .* is not divisible by "
+                                         r"num_generations 3"):
+        parse_args(base + ["--stages", '[{"temperature": 1.0}, {"num_generations": 3}]'])
+    with pytest.raises(ValueError, match=r"stages\[1\]: .*of 4 rollouts .*steps_per_generation 1\) is not divisible by "
+                                         r"num_generations 8"):
+        parse_args(base + ["--stages", '[{"per_device_train_batch_size": 4}, {"num_generations": 8}]'])
+    _, args = parse_args(base + ["--stages", '[{"per_device_train_batch_size": 16}, {"num_generations": 8}]'])
+    assert args.stages[1] == {"num_generations": 8}

@@ -26,16 +26,12 @@ from typing import Any, Callable, Sequence
 
 from prorl.data.adapters import ADAPTERS, FieldError, get_dotted
 from prorl.data.recipe import Recipe, RecipeError, SourceConfig
-from prorl.data.sources import RawRow, generated_rows, read_file, source_files
+from prorl.data.sources import DataError, RawRow, check_generator, generated_rows, read_file, source_files
 from prorl.envs import Env, Task, make
 
 ROLES = ("system", "user", "assistant")
 QUESTION_FIELDS = ("question", "problem", "prompt")
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
-
-
-class DataError(ValueError):
-    """The build cannot go on (a bad row with on_error="fail", or too few rows with shortfall="error")."""
 
 
 @dataclass
@@ -184,13 +180,12 @@ def normalize_row(raw: RawRow, source: SourceConfig, env: Env) -> Candidate:
 
 
 # -- reading ---------------------------------------------------------------------------------------------------
-def _raw_rows(source: SourceConfig, recipe: Recipe, stats: SourceStats, sample_data: bool, root: str | None,
-              size: int, log: Callable[..., None]) -> list[RawRow]:
-    if source.generate is not None and not (sample_data and source.sample):
+def _raw_rows(source: SourceConfig, files: list[str] | None, stats: SourceStats, size: int,
+              log: Callable[..., None]) -> list[RawRow]:
+    if files is None:
         rows, label = generated_rows(source, size, log)
         stats.files = [label]
         return rows
-    files = source_files(source, recipe, sample_data, root)
     stats.files = files
     rows: list[RawRow] = []
     for path in files:
@@ -265,13 +260,20 @@ def build(recipe: Recipe, out_dir: str | Path | None = None, *, sample_data: boo
     stats = {s.name: SourceStats(s.name, s.env) for s in recipe.sources}
     issues: list[Issue] = []
     pools: dict[str, list[Candidate]] = {}
-    heldout: list[Candidate] = []
-    envs = {s.name: _make_env(s, recipe) for s in recipe.sources}  # a wrong env id fails before any reading
-    for source in recipe.sources:
-        raws = _raw_rows(source, recipe, stats[source.name], sample_data, root, wanted[source.name], log)
-        pools[source.name], held = _normalize_source(source, envs[source.name], raws, recipe, stats[source.name],
-                                                      issues, on_error)
-        heldout.extend(held)
+    # Whatever can fail without reading (env ids, files, generators) fails before anything is read or generated;
+    # file sources (where a bad row may stop the build) are read before the slower generated ones.
+    envs = {s.name: _make_env(s, recipe) for s in recipe.sources}
+    files = {s.name: None if s.generate is not None and not (sample_data and s.sample)
+             else source_files(s, recipe, sample_data, root) for s in recipe.sources}
+    for s in [s for s in recipe.sources if files[s.name] is None]:
+        check_generator(s.generate, f"{recipe.path or '<recipe>'}: sources.{s.name}.generate", envs[s.name])
+    held_by_source: dict[str, list[Candidate]] = {}
+    for source in sorted(recipe.sources, key=lambda s: files[s.name] is None):
+        raws = _raw_rows(source, files[source.name], stats[source.name], wanted[source.name], log)
+        pools[source.name], held_by_source[source.name] = _normalize_source(
+            source, envs[source.name], raws, recipe, stats[source.name], issues, on_error)
+    pools = {s.name: pools[s.name] for s in recipe.sources}  # de-duplication: the first source listed wins
+    heldout = [c for s in recipe.sources for c in held_by_source[s.name]]
     heldout = _dedup(heldout, recipe.dedup, {}, issues, stats, holdout=True)
     held_keys = {k: "held-out" for c in heldout for k in _keys(c.question, recipe.dedup)}
     seen: dict[str, str] = {}

@@ -1,11 +1,12 @@
 """Saving a built mixture: the dataset (Parquet), its card (card.json + card.md) and the list of dropped rows.
 
 Layout of an output folder:
-    train.parquet    the mixture (a `datasets.Dataset`; `reference`/`metadata` are JSON columns)
+    train.parquet    the mixture (a `datasets.Dataset`; `reference`/`metadata` are JSON columns); none if it is empty
     heldout.parquet  held-out rows (generated hold-outs and `holdout:` rows of file sources), when there are any
     card.json        counts per source/env, rows dropped by reason, scale factor, options, recipe hash
     card.md          the same for people
     dropped.jsonl    every row left out: {"where", "reason", "field", "message"}
+    pass_rates.jsonl with --filter-model: the estimated pass rates, reused by a re-run (prorl.data.filter)
 
 `load_rows(path, split)` reads such a folder (or a .parquet / .jsonl file of schema rows) back as dicts.
 """
@@ -97,12 +98,12 @@ def card_markdown(card: dict[str, Any]) -> str:
 
 def save(result, out_dir: Path) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    to_dataset(result.train).to_parquet(str(out_dir / "train.parquet"))
-    held = out_dir / "heldout.parquet"
-    if result.heldout:
-        to_dataset(result.heldout).to_parquet(str(held))
-    elif held.exists():
-        held.unlink()  # a stale split from an earlier build must not be evaluated by mistake
+    for split, rows in (("train", result.train), ("heldout", result.heldout)):
+        path = out_dir / f"{split}.parquet"
+        if rows:
+            to_dataset(rows).to_parquet(str(path))
+        elif path.exists():
+            path.unlink()  # a stale split from an earlier build must not be trained on or evaluated by mistake
     card = card_dict(result)
     (out_dir / "card.json").write_text(json.dumps(card, indent=2) + "\n")
     (out_dir / "card.md").write_text(card_markdown(card))

@@ -3,13 +3,14 @@
     prorl data build datasets/prorl-mix.yaml -o runs/data/prorl-mix                 # public files under $PRORL_DATA
     prorl data build datasets/prorl-mix.yaml -o runs/data/sample --sample-data      # the bundled samples
     prorl data build datasets/prorl-mix.yaml -o out --set sources.math.path=/data/deepscaler.json
-    prorl data build RECIPE -o out --filter-model runs/sft --samples 8 --keep '0.0<p<1.0'
+    prorl data build RECIPE -o out --filter-model runs/demo/sft --samples 8 --keep '0.0<p<1.0'
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
@@ -45,6 +46,8 @@ def _difficulty(args, console: Console):
     from prorl.data.sampling import SamplingConfig
 
     low, high = parse_keep(args.keep)
+    if not (Path(args.filter_model) / "config.json").is_file():  # else transformers would look it up on the Hub
+        raise FileNotFoundError(f"--filter-model {args.filter_model}: not a local model folder (no config.json)")
     if args.samples < 1:
         raise ValueError("--samples must be >= 1")
     bar = Progress(TextColumn("estimating pass rates"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
@@ -57,7 +60,7 @@ def _difficulty(args, console: Console):
     sampling = SamplingConfig(temperature=args.filter_temperature, top_p=1.0, max_new_tokens=args.filter_max_new_tokens,
                               batch_size=args.filter_batch_size)
     return DifficultyFilter(args.filter_model, samples=args.samples, low=low, high=high, sampling=sampling,
-                            progress=progress), bar
+                            progress=progress, cache=Path(args.output) / "pass_rates.jsonl"), bar
 
 
 def card_table(card: dict) -> Table:
@@ -82,6 +85,7 @@ def run(args: argparse.Namespace, name: str) -> int:
     try:
         recipe = load_recipe(args.recipe, args.overrides)
         difficulty, bar = _difficulty(args, console) if args.filter_model else (None, None)
+        Path(args.output).mkdir(parents=True, exist_ok=True)  # an unusable output folder fails before the work
         with console.status("building", spinner="dots") as status:
 
             def log(msg: str, transient: bool = False) -> None:
@@ -99,7 +103,7 @@ def run(args: argparse.Namespace, name: str) -> int:
             else:
                 result = build(recipe, args.output, sample_data=args.sample_data, root=args.root,
                                on_error=args.on_error, log=log)
-    except (RecipeError, DataError, ValueError, FileNotFoundError) as exc:
+    except (RecipeError, DataError, ValueError, OSError) as exc:
         err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
         return 2
     invalid = [i for i in result.issues if i.reason == "invalid"]
@@ -109,6 +113,11 @@ def run(args: argparse.Namespace, name: str) -> int:
         err.print(f"... and {len(invalid) - 10} more invalid rows (all in {args.output}/dropped.jsonl)")
     if not args.quiet:
         console.print(card_table(card_dict(result)))
+    if not result.train:  # saved all the same: the card and dropped.jsonl say why
+        dropped = ", ".join(f"{k}: {v}" for k, v in sorted(card_dict(result)["dropped"].items())) or "none"
+        err.print(f"[bold red]error:[/] no training rows in the mixture (rows dropped: {dropped}); see "
+                  f"{args.output}/card.md and dropped.jsonl", markup=True, highlight=False, soft_wrap=True)
+        return 2
     console.print(f"wrote {args.output}/train.parquet ({len(result.train)} rows)"
                   + (f", heldout.parquet ({len(result.heldout)} rows)" if result.heldout else "")
                   + ", card.md, card.json, dropped.jsonl")

@@ -5,12 +5,19 @@ solves: a prompt it always solves or never solves gives a group of identical rew
 samples K completions per prompt with the model, scores them with the gym, and keeps a prompt when its pass rate
 p (mean reward over the scored samples) is strictly inside (LOW, HIGH). Samples whose scoring timed out or failed
 for infrastructure reasons are left out of p; a prompt with none scored is dropped as too hard (p = 0).
+
+With a `cache` file (`prorl data build` keeps it in the output folder: `pass_rates.jsonl`), each chunk of prompts'
+pass rates is appended as soon as it is estimated, and a re-run with the same model folder, samples and sampling
+settings reuses them: a build stopped after hours of sampling goes on where it stopped.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 from prorl.data.sampling import Sampler, SamplingConfig
@@ -40,13 +47,55 @@ class DifficultyFilter:
     sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(temperature=1.0, top_p=1.0))
     workers: int | None = None
     progress: Callable[[int, int], None] | None = None  # (done, total) sequences
+    cache: str | Path | None = None  # JSON Lines of pass rates, appended per chunk and reused (see the docstring)
+    chunk: int = 256  # prompts per sampling call
     _sampler: Sampler | None = field(default=None, repr=False)
 
     def describe(self) -> dict[str, Any]:
         return {"model": self.model_dir, "samples": self.samples, "keep": f"{self.low}<p<{self.high}",
                 "sampling": self.sampling.to_dict()}
 
+    def _key(self, row: dict[str, Any]) -> str:
+        settings = {"model": str(self.model_dir), "samples": self.samples, "sampling": self.sampling.to_dict()}
+        what = [settings, row["env"], row["prompt"], row.get("reference")]
+        return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
+
+    def _cached(self) -> dict[str, float]:
+        if self.cache is None or not Path(self.cache).exists():
+            return {}
+        known = {}
+        with open(self.cache) as f:
+            for line in f:
+                try:
+                    entry = json.loads(line)
+                    known[entry["key"]] = float(entry["p"])
+                except (ValueError, KeyError, TypeError):
+                    continue  # a line cut short by the interruption
+        return known
+
     def pass_rates(self, rows: list[dict[str, Any]]) -> list[float]:
+        keys = [self._key(r) for r in rows]
+        known = self._cached()
+        todo = [i for i, k in enumerate(keys) if k not in known]
+        total, done = len(rows) * self.samples, (len(rows) - len(todo)) * self.samples
+        for start in range(0, len(todo), self.chunk):
+            part = todo[start:start + self.chunk]
+
+            def step(k: int) -> None:
+                nonlocal done
+                done += k
+                if self.progress:
+                    self.progress(done, total)
+
+            rates = self._estimate([rows[i] for i in part], step)
+            known.update((keys[i], p) for i, p in zip(part, rates))
+            if self.cache is not None:
+                Path(self.cache).parent.mkdir(parents=True, exist_ok=True)
+                with open(self.cache, "a") as f:
+                    f.writelines(json.dumps({"key": keys[i], "p": p}) + "\n" for i, p in zip(part, rates))
+        return [known[k] for k in keys]
+
+    def _estimate(self, rows: list[dict[str, Any]], step: Callable[[int], None]) -> list[float]:
         from prorl.envs import make
         from prorl.envs.workers import score_many
 
@@ -54,14 +103,6 @@ class DifficultyFilter:
             return []
         if self._sampler is None:
             self._sampler = Sampler(self.model_dir, self.sampling)
-        total, done = len(rows) * self.samples, 0
-
-        def step(k: int) -> None:
-            nonlocal done
-            done += k
-            if self.progress:
-                self.progress(done, total)
-
         completions = self._sampler.sample([r["prompt"] for r in rows], self.samples, progress=step)
         envs = {e: make(e) for e in {r["env"] for r in rows}}
         flat_rows = [r for r in rows for _ in range(self.samples)]

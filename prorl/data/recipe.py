@@ -281,7 +281,9 @@ def load_recipe(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
         raise RecipeError(f"{path}: no such recipe file") from None
     except yaml.YAMLError as exc:
         raise RecipeError(f"{path}: not valid YAML: {exc}") from None
-    return parse_recipe(apply_overrides(raw if isinstance(raw, dict) else raw, overrides), path)
+    if not isinstance(raw, dict):  # an empty file, a list, ...: the error names the file before any --set applies
+        return parse_recipe(raw, path)
+    return parse_recipe(apply_overrides(raw, overrides), path)
 
 
 def expand_path(pattern: str, base_dir: Path, where: str) -> str:

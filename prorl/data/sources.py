@@ -1,10 +1,11 @@
 """Reading the rows of a source: local files through Hugging Face `datasets`, or reasoning-gym generation.
 
 Every row comes with its location, so a bad row is reported as `file:line` (JSON Lines) or `file row N` (a JSON
-array or a Parquet file, 0-based). JSON Lines are read line by line (the `text` builder) and parsed here rather
-than by the `json` builder: a malformed line is then one bad row with its line number instead of a failed file,
-and heterogeneous rows (IFEval kwargs, reasoning-gym metadata) keep exactly their own keys instead of being
-unified into one Arrow schema with nulls.
+array or a Parquet file, 0-based). JSON Lines are read line by line and parsed here rather than by the `json`
+builder: a malformed line (bad JSON, or bytes that are not UTF-8) is then one bad row with its line number instead
+of a failed file, and heterogeneous rows (IFEval kwargs, reasoning-gym metadata) keep exactly their own keys
+instead of being unified into one Arrow schema with nulls. A JSON array or Parquet file that cannot be read at all
+is a `DataError` naming the file (and the line, for JSON).
 """
 
 from __future__ import annotations
@@ -22,6 +23,12 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from prorl.data.recipe import GenerateConfig, Recipe, RecipeError, SourceConfig, expand_path
+
+
+class DataError(ValueError):
+    """The build cannot go on (an unreadable file, a bad row with on_error="fail", or too few rows with
+    shortfall="error")."""
+
 
 JSON_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".ndjson")
 PARQUET_SUFFIXES = (".parquet",)
@@ -65,9 +72,13 @@ def source_files(source: SourceConfig, recipe: Recipe, sample_data: bool, root: 
     return files
 
 
-def _first_char(path: str) -> str:
+def _open(path: str, mode: str = "rb"):
     opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as f:
+    return opener(path, mode, **({"encoding": "utf-8", "errors": "replace"} if "t" in mode else {}))
+
+
+def _first_char(path: str) -> str:
+    with _open(path, "rt") as f:
         while True:
             chunk = f.read(4096)
             if not chunk:
@@ -77,35 +88,55 @@ def _first_char(path: str) -> str:
                 return stripped[0]
 
 
+def _table(path: str, shown: str, load: Callable):
+    """`load(path)` (a datasets.Dataset); a file it cannot read is a DataError naming the file (and, for JSON, the
+    line)."""
+    try:
+        return load(path)
+    except Exception as exc:  # datasets wraps the parser's error in DatasetGenerationError; pyarrow raises its own
+        if not path.endswith(PARQUET_SUFFIXES):
+            try:
+                with _open(path, "rt") as f:
+                    json.load(f)
+            except json.JSONDecodeError as bad:
+                raise DataError(f"{shown}:{bad.lineno}: not valid JSON ({bad.msg} at column {bad.colno})") from None
+            except Exception:
+                pass
+        cause = exc.__cause__ or exc
+        raise DataError(f"{shown}: cannot read the file: {type(cause).__name__}: {cause}") from None
+
+
 def read_file(path: str) -> Iterator[RawRow]:
     """Rows of one local file, each with its location."""
     import datasets
 
     shown = display_path(path)
-    if path.endswith(PARQUET_SUFFIXES):
-        table = datasets.Dataset.from_parquet(path)
-        for i, row in enumerate(table):
+    if path.endswith(PARQUET_SUFFIXES) or _first_char(path) == "[":  # Parquet, or a JSON array (deepscaler.json)
+        load = datasets.Dataset.from_parquet if path.endswith(PARQUET_SUFFIXES) else datasets.Dataset.from_json
+        for i, row in enumerate(_table(path, shown, load)):
             yield RawRow(row, f"{shown} row {i}")
         return
-    if _first_char(path) == "[":  # a JSON array (e.g. DeepScaleR's deepscaler.json)
-        table = datasets.Dataset.from_json(path)
-        for i, row in enumerate(table):
-            yield RawRow(row, f"{shown} row {i}")
-        return
-    lines = datasets.load_dataset("text", data_files=path, split="train")["text"]
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        where = f"{shown}:{lineno}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            yield RawRow(None, where, f"not valid JSON ({exc.msg} at column {exc.colno})")
-            continue
-        if not isinstance(row, dict):
-            yield RawRow(None, where, f"a row must be a JSON object, got {type(row).__name__}")
-            continue
-        yield RawRow(row, where)
+    with _open(path) as f:
+        for lineno, data in enumerate(f, start=1):
+            where = f"{shown}:{lineno}"
+            try:
+                line = data.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield RawRow(None, where, f"not valid UTF-8 (byte 0x{data[exc.start]:02x} at column {exc.start + 1})")
+                continue
+            if lineno == 1:
+                line = line.removeprefix("\ufeff")  # a byte-order mark
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield RawRow(None, where, f"not valid JSON ({exc.msg} at column {exc.colno})")
+                continue
+            if not isinstance(row, dict):
+                yield RawRow(None, where, f"a row must be a JSON object, got {type(row).__name__}")
+                continue
+            yield RawRow(row, where)
 
 
 def task_seed(base: int, task: str) -> int:
@@ -173,6 +204,22 @@ class _TaskStream:
         return rows
 
 
+def check_generator(gen: GenerateConfig, where: str, env=None) -> None:
+    """Checks a `generate:` source can generate, before anything is generated: its reasoning-gym tasks exist, or
+    (`generator: env`) its environment `env` has a generator. `where` prefixes the error (recipe file and source)."""
+    if gen.generator == "env":
+        from prorl.envs import Env
+
+        if env is not None and type(env).generate is Env.generate:
+            raise RecipeError(f"{where}.generator: env: {env.id} has no generator (give the source a `path`)")
+        return
+    from reasoning_gym.factory import DATASETS
+
+    unknown = [t for t in gen.tasks if t not in DATASETS]
+    if unknown:
+        raise RecipeError(f"{where}.tasks: {unknown} are not reasoning-gym tasks (installed: {len(DATASETS)} tasks)")
+
+
 def generate_reasoning_gym(gen: GenerateConfig, size: int, margin: float = 0.05,
                            progress: Callable[[str, int, int], None] | None = None) -> list[RawRow]:
     """Held-out and training entries of every task, generated with fixed seeds.
@@ -181,11 +228,7 @@ def generate_reasoning_gym(gen: GenerateConfig, size: int, margin: float = 0.05,
     de-duplication) are split evenly over the tasks; training questions are distinct within a task and from its
     held-out ones. A task with too few distinct questions leaves its shortfall to the others, spread evenly.
     """
-    from reasoning_gym.factory import DATASETS
-
-    unknown = [t for t in gen.tasks if t not in DATASETS]
-    if unknown:
-        raise RecipeError(f"generate.tasks: {unknown} are not reasoning-gym tasks (installed: {len(DATASETS)} tasks)")
+    check_generator(gen, "generate")
     want = math.ceil(size * (1 + margin)) if size else 0
     n = len(gen.tasks)
     rows: list[RawRow] = []

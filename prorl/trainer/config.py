@@ -185,10 +185,21 @@ class ProRLConfig(GRPOConfig):
 
     def _validate_prorl(self) -> None:
         _require(self.generation_backend in ("hf", "static"), "generation_backend", "must be 'hf' or 'static'")
+        # A YAML value is set as given (argparse converts only strings): a count written 2.5 would be used as is.
+        for name in ("dynamic_sampling_max_rounds", "max_generated_tokens", "reset_every_steps",
+                     "reset_plateau_patience", "reset_min_interval"):
+            value = getattr(self, name)
+            if isinstance(value, float) and value.is_integer():
+                setattr(self, name, int(value))  # 2.0e+6
+            elif value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
         window = self.dynamic_sampling_accuracy_window
         if window is not None:
-            if len(window) != 2 or not window[0] < window[1]:
-                raise ValueError(f"dynamic_sampling_accuracy_window must be [low, high] with low < high, got {window}")
+            if (not isinstance(window, (list, tuple)) or len(window) != 2
+                    or not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in window)
+                    or not window[0] < window[1]):
+                raise ValueError(f"dynamic_sampling_accuracy_window must be [low, high] with low < high, "
+                                 f"got {window!r}")
             self.dynamic_sampling_accuracy_window = [float(window[0]), float(window[1])]
         _require(self.dynamic_sampling_std_tol >= 0, "dynamic_sampling_std_tol", "must be >= 0")
         _require(self.dynamic_sampling_max_rounds >= 0, "dynamic_sampling_max_rounds", "must be >= 0")
@@ -224,6 +235,26 @@ class ProRLConfig(GRPOConfig):
             if "beta" in stage and self.beta == 0 and stage["beta"] != 0:
                 raise ValueError(f"stages[{i}]: beta cannot become non-zero when the run starts with beta = 0 "
                                  "(no reference model is built)")
+        self._check_stage_batch_shapes()
+
+    def _check_stage_batch_shapes(self) -> None:
+        """Each batch shape the stages reach (they apply in turn) holds whole groups: checked now rather than at
+        the reset that reaches it, hours into the run."""
+        keys = ("num_generations", "per_device_train_batch_size", "steps_per_generation")
+        shape = {k: getattr(self, k) for k in keys}
+        for i, stage in enumerate(self.stages):
+            if not shape.keys() & stage.keys():
+                continue
+            shape.update((k, v) for k, v in stage.items() if k in shape)
+            if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape.values()):
+                raise ValueError(f"stages[{i}]: {sorted(shape)} must be positive integers, got {shape}")
+            rollouts = shape["per_device_train_batch_size"] * self.world_size * shape["steps_per_generation"]
+            if rollouts % shape["num_generations"]:
+                raise ValueError(f"stages[{i}]: its generation batch of {rollouts} rollouts "
+                                 f"(per_device_train_batch_size {shape['per_device_train_batch_size']} x "
+                                 f"{self.world_size} processes x "
+                                 f"steps_per_generation {shape['steps_per_generation']}) is not divisible by "
+                                 f"num_generations {shape['num_generations']}")
 
     @property
     def wants_resets(self) -> bool:

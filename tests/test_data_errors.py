@@ -1,0 +1,122 @@
+"""prorl data build on bad input: a missing file or unknown task fails before any source is read or generated, a
+bad line or file is named by file:line, and a build that keeps no row still writes its card and dropped rows."""
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from prorl.cli import main as cli_main
+from prorl.data import DataError, RecipeError, build, load_recipe, load_rows
+
+GENERATED = {"env": "logic", "size": 4, "generate": {"tasks": ["chain_sum"], "seed": 1}}
+
+
+def recipe_of(tmp_path: Path, sources: dict, **top):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump({"name": "e", "shortfall": "take", **top, "sources": sources}))
+    return load_recipe(path)
+
+
+def math_lines(n: int) -> list[bytes]:
+    return [json.dumps({"problem": f"What is {i} + {i}?", "answer": str(2 * i)}).encode() for i in range(n)]
+
+
+def build_logging(recipe, **kwargs):
+    logged = []
+    try:
+        return build(recipe, log=lambda msg, transient=False: logged.append(msg), **kwargs), logged
+    except (RecipeError, DataError) as exc:
+        exc.logged = logged
+        raise
+
+
+def test_a_missing_file_in_a_later_source_fails_before_generating_the_earlier_ones(tmp_path):
+    recipe = recipe_of(tmp_path, {"logic": GENERATED, "math": {"env": "math", "path": "nope.jsonl", "size": 3}})
+    with pytest.raises(RecipeError, match=r"recipe\.yaml: sources\.math\.path: no file matches") as info:
+        build_logging(recipe)
+    assert not any("generating" in m for m in info.value.logged), info.value.logged
+
+
+def test_an_unknown_task_in_a_later_source_fails_before_reading_and_names_the_field(tmp_path):
+    (tmp_path / "m.jsonl").write_bytes(b"\n".join(math_lines(3)) + b"\n")
+    recipe = recipe_of(tmp_path, {"math": {"env": "math", "path": "m.jsonl", "size": 3},
+                                  "logic": {**GENERATED, "generate": {"tasks": ["chain_sum", "chain_summ"]}}})
+    with pytest.raises(RecipeError, match=r"recipe\.yaml: sources\.logic\.generate\.tasks: \['chain_summ'\]") as info:
+        build_logging(recipe)
+    assert not any("reading" in m for m in info.value.logged), info.value.logged
+
+
+def test_a_bad_row_with_on_error_fail_stops_before_generation(tmp_path):
+    (tmp_path / "m.jsonl").write_bytes(b"\n".join(math_lines(2) + [b'{"problem": "x"']) + b"\n")
+    recipe = recipe_of(tmp_path, {"logic": GENERATED, "math": {"env": "math", "path": "m.jsonl", "size": 3}},
+                       on_error="fail")
+    with pytest.raises(DataError, match=r"m\.jsonl:3: not valid JSON") as info:
+        build_logging(recipe)
+    assert not any("generating" in m for m in info.value.logged), info.value.logged
+
+
+def test_sources_keep_the_recipe_order_for_deduplication_whatever_the_reading_order(tmp_path):
+    """File sources are read before generated ones, but the first source listed still keeps a shared question."""
+    result, _ = build_logging(recipe_of(tmp_path, {"logic": GENERATED}))
+    question = result.train[0]["reference"]["entry"]["question"]
+    (tmp_path / "q.jsonl").write_text(json.dumps({"problem": question, "answer": "1"}) + "\n")
+    result, _ = build_logging(recipe_of(tmp_path, {"logic": GENERATED, "math": {
+        "env": "math", "path": "q.jsonl", "size": 1, "question_field": "problem"}}))
+    assert result.stats["math"].dropped == {"duplicate_exact": 1} and result.stats["logic"].dropped == {}
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".jsonl.gz"])
+def test_a_line_that_is_not_utf8_is_one_bad_row_named_by_file_and_line(tmp_path, suffix):
+    lines = math_lines(3)
+    lines[1] = lines[1].replace(b"What", b"Caf\xe9: what")  # latin-1, not UTF-8
+    data = b"\xef\xbb\xbf" + b"\n".join(lines) + b"\n"  # and a byte-order mark before the first line
+    path = tmp_path / f"m{suffix}"
+    path.write_bytes(gzip.compress(data) if suffix.endswith(".gz") else data)
+    result = build(recipe_of(tmp_path, {"math": {"env": "math", "path": path.name, "size": 3}}))
+    assert [str(i) for i in result.issues] == [f"{path}:2: not valid UTF-8 (byte 0xe9 at column 17)"]
+    assert len(result.train) == 2
+
+
+def test_a_truncated_json_array_is_an_error_naming_the_file_and_line(tmp_path, capsys):
+    rows = [{"problem": f"What is {i} + {i}?", "answer": str(2 * i)} for i in range(3)]
+    (tmp_path / "m.json").write_text(json.dumps(rows, indent=1)[:-30])
+    recipe = recipe_of(tmp_path, {"math": {"env": "math", "path": "m.json", "size": 3}})
+    with pytest.raises(DataError, match=rf"{tmp_path / 'm.json'}:\d+: not valid JSON"):
+        build(recipe)
+    assert cli_main(["data", "build", str(tmp_path / "recipe.yaml"), "-o", str(tmp_path / "out"), "-q"]) == 2
+    assert f"{tmp_path / 'm.json'}:" in capsys.readouterr().err
+
+
+def test_a_file_that_is_not_parquet_is_an_error_naming_the_file(tmp_path):
+    (tmp_path / "m.parquet").write_text("not parquet")
+    with pytest.raises(DataError, match=rf"{tmp_path / 'm.parquet'}: cannot read the file"):
+        build(recipe_of(tmp_path, {"math": {"env": "math", "path": "m.parquet", "size": 3}}))
+
+
+def test_a_build_that_keeps_no_row_saves_its_card_and_dropped_rows_then_fails(tmp_path, capsys):
+    (tmp_path / "m.jsonl").write_text('{"problem": "What is 1 + 1?"}\n{"problem": "What is 2 + 2?"}\n')
+    recipe = recipe_of(tmp_path, {"math": {"env": "math", "path": "m.jsonl", "size": 3}})
+    assert build(recipe, tmp_path / "lib").train == []
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "train.parquet").write_text("an earlier build's mixture")  # must not be trained on
+    assert cli_main(["data", "build", str(tmp_path / "recipe.yaml"), "-o", str(tmp_path / "out"), "-q"]) == 2
+    assert "no training rows in the mixture (rows dropped: invalid: 2)" in capsys.readouterr().err
+    for out in ("lib", "out"):
+        card = json.loads((tmp_path / out / "card.json").read_text())
+        assert card["rows"]["train"] == 0 and card["dropped"] == {"invalid": 2}
+        assert len((tmp_path / out / "dropped.jsonl").read_text().splitlines()) == 2
+        assert not (tmp_path / out / "train.parquet").exists()
+    with pytest.raises(FileNotFoundError, match="no train.parquet"):
+        load_rows(tmp_path / "out")
+
+
+def test_an_output_path_that_is_a_file_fails_before_generating(tmp_path, capsys):
+    recipe_of(tmp_path, {"logic": GENERATED})
+    (tmp_path / "out").write_text("not a folder")
+    assert cli_main(["data", "build", str(tmp_path / "recipe.yaml"), "-o", str(tmp_path / "out")]) == 2
+    captured = capsys.readouterr()
+    assert "File exists" in captured.err and str(tmp_path / "out") in captured.err
+    assert "generating" not in captured.out
