@@ -159,3 +159,15 @@ def test_a_stage_whose_batch_shape_splits_a_group_is_refused_before_training(tmp
         parse_args(base + ["--stages", '[{"per_device_train_batch_size": 4}, {"num_generations": 8}]'])
     _, args = parse_args(base + ["--stages", '[{"per_device_train_batch_size": 16}, {"num_generations": 8}]'])
     assert args.stages[1] == {"num_generations": 8}
+
+
+def test_a_stage_can_scale_a_batch_field_set_on_the_command_line():
+    """configs/prorl-1.5b.yaml doubles steps_per_generation at the 32-rollout stage with 'x2': the single-GPU command
+    (--steps_per_generation 512) gets 1024, so the stage keeps 256 prompts (a fixed 128 would have shrunk it)."""
+    base = ["--config", str(ROOT / "configs" / "prorl-1.5b.yaml"), "--bf16", "false", "--use_cpu", "true"]
+    _, args = parse_args(base + ["--gradient_accumulation_steps", "128", "--steps_per_generation", "512"])
+    assert args.stages[4] == {"num_generations": 32, "steps_per_generation": 1024}
+    _, args = parse_args(base)
+    assert args.stages[4]["steps_per_generation"] == 128
+    with pytest.raises(ValueError, match=r"stages\[0\]: .* must be positive integers"):
+        parse_args(base + ["--stages", '[{"steps_per_generation": "2x"}]'])

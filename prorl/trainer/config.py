@@ -9,6 +9,7 @@ per prompt, constant learning rate 2e-6, a KL penalty, dynamic sampling, periodi
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -121,7 +122,8 @@ class ProRLConfig(GRPOConfig):
                           "[{'max_completion_length': 16384}, {'num_generations': 32, 'temperature': 1.0}]. Keys "
                           f"applied in place: {sorted(LIVE_STAGE_FIELDS)}. Keys that reshape the generation batch "
                           f"({sorted(RESTART_STAGE_FIELDS)}) save a checkpoint at that reset, from which the run "
-                          "goes on with them (see restart_stages_in_process)."})
+                          "goes on with them (see restart_stages_in_process); their value may be 'x2' (twice the "
+                          "value before that stage, e.g. the one set for this GPU count)."})
     restart_stages_in_process: bool = field(
         default=True,
         metadata={"help": "When a stage reshapes the generation batch: resume from the checkpoint saved at that "
@@ -245,6 +247,9 @@ class ProRLConfig(GRPOConfig):
         for i, stage in enumerate(self.stages):
             if not shape.keys() & stage.keys():
                 continue
+            for k in shape.keys() & stage.keys():  # "x2": twice the value before this stage, whatever it was set to
+                if isinstance(stage[k], str) and (m := re.fullmatch(r"\s*x\s*(\d+)\s*", stage[k])):
+                    self.stages[i] = stage = {**stage, k: shape[k] * int(m.group(1))}
             shape.update((k, v) for k, v in stage.items() if k in shape)
             if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape.values()):
                 raise ValueError(f"stages[{i}]: {sorted(shape)} must be positive integers, got {shape}")
