@@ -259,6 +259,9 @@ def run(args: argparse.Namespace, name: str) -> int:
             raise ValueError(f"--k {args.k}: every k must be between 1 and --n {args.n}")
         sampling = SamplingConfig(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
                                   batch_size=args.batch_size, seed=args.seed, backend=args.backend)
+        for flag, model in (("--model", args.model), ("--compare", args.compare)):
+            if model and not (Path(model) / "config.json").is_file():  # else transformers looks it up on the Hub
+                raise FileNotFoundError(f"{flag} {model}: not a local model folder (no config.json)")
         rows = load_eval_rows(args.data, args.split, args.env, args.sample_data, args.limit)
     except (ValueError, FileNotFoundError, KeyError) as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)

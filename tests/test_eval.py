@@ -183,6 +183,9 @@ def test_eval_cli_reports_bad_arguments(models, tmp_path, capsys):
     assert "every k must be" in capsys.readouterr().err
     assert cli_main(["eval", "--model", models["seven"], "--data", str(data), "--n", "2", "--k", "1"]) == 2
     assert "--env" in capsys.readouterr().err  # public rows need an environment
+    for flags in (["--model", str(tmp_path / "nope")], ["--model", models["seven"], "--compare", "org/model"]):
+        assert cli_main(["eval", *flags, "--data", str(data), "--env", "test/echo", "--n", "2", "--k", "1"]) == 2
+        assert "not a local model folder" in capsys.readouterr().err  # not a Hub lookup's traceback
 
 
 def test_load_eval_rows_reads_public_rows_with_env_and_limits_per_env(tmp_path):
