@@ -194,6 +194,14 @@ def test_hanging_verifier_times_out_from_a_worker_thread(echo_id):
     assert result["elapsed"] < 2 * (1.0 + 1.0) + 5  # two timeouts in parallel, plus worker restarts
 
 
+def _install_dist(site, module: str, entry_points: str) -> None:
+    """The metadata of an installed distribution `module` with these `prorl.envs` entry points."""
+    dist = site / f"{module}-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module.replace('_', '-')}\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(f"[prorl.envs]\n{entry_points}\n")
+
+
 def test_installed_plugin_is_discovered_through_entry_points(tmp_path, monkeypatch):
     """A tiny third-party package with `prorl.envs` entry points (a class, and a function that registers)."""
     site = tmp_path / "site"
@@ -219,11 +227,8 @@ def test_installed_plugin_is_discovered_through_entry_points(tmp_path, monkeypat
         def register_all():
             prorl.register("plugin/shout-loud", ShoutEnv, description="test plugin via a function")
     '''))
-    dist = site / "prorl_plugin_demo-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: prorl-plugin-demo\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text(
-        "[prorl.envs]\nplugin/shout = prorl_plugin_demo:ShoutEnv\nplugin-family = prorl_plugin_demo:register_all\n")
+    _install_dist(site, "prorl_plugin_demo",
+                  "plugin/shout = prorl_plugin_demo:ShoutEnv\nplugin-family = prorl_plugin_demo:register_all")
     monkeypatch.syspath_prepend(str(site))
     reload_plugins()
     assert "plugin/shout" in list_envs() and "plugin/shout-loud" in list_envs()
@@ -250,11 +255,7 @@ def test_a_plugin_whose_registration_raises_breaks_neither_make_nor_other_plugin
         def fine():
             prorl.register("plugin/after-broken", EchoEnv, override=True)
     '''))
-    dist = site / "prorl_broken_plugin-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: prorl-broken-plugin\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text(
-        "[prorl.envs]\nbroken = prorl_broken_plugin:broken\nfine = prorl_broken_plugin:fine\n")
+    _install_dist(site, "prorl_broken_plugin", "broken = prorl_broken_plugin:broken\nfine = prorl_broken_plugin:fine")
     monkeypatch.syspath_prepend(str(site))
     reload_plugins()  # used to raise the plugin's RuntimeError out of the first make/list_envs
     assert make("math").id == "math"
