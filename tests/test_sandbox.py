@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -192,6 +193,49 @@ def test_pool_spreads_over_two_endpoints(tmp_path):
         assert outs == [f"{i * 3}\n" for i in range(8)]
 
 
+
+def test_container_killed_mid_batch_is_retried_not_a_zero():
+    """`docker kill` during a request: the exec stream ends a moment before the engine reads the container as
+    exited; that is infrastructure (retried on a fresh container, else infra_error), never the program's 0."""
+    require_engine()
+    with DockerSandbox(pool_size=1, timeout_s=4.0) as sb:
+        for delay in (0.8, 1.2):
+            wait_healthy(sb)
+            cid = sb._slots[0].container.id
+            timer = threading.Timer(delay, lambda: subprocess.run(["docker", "kill", cid], capture_output=True))
+            timer.start()
+            res = sb.run_tests("import time\ntime.sleep(0.5)\nprint(1)", [Test(stdin="", expected="1")] * 4)
+            timer.join()
+            assert {r.status for r in res} <= {"ok", "infra_error"}, res
+            assert sb._slots[0].container is None or sb._slots[0].container.id != cid
+
+
+def test_containers_stop_when_their_process_dies_without_clean_up():
+    """A host process killed by SIGTERM or SIGKILL runs no atexit: its containers stop (and vanish) on their own."""
+    require_engine()
+    import docker
+
+    client = docker.from_env()
+    script = ("from prorl.sandbox.docker import DockerSandbox\nimport os, signal, sys\n"
+              "sb = DockerSandbox(pool_size=1)\nassert sb.run('print(1)').ok\nassert sb.run('print(2)').ok\n"
+              "print(sb._slots[0].container.id, flush=True)\nimport time\ntime.sleep(1)\nos.kill(os.getpid(), getattr(signal, sys.argv[1]))")
+    for sig in ("SIGTERM", "SIGKILL"):
+        out = subprocess.run([sys.executable, "-c", script, sig], capture_output=True, text=True, timeout=120,
+                             cwd=REPO)
+        cid = out.stdout.split()[0]
+        try:
+            end = time.monotonic() + 20
+            while time.monotonic() < end and client.containers.list(filters={"id": cid}):
+                time.sleep(0.5)
+            assert not client.containers.list(filters={"id": cid}), f"{sig}: container {cid[:12]} still running"
+        finally:  # a failure leaves nothing behind (a container already being auto-removed answers 409)
+            for c in client.containers.list(all=True, filters={"id": cid}):
+                try:
+                    c.remove(force=True)
+                except docker.errors.APIError:
+                    pass
+    client.close()
+
 # -- LocalSandbox -------------------------------------------------------------------------------------------
 def test_local_sandbox_runs_and_contains():
     from prorl.sandbox.local import LocalSandbox
@@ -241,7 +285,42 @@ def test_make_sandbox_falls_back_to_local_with_a_warning(tmp_path, caplog):
         assert isinstance(sb, LocalSandbox) and "WEAKER" in caplog.text
     finally:
         sb.close()
-    with pytest.raises(RuntimeError, match="DockerSandbox unavailable"):
+    with pytest.raises(RuntimeError, match="DockerSandbox unavailable.*none.sock.*`make sandbox`"):
         make_sandbox("docker", endpoints=(f"unix://{tmp_path}/none.sock",))
     with pytest.raises(ValueError, match="sandbox kind"):
         make_sandbox("vm")
+
+
+
+def test_local_sandbox_has_exit_and_quit_like_docker():
+    """The local runner runs under `python -S` (no site): exit()/quit(), common at the end of stdin/stdout
+    solutions, must still work as in the container."""
+    from prorl.sandbox.local import LocalSandbox
+
+    program = "print(int(input()) * 2)\nexit()"
+    sandboxes = [LocalSandbox(workers=1, timeout_s=3.0)]
+    if ENGINE_OK:
+        sandboxes.append(DockerSandbox(pool_size=1, timeout_s=3.0))
+    for sb in sandboxes:
+        with sb:
+            res = sb.run(program, stdin="21\n")
+            assert (res.status, res.stdout) == ("ok", "42\n"), (sb.name, res)
+            assert sb.run("print(5)\nquit(0)").status == "ok"
+            assert [r.passed for r in sb.run_tests(program, [Test(stdin="4", expected="8")])] == [True]
+
+
+def test_local_sandbox_leaves_the_hosts_dev_shm_alone():
+    """LocalSandbox shares the host's /dev/shm (shared memory of torch, NCCL, ...): its clean-up must not delete
+    files there that its user may delete."""
+    from prorl.sandbox.local import _NOBODY, LocalSandbox
+
+    mark = Path(f"/dev/shm/prorl-test-{os.getpid()}")
+    mark.write_text("host data")
+    try:
+        if os.geteuid() == 0:  # the local runner runs as nobody: a file it could delete
+            os.chown(mark, _NOBODY, _NOBODY)
+        with LocalSandbox(workers=1, timeout_s=3.0) as sb:
+            assert sb.run("print(1)").stdout == "1\n"
+        assert mark.exists() and mark.read_text() == "host data"
+    finally:
+        mark.unlink(missing_ok=True)

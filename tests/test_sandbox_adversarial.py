@@ -223,3 +223,30 @@ def test_runner_cannot_be_tampered_with(pool):
     assert [r.passed for r in results] == [False, False]
     assert "WROTE" not in results[0].stdout and "READ" not in results[0].stdout, results[0].stdout
     wait_healthy(pool)
+
+
+def test_unlistable_leftovers_are_wiped(single):
+    """Directories a program made unlistable (mode 0) are still emptied, and a chmod of /sandbox itself is undone:
+    neither a full tmpfs nor a runner error (infra_error) is left for the next programs."""
+    res = timed(single, "import os\nos.mkdir('d')\nopen('d/big', 'wb').write(b'x' * 50 * 2**20)\nos.chmod('d', 0)\n"
+                        "os.mkdir('/dev/shm/s')\nopen('/dev/shm/s/f', 'w').write('x')\nos.chmod('/dev/shm/s', 0)\n"
+                        "print('done')")
+    assert res.stdout == "done\n", res
+    after = timed(single, "import os\nopen('twenty', 'wb').write(b'y' * 20 * 2**20)\n"
+                          "print(len(os.listdir('/sandbox')), os.listdir('/dev/shm'))")
+    assert (after.status, after.stdout) == ("ok", "1 []\n"), after
+    tests = single.run_tests("import os\nos.chmod('/sandbox', 0)\ndef f():\n    return 0",
+                             [Test(code="assert f() == 1"), Test(code="assert f() == 2")], total_timeout_s=BUDGET)
+    assert [r.status for r in tests] == ["runtime_error", "runtime_error"], tests
+
+
+def test_a_tree_too_deep_to_wipe_keeps_the_results_and_replaces_the_container(single):
+    """A directory tree deeper than the runner's clean-up can recurse: the program's results stand (not
+    infra_error, which would mask them) and the container is replaced, so no leftover reaches the next program."""
+    deep = "import os\nfor _ in range(3000):\n    os.mkdir('d')\n    os.chdir('d')\ndef f():\n    return 0"
+    before = single.recycled
+    res = single.run_tests(deep, [Test(code="assert f() == 0"), Test(code="assert f() == 1")], total_timeout_s=BUDGET)
+    assert [(r.status, r.passed) for r in res] == [("ok", True), ("runtime_error", False)], res
+    assert single.recycled == before + 1
+    wait_healthy(single)
+    assert timed(single, "import os\nprint(len(os.listdir('/sandbox')))").stdout == "1\n"

@@ -37,6 +37,7 @@ LABEL = "prorl.sandbox"
 _GRACE_S = 0.7  # the host waits this long past the budget before it declares the runner stuck
 _RUNNER_OVERHEAD_MB = 96  # the fork server, PID 1 and page cache, on top of one program's memory and the tmpfs
 _LIMIT_STATUSES = {"timeout", "memory", "output_limit"}
+_STOP_WAIT_S = 1.0  # how long a lost runner's container may take to read as stopped (well under init's 5 s grace)
 
 
 @dataclass
@@ -71,7 +72,8 @@ def engine_available(endpoint: str | None = None, image: str = IMAGE) -> tuple[b
         client = _client(endpoint)
         client.ping()
     except Exception as exc:
-        return False, f"no Docker engine answers ({exc.__class__.__name__}: {exc})"
+        return False, (f"no Docker engine answers at {endpoint or os.environ.get('DOCKER_HOST') or 'the local socket'} "
+                       f"({exc.__class__.__name__}: {exc}): start one and build the image with `make sandbox`")
     try:
         client.images.get(image)
     except Exception:
@@ -111,7 +113,7 @@ class _Slot:
             tmpfs={"/sandbox": f"rw,nosuid,nodev,noexec,size={cfg.tmpfs_mb}m,uid=1000,gid=1000"},
             mem_limit=f"{mem}m", memswap_limit=f"{mem}m", pids_limit=cfg.pids_limit,
             nano_cpus=int(cfg.cpus * 1e9), shm_size="16m", labels={LABEL: "1", f"{LABEL}.owner": self.owner},
-            log_config={"type": "none"},
+            log_config={"type": "none"}, auto_remove=True,  # init stops it once its host process is gone
         )
         api = self.client.api
         exec_id = api.exec_create(self.container.id, ["python3", "/opt/prorl/runner.py", "serve", "/sandbox"],
@@ -145,6 +147,16 @@ class _Slot:
             return self.container.status == "running"
         except Exception:
             return False
+
+    def container_stopped(self, wait_s: float) -> bool:
+        """Whether the container is no longer running, waiting up to `wait_s` for it to stop: its exec stream can
+        end (`docker kill`, a crashed engine) a little before the engine marks the container exited."""
+        end = time.monotonic() + wait_s
+        while self.container_running():
+            if time.monotonic() >= end:
+                return False
+            time.sleep(0.05)
+        return True
 
     def send(self, obj: Any) -> None:
         self.sock.settimeout(10)
@@ -293,10 +305,12 @@ class DockerSandbox(Sandbox):
             return infra_answers(n, f"sandbox runner unreachable: {exc!r}"), True
         slot.uses += 1
         deadline = time.monotonic() + request["timeout_s"] + _GRACE_S
+        dirty = False
         try:
             while True:
                 frame = slot.read(deadline)
                 if frame.get("done"):
+                    dirty = bool(frame.get("recycle"))  # the runner could not wipe its scratch
                     break
                 if "error" in frame:  # a runner bug, not the program's doing
                     self._recycle(slot)
@@ -304,7 +318,7 @@ class DockerSandbox(Sandbox):
                 answers.append(frame)
         except RunnerGone as exc:
             stalled = "in time" in str(exc)  # a stopped or starved runner: the budget is spent, answer now
-            if not stalled and not slot.container_running():  # the container died: infrastructure, retry
+            if not stalled and slot.container_stopped(_STOP_WAIT_S):  # the container died: infrastructure, retry
                 self._recycle(slot)
                 return infra_answers(n, f"sandbox container died: {exc}"), True
             # The container is alive, so the program killed, stopped or starved its own runner.
@@ -314,7 +328,7 @@ class DockerSandbox(Sandbox):
                         for _ in range(n - len(answers))]
             self._recycle(slot)
             return answers, False
-        if slot.uses >= self.config.recycle_after or any(a["status"] in _LIMIT_STATUSES for a in answers):
+        if dirty or slot.uses >= self.config.recycle_after or any(a["status"] in _LIMIT_STATUSES for a in answers):
             self._recycle(slot)
         else:
             self._idle.put(slot)

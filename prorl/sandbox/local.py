@@ -108,7 +108,10 @@ class _Worker:
         except (ProcessLookupError, PermissionError):
             pass
         self.proc.wait(timeout=10)
-        shutil.rmtree(self.root, ignore_errors=True)
+        try:
+            shutil.rmtree(self.root, ignore_errors=True)
+        except RecursionError:  # a program's absurdly deep tree (Python < 3.13 rmtree recurses)
+            log.warning("could not remove %s (too deep)", self.root)
 
 
 class LocalSandbox(Sandbox):
@@ -176,6 +179,9 @@ class LocalSandbox(Sandbox):
                 while True:
                     frame = worker.read(deadline)
                     if frame.get("done"):
+                        if frame.get("recycle"):  # the runner could not wipe its scratch: a fresh worker
+                            self._retire(worker)
+                            worker = None
                         return answers
                     if "error" in frame:  # a runner bug, not the program's doing
                         self._retire(worker)

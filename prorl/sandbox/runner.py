@@ -4,13 +4,14 @@ Standard library only, Python >= 3.9: this file and child.py (what runs in each 
 sandbox image (`/opt/prorl/`); runner.py is also imported on the host for the framing helpers.
 
 Modes:
-  `runner.py init`   PID 1 of a container: ignores every signal and lets the kernel reap orphans.
+  `runner.py init`   PID 1 of a container: ignores every signal, lets the kernel reap orphans, exits once the
+                     server is gone for good (its host process died).
   `runner.py serve`  reads requests on stdin, answers on stdout. A frame is a 4-byte big-endian length and a
                      UTF-8 JSON object.
 
 Request: {"program": str, "tests": [{"stdin": str|null, "code": str|null}], "timeout_s": float (total budget of
 all tests), "memory_mb": int, "output_limit": int (bytes per stream)}. The runner answers one frame per test,
-{"index", "status", "exit_code", "stdout", "stderr", "wall_s", "passed"}, then {"done": true}.
+{"index", "status", "exit_code", "stdout", "stderr", "wall_s", "passed"}, then {"done": true, "recycle": bool}.
 
 Every test runs in a fresh forked process with its own empty workdir, rlimits, its own session, restored signal
 handlers and only fds 0-2 (plus two private pipes for assertion tests). Tests share one deadline and never stop at
@@ -73,8 +74,11 @@ def read_frame(fd: int):
 
 
 # -- PID 1 ----------------------------------------------------------------------------------------------
-def run_init() -> None:
-    """Ignore every signal; with SIGCHLD ignored the kernel reaps orphans (and zombies reparented here) at once."""
+def run_init(orphan_grace_s: float = 5.0, start_s: float = 60.0) -> None:
+    """Ignore every signal; with SIGCHLD ignored the kernel reaps orphans (and zombies reparented here) at once.
+    Return (PID 1 exiting stops the container) once no server has lived for `orphan_grace_s` (`start_s` before the
+    first): a server ends with its host process (the exec stream closes), so a host killed by SIGTERM/SIGKILL
+    leaves no container. The host replaces a container whose server died well within that grace."""
     _make_non_dumpable()
     for sig in signal.Signals:
         if sig not in (signal.SIGKILL, signal.SIGSTOP):
@@ -82,8 +86,13 @@ def run_init() -> None:
                 signal.signal(sig, signal.SIG_IGN)
             except (OSError, ValueError, RuntimeError):
                 pass
+    quiet_since, allowed = time.monotonic(), start_s
     while True:
-        time.sleep(3600)
+        time.sleep(0.2)
+        if _server_alive():
+            quiet_since, allowed = time.monotonic(), orphan_grace_s
+        elif time.monotonic() - quiet_since > allowed:
+            return
 
 
 # -- the server ---------------------------------------------------------------------------------------------
@@ -93,6 +102,11 @@ class Server:
         self.count = 0
         # Killing every other process of the sandbox is only safe in a PID namespace of our own.
         self.own_pidns = os.getpid() == 1 or _is_prorl_init(1)
+        os.makedirs(root, exist_ok=True)
+        self.root_mode = os.stat(root).st_mode & 0o7777
+        self.dirty = False  # scratch that cleanup could not wipe: the done frame asks the host for a new sandbox
+        # /dev/shm is the container's own only under our init; LocalSandbox shares the host's (never wipe that).
+        self.scratch = (root, "/dev/shm") if _is_prorl_init(1) else (root,)
 
     def cleanup(self) -> None:
         if self.own_pidns:
@@ -105,20 +119,26 @@ class Server:
                 if not _others_alive():
                     break
                 time.sleep(0.001)
-        for base in (self.root, "/dev/shm"):
-            try:
-                names = os.listdir(base)
-            except OSError:
-                continue
-            for name in names:
-                path = os.path.join(base, name)
-                try:
-                    if os.path.isdir(path) and not os.path.islink(path):
-                        shutil.rmtree(path, ignore_errors=True)
-                    else:
-                        os.unlink(path)
-                except OSError:
-                    pass
+        try:  # a program may have made the root unlistable (same uid): the next mkdir would fail
+            os.chmod(self.root, self.root_mode)
+        except OSError:
+            pass
+        try:
+            for base in self.scratch:
+                _make_listable(base)
+                for name in os.listdir(base):
+                    path = os.path.join(base, name)
+                    try:
+                        if os.path.isdir(path) and not os.path.islink(path):
+                            shutil.rmtree(path, ignore_errors=True)
+                        else:
+                            os.unlink(path)
+                    except OSError:
+                        pass
+        except OSError:
+            pass
+        except RecursionError:  # a tree deeper than os.walk/rmtree can recurse: ask the host to replace us
+            self.dirty = True
 
     def run_test(self, program: str, test: dict, limits: dict, deadline: float) -> dict:
         self.count += 1
@@ -254,7 +274,7 @@ class Server:
                 result = self.run_test(program, test, limits, deadline)
             result["index"] = index
             send(result)
-        send({"done": True})
+        send({"done": True, "recycle": self.dirty})
 
 
 def _others_alive() -> bool:
@@ -269,6 +289,34 @@ def _others_alive() -> bool:
         except (OSError, IndexError):
             continue
         if state not in (b"Z", b"X"):
+            return True
+    return False
+
+
+def _make_listable(top: str) -> None:
+    """chmod the directories a program left under `top` to 0o700 (top-down, so each is listable before it is
+    walked): rmtree cannot empty a directory of mode 0 or 0o500, and its files would fill the tmpfs for the next
+    programs. Symlinks are skipped (chmod would follow them)."""
+    for path, dirs, _ in os.walk(top):
+        for name in dirs:
+            sub = os.path.join(path, name)
+            if not os.path.islink(sub):
+                try:
+                    os.chmod(sub, 0o700)
+                except OSError:
+                    pass
+
+
+def _server_alive() -> bool:
+    """Whether a process `docker exec` started (PPid 0: its parent is outside the container), i.e. a server, is
+    alive besides this PID 1. Forked programs have a parent inside, so they never count."""
+    for name in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{name}/stat", "rb") as fh:
+                state, ppid = fh.read().rsplit(b")", 1)[1].split()[:2]
+        except (OSError, IndexError, ValueError):
+            continue
+        if name.isdigit() and name != "1" and ppid == b"0" and state not in (b"Z", b"X"):
             return True
     return False
 
@@ -310,7 +358,14 @@ def serve(root: str) -> None:
     os.environ.clear()  # what every program sees (plus HOME and TMPDIR = its workdir)
     os.environ.update(PATH="/usr/local/bin:/usr/bin:/bin", LANG="C.UTF-8", PYTHONIOENCODING="utf-8",
                       MALLOC_ARENA_MAX="2")
-    os.makedirs(root, exist_ok=True)
+    import builtins
+
+    if not hasattr(builtins, "exit"):  # `python -S` (LocalSandbox) skips site, which defines exit() and quit()
+        import site  # under -S, importing site does not run site.main()
+
+        site.setquit()
+        site.sethelper()
+        site.setcopyright()
     server = Server(root)
     server.cleanup()
 
