@@ -70,6 +70,25 @@ def test_recipe_overrides_and_errors(tmp_path):
         load_recipe(_default_recipe(), ["no-equals-sign"])
 
 
+def test_recipe_mistakes_are_reported_before_any_work(tmp_path, capsys):
+    """A typo or a bad value in any section is a one-line error (exit 2) before the model, the SFT and the folder's
+    recipe.json exist: it used to surface as a traceback after minutes of SFT, or (sft/eval keys) not at all."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, "demo")
+    cheap = ["--threads", "1", "--set", "sft.steps=1", "--set", "eval.prompts_per_env=1", "--set", "eval.n=1"]
+    out = tmp_path / "demo"
+    for bad, message in ((["--set", "rl.bogus_field=3"], "bogus_field"),
+                         (["--set", "rl.per_device_train_batch_size=10"], "divisible by num_generations"),
+                         (["--set", "eval.temperature=hot"], "eval.temperature must be a number"),
+                         (["--set", "sft.step=10"], "unknown sft setting(s) ['step']")):
+        assert run(parser.parse_args(["--output", str(out), *cheap, *bad]), "demo") == 2, bad
+        assert message in capsys.readouterr().err, bad
+        assert not out.exists(), bad
+    (tmp_path / "file").write_text("")
+    assert run(parser.parse_args(["--output", str(tmp_path / "file"), *cheap]), "demo") == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_shrunken_demo_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo"
@@ -100,8 +119,8 @@ def test_shrunken_demo_end_to_end(tmp_path, capsys):
     assert run(parser.parse_args(argv), "demo") == 0
     assert (out / "summary.json").stat().st_mtime == mtime
     # a different recipe in the same folder is refused, not mixed in
-    with pytest.raises(ValueError, match="different recipe"):
-        run(parser.parse_args(argv + ["--set", "sft.steps=9"]), "demo")
+    assert run(parser.parse_args(argv + ["--set", "sft.steps=9"]), "demo") == 2
+    assert "different recipe" in capsys.readouterr().err
 
 
 def _default_recipe():

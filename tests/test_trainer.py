@@ -269,3 +269,34 @@ def test_mixture_view_follows_env_weights():
         mixture_view(ds, {"z": 1.0})
     with pytest.raises(ValueError, match=r"stages\[0\].env_weights\['a'\] must be a number >= 0"):
         fast_config("/tmp/unused", stages=[{"env_weights": {"a": -1}}])
+
+
+def test_env_reward_is_attached_to_the_tokenizer_and_the_dataset(tiny_model, tmp_path):
+    """The default EnvReward reads an R1-style chat template that opens <think> for the completion (so a completion
+    cut off mid-thought answers nothing), and a row naming an unknown env fails when the trainer is built."""
+    import json
+
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+
+    from prorl.trainer import EnvReward
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    rows = [{"id": f"r{i}", "prompt": [{"role": "user", "content": "1 + 2?"}], "env": "math",
+             "reference": json.dumps({"answer": "3"})} for i in range(4)]
+    plain = ProRLTrainer(tiny_model, args=fast_config(tmp_path / "a"), train_dataset=Dataset.from_list(rows),
+                         processing_class=tok)
+    assert isinstance(plain.reward_funcs[0], EnvReward) and not plain.reward_funcs[0].template_opens_think
+    tok.chat_template = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}"
+                         "{% if add_generation_prompt %}<|assistant|><think>\n{% endif %}")
+    r1 = ProRLTrainer(tiny_model, args=fast_config(tmp_path / "b"), train_dataset=Dataset.from_list(rows),
+                      processing_class=tok)
+    reward = r1.reward_funcs[0]
+    assert reward.template_opens_think
+    cut, done = "so maybe \\boxed{3}. Wait, let me", "1 + 2 = 3.\n</think>\n\\boxed{3}"
+    assert reward([rows[0]["prompt"]] * 2, [[{"role": "assistant", "content": c}] for c in (cut, done)],
+                  env=["math"] * 2, reference=[rows[0]["reference"]] * 2) == [0.0, 1.0]
+    rows[3]["env"] = "mathh"
+    with pytest.raises(KeyError, match=r"row 3 \(id 'r3'\): unknown environment 'mathh'"):
+        ProRLTrainer(tiny_model, args=fast_config(tmp_path / "c"), train_dataset=Dataset.from_list(rows),
+                     processing_class=tok)

@@ -41,12 +41,36 @@ def test_env_reward_masks_timeouts_and_infra_errors():
         "answer": [None, None, None, None, "5"],
     }
     prompts = [[{"role": "user", "content": "q"}]] * 5
-    out = reward(prompts, completions, log_metric=logged.__setitem__, log_extra=extra.__setitem__,
-                 trainer_state=None, completion_ids=[[1]] * 5, **rows)
+    out = reward(prompts, completions, log_metric=lambda k, v: logged.setdefault(k, []).append(v),
+                 log_extra=extra.__setitem__, trainer_state=None, completion_ids=[[1]] * 5, **rows)
     assert out == [1.0, 0.0, None, None, 1.0]
     assert [s.status for s in reward.last_scores] == ["ok", "wrong", "timeout", "infra_error", "ok"]
     assert extra["status"] == ["ok", "wrong", "timeout", "infra_error", "ok"]
-    assert logged == {"reward/test/trainer-echo": 2 / 3, "masked/timeout": 0.2, "masked/infra_error": 0.2}
+    assert {k: sum(v) / len(v) for k, v in logged.items()} == {
+        "reward/test/trainer-echo": 2 / 3, "masked/timeout": 0.2, "masked/infra_error": 0.2}
+
+
+def test_per_env_metrics_weigh_every_sample_alike_across_processes():
+    """TRL averages a `log_metric` metric over all processes' values (sum of values / number of values): a process
+    with 1 sample of an env must not weigh as much as one with 3 (logged 0.5 instead of 0.75)."""
+    from collections import defaultdict
+    from types import SimpleNamespace
+
+    from trl import GRPOTrainer
+
+    reward = EnvReward(workers=0)
+    processes = []
+    for answers in (["0"], ["3", "3", "3"]):  # process 0: 1 wrong sample; process 1: 3 right ones (and 1 masked)
+        proc = SimpleNamespace(_pending_metrics=defaultdict(list))
+        comps = answers + (["RAISE"] if len(answers) > 1 else [])
+        reward([[{"role": "user", "content": "q"}]] * len(comps), comps, env=["test/trainer-echo"] * len(comps),
+               task=[_task("3")] * len(comps), log_metric=lambda k, v, p=proc: GRPOTrainer._log_metric(p, k, v))
+        processes.append(proc._pending_metrics)
+    # TRL's flush (GRPOTrainer._generate_and_score_completions): gather [sum, count] per process, sum, divide
+    aggregated = {name: sum(sum(p.get(name, [])) for p in processes) / sum(len(p.get(name, [])) for p in processes)
+                  for name in set().union(*processes)}
+    assert aggregated["reward/test/trainer-echo"] == 0.75
+    assert aggregated["masked/infra_error"] == 0.2 and aggregated["masked/timeout"] == 0.0
 
 
 def test_env_reward_names_the_missing_column():
@@ -57,3 +81,49 @@ def test_env_reward_names_the_missing_column():
         assert "'env' column" in str(exc)
     else:
         raise AssertionError("expected a KeyError")
+
+
+def test_unknown_or_missing_env_is_named_with_its_row_before_training():
+    """A misspelt `env` in one row used to fail only when a batch first sampled that row (step 8 of a 30-row run),
+    with no row named; `check_dataset` finds it before training, and a batch names the row too."""
+    import pytest
+    from datasets import Dataset
+
+    reward = EnvReward(workers=0)
+    rows = [{"id": f"r{i}", "env": "test/trainer-echo", "task": json.dumps(_task("3"))} for i in range(4)]
+    rows[2]["env"] = "test/trainer-ecoh"
+    with pytest.raises(KeyError, match=r"row 2 \(id 'r2'\): unknown environment 'test/trainer-ecoh'"):
+        reward.check_dataset(Dataset.from_list(rows))
+    with pytest.raises(KeyError, match=r"row 2 \(id 'r2'\): unknown environment"):
+        reward.check_dataset(rows)
+    reward.check_dataset(Dataset.from_list(rows[:2]))  # every env known: no error
+    with pytest.raises(KeyError, match="has no 'env' column"):
+        reward.check_dataset(Dataset.from_list([{"id": "x", "task": "{}"}]))
+    columns = {k: [r[k] for r in rows] for k in rows[0]}
+    with pytest.raises(KeyError, match=r"sample 2 of the batch \(id 'r2'\): unknown environment"):
+        reward([[]] * 4, ["3"] * 4, **columns)
+    with pytest.raises(KeyError, match=r"sample 0 of the batch names no environment .*None"):
+        reward([[]], ["3"], env=[None], task=[_task("3")])
+
+
+def test_a_prompt_that_opens_think_makes_an_unclosed_completion_answer_nothing():
+    """R1-distill templates end the prompt with `<think>\\n`: a completion cut off while reasoning has no `</think>`
+    and was scored as an answer (its last \\boxed{} of a passing thought won), unlike the same text with the
+    model's own `<think>`, which the gym calls an unterminated block."""
+    reward = EnvReward(workers=0)
+    cut = "1 + 2 is 3, so maybe \\boxed{3}. Wait, let me check by"
+    done = "1 + 2 is 3.\n</think>\n\nThe answer is \\boxed{3}."
+    text_prompt = "<|User|>What is 1 + 2?<|Assistant|><think>\n"
+    ref = ['{"answer": "3"}'] * 3
+    # a plain-text prompt shows the open block
+    assert reward([text_prompt] * 3, [cut, done, "<think>" + cut], env=["math"] * 3, reference=ref) == [0.0, 1.0, 0.0]
+    assert [s.status for s in reward.last_scores] == ["format_error", "ok", "format_error"]
+    # a conversational prompt does not: prompt_opens_think says it; without it the text is scored as it is
+    chat = [[{"role": "user", "content": "What is 1 + 2?"}]] * 2
+    assistant = [[{"role": "assistant", "content": c}] for c in (cut, done)]
+    assert EnvReward(workers=0, prompt_opens_think=True)(chat, assistant, env=["math"] * 2, reference=ref[:2]) == [
+        0.0, 1.0]
+    assert reward(chat, assistant, env=["math"] * 2, reference=ref[:2]) == [1.0, 1.0]
+    # a prompt whose think block is closed (or absent) changes nothing
+    closed = "<|User|>What is 1 + 2?<|Assistant|><think>\n</think>\n"
+    assert reward([closed] * 2, [cut, done], env=["math"] * 2, reference=ref[:2]) == [1.0, 1.0]

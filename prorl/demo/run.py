@@ -34,41 +34,78 @@ SECTIONS = {"seed", "model", "tasks", "envs", "sft", "rl", "eval"}
 # RL settings the demo owns (paths, devices, logging): a recipe may not set them.
 _RL_FIXED = {"output_dir", "use_cpu", "bf16", "report_to", "save_strategy", "logging_steps", "disable_tqdm", "seed",
              "gradient_checkpointing"}
+# Settings of the sections the demo reads itself (the others: TaskConfig, Qwen2Config, ProRLConfig fields).
+_SECTION_KEYS = {"sft": {"teacher_error", "steps", "batch_size", "learning_rate"},
+                 "eval": {"prompts_per_env", "n", "temperature", "top_p", "max_new_tokens"}}
+
+
+class RecipeError(ValueError):
+    """A recipe, override or output folder the demo cannot run with (found before any work)."""
 
 
 # -- recipe --------------------------------------------------------------------------------------------------------
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> dict[str, Any]:
     """The recipe YAML with `section.key=value` overrides applied (values parsed as YAML)."""
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"recipe {path} does not exist (the default is datasets/tiny.yaml of the repository; "
+    if not path.is_file():
+        raise RecipeError(f"recipe {path} does not exist (the default is datasets/tiny.yaml of the repository; "
                                 f"pass --recipe PATH)")
     recipe = yaml.safe_load(path.read_text()) or {}
     if not isinstance(recipe, dict):
-        raise ValueError(f"{path}: the recipe must be a mapping, got {type(recipe).__name__}")
+        raise RecipeError(f"{path}: the recipe must be a mapping, got {type(recipe).__name__}")
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"--set {item!r}: expected section.key=value")
+            raise RecipeError(f"--set {item!r}: expected section.key=value")
         *parents, leaf = key.split(".")
         node = recipe
         for part in parents:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ValueError(f"--set {item!r}: {part!r} is not a section")
+                raise RecipeError(f"--set {item!r}: {part!r} is not a section")
         node[leaf] = _parse_value(value)
     unknown = set(recipe) - SECTIONS
     if unknown:
-        raise ValueError(f"{path}: unknown recipe section(s) {sorted(unknown)} (known: {sorted(SECTIONS)})")
+        raise RecipeError(f"{path}: unknown recipe section(s) {sorted(unknown)} (known: {sorted(SECTIONS)})")
     fixed = set(recipe.get("rl") or {}) & _RL_FIXED
     if fixed:
-        raise ValueError(f"{path}: rl.{sorted(fixed)[0]} is set by the demo itself; remove it from the recipe")
-    if not recipe.get("envs") or len(recipe["envs"]) < 1:
-        raise ValueError(f"{path}: `envs` must list at least one environment with its weight")
+        raise RecipeError(f"{path}: rl.{sorted(fixed)[0]} is set by the demo itself; remove it from the recipe")
+    if not isinstance(recipe.get("envs"), dict) or not recipe["envs"]:
+        raise RecipeError(f"{path}: `envs` must list at least one environment with its weight")
     recipe.setdefault("seed", 0)
     for section in ("model", "tasks", "sft", "rl", "eval"):
         recipe[section] = dict(recipe.get(section) or {})
+    for section, known in _SECTION_KEYS.items():
+        unknown = set(recipe[section]) - known
+        if unknown:
+            raise RecipeError(f"{path}: unknown {section} setting(s) {sorted(unknown)} (known: {sorted(known)})")
     return recipe
+
+
+def check_recipe(recipe: dict[str, Any]) -> None:
+    """Every value of the recipe checked before any work: a typo must not surface after minutes of SFT."""
+    from transformers import Qwen2Config
+
+    from prorl.demo.tasks import GENERATORS, TaskConfig
+
+    for env_id, weight in recipe["envs"].items():
+        if env_id not in GENERATORS:
+            raise ValueError(f"envs: no demo task generator for {env_id!r} (have {sorted(GENERATORS)})")
+        if not float(weight) > 0:
+            raise ValueError(f"envs.{env_id}: the weight must be > 0, got {weight}")
+    TaskConfig(**recipe["tasks"])
+    unknown = sorted(set(recipe["model"]) - set(Qwen2Config().to_dict()))
+    if unknown:
+        raise ValueError(f"unknown model setting(s) {unknown} (use Qwen2Config field names)")
+    int(recipe["seed"])
+    for section in _SECTION_KEYS:  # all numbers
+        for key, value in recipe[section].items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"{section}.{key} must be a number, got {value!r}")
+    if not 0.0 <= float(recipe["sft"].get("teacher_error", 0.0)) <= 1.0:
+        raise ValueError(f"sft.teacher_error must be in [0, 1], got {recipe['sft']['teacher_error']}")
+    eval_sampling(recipe, int(recipe["seed"]))
+    rl_config(recipe, "unused")  # ProRLConfig's own checks (unknown fields, batch shapes)
 
 
 def _parse_value(text: str) -> Any:
@@ -120,17 +157,23 @@ def rl_dataset(rows: list[dict]):
 
 
 # -- steps ---------------------------------------------------------------------------------------------------------
-def train_rl(model_dir: str, rows: list[dict], output_dir: Path, recipe: dict[str, Any]) -> dict[str, Any]:
-    """ProRL from the SFT model; returns {"steps", "resets"} and leaves the model in output_dir."""
-    from transformers import AutoTokenizer
+def rl_config(recipe: dict[str, Any], output_dir: str | Path):
+    from prorl.trainer import ProRLConfig
 
-    from prorl.trainer import ProRLConfig, ProRLTrainer
-
-    config = ProRLConfig(
+    return ProRLConfig(
         output_dir=str(output_dir), use_cpu=True, bf16=False, report_to="none", save_strategy="no",
         logging_steps=1, disable_tqdm=True, seed=int(recipe["seed"]), gradient_checkpointing=False,
         **recipe["rl"],
     )
+
+
+def train_rl(model_dir: str, rows: list[dict], output_dir: Path, recipe: dict[str, Any]) -> dict[str, Any]:
+    """ProRL from the SFT model; returns {"steps", "resets"} and leaves the model in output_dir."""
+    from transformers import AutoTokenizer
+
+    from prorl.trainer import ProRLTrainer
+
+    config = rl_config(recipe, output_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     trainer = ProRLTrainer(model_dir, args=config, train_dataset=rl_dataset(rows), processing_class=tokenizer)
     trainer.train()
@@ -141,15 +184,24 @@ def train_rl(model_dir: str, rows: list[dict], output_dir: Path, recipe: dict[st
     return {"steps": trainer.state.global_step, "resets": len(resets)}
 
 
-def evaluate_model(model_dir: str, rows: list[dict], recipe: dict[str, Any], seed: int) -> dict[str, Any]:
+def eval_sampling(recipe: dict[str, Any], seed: int):
+    """(SamplingConfig, samples per prompt) of the held-out evaluation."""
     from prorl.data.sampling import SamplingConfig
-    from prorl.eval import evaluate
 
     ev = recipe["eval"]
     sampling = SamplingConfig(temperature=float(ev.get("temperature", 0.6)), top_p=float(ev.get("top_p", 0.95)),
                               max_new_tokens=int(ev.get("max_new_tokens", 32)), batch_size=256, seed=seed,
                               backend="hf")
-    n = int(ev.get("n", 4))
+    n, prompts = int(ev.get("n", 4)), int(ev.get("prompts_per_env", 200))
+    if n < 1 or prompts < 1:
+        raise ValueError(f"eval.n and eval.prompts_per_env must be >= 1, got {n} and {prompts}")
+    return sampling, n
+
+
+def evaluate_model(model_dir: str, rows: list[dict], recipe: dict[str, Any], seed: int) -> dict[str, Any]:
+    from prorl.eval import evaluate
+
+    sampling, n = eval_sampling(recipe, seed)
     report = evaluate(model_dir, rows, n=n, ks=(1,), sampling=sampling, workers=int(recipe["rl"].get(
         "reward_workers", 1) or 1))
     report.pop("per_prompt", None)
@@ -196,11 +248,17 @@ def run_demo(output: str | Path, recipe: dict[str, Any], threads: int | None = N
     from prorl.demo.tiny import build_tiny_model
 
     out = Path(output)
+    if out.exists() and not out.is_dir():
+        raise RecipeError(f"--output {out} is a file, not a folder")
+    try:
+        check_recipe(recipe)
+    except (ValueError, TypeError) as exc:  # before any work, and before the folder records the recipe
+        raise RecipeError(f"recipe: {exc}") from exc
     out.mkdir(parents=True, exist_ok=True)
     fingerprint = recipe_hash(recipe)
     recipe_file = out / "recipe.json"
     if recipe_file.exists() and json.loads(recipe_file.read_text()).get("hash") != fingerprint:
-        raise ValueError(f"{out} holds a demo run of a different recipe; pick another --output or delete it")
+        raise RecipeError(f"{out} holds a demo run of a different recipe; pick another --output or delete it")
     _write_json(recipe_file, {"hash": fingerprint, "recipe": recipe})
     summary = _load_json(out / "summary.json")
     if summary is not None:
@@ -298,8 +356,14 @@ def run(args: argparse.Namespace, name: str) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     overrides = list(args.set) + ([f"seed={args.seed}"] if args.seed is not None else [])
-    recipe = load_recipe(args.recipe, overrides)
-    summary = run_demo(args.output, recipe, threads=args.threads)
+    try:  # mistakes found before any work: one line and status 2, as the other commands do
+        recipe = load_recipe(args.recipe, overrides)
+        summary = run_demo(args.output, recipe, threads=args.threads)
+    except RecipeError as exc:
+        from rich.console import Console
+
+        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        return 2
     print_table(summary)
     print(f"wrote {Path(args.output) / 'summary.json'} and {Path(args.output) / 'curves.png'}")
     return 0

@@ -11,8 +11,9 @@ All samples of a batch are scored together by `prorl.envs.workers.score_many` (p
 killable per-sample timeout). Samples whose status is `timeout` or `infra_error` say nothing about the model: the
 function returns `None` for them, which TRL turns into NaN, leaves out of the group mean/std, and gives an advantage
 of 0 (neither rewarded nor penalised). Each call logs `reward/<env>` (mean reward of that environment's scored
-samples) and `masked/<status>` (fraction of the batch masked for that status) through TRL's `log_metric` hook, and
-a `status` column for the completions table through `log_extra`.
+samples) and `masked/<status>` (fraction of the samples masked for that status) through TRL's `log_metric` hook, one
+value per sample so that TRL's average over processes weighs every sample alike, and a `status` column for the
+completions table through `log_extra`.
 
 Works with a plain `trl.GRPOTrainer` as well as with `ProRLTrainer`.
 """
@@ -20,11 +21,13 @@ Works with a plain `trl.GRPOTrainer` as well as with `ProRLTrainer`.
 from __future__ import annotations
 
 import json
-from collections import defaultdict
+import logging
 from typing import Any, Callable, Sequence
 
-from prorl.envs import UNSCORED_STATUSES, Env, Score, make
+from prorl.envs import UNSCORED_STATUSES, Env, Score, make, split_think
 from prorl.envs.workers import score_many
+
+log = logging.getLogger(__name__)
 
 # Keyword arguments TRL passes to reward functions that are not dataset columns.
 _TRL_KWARGS = {"trainer_state", "log_extra", "log_metric", "completion_ids", "environments"}
@@ -78,13 +81,22 @@ class EnvReward:
         timeout_s: per-sample timeout (None: each environment's `timeout_s`).
         env_kwargs: keyword arguments for `prorl.make`, per environment id.
         env_column: the dataset column naming the environment.
+        prompt_opens_think: whether the prompt ends inside a `<think>` block the completion continues (the chat
+            template of DeepSeek-R1-Distill models, ProRL's base, ends with `<think>\n`). The completion is then
+            scored as if it began with `<think>`, so one that never closes the block (cut off while reasoning) has
+            no answer, as when the model opens the block itself. None: read from each plain-text prompt, and for
+            conversational prompts from the chat template once `attach(tokenizer)` has run (ProRLTrainer calls it;
+            with a plain GRPOTrainer call it yourself or pass True for such a model).
     """
 
     __name__ = "env"  # TRL names the reward's metrics after it: rewards/env/mean, rewards/env/std
 
     def __init__(self, workers: int | None = None, timeout_s: float | None = None,
-                 env_kwargs: dict[str, dict[str, Any]] | None = None, env_column: str = "env"):
+                 env_kwargs: dict[str, dict[str, Any]] | None = None, env_column: str = "env",
+                 prompt_opens_think: bool | None = None):
         self.workers = workers
+        self.prompt_opens_think = prompt_opens_think
+        self.template_opens_think = False  # conversational prompts, when prompt_opens_think is None (see attach)
         self.timeout_s = timeout_s
         self.env_kwargs = dict(env_kwargs or {})
         self.env_column = env_column
@@ -96,6 +108,49 @@ class EnvReward:
             self._envs[env_id] = make(env_id, **self.env_kwargs.get(env_id, {}))
         return self._envs[env_id]
 
+    def row_env(self, row: dict[str, Any], where: str) -> Env:
+        """The environment a row names; an unknown or missing one is an error naming the row (`where`, its id)."""
+        env_id = row.get(self.env_column)
+        where += f" (id {row['id']!r})" if row.get("id") is not None else ""
+        if not isinstance(env_id, str) or not env_id:
+            raise KeyError(f"EnvReward: {where} names no environment in its {self.env_column!r} column "
+                           f"(got {env_id!r})")
+        try:
+            return self.env(env_id)
+        except KeyError as exc:
+            raise KeyError(f"EnvReward: {where}: {exc.args[0]}") from None
+
+    def attach(self, tokenizer: Any, dataset: Any = None) -> None:
+        """Before training: read from `tokenizer`'s chat template whether it leaves the completion inside an open
+        `<think>` block, and check the environments `dataset` names (when it is map-style)."""
+        if getattr(tokenizer, "chat_template", None):
+            try:
+                rendered = tokenizer.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False,
+                                                         add_generation_prompt=True)
+            except Exception as exc:  # a template that needs more than one user turn: assume no open block
+                log.warning("EnvReward: could not render the chat template (%r); completions are scored as they "
+                            "are (pass prompt_opens_think=True if the template opens <think>)", exc)
+            else:
+                self.template_opens_think = isinstance(rendered, str) and split_think(rendered)[0] is None
+        if dataset is not None and (hasattr(dataset, "column_names") or isinstance(dataset, list)):
+            self.check_dataset(dataset)
+
+    def check_dataset(self, dataset: Any) -> None:
+        """Make every environment a dataset (a `datasets.Dataset` or a list of row dicts) names, before training: an
+        unknown or misspelt `env` then fails at once, naming its first row, not when a batch first samples it."""
+        if hasattr(dataset, "column_names"):
+            if self.env_column not in dataset.column_names:
+                raise KeyError(f"EnvReward: the dataset has no {self.env_column!r} column naming each row's "
+                               f"environment (columns: {dataset.column_names})")
+            ids = dataset[self.env_column]
+        else:
+            ids = [row.get(self.env_column) for row in dataset]
+        first: dict[Any, int] = {}
+        for i, env_id in enumerate(ids):
+            first.setdefault(env_id, i)
+        for i in first.values():
+            self.row_env(dict(dataset[i]), f"row {i}")
+
     def score(self, prompts: Sequence[Any], completions: Sequence[Any], columns: dict[str, list]) -> list[Score]:
         """Score a batch. `columns` maps dataset column names to per-sample values (TRL's reward kwargs)."""
         n = len(completions)
@@ -103,9 +158,15 @@ class EnvReward:
             raise KeyError(f"EnvReward: the dataset has no {self.env_column!r} column naming each row's "
                            f"environment (columns: {sorted(columns)})")
         rows = [{k: v[i] for k, v in columns.items()} for i in range(n)]
-        envs = [self.env(row[self.env_column]) for row in rows]
+        envs = [self.row_env(row, f"sample {i} of the batch") for i, row in enumerate(rows)]
         tasks = [row_task(row, prompts[i] if i < len(prompts) else None) for i, row in enumerate(rows)]
         texts = [completion_text(c) for c in completions]
+        for i, text in enumerate(texts):
+            opens, prompt = self.prompt_opens_think, prompts[i] if i < len(prompts) else None
+            if opens is None:  # a plain-text prompt whose last think block is still open, or such a chat template
+                opens = split_think(prompt)[0] is None if isinstance(prompt, str) else self.template_opens_think
+            if opens:
+                texts[i] = "<think>" + text
         return score_many(envs, texts, tasks, workers=self.workers, timeout_s=self.timeout_s)
 
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], log_metric: Callable | None = None,
@@ -115,14 +176,15 @@ class EnvReward:
         self.last_scores = scores
         env_ids = columns[self.env_column]
         if log_metric is not None:
-            per_env: dict[str, list[float]] = defaultdict(list)
+            # One value per sample: TRL averages a metric's values over the calls of all processes (their sum over
+            # their count), so this gives each environment's mean over all its samples. One mean per call would
+            # weigh a process holding 2 samples of an environment as much as one holding 60.
             for env_id, s in zip(env_ids, scores):
                 if not s.masked:
-                    per_env[env_id].append(s.reward)
-            for env_id, values in sorted(per_env.items()):
-                log_metric(f"reward/{env_id}", sum(values) / len(values))
+                    log_metric(f"reward/{env_id}", s.reward)
             for status in UNSCORED_STATUSES:
-                log_metric(f"masked/{status}", sum(s.status == status for s in scores) / max(1, len(scores)))
+                for s in scores:
+                    log_metric(f"masked/{status}", float(s.status == status))
         if log_extra is not None:
             log_extra("status", [s.status for s in scores])
         return [None if s.masked else s.reward for s in scores]

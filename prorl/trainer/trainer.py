@@ -66,6 +66,9 @@ class ProRLTrainer(DynamicSamplingMixin, GRPOTrainer):
             raise NotImplementedError("resets with a PEFT model are not supported (its reference is the base "
                                       "model with adapters disabled); train without peft_config")
         self.source_dataset = train_dataset  # env_weights resample it into self.train_dataset
+        for func in self.reward_funcs:  # unknown envs fail now; an R1-style template's open <think> is read
+            if isinstance(func, EnvReward):
+                func.attach(self.processing_class, None if isinstance(train_dataset, IterableDataset) else train_dataset)
         self.resets = ResetController(self)
         self.add_callback(self.resets)
         self._round_rewards: torch.Tensor | None = None  # the latest round: per function, after the no-EOS penalty
