@@ -74,8 +74,8 @@ def evaluate(model_dir: str, rows: Sequence[dict[str, Any]], n: int = 16, ks: Se
     where each summary holds prompts, samples, masked, format_error, mean_reward, pass@1 and pass@k.
     Rows are schema rows ({"id", "env", "prompt", "reference", ...}, see prorl.data.build) or `prorl.Task`s.
     """
-    from prorl.data.sampling import Sampler
-    from prorl.envs import make
+    from prorl.data.sampling import Sampler, render
+    from prorl.envs import make, split_think
     from prorl.envs.workers import score_many
 
     ks = sorted(set(ks))
@@ -93,7 +93,11 @@ def evaluate(model_dir: str, rows: Sequence[dict[str, Any]], n: int = 16, ks: Se
                                      progress=(lambda k: bar.advance(bar.task_ids[0], k)) if bar else None)
     envs = {e: make(e) for e in sorted({r["env"] for r in rows})}
     flat_rows = [r for r in rows for _ in range(n)]
-    flat = [c for cs in completions for c in cs]
+    # A chat template that opens <think> for the model (DeepSeek-R1-Distill): a completion cut off mid-thought
+    # must answer nothing, as when the model opens the block itself (the trainer's EnvReward does the same).
+    opens = [split_think(render(sampler.tokenizer, r["prompt"]) if isinstance(r["prompt"], list) else r["prompt"])[0]
+             is None for r in rows]
+    flat = [("<think>" if opens[i] else "") + c for i, cs in enumerate(completions) for c in cs]
     scores = score_many([envs[r["env"]] for r in flat_rows], flat, flat_rows, workers=workers, timeout_s=timeout_s)
     per_prompt, by_env = [], defaultdict(list)
     for i, row in enumerate(rows):

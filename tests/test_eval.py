@@ -22,7 +22,7 @@ for _id in ("test/echo", "test/echo_b"):
 VOCAB = ["<pad>", "<eos>", "<unk>", "<go>", "7", "8", "9", "say", "q"]
 
 
-def build_transition_model(path: Path, next_tokens: dict[str, list[str]]) -> str:
+def build_transition_model(path: Path, next_tokens: dict[str, list[str]], opens_think: bool = False) -> str:
     """A real Qwen2 model whose next token depends only on the current one.
 
     All attention/MLP weights are zero, so the residual stream at a position is the embedding of its token; with
@@ -36,7 +36,7 @@ def build_transition_model(path: Path, next_tokens: dict[str, list[str]]) -> str
     vocab = {tok: i for i, tok in enumerate(VOCAB)}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    template = "{% for m in messages %}{{ m['content'] }} {% endfor %}<go>"
+    template = "{% for m in messages %}{{ m['content'] }} {% endfor %}" + ("<think> " if opens_think else "") + "<go>"
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>", unk_token="<unk>",
                                    additional_special_tokens=["<go>"])
     fast.chat_template = template
@@ -70,6 +70,7 @@ def models(tmp_path_factory):
     return {
         "seven": build_transition_model(root / "seven", {"<go>": ["7"]}),
         "coin": build_transition_model(root / "coin", {"<go>": ["7", "8"]}),
+        "think": build_transition_model(root / "think", {"<go>": ["7"]}, opens_think=True),
     }
 
 
@@ -131,6 +132,15 @@ def test_evaluate_per_env_pass_at_k_with_a_model_that_always_answers_7(models):
     assert res["overall"]["pass@1"] == pytest.approx(2 / 5)
     assert res["overall"]["samples"] == 20 and res["overall"]["prompts"] == 5
     assert [p["correct"] for p in res["per_prompt"]] == [4, 4, 0, 0, 0]
+
+
+def test_a_template_that_opens_think_makes_an_unclosed_completion_answer_nothing(models):
+    """The 'think' model's template ends the prompt inside <think> (as DeepSeek-R1-Distill's does): its answer "7"
+    never closes the block, so it is no answer, as in training (EnvReward)."""
+    res = evaluate(models["think"], echo_rows(["7"]), n=2, ks=[1], workers=0, keep_completions=True)
+    assert res["overall"]["pass@1"] == 0.0
+    assert [s["status"] for s in res["per_prompt"][0]["samples"]] == ["format_error"] * 2
+    assert res["per_prompt"][0]["samples"][0]["completion"].strip() == "7"  # stored as generated
 
 
 def test_evaluate_coin_model_matches_the_estimator_and_is_reproducible(models):
