@@ -202,3 +202,32 @@ def test_reset_refreshes_only_the_buffered_batches_still_to_train_on(tiny_model,
     trainer.train()
     assert refreshed == [1, 1, 1, 2, 2, 3]
     assert all(kl < 1e-6 for kl in _history(trainer, "kl"))
+
+
+def test_the_end_of_training_summary_is_not_a_plateau_observation(tiny_model, tmp_path):
+    """Trainer's summary log after the last step (train_runtime, ...) carries TRL's metrics not yet logged (step 3's
+    reward, with logging_steps=2): counted as a plateau observation it reset the run after its final checkpoint,
+    applying a stage and writing an event that no checkpoint holds."""
+    args = fast_config(tmp_path, max_steps=3, logging_steps=2, beta=0.1, dynamic_sampling=False,
+                       reset_on_plateau="reward", reset_plateau_patience=1, reset_plateau_min_delta=10.0,
+                       stages=[{"temperature": 0.5}])
+    trainer = ProRLTrainer(tiny_model, reward_funcs=text_hash_reward, args=args, train_dataset=prompt_dataset())
+    trainer.train()
+    assert "reward" in trainer.state.log_history[-1] and "train_runtime" in trainer.state.log_history[-1]
+    assert trainer.resets.state.reset_count == 0 and trainer.temperature == 1.2
+    assert not (tmp_path / "resets.jsonl").exists()
+
+
+def test_a_plateau_of_an_eval_metric_records_the_steps_kl_and_entropy(tiny_model, tmp_path):
+    """reset_on_plateau="eval_reward" resets in the eval log, after the step's train log cleared TRL's per-step kl and
+    entropy lists: the event still records them (the values of the step, like a reset at the step's end)."""
+    args = fast_config(tmp_path, max_steps=2, beta=0.1, dynamic_sampling=False, eval_strategy="steps", eval_steps=1,
+                       per_device_eval_batch_size=8, reset_on_plateau="eval_reward", reset_plateau_patience=1,
+                       reset_plateau_min_delta=10.0)
+    trainer = ProRLTrainer(tiny_model, reward_funcs=text_hash_reward, args=args, train_dataset=prompt_dataset(),
+                           eval_dataset=prompt_dataset(4, "e"))
+    trainer.train()
+    events = [json.loads(line) for line in (tmp_path / "resets.jsonl").read_text().splitlines()]
+    assert [(e["step"], e["trigger"]) for e in events] == [(2, "plateau")]
+    assert set(events[0]["metrics"]) == {"reward", "kl", "entropy", "eval_reward", "eval_reward/best"}
+    assert events[0]["metrics"]["kl"] == pytest.approx(_history(trainer, "kl")[1])

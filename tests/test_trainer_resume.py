@@ -221,3 +221,35 @@ def test_resume_after_a_reset_restores_the_reference(tiny_model, tmp_path):
     assert second.state.global_step == 4 and second.resets.state.reset_count == 1
     for name, p in second.ref_model.named_parameters():
         assert torch.equal(p, anchor[name]), name
+
+
+def test_restart_stage_logs_the_steps_before_it(tiny_model, tmp_path):
+    """logging_steps=3 and a restart stage at the reset after step 2: steps 1-2 are logged at step 2 (into the
+    restart checkpoint's log history), not dropped with the metrics the restart forgets."""
+    args = fast_config(tmp_path, max_steps=4, logging_steps=3, reset_every_steps=2, beta=0.1, dynamic_sampling=False,
+                       stages=[{"per_device_train_batch_size": 4}])
+    trainer = ProRLTrainer(tiny_model, reward_funcs=text_hash_reward, args=args, train_dataset=prompt_dataset())
+    trainer.train()
+    assert [(h["step"], h["stage"]) for h in trainer.state.log_history if "loss" in h] == [(2, 1.0), (3, 1.0)]
+    saved = json.loads((tmp_path / "checkpoint-2" / "trainer_state.json").read_text())["log_history"]
+    assert [h["step"] for h in saved if "reward" in h] == [2]
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [2, 3]
+
+
+def test_resume_with_the_generation_budget_spent_trains_nothing(tiny_model, tmp_path):
+    """A checkpoint taken when max_generated_tokens was reached: resuming it trained one more step (the budget is
+    checked at a step's end); it is refused like a checkpoint at max_steps."""
+    def run(resume):
+        args = fast_config(tmp_path, max_steps=6, dynamic_sampling=False, max_generated_tokens=100,
+                           save_strategy="steps", save_steps=2)  # 64 tokens per step: the budget ends step 2
+        trainer = ProRLTrainer(tiny_model, reward_funcs=text_hash_reward, args=args, train_dataset=prompt_dataset())
+        trainer.train(resume_from_checkpoint=resume)
+        return trainer
+
+    trainer = run(None)
+    assert trainer.state.global_step == 2 and (tmp_path / "checkpoint-2").exists()
+    lines = (tmp_path / "metrics.jsonl").read_text()
+    with pytest.raises(ValueError, match="max_generated_tokens is 100: nothing to train"):
+        run(True)
+    assert (tmp_path / "metrics.jsonl").read_text() == lines

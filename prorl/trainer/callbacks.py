@@ -186,6 +186,7 @@ class ResetController(TrainerCallback):
         self.trainer = trainer
         self.state = ResetState()
         self.restart_pending = False  # a stage that reshapes the batch stopped the run at its checkpoint
+        self.step_metrics: dict[str, float] = {}  # of the latest step, for reset events (a log clears TRL's lists)
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         self.trainer.decide_update()
@@ -194,6 +195,8 @@ class ResetController(TrainerCallback):
     # -- Triggers ----------------------------------------------------------------------------------------------
     def on_step_end(self, args, state, control, **kwargs):
         step = state.global_step
+        self.step_metrics = {k: v for k in ("reward", "kl", "entropy")
+                             if (v := self.trainer.step_metric(k)) is not None}
         if args.max_generated_tokens and self.state.generated_tokens >= args.max_generated_tokens:
             log.info("generation budget reached at step %d: %d >= max_generated_tokens %d", step,
                      self.state.generated_tokens, args.max_generated_tokens)
@@ -208,7 +211,9 @@ class ResetController(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         name = args.reset_on_plateau
-        if not name or not logs or logs.get(name) is None:
+        # Trainer's end-of-training summary (train_runtime, ...) carries TRL's unlogged metrics: not an observation
+        # (a reset there would come after the final or restart checkpoint, its stage and hooks outliving it)
+        if not name or not logs or logs.get(name) is None or "train_runtime" in logs:
             return control
         value = float(logs[name])
         if math.isnan(value):
@@ -241,7 +246,9 @@ class ResetController(TrainerCallback):
         s.stage = min(s.reset_count, len(args.stages))
         s.last_reset_step = tr.state.global_step
         s.plateau_best, s.plateau_bad = None, 0
-        metrics = {**{k: v for k in ("reward", "kl", "entropy") if (v := tr.step_metric(k)) is not None}, **metrics}
+        # a plateau of an eval metric resets after the step's log, which cleared the kl and entropy lists
+        metrics = {**(self.step_metrics or {k: v for k in ("reward", "kl", "entropy")
+                                            if (v := tr.step_metric(k)) is not None}), **metrics}
         event = ResetEvent(step=tr.state.global_step, reset=s.reset_count, trigger=trigger,
                            metrics={k: float(v) for k, v in metrics.items()}, stage=s.stage,
                            stage_overrides=dict(overrides), restart_required=restart, time=time.time())
@@ -257,6 +264,7 @@ class ResetController(TrainerCallback):
                         sorted(overrides), "resuming from it" if tr.restarts_in_process else
                         "stopping; resume from it to continue with the new stage")
             control.should_save = True
+            control.should_log = True  # the steps since the last log, before the restart forgets their metrics
             control.should_training_stop = True
             self.restart_pending = True
         for cb in tr.callback_handler.callbacks:
@@ -276,8 +284,13 @@ class ResetController(TrainerCallback):
         if not os.path.exists(path):
             return False
         with open(path) as f:
-            self.state = ResetState(**json.load(f))
+            state = ResetState(**json.load(f))
         tr = self.trainer
+        budget = tr.args.max_generated_tokens
+        if budget is not None and state.generated_tokens >= budget:  # on_step_end would stop only after a step
+            raise ValueError(f"resume_from_checkpoint: {checkpoint_dir} has generated {state.generated_tokens} "
+                             f"tokens, max_generated_tokens is {budget}: nothing to train (raise it to go on)")
+        self.state = state
         for overrides in tr.args.stages[: self.state.stage]:
             tr.apply_stage(overrides, live=False)
         hooks = [cb for cb in tr.callback_handler.callbacks if isinstance(cb, ResetCallback)] if replay_hooks else []
