@@ -204,6 +204,11 @@ def test_generation_budget_counts_dropped_groups_and_stops_the_run(tiny_model, t
     trainer.train()
     assert trainer.state.global_step == 2  # the step that crossed the budget is the last
     assert trainer.resets.state.generated_tokens >= args.max_generated_tokens
+    # with a save strategy, the run ends with a checkpoint there, as at max_steps
+    args = fast_config(tmp_path / "saved", max_steps=10, dynamic_sampling_max_rounds=1, save_strategy="steps",
+                       save_steps=100, max_generated_tokens=int(generated[0]) + 1)
+    RecordingTrainer(tiny_model, reward_funcs=constant_reward, args=args, train_dataset=prompt_dataset()).train()
+    assert sorted(p.name for p in (tmp_path / "saved").glob("checkpoint-*")) == ["checkpoint-2"]
 
 
 def test_a_step_that_kept_no_group_leaves_the_weights_alone(tiny_model, tmp_path, caplog):

@@ -201,6 +201,8 @@ class ResetController(TrainerCallback):
             log.info("generation budget reached at step %d: %d >= max_generated_tokens %d", step,
                      self.state.generated_tokens, args.max_generated_tokens)
             control.should_training_stop = True
+            if args.save_strategy not in ("no", "best"):  # as Trainer saves at max_steps: a later, larger budget
+                control.should_save = True                # goes on from here
         if args.reset_every_steps and step % args.reset_every_steps == 0:
             self.reset("every_steps", {}, control)
         elif args.reset_on_kl is not None and self._interval_ok(step):
