@@ -159,7 +159,8 @@ class ProRLConfig(GRPOConfig):
                           "TRL's default) or 'static' (prorl.trainer.generation: reused static KV cache, decode step "
                           "compiled into CUDA graphs on GPU, a host sync every few steps; same tokens as 'hf' under "
                           "greedy decoding and the same draws under a fixed seed). Text prompts only; ignored with "
-                          "use_vllm or paged generation."})
+                          "use_vllm or paged generation. A GPU feature: on CPU (no CUDA graphs) it measured 0.74-0.89x "
+                          "the speed of 'hf' on the demo model."})
     generation_backend_kwargs: dict | str | None = field(
         default=None,
         metadata={"help": "Options of the 'static' backend: compile (None: on CUDA only), compile_mode "
