@@ -231,3 +231,20 @@ def test_a_plateau_of_an_eval_metric_records_the_steps_kl_and_entropy(tiny_model
     assert [(e["step"], e["trigger"]) for e in events] == [(2, "plateau")]
     assert set(events[0]["metrics"]) == {"reward", "kl", "entropy", "eval_reward", "eval_reward/best"}
     assert events[0]["metrics"]["kl"] == pytest.approx(_history(trainer, "kl")[1])
+
+
+def test_scheduled_resets_count_from_the_previous_reset(tiny_model, tmp_path):
+    """reset_every_steps=3 after another reset at step 1: the next scheduled one is at step 4, not at step 3 (two
+    resets two steps apart)."""
+
+    class ResetAtStep1(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 1:
+                trainer.resets.reset("manual", {}, control)
+
+    args = fast_config(tmp_path, max_steps=4, beta=0.1, reset_every_steps=3, dynamic_sampling=False)
+    trainer = ProRLTrainer(tiny_model, reward_funcs=text_hash_reward, args=args, train_dataset=prompt_dataset(),
+                           callbacks=[ResetAtStep1()])
+    trainer.train()
+    events = [json.loads(line) for line in (tmp_path / "resets.jsonl").read_text().splitlines()]
+    assert [(e["step"], e["trigger"]) for e in events] == [(1, "manual"), (4, "every_steps")]

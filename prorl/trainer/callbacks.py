@@ -203,7 +203,7 @@ class ResetController(TrainerCallback):
             control.should_training_stop = True
             if args.save_strategy not in ("no", "best"):  # as Trainer saves at max_steps: a later, larger budget
                 control.should_save = True                # goes on from here
-        if args.reset_every_steps and step % args.reset_every_steps == 0:
+        if args.reset_every_steps and step - self.state.last_reset_step >= args.reset_every_steps:
             self.reset("every_steps", {}, control)
         elif args.reset_on_kl is not None and self._interval_ok(step):
             kl = self.trainer.step_metric("kl")

@@ -96,7 +96,9 @@ class ProRLConfig(GRPOConfig):
 
     # -- Hard resets of the reference policy and the optimizer --------------------------------------------------
     reset_every_steps: int | None = field(
-        default=None, metadata={"help": "Reset every N optimizer steps (None: no scheduled reset)."})
+        default=None, metadata={"help": "Reset N optimizer steps after the previous reset of any trigger (or the "
+                                        "start): a plateau reset at step 150 moves the next scheduled one from 200 "
+                                        "to 350 (None: no scheduled reset)."})
     reset_on_plateau: str | None = field(
         default=None,
         metadata={"help": "Name of a logged metric (e.g. 'eval_reward'); reset when it has not improved by "
