@@ -123,16 +123,38 @@ def scp116k(row: dict) -> dict:
 
 
 def ifeval(row: dict) -> dict:
-    """IFEval-style rows {"key", "prompt", "instruction_id_list", "kwargs"}. Hugging Face copies store kwargs
-    with every instruction's keys (absent ones as null): nulls are dropped so each dict has only its own."""
-    prompt = _text(row, "prompt")
+    """IFEval-style rows, in either public layout, -> an ifeval task dict {"prompt", "instruction_id_list", "kwargs"}:
+
+    - the official `input_data.jsonl`: {"key", "prompt", "instruction_id_list", "kwargs"};
+    - nvidia/Llama-Nemotron-Post-Training-Dataset `RL/instruction_following/instruction_following.jsonl`:
+      {"input": [{"role": "user", "content"}], "args": {"instruction_id_list", "instruction_kwargs", ...},
+      "category", "license", "reasoning", "used_in_training", "version", "system_prompt"}.
+
+    Hugging Face copies store kwargs with every instruction's keys (absent ones as null): nulls are dropped so each
+    dict has only its own. Errors name the row's own fields (`args.instruction_kwargs` for a Nemotron row)."""
+    names = {"prompt": "prompt", "ids": "instruction_id_list", "kwargs": "kwargs"}
+    if "prompt" not in row and "args" in row:  # the Llama-Nemotron RL layout
+        names = {"prompt": "input", "ids": "args.instruction_id_list", "kwargs": "args.instruction_kwargs"}
+        args = row["args"]
+        if not isinstance(args, dict):
+            raise FieldError("args", "must be an object {\"instruction_id_list\", \"instruction_kwargs\"}")
+        try:
+            prompt = _user_text(row.get("input"))
+        except FieldError:
+            raise FieldError("input", "must be chat messages with a user message") from None
+        row = {**{k: v for k, v in row.items() if k not in ("input", "args")}, "prompt": prompt,
+               "instruction_id_list": args.get("instruction_id_list"), "kwargs": args.get("instruction_kwargs")}
+    try:
+        prompt = _text(row, "prompt")
+    except FieldError as exc:
+        raise FieldError(names["prompt"], exc.message) from None
     ids, kwargs = row.get("instruction_id_list"), row.get("kwargs")
     if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
-        raise FieldError("instruction_id_list", "must be a non-empty list of instruction ids")
+        raise FieldError(names["ids"], "must be a non-empty list of instruction ids")
     if kwargs is None:
         kwargs = [{} for _ in ids]
     if not isinstance(kwargs, list) or len(kwargs) != len(ids) or not all(isinstance(k, dict) for k in kwargs):
-        raise FieldError("kwargs", f"must be a list of {len(ids)} dicts, one per instruction id")
+        raise FieldError(names["kwargs"], f"must be a list of {len(ids)} dicts, one per instruction id")
     kwargs = [{k: v for k, v in kw.items() if v is not None} for kw in kwargs]
     return {**row, "prompt": prompt, "instruction_id_list": ids, "kwargs": kwargs}
 
