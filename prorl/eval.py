@@ -7,6 +7,8 @@ Protocol (the ProRL paper's): temperature 0.6, top_p 0.95, n samples per prompt.
 reward is 1 (partial credit counts toward `mean_reward`, not toward pass@k). pass@1 is the mean over prompts of
 c/n; pass@k is the unbiased estimator of Chen et al. (2021), 1 - C(n-c, k) / C(n, k), averaged over prompts.
 Samples the gym could not score (timeout, infra_error) are left out of that prompt's n and counted as `masked`.
+With a chat template that opens `<think>` (DeepSeek-R1-Distill), a completion that never closes it answers nothing,
+as in training.
 
 `evaluate(model_dir, rows, n, ks)` is the Python entry point; `--data` takes a build folder, a .parquet/.jsonl of
 schema rows (or public rows with `--env`), or a recipe (built in memory).
@@ -243,11 +245,12 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--env", help="environment of rows that have no `env` column (public files)")
     parser.add_argument("--sample-data", action="store_true", help="with a recipe: build from its sample files")
     parser.add_argument("--limit", type=int, help="at most this many prompts per env")
-    parser.add_argument("--temperature", type=float, default=0.6)
-    parser.add_argument("--top-p", type=float, default=0.95)
-    parser.add_argument("--max-new-tokens", type=int, default=1024)
+    parser.add_argument("--temperature", type=float, default=0.6, help="(default 0.6, the paper's)")
+    parser.add_argument("--top-p", type=float, default=0.95, help="(default 0.95, the paper's)")
+    parser.add_argument("--max-new-tokens", type=int, default=1024, help="(default 1024)")
     parser.add_argument("--batch-size", type=int, default=64, help="sequences per generate call")
-    parser.add_argument("--backend", choices=("auto", "hf", "vllm"), default="auto")
+    parser.add_argument("--backend", choices=("auto", "hf", "vllm"), default="auto",
+                        help="auto: vLLM when importable and on a GPU, else HF generate")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, help="scoring processes (default: CPU count)")
     parser.add_argument("-o", "--output", help="folder for results.json, passk.png and completions.jsonl")

@@ -9,8 +9,8 @@ The schema (one row per prompt), read by the trainer's reward function and by `p
     reference dict (JSON column)  what the environment needs to score (`Task.reference`)
     metadata  dict (JSON column)  `Task.metadata` + the recipe's constants + `origin` (file:line of the row)
 
-Rows that fail validation are reported with file:line and field, then skipped (or the build stops, with
-`on_error="fail"`); duplicates and filtered rows are counted by reason in the card.
+Bad rows are reported with file:line and field, then skipped (or stop the build, with `on_error="fail"`, before
+any generation, as missing files and unknown tasks do); duplicates and filtered rows are counted in the card.
 """
 
 from __future__ import annotations

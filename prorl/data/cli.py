@@ -21,7 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     b = sub.add_parser("build", help="Build a mixture (Parquet + card) from a YAML recipe",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     b.add_argument("recipe", help="the YAML recipe, e.g. datasets/prorl-mix.yaml")
-    b.add_argument("-o", "--output", required=True, help="output folder (train.parquet, heldout.parquet, card.*)")
+    b.add_argument("-o", "--output", required=True, help="output folder (train.parquet, heldout.parquet, card.*, "
+                   "dropped.jsonl; pass_rates.jsonl with --filter-model)")
     b.add_argument("--sample-data", action="store_true",
                    help="read each source's `sample` file (datasets/samples/) instead of its public `path`")
     b.add_argument("--root", help="folder that relative paths in the recipe resolve against (default: its folder)")
@@ -30,7 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     b.add_argument("--on-error", choices=("skip", "fail"), help="a bad row: report and skip it, or stop (default: "
                                                                 "the recipe's on_error)")
     f = b.add_argument_group("difficulty filter (optional)")
-    f.add_argument("--filter-model", metavar="DIR", help="local model estimating each prompt's pass rate")
+    f.add_argument("--filter-model", metavar="DIR", help="local model estimating each prompt's pass rate (appended to "
+                   "OUT/pass_rates.jsonl per chunk; a re-run with the same settings reuses them)")
     f.add_argument("--samples", type=int, default=8, metavar="K", help="completions per prompt (default 8)")
     f.add_argument("--keep", default="0.0<p<1.0", help="keep prompts with LOW<p<HIGH (default '0.0<p<1.0')")
     f.add_argument("--filter-temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")

@@ -10,6 +10,8 @@ Steps, each skipped when its output is already there (so the command is idempote
   4. rl/        ProRL: GRPO + DAPO loss, KL penalty, dynamic sampling, hard resets (prorl.trainer.ProRLTrainer)
   5. eval_rl.json   the same held-out evaluation of the RL model
   6. summary.json, curves.png and a before/after table
+
+The whole recipe (with the --set overrides) is checked before any step: a bad key or value is one line, exit 2.
 """
 
 from __future__ import annotations

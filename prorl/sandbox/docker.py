@@ -9,6 +9,8 @@ A slot (one container) serves one request at a time: the number of slots is a ha
 is recycled (container replaced, in the background) after `recycle_after` programs, after any limit violation
 (timeout, memory, output limit) and whenever its runner dies; a dead container is replaced and the request retried
 (each dead container met is replaced) before it is reported as `infra_error`. Slots are spread round-robin over several Docker endpoints.
+Containers are auto-removed and stop about 5 s after their host process is gone (SIGTERM/SIGKILL included: the
+exec stream closes and PID 1 exits); `remove_stale_containers` clears any left by dead processes of this host.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""A faster generation backend for the trainer: a static-KV-cache decode loop, optionally compiled.
+"""A generation backend meant to be faster on GPU (not yet run on one; 0.74-0.89x "hf" on CPU, demo model): a
+static-KV-cache decode loop, optionally compiled.
 
 `generate(model, input_ids, attention_mask, generation_config, backend=...)` returns the completion ids (B, T) with
 the conventions of `model.generate(...)[:, prompt_len:]`: left-padded prompts in, finished rows padded with
@@ -15,10 +16,10 @@ Backends:
     under greedy decoding the tokens are HF's, and under sampling with the same seed they are the same draws
     (tested on CPU, tests/test_generation.py).
 
-The `pack_gqa` option (on by default) fixes a decode-path slowdown measured on an H100 (shared/MEASURED.md):
-under `torch.compile`, transformers 5.23's sdpa integration skips its `pack_gqa` path for one-token queries (it
-checks `is_torchdynamo_compiling()`) and instead repeats K/V over all cache positions per layer, ~90% of the decode
-step; keeping that path gave 2.7x. The override is a registered attention implementation (`GQA_DECODE_ATTENTION`,
+`pack_gqa` (on by default) fixes a decode slowdown measured on an H100 with a prototype (by the workplace,
+../shared/MEASURED.md, not with this code): under `torch.compile`, transformers 5.23's sdpa integration skips its
+`pack_gqa` path for one-token queries (it checks `is_torchdynamo_compiling()`) and repeats K/V over all cache
+positions per layer, ~90% of the decode step; keeping that path gave 2.7x. The override is a registered attention implementation (`GQA_DECODE_ATTENTION`,
 via transformers' `AttentionInterface`) that takes the packed path for one-token GQA queries whether compiling or
 not and hands every other call to transformers' `sdpa_attention_forward`; the model is switched to it only for the
 duration of a `StaticCacheGenerator` call, and only if it runs "sdpa".

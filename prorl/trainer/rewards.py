@@ -15,6 +15,10 @@ samples) and `masked/<status>` (fraction of the samples masked for that status) 
 value per sample so that TRL's average over processes weighs every sample alike, and a `status` column for the
 completions table through `log_extra`.
 
+With a prompt or chat template that opens `<think>` (DeepSeek-R1-Distill's, read from the tokenizer by
+`ProRLTrainer`), a completion is scored as if it began with `<think>`: one that never closes it answers nothing
+(`format_error`).
+
 Works with a plain `trl.GRPOTrainer` as well as with `ProRLTrainer`.
 """
 
