@@ -177,6 +177,11 @@ def main(argv: list[str] | None = None) -> int:
     trainer.train(resume_from_checkpoint=resume or None)
     trainer.save_model(config.output_dir)
     trainer.save_state()  # output_dir/trainer_state.json: the whole log_history
+    # every rank done with the collectives above before the process group goes (gloo ranks left to tear it down
+    # at interpreter exit, one after the other already gone, can abort: "terminate called without an active
+    # exception", exit -6 after a finished run)
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()
     return 0
 
 

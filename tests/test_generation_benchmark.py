@@ -52,3 +52,20 @@ def test_gpu_step_trainer_variants_are_runs_of_their_own(tmp_path):
     bad = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--trainers", "prorl+turbo", "--out",
                           str(tmp_path / "bad.json")], capture_output=True, text=True, timeout=60)
     assert bad.returncode != 0 and "variants of" in bad.stderr
+
+
+@pytest.mark.slow  # ~20 s: the generation part in smoke mode
+def test_one_call_gpu_plan_runs_selected_parts_under_its_time_limit(tmp_path):
+    """benchmarks/gpu_issue7.sh (issue 7 in one device call): a part runs and is merged; a part with too little
+    time left is skipped, not started, and the merged file still holds what finished."""
+    script = SCRIPT.parent / "gpu_issue7.sh"
+    env = {"PATH": "/usr/bin:/bin", "SMOKE": "1", "PYTHON": sys.executable}
+    run = subprocess.run(["bash", str(script)], env=env | {"OUT": str(tmp_path / "a"), "PARTS": "gen"},
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    merged = json.loads((tmp_path / "a" / "gpu_step.json").read_text())
+    assert set(merged) == {"gen"} and merged["gen"]["generation"]["L8"]["hf"]["new_tok_per_s"] > 0
+    short = subprocess.run(["bash", str(script)], env=env | {"OUT": str(tmp_path / "b"), "TOTAL_S": "20"},
+                           capture_output=True, text=True, timeout=60)
+    assert short.returncode == 0, short.stderr[-2000:]
+    assert short.stdout.count("skipped") == 3 and json.loads((tmp_path / "b" / "gpu_step.json").read_text()) == {}

@@ -151,6 +151,8 @@ def _ddp_main(argv: list[str], mode: str = "ddp") -> None:
     Path(out, f"rank{rank}.json").write_text(json.dumps({"rank": rank, "trained": trained, "kl": kl,
                                                          "resets": trainer.resets.state.reset_count,
                                                          "rounds": rounds}))
+    trainer.accelerator.wait_for_everyone()  # as prorl.train does: the process group torn down before exit
+    trainer.accelerator.end_training()
 
 
 if __name__ == "__main__":
