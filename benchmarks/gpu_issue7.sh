@@ -9,7 +9,8 @@
 #                ratios (b)/(a) <= 1.03 and (a)/(c) >= 2.5, generation speed-up, MFU      (~4 min on an H100)
 #   2. gen       generation alone, HF generate vs the static backend at L=512 and 2048, decode step vs its
 #                memory-bandwidth floor                                                      (~3 min)
-#   3. train2048 training-phase MFU at L=2048, static backend, then + fused AdamW + micro-batch 32 (what is left)
+#   3. train2048 training-phase MFU at L=2048, static backend, then + fused AdamW + micro-batch 32, then fused AdamW
+#                + selective checkpointing of every 2nd layer (what time is left)
 #
 # On the device machine (the run tool, carry [".whl"], timeout_s 600; wheels: benchmarks/README_gpu.md):
 #     bash benchmarks/gpu_issue7.sh
@@ -35,9 +36,9 @@ export PYTHONUNBUFFERED=1
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv | tee "$OUT/gpu.csv"
 
 SMOKE_ARGS=()
-LONG_TRAINERS=prorl_static,prorl_static+fused+mb32
+LONG_TRAINERS=prorl_static,prorl_static+fused+mb32,prorl_static+fused+ckpt2
 if [ "${SMOKE:-0}" = 1 ]; then  # the smoke shape has 8 completions a step: no micro-batch of 32
-  SMOKE_ARGS=(--smoke); LONG_TRAINERS=prorl_static,prorl_static+fused
+  SMOKE_ARGS=(--smoke); LONG_TRAINERS=prorl_static,prorl_static+fused+ckpt2
 fi
 
 # run_part NAME SHARE_S ARGS...: at most SHARE_S seconds, and never past TOTAL_S; skipped under 30 s left.

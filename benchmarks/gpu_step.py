@@ -172,6 +172,7 @@ TRAIN_VARIANTS = {
     "mb32": {"per_device_train_batch_size": 32},  # larger micro-batches (fewer, bigger matmuls)
     "mb64": {"per_device_train_batch_size": 64},
     "liger": {"use_liger_kernel": True},  # Liger's fused kernels (needs the liger-kernel package)
+    "ckpt2": {"activation_checkpointing_kwargs": {"every_n_layers": 2}},  # selective: every 2nd layer recomputed
 }
 
 
@@ -182,6 +183,9 @@ def trainer_kind(name: str) -> tuple[str, dict]:
     if base not in ("trl", "prorl", "prorl_static") or unknown:
         raise SystemExit(f"--trainers: {name!r}: base must be trl, prorl or prorl_static and variants of "
                          f"{sorted(TRAIN_VARIANTS)}")
+    if base == "trl" and "ckpt2" in variants:  # tests/test_trainer_checkpointing.py
+        raise SystemExit(f"--trainers: {name!r}: vanilla TRL 1.16 raises 'Unexpected keyword arguments: "
+                         "every_n_layers' after its first generation; ckpt2 is for the prorl trainers")
     return base, {k: v for variant in variants for k, v in TRAIN_VARIANTS[variant].items()}
 
 

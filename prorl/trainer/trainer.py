@@ -24,6 +24,7 @@ from trl import GRPOTrainer
 from trl.trainer.utils import add_fused_lm_head
 
 from prorl.trainer.callbacks import ResetController, copy_weights_, full_weights, load_weights_, truncate_jsonl
+from prorl.trainer.checkpointing import keep_selective_checkpointing
 from prorl.trainer.generation import trainer_generate
 from prorl.trainer.config import LIVE_STAGE_FIELDS, RESTART_STAGE_FIELDS, ProRLConfig
 from prorl.trainer.dynamic_sampling import DynamicSamplingMixin
@@ -62,6 +63,7 @@ class ProRLTrainer(DynamicSamplingMixin, GRPOTrainer):
                         "advantages; 'group' or 'none' do not have this problem")
         super().__init__(model, reward_funcs, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          processing_class=processing_class, callbacks=callbacks, **kwargs)
+        keep_selective_checkpointing(self.model)  # every_n_layers survives TRL's re-enable after each generation
         if args.beta != 0 and is_peft_model(self.model) and (args.wants_resets or args.stages):
             raise NotImplementedError("resets with a PEFT model are not supported (its reference is the base "
                                       "model with adapters disabled); train without peft_config")
