@@ -169,6 +169,17 @@ class ProRLConfig(GRPOConfig):
                           "('reduce-overhead'), pack_gqa (True), stop_check_every (16), cache_len_multiple (256). A "
                           "JSON object on the command line."})
 
+    # -- Training forwards ----------------------------------------------------------------------------------
+    group_micro_batches_by_length: bool = field(
+        default=False,
+        metadata={"help": "Within each optimizer step's rows (per process), deal them into micro-batches by "
+                          "completion length and cut each micro-batch to its own longest completion: TRL pads "
+                          "every row to the generation's longest and shuffles, so with lengths that vary most "
+                          "training forwards compute padding. The step's rows and normalizer are unchanged: the "
+                          "same update for loss_type dapo, grpo, dr_grpo and cispo (others refused); needs "
+                          "steps_per_generation a multiple of gradient_accumulation_steps and "
+                          "top_entropy_quantile 1.0 (its quantile is per micro-batch)."})
+
     def __post_init__(self):
         if isinstance(self.generation_backend_kwargs, str):
             try:
@@ -190,6 +201,15 @@ class ProRLConfig(GRPOConfig):
 
     def _validate_prorl(self) -> None:
         _require(self.generation_backend in ("hf", "static"), "generation_backend", "must be 'hf' or 'static'")
+        if self.group_micro_batches_by_length:
+            _require(self.loss_type in LENGTH_GROUPING_LOSSES, "group_micro_batches_by_length",
+                     f"needs loss_type in {LENGTH_GROUPING_LOSSES} (per-micro-batch normalisers of "
+                     f"{self.loss_type!r} would change the update)")
+            _require(self.top_entropy_quantile == 1.0, "group_micro_batches_by_length",
+                     "needs top_entropy_quantile 1.0 (the entropy quantile is taken per micro-batch)")
+            _require(self.steps_per_generation % self.gradient_accumulation_steps == 0,
+                     "group_micro_batches_by_length", "needs steps_per_generation a multiple of "
+                     "gradient_accumulation_steps (an optimizer step must not span two generations)")
         # A YAML value is set as given (argparse converts only strings): a count written 2.5 would be used as is.
         for name in ("dynamic_sampling_max_rounds", "max_generated_tokens", "reset_every_steps",
                      "reset_plateau_patience", "reset_min_interval"):
@@ -263,10 +283,17 @@ class ProRLConfig(GRPOConfig):
                                  f"{self.world_size} processes x "
                                  f"steps_per_generation {shape['steps_per_generation']}) is not divisible by "
                                  f"num_generations {shape['num_generations']}")
+            if self.group_micro_batches_by_length and shape["steps_per_generation"] % self.gradient_accumulation_steps:
+                raise ValueError(f"stages[{i}]: steps_per_generation {shape['steps_per_generation']} is not a "
+                                 f"multiple of gradient_accumulation_steps {self.gradient_accumulation_steps}, "
+                                 "which group_micro_batches_by_length needs")
 
     @property
     def wants_resets(self) -> bool:
         return bool(self.reset_every_steps or self.reset_on_plateau or self.reset_on_kl)
+
+
+LENGTH_GROUPING_LOSSES = ("dapo", "grpo", "dr_grpo", "cispo")
 
 
 def _check_env_weights(weights: Any, name: str) -> None:

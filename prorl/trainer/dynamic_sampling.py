@@ -94,8 +94,7 @@ class DynamicSamplingMixin:
             log.warning("dynamic sampling: step %d hit the cap of %d extra rounds with %d rows missing; they are "
                         "filled with masked rows (no loss)", self.state.global_step + 1,
                         self.args.dynamic_sampling_max_rounds, filled)
-        token_level = ("importance_sampling_ratio",) if self.vllm_importance_sampling_mode.startswith("token") else ()
-        merged = concat_rows(kept, self._tokenizer.pad_token_id, token_level)
+        merged = concat_rows(kept, self._tokenizer.pad_token_id, self._token_level_keys())
         merged = select_rows(merged, torch.arange(target))
         for key, model in deferred:
             merged[key] = self._batch_logps(model, merged)
@@ -107,6 +106,10 @@ class DynamicSamplingMixin:
         metrics["dynamic_sampling/rounds"].append(float(rounds))
         metrics["dynamic_sampling/filled_rows"].append(float(filled))
         return merged
+
+    def _token_level_keys(self) -> tuple[str, ...]:
+        """Batch keys of shape (rows, completion tokens) beyond sampling.COMPLETION_KEYS."""
+        return ("importance_sampling_ratio",) if self.vllm_importance_sampling_mode.startswith("token") else ()
 
     def _generate_round(self, batch) -> tuple[dict, list[tuple[str, Any]]]:
         """TRL's generate-and-score on `batch`, its log-probs deferred when possible: returns the output (zeros in

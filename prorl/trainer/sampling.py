@@ -86,6 +86,40 @@ def concat_rows(parts: list[dict], pad_token_id: int, token_level_keys: tuple[st
     return out
 
 
+def group_by_length(slices: list[dict], group: int, token_level_keys: tuple[str, ...] = ()) -> list[dict]:
+    """Re-deal the rows of each run of `group` consecutive micro-batches (one optimizer step's) by completion length,
+    longest first, into micro-batches of the same sizes, each cut to its own longest completion.
+
+    TRL pads every completion of a generation batch to the longest one and shuffles rows across micro-batches, so
+    with lengths that vary (reasoning traces of 1k-16k tokens) most micro-batches forward mostly padding. The step's
+    rows, their tensors and `num_items_in_batch` are unchanged, so losses that sum a step's token (or row) terms
+    over a fixed normalizer give the same update. Prompts keep their width (so every token keeps its position and
+    its numbers). The length is `completion_mask`'s row sum (TRL right-pads; a masked truncated completion counts 0).
+    """
+    out = []
+    completion_keys = set(COMPLETION_KEYS) | set(token_level_keys)
+    for start in range(0, len(slices), group):
+        chunk = slices[start:start + group]
+        sizes = [num_rows(s) for s in chunk]
+        if any(set(s) != set(chunk[0]) for s in chunk):
+            raise ValueError(f"micro-batches {start}..{start + len(chunk) - 1} have different keys")
+        check_supported(chunk[0])
+        rows = {k: torch.cat([s[k] for s in chunk]) for k in chunk[0] if k != "num_items_in_batch"}
+        lengths = rows["completion_mask"].sum(dim=1)
+        order = torch.argsort(lengths, descending=True, stable=True)
+        offset = 0
+        for size, original in zip(sizes, chunk):
+            index = order[offset:offset + size]
+            offset += size
+            width = max(int(lengths[index].max()), 1) if size else 1
+            batch = {k: v[index][:, :width] if k in completion_keys and v.dim() == 2 else v[index]
+                     for k, v in rows.items()}
+            if "num_items_in_batch" in original:
+                batch["num_items_in_batch"] = original["num_items_in_batch"]
+            out.append(batch)
+    return out
+
+
 def mixture_view(dataset, env_weights: dict[str, float], seed: int = 0, env_column: str = "env"):
     """A view of `dataset` with the same number of rows in which each environment's share follows `env_weights`
     (rows of an environment are cycled in a shuffled order, so a share larger than the data repeats rows as evenly

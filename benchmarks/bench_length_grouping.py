@@ -1,0 +1,118 @@
+"""Training-phase time with micro-batches grouped by completion length (`group_micro_batches_by_length=True`) vs
+TRL's shuffled, generation-wide padding (False), in the same run, on CPU.
+
+A locally built Qwen2 (4 layers, 256 wide) whose generation config makes one token in `--eos-every` an EOS, so
+completion lengths spread like reasoning traces (roughly geometric, mean ~`--eos-every`, a tail cut at
+`--length`). 8 completions per prompt, micro-batches of 8, 4 accumulated per optimizer step, one generation per
+step. Both arms sample the same completions (same seed; grouping draws no random numbers) and make the same update.
+Printed per arm: completion tokens forwarded in training (padding included) and real ones, seconds in the training
+forwards + backwards (each `training_step` less its batch preparation, i.e. generation and scoring), then the
+ratios grouped / plain. Arms alternate over `--repeat` rounds; the best time of each is compared.
+
+    .venv/bin/python benchmarks/bench_length_grouping.py [--repeat 2] [--steps 4] [--length 256] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+import zlib
+from pathlib import Path
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+
+
+def hash_reward(prompts, completions, **kwargs):
+    return [zlib.crc32(c[-1]["content"].encode()) % 1000 / 1000 for c in completions]
+
+
+def run_arm(model_dir: str, grouped: bool, args) -> dict:
+    from datasets import Dataset
+
+    from prorl.trainer import ProRLConfig, ProRLTrainer
+
+    class Timed(ProRLTrainer):
+        step_s = prepare_s = 0.0
+        padded = real = 0
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            start = time.perf_counter()
+            out = super().training_step(model, inputs, num_items_in_batch)
+            self.step_s += time.perf_counter() - start
+            return out
+
+        def _prepare_inputs(self, generation_batch):
+            start = time.perf_counter()
+            out = super()._prepare_inputs(generation_batch)
+            self.prepare_s += time.perf_counter() - start
+            self.padded += out["completion_mask"].numel()
+            self.real += int(out["completion_mask"].sum())
+            return out
+
+    data = Dataset.from_dict({"prompt": [[{"role": "user", "content": f"q{i}: add 2 and {i}"}] for i in range(64)]})
+    config = ProRLConfig(
+        output_dir=tempfile.mkdtemp(prefix="bench_lg_"), per_device_train_batch_size=8, num_generations=8,
+        gradient_accumulation_steps=4, steps_per_generation=4, max_completion_length=args.length, beta=0.0,
+        dynamic_sampling=False, group_micro_batches_by_length=grouped, max_steps=args.steps, logging_steps=1,
+        save_strategy="no", report_to="none", use_cpu=True, bf16=False, seed=0, disable_tqdm=True,
+        dataloader_num_workers=0, learning_rate=1e-5)
+    trainer = Timed(model_dir, reward_funcs=hash_reward, args=config, train_dataset=data)
+    trainer.train()
+    params = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
+    return {"train_phase_s": trainer.step_s - trainer.prepare_s, "padded_tokens": trainer.padded,
+            "real_tokens": trainer.real, "param_checksum": float(params.double().sum())}
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--repeat", type=int, default=2)
+    p.add_argument("--steps", type=int, default=4, help="optimizer steps per run (one generation each)")
+    p.add_argument("--length", type=int, default=256, help="max_completion_length")
+    p.add_argument("--eos-every", type=int, default=96, help="one vocabulary id in this many is an EOS")
+    p.add_argument("--out", help="also write the summary (and the settings) to this JSON file")
+    args = p.parse_args(argv)
+
+    from prorl.demo.tiny import build_tiny_model
+
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    model_dir = build_tiny_model(tempfile.mkdtemp(prefix="bench_lg_model_"), seed=0, hidden_size=256,
+                                 num_hidden_layers=4, intermediate_size=512, num_attention_heads=4,
+                                 num_key_value_heads=2)
+    gen_file = Path(model_dir, "generation_config.json")
+    gen = json.loads(gen_file.read_text())
+    vocab = json.loads(Path(model_dir, "config.json").read_text())["vocab_size"]
+    gen["eos_token_id"] = sorted({gen["eos_token_id"], *range(10, vocab, args.eos_every)})
+    gen_file.write_text(json.dumps(gen))
+
+    best: dict[str, dict] = {}
+    for r in range(args.repeat):
+        for name, grouped in (("grouped", True), ("plain", False)):
+            res = run_arm(model_dir, grouped, args)
+            print(f"round {r} {name:8s} training forwards+backwards {res['train_phase_s']:6.2f} s over "
+                  f"{res['padded_tokens']} completion positions ({res['real_tokens']} real)", flush=True)
+            if name not in best or res["train_phase_s"] < best[name]["train_phase_s"]:
+                best[name] = res
+    g, n = best["grouped"], best["plain"]
+    summary = {"grouped": g, "plain": n, "padded_tokens_ratio": g["padded_tokens"] / n["padded_tokens"],
+               "train_phase_s_ratio": g["train_phase_s"] / n["train_phase_s"],
+               "real_fraction_plain": n["real_tokens"] / n["padded_tokens"],
+               "same_update": abs(g["param_checksum"] - n["param_checksum"]) <= 1e-6 * max(1.0, abs(n["param_checksum"]))}
+    print(f"grouped / plain: completion positions forwarded {summary['padded_tokens_ratio']:.2f}, training-phase "
+          f"time {summary['train_phase_s_ratio']:.2f} (best of {args.repeat}; real tokens are "
+          f"{summary['real_fraction_plain']:.0%} of the plain arm's positions; same weights: {summary['same_update']})")
+    print(json.dumps(summary))
+    if args.out:
+        settings = {"repeat": args.repeat, "steps": args.steps, "length": args.length, "eos_every": args.eos_every,
+                    "threads": torch.get_num_threads()}
+        with open(args.out, "w") as f:
+            json.dump({"settings": settings, **summary}, f, indent=1)
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""group_micro_batches_by_length: each optimizer step trains the same rows with the same update, in micro-batches
+dealt by completion length and cut to their own padding (fewer padded tokens forwarded)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from trainer_utils import fast_config, history, prompt_dataset, text_hash_reward, tiny_model  # noqa: F401
+
+from prorl.trainer import ProRLConfig, ProRLTrainer
+from prorl.trainer.sampling import group_by_length
+
+
+def _varied_length_model(tiny_model, tmp_path) -> str:
+    """The tiny model with a sixth of its vocabulary as EOS tokens: completions of very different lengths."""
+    path = tmp_path / "varied-model"
+    shutil.copytree(tiny_model, path)
+    config = json.loads((path / "generation_config.json").read_text())
+    vocab = json.loads((path / "config.json").read_text())["vocab_size"]
+    config["eos_token_id"] = [2] + list(range(10, vocab, 6))
+    (path / "generation_config.json").write_text(json.dumps(config))
+    return str(path)
+
+
+class Recording(ProRLTrainer):
+    """Per training micro-batch: its completion width and its rows (completion tokens up to the mask)."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.model.training:
+            mask = inputs["completion_mask"].bool()
+            rows = sorted(tuple(ids[m].tolist()) for ids, m in zip(inputs["completion_ids"], mask))
+            self.micro_batches.append({"width": inputs["completion_ids"].size(1), "rows": rows,
+                                       "real": int(mask.sum()), "padded": mask.numel()})
+        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+
+def _train(model, out, grouped: bool):
+    args = fast_config(out, per_device_train_batch_size=4, gradient_accumulation_steps=2, steps_per_generation=4,
+                       num_generations=4, max_completion_length=16, max_steps=2, beta=0.1, dynamic_sampling=False,
+                       group_micro_batches_by_length=grouped)
+    trainer = Recording(model, reward_funcs=text_hash_reward, args=args, train_dataset=prompt_dataset(8))
+    trainer.micro_batches = []
+    trainer.train()
+    return trainer
+
+
+@pytest.mark.slow
+def test_grouped_micro_batches_give_the_same_update_with_less_padding(tiny_model, tmp_path):
+    model = _varied_length_model(tiny_model, tmp_path)
+    plain, grouped = _train(model, tmp_path / "plain", False), _train(model, tmp_path / "grouped", True)
+    a, b = plain.micro_batches, grouped.micro_batches
+    assert len(a) == len(b) == 4  # one generation of 16 rows, 2 optimizer steps of 2 micro-batches
+    lengths = {len(r) for mb in a for r in mb["rows"]}
+    assert len(lengths) > 3, lengths  # the EOS set really varies the lengths
+    for step in (0, 2):  # each optimizer step: the same rows, re-dealt
+        assert sorted(a[step]["rows"] + a[step + 1]["rows"]) == sorted(b[step]["rows"] + b[step + 1]["rows"])
+    assert all(mb["width"] == max(len(r) for r in mb["rows"]) for mb in b)  # cut to its own longest
+    assert [mb["width"] for mb in b[:2]] == sorted((mb["width"] for mb in b[:2]), reverse=True)
+    assert sum(mb["padded"] for mb in b) < sum(mb["padded"] for mb in a)
+    assert sum(mb["real"] for mb in b) == sum(mb["real"] for mb in a)
+    assert history(grouped, "loss") == pytest.approx(history(plain, "loss"), abs=1e-6)
+    for (name, p), q in zip(plain.model.named_parameters(), grouped.model.parameters()):
+        torch.testing.assert_close(q, p, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_group_by_length_keeps_rows_whole_and_sizes_per_step():
+    rows, width = 6, 5
+    lengths = torch.tensor([1, 5, 0, 3, 2, 4])  # row 2: a masked truncated completion
+    mask = (torch.arange(width)[None] < lengths[:, None]).long()
+    ids = torch.arange(rows)[:, None] * 10 + torch.arange(width)[None]
+    batch = {"prompt_ids": torch.arange(rows)[:, None].repeat(1, 3), "prompt_mask": torch.ones(rows, 3),
+             "completion_ids": ids, "completion_mask": mask, "old_per_token_logps": ids.float() / 100,
+             "advantages": torch.arange(rows).float()}
+    slices = [{k: v[i:i + 2] for k, v in batch.items()} | {"num_items_in_batch": torch.tensor(15)}
+              for i in (0, 2, 4)]
+    out = group_by_length(slices, group=3)
+    assert [len(s["advantages"]) for s in out] == [2, 2, 2]
+    assert [s["advantages"].tolist() for s in out] == [[1, 5], [3, 4], [0, 2]]  # longest first
+    assert [s["completion_ids"].size(1) for s in out] == [5, 3, 1]
+    for s in out:
+        r = s["advantages"].long()
+        assert torch.equal(s["prompt_ids"][:, 0], r) and torch.equal(s["completion_ids"][:, 0], r * 10)
+        assert torch.equal(s["old_per_token_logps"], s["completion_ids"].float() / 100)
+        assert int(s["num_items_in_batch"]) == 15
+    two = group_by_length(slices[:2], group=1)  # group 1: each micro-batch on its own, only cut
+    assert [s["advantages"].tolist() for s in two] == [[1, 0], [3, 2]]
+
+
+def test_length_grouping_refuses_losses_and_shapes_it_would_change(tmp_path):
+    ok = dict(output_dir=str(tmp_path), use_cpu=True, report_to="none", group_micro_batches_by_length=True)
+    with pytest.raises(ValueError, match="group_micro_batches_by_length.*loss_type"):
+        ProRLConfig(**ok, loss_type="bnpo")
+    with pytest.raises(ValueError, match="top_entropy_quantile"):
+        ProRLConfig(**ok, top_entropy_quantile=0.2)
+    with pytest.raises(ValueError, match="multiple of gradient_accumulation_steps"):
+        ProRLConfig(**ok, gradient_accumulation_steps=4, steps_per_generation=6)
+    with pytest.raises(ValueError, match=r"stages\[0\].*multiple of gradient_accumulation_steps"):
+        ProRLConfig(**ok, gradient_accumulation_steps=2, steps_per_generation=2, per_device_train_batch_size=16,
+                    stages=[{"steps_per_generation": 3}])
