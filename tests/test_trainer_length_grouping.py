@@ -36,21 +36,31 @@ class Recording(ProRLTrainer):
                                        "real": int(mask.sum()), "padded": mask.numel()})
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *a, **k):
+        out = super()._get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep, *a, **k)
+        if not torch.is_grad_enabled() and self._deferred_models is None:  # a real no-grad pass (old / reference)
+            self.nograd_positions += input_ids.size(0) * logits_to_keep
+        return out
 
-def _train(model, out, grouped: bool):
+
+def _train(model, out, grouped: bool, dynamic_sampling: bool = False):
     args = fast_config(out, per_device_train_batch_size=4, gradient_accumulation_steps=2, steps_per_generation=4,
-                       num_generations=4, max_completion_length=16, max_steps=2, beta=0.1, dynamic_sampling=False,
-                       group_micro_batches_by_length=grouped)
+                       num_generations=4, max_completion_length=16, max_steps=2, beta=0.1,
+                       dynamic_sampling=dynamic_sampling, group_micro_batches_by_length=grouped)
     trainer = Recording(model, reward_funcs=text_hash_reward, args=args, train_dataset=prompt_dataset(8))
-    trainer.micro_batches = []
+    trainer.micro_batches, trainer.nograd_positions = [], 0
     trainer.train()
     return trainer
 
 
 @pytest.mark.slow
-def test_grouped_micro_batches_give_the_same_update_with_less_padding(tiny_model, tmp_path):
+@pytest.mark.parametrize("dynamic_sampling", [False, True])
+def test_grouped_micro_batches_give_the_same_update_with_less_padding(tiny_model, tmp_path, dynamic_sampling):
+    """beta > 0 and 2 optimizer steps per generation: old-policy and reference log-probs are computed too, per
+    grouped micro-batch at its own width."""
     model = _varied_length_model(tiny_model, tmp_path)
-    plain, grouped = _train(model, tmp_path / "plain", False), _train(model, tmp_path / "grouped", True)
+    plain = _train(model, tmp_path / "plain", False, dynamic_sampling)
+    grouped = _train(model, tmp_path / "grouped", True, dynamic_sampling)
     a, b = plain.micro_batches, grouped.micro_batches
     assert len(a) == len(b) == 4  # one generation of 16 rows, 2 optimizer steps of 2 micro-batches
     lengths = {len(r) for mb in a for r in mb["rows"]}
@@ -61,6 +71,9 @@ def test_grouped_micro_batches_give_the_same_update_with_less_padding(tiny_model
     assert [mb["width"] for mb in b[:2]] == sorted((mb["width"] for mb in b[:2]), reverse=True)
     assert sum(mb["padded"] for mb in b) < sum(mb["padded"] for mb in a)
     assert sum(mb["real"] for mb in b) == sum(mb["real"] for mb in a)
+    # the no-grad passes (old policy + reference: 2 x 16 rows) over the grouped widths, not the generation's
+    assert grouped.nograd_positions == 2 * sum(mb["padded"] for mb in b)
+    assert plain.nograd_positions == 2 * sum(mb["padded"] for mb in a)
     assert history(grouped, "loss") == pytest.approx(history(plain, "loss"), abs=1e-6)
     for (name, p), q in zip(plain.model.named_parameters(), grouped.model.parameters()):
         torch.testing.assert_close(q, p, atol=1e-6, rtol=1e-5, msg=name)

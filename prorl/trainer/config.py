@@ -175,7 +175,8 @@ class ProRLConfig(GRPOConfig):
         metadata={"help": "Within each optimizer step's rows (per process), deal them into micro-batches by "
                           "completion length and cut each micro-batch to its own longest completion: TRL pads "
                           "every row to the generation's longest and shuffles, so with lengths that vary most "
-                          "training forwards compute padding. The step's rows and normalizer are unchanged: the "
+                          "training forwards compute padding. The old-policy/reference log-prob passes then run per "
+                          "micro-batch at its width too. The step's rows and normalizer are unchanged: the "
                           "same update for loss_type dapo, grpo, dr_grpo and cispo (others refused); needs "
                           "steps_per_generation a multiple of gradient_accumulation_steps and "
                           "top_entropy_quantile 1.0 (its quantile is per micro-batch)."})

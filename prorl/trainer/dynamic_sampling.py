@@ -19,7 +19,7 @@ from accelerate.utils import gather
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import RepeatSampler
 
-from prorl.trainer.sampling import concat_rows, group_keep_mask, num_rows, select_rows
+from prorl.trainer.sampling import concat_rows, group_by_length, group_keep_mask, num_rows, select_rows
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,7 @@ class DynamicSamplingMixin:
 
     _deferred_models: list | None = None  # set during a dynamic-sampling round whose log-probs are deferred
     _defer_logps = True  # False: compute them in every round, as TRL does (tests compare the two)
+    _pending_logps: list = []  # (key, model) passes deferred to the micro-batches of the latest generation
 
     def _total_rewards(self, rewards_per_func: torch.Tensor) -> torch.Tensor:
         """Per-completion weighted total reward, NaN where every reward function abstained (as TRL computes it)."""
@@ -46,8 +47,13 @@ class DynamicSamplingMixin:
             return super()._generate_and_score_completions(inputs)
         metrics = self._metrics["train"]
         marks = {name: len(values) for name, values in metrics.items()}
-        out = (self._dynamic_sampling(inputs) if self.args.dynamic_sampling
-               else super()._generate_and_score_completions(inputs))
+        if self.args.dynamic_sampling:
+            out = self._dynamic_sampling(inputs)
+        elif self.args.group_micro_batches_by_length:  # log-probs left for the micro-batches (_regroup_buffer)
+            out, deferred = self._generate_round(inputs)
+            self._fill_logps(out, deferred)
+        else:
+            out = super()._generate_and_score_completions(inputs)
         # What this generation logged (over its rounds), for `step_metric`: TRL's per-micro-batch metric lists may
         # be cleared by a log before the steps that train on a buffered generation end.
         self.generation_metrics = {name: sum(new) / len(new) for name, values in metrics.items()
@@ -96,8 +102,7 @@ class DynamicSamplingMixin:
                         self.args.dynamic_sampling_max_rounds, filled)
         merged = concat_rows(kept, self._tokenizer.pad_token_id, self._token_level_keys())
         merged = select_rows(merged, torch.arange(target))
-        for key, model in deferred:
-            merged[key] = self._batch_logps(model, merged)
+        self._fill_logps(merged, deferred)
         loss_mask = merged["completion_mask"] * merged.get("tool_mask", 1)
         merged["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
         metrics = self._metrics["train"]
@@ -106,6 +111,30 @@ class DynamicSamplingMixin:
         metrics["dynamic_sampling/rounds"].append(float(rounds))
         metrics["dynamic_sampling/filled_rows"].append(float(filled))
         return merged
+
+    def _fill_logps(self, batch: dict, deferred: list[tuple[str, Any]]) -> None:
+        """Run the deferred log-prob passes on `batch`; with group_micro_batches_by_length leave them (zeros) for
+        `_regroup_buffer`, which runs them on each micro-batch at its own width."""
+        if self.args.group_micro_batches_by_length:
+            self._pending_logps = deferred
+            for key, _ in deferred:
+                batch[key] = torch.zeros(batch["completion_mask"].shape, device=batch["completion_mask"].device)
+        else:
+            for key, model in deferred:
+                batch[key] = self._batch_logps(model, batch)
+
+    def _regroup_buffer(self) -> None:
+        """After a generation (TRL has shuffled and split it into `steps_per_generation` micro-batches): re-deal
+        each optimizer step's rows by completion length (sampling.group_by_length), then run the deferred log-prob
+        passes per micro-batch, so that neither the training nor the no-grad forwards compute the generation's
+        padding."""
+        ga, spg = self.current_gradient_accumulation_steps, self.args.steps_per_generation
+        if spg % ga == 0:  # else a stage broke it (refused at parse time): TRL's micro-batches as they are
+            self._buffered_inputs = group_by_length(self._buffered_inputs, ga, self._token_level_keys())
+        for batch in self._buffered_inputs:
+            for key, model in self._pending_logps:
+                batch[key] = self._batch_logps(model, batch)
+        self._pending_logps = []
 
     def _token_level_keys(self) -> tuple[str, ...]:
         """Batch keys of shape (rows, completion tokens) beyond sampling.COMPLETION_KEYS."""

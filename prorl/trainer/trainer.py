@@ -29,7 +29,7 @@ from prorl.trainer.generation import trainer_generate
 from prorl.trainer.config import LIVE_STAGE_FIELDS, RESTART_STAGE_FIELDS, ProRLConfig
 from prorl.trainer.dynamic_sampling import DynamicSamplingMixin
 from prorl.trainer.rewards import EnvReward
-from prorl.trainer.sampling import group_by_length, mixture_view
+from prorl.trainer.sampling import mixture_view
 
 log = logging.getLogger(__name__)
 
@@ -235,10 +235,9 @@ class ProRLTrainer(DynamicSamplingMixin, GRPOTrainer):
             self._set_sampling("temperature", value)
         fresh = self.model.training and not self._mid_generation_buffer()  # TRL generates in this call
         inputs = super()._prepare_inputs(generation_batch)
-        ga, spg = self.current_gradient_accumulation_steps, self.args.steps_per_generation
-        if fresh and self.args.group_micro_batches_by_length and spg % ga == 0:  # else a stage broke it: as TRL
-            self._buffered_inputs = group_by_length(self._buffered_inputs, ga, self._token_level_keys())
-            inputs = self._buffered_inputs[self._step % spg]
+        if fresh and self.args.group_micro_batches_by_length:
+            self._regroup_buffer()
+            inputs = self._buffered_inputs[self._step % self.args.steps_per_generation]
         return inputs
 
     def _apply_batch_shape(self) -> None:
