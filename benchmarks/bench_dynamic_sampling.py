@@ -14,7 +14,6 @@ passes, seconds in them, training wall time; then the ratios deferred / every-ro
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
@@ -23,6 +22,7 @@ import zlib
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
+from measure import cpu_bench_model, report  # noqa: E402
 
 
 def half_constant_reward(prompts, completions, qid, **kwargs):
@@ -71,12 +71,7 @@ def main(argv=None) -> dict:
     p.add_argument("--out", help="also write the summary (and the settings) to this JSON file")
     args = p.parse_args(argv)
 
-    from prorl.demo.tiny import build_tiny_model
-
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-    model_dir = build_tiny_model(tempfile.mkdtemp(prefix="bench_ds_model_"), seed=0, hidden_size=256,
-                                 num_hidden_layers=4, intermediate_size=512, num_attention_heads=4,
-                                 num_key_value_heads=2)
+    model_dir = cpu_bench_model("bench_ds_model_")
     best: dict[str, dict] = {}
     for r in range(args.repeat):
         for name, defer in (("deferred", True), ("every_round", False)):
@@ -91,13 +86,7 @@ def main(argv=None) -> dict:
     print(f"deferred / every round: log-prob rows {summary['logp_rows_ratio']:.2f}, log-prob time "
           f"{summary['logp_s_ratio']:.2f}, training wall time {summary['train_s_ratio']:.2f} "
           f"(best of {args.repeat}; mean logged dynamic-sampling rounds {e['rounds_mean']:.2f})")
-    print(json.dumps(summary))
-    if args.out:
-        settings = {"repeat": args.repeat, "steps": args.steps, "length": args.length,
-                    "threads": torch.get_num_threads()}
-        with open(args.out, "w") as f:
-            json.dump({"settings": settings, **summary}, f, indent=1)
-    return summary
+    return report(summary, args.out, repeat=args.repeat, steps=args.steps, length=args.length)
 
 
 if __name__ == "__main__":

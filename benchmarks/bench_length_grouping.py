@@ -26,6 +26,7 @@ from pathlib import Path
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
+from measure import cpu_bench_model, report  # noqa: E402
 
 
 def hash_reward(prompts, completions, **kwargs):
@@ -87,12 +88,7 @@ def main(argv=None) -> dict:
     p.add_argument("--out", help="also write the summary (and the settings) to this JSON file")
     args = p.parse_args(argv)
 
-    from prorl.demo.tiny import build_tiny_model
-
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-    model_dir = build_tiny_model(tempfile.mkdtemp(prefix="bench_lg_model_"), seed=0, hidden_size=256,
-                                 num_hidden_layers=4, intermediate_size=512, num_attention_heads=4,
-                                 num_key_value_heads=2)
+    model_dir = cpu_bench_model("bench_lg_model_")
     gen_file = Path(model_dir, "generation_config.json")
     gen = json.loads(gen_file.read_text())
     vocab = json.loads(Path(model_dir, "config.json").read_text())["vocab_size"]
@@ -119,13 +115,8 @@ def main(argv=None) -> dict:
           f"time {summary['train_phase_s_ratio']:.2f}, log-prob pass time {summary['logp_s_ratio']:.2f} (best of "
           f"{args.repeat}; real tokens are "
           f"{summary['real_fraction_plain']:.0%} of the plain arm's positions; same weights: {summary['same_update']})")
-    print(json.dumps(summary))
-    if args.out:
-        settings = {"repeat": args.repeat, "steps": args.steps, "length": args.length, "eos_every": args.eos_every,
-                    "threads": torch.get_num_threads()}
-        with open(args.out, "w") as f:
-            json.dump({"settings": settings, **summary}, f, indent=1)
-    return summary
+    return report(summary, args.out, repeat=args.repeat, steps=args.steps, length=args.length,
+                  eos_every=args.eos_every)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Measurement for the GPU benchmarks: synchronised timers, the hardware limits (measured bf16 matmul ceiling and copy
 bandwidth, spec peak by GPU name, peak memory), and the per-phase clock of a trainer's steps with its summary (step
-time split, tokens/s, MFU). Imported by benchmarks/gpu_step.py (run as a script from this folder)."""
+time split, tokens/s, MFU). Imported by benchmarks/gpu_step.py and the CPU benchmarks (run as scripts from this
+folder), which also share `cpu_bench_model`."""
 
 from __future__ import annotations
 
@@ -10,6 +11,30 @@ from collections import defaultdict
 import torch
 
 SPEC_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16 peak by GPU name (SXM parts)
+
+
+def cpu_bench_model(prefix: str) -> str:
+    """The CPU benchmarks' model: a Qwen2 of 4 layers x 256 with its tokenizer, built locally into a new temporary
+    folder (prorl.demo.tiny, seed 0); torch set to at most 2 threads. Returns the folder."""
+    import os
+    import tempfile
+
+    from prorl.demo.tiny import build_tiny_model
+
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    return build_tiny_model(tempfile.mkdtemp(prefix=prefix), seed=0, hidden_size=256, num_hidden_layers=4,
+                            intermediate_size=512, num_attention_heads=4, num_key_value_heads=2)
+
+
+def report(summary: dict, out: str | None, **settings) -> dict:
+    """Print the summary as one JSON line and, with `out`, write it with the settings (and torch's thread count)."""
+    import json
+
+    print(json.dumps(summary))
+    if out:
+        with open(out, "w") as f:
+            json.dump({"settings": {**settings, "threads": torch.get_num_threads()}, **summary}, f, indent=1)
+    return summary
 
 
 def sync(device: torch.device) -> None:
