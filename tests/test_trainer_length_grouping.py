@@ -108,6 +108,11 @@ def test_length_grouping_refuses_losses_and_shapes_it_would_change(tmp_path):
         ProRLConfig(**ok, loss_type="bnpo")
     with pytest.raises(ValueError, match="top_entropy_quantile"):
         ProRLConfig(**ok, top_entropy_quantile=0.2)
+    # the entropy bonus is a token mean per micro-batch: grouped, the first step's loss moved by 7e-5 (coef 0.5)
+    with pytest.raises(ValueError, match="group_micro_batches_by_length.*entropy_coef"):
+        ProRLConfig(**ok, entropy_coef=0.5)
+    with pytest.raises(ValueError, match="group_micro_batches_by_length.*entropy_coef"):
+        ProRLConfig(**ok, use_adaptive_entropy=True, entropy_coef=0.0)
     with pytest.raises(ValueError, match="multiple of gradient_accumulation_steps"):
         ProRLConfig(**ok, gradient_accumulation_steps=4, steps_per_generation=6)
     with pytest.raises(ValueError, match=r"stages\[0\].*multiple of gradient_accumulation_steps"):

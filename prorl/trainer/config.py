@@ -179,7 +179,7 @@ class ProRLConfig(GRPOConfig):
                           "micro-batch at its width too. The step's rows and normalizer are unchanged: the "
                           "same update for loss_type dapo, grpo, dr_grpo and cispo (others refused); needs "
                           "steps_per_generation a multiple of gradient_accumulation_steps and "
-                          "top_entropy_quantile 1.0 (its quantile is per micro-batch)."})
+                          "top_entropy_quantile 1.0 and entropy_coef 0 (per-micro-batch quantile and entropy mean)."})
 
     def __post_init__(self):
         if isinstance(self.generation_backend_kwargs, str):
@@ -208,6 +208,9 @@ class ProRLConfig(GRPOConfig):
                      f"{self.loss_type!r} would change the update)")
             _require(self.top_entropy_quantile == 1.0, "group_micro_batches_by_length",
                      "needs top_entropy_quantile 1.0 (the entropy quantile is taken per micro-batch)")
+            _require(self.entropy_coef == 0 and not self.use_adaptive_entropy, "group_micro_batches_by_length",
+                     "needs entropy_coef 0 and use_adaptive_entropy off (the entropy bonus is a per-micro-batch "
+                     "token mean)")
             _require(self.steps_per_generation % self.gradient_accumulation_steps == 0,
                      "group_micro_batches_by_length", "needs steps_per_generation a multiple of "
                      "gradient_accumulation_steps (an optimizer step must not span two generations)")
