@@ -67,7 +67,7 @@ def test_grouped_micro_batches_give_the_same_update_with_less_padding(tiny_model
     assert len(lengths) > 3, lengths  # the EOS set really varies the lengths
     for step in (0, 2):  # each optimizer step: the same rows, re-dealt
         assert sorted(a[step]["rows"] + a[step + 1]["rows"]) == sorted(b[step]["rows"] + b[step + 1]["rows"])
-    assert all(mb["width"] == max(len(r) for r in mb["rows"]) for mb in b)  # cut to its own longest
+    assert all(mb["width"] == max(2, *(len(r) for r in mb["rows"])) for mb in b)  # cut to its own longest
     assert [mb["width"] for mb in b[:2]] == sorted((mb["width"] for mb in b[:2]), reverse=True)
     assert sum(mb["padded"] for mb in b) < sum(mb["padded"] for mb in a)
     assert sum(mb["real"] for mb in b) == sum(mb["real"] for mb in a)
@@ -92,7 +92,7 @@ def test_group_by_length_keeps_rows_whole_and_sizes_per_step():
     out = group_by_length(slices, group=3)
     assert [len(s["advantages"]) for s in out] == [2, 2, 2]
     assert [s["advantages"].tolist() for s in out] == [[1, 5], [3, 4], [0, 2]]  # longest first
-    assert [s["completion_ids"].size(1) for s in out] == [5, 3, 1]
+    assert [s["completion_ids"].size(1) for s in out] == [5, 3, 2]  # 2 at least: TRL reads (rows, 1) per sequence
     for s in out:
         r = s["advantages"].long()
         assert torch.equal(s["prompt_ids"][:, 0], r) and torch.equal(s["completion_ids"][:, 0], r * 10)

@@ -94,7 +94,8 @@ def group_by_length(slices: list[dict], group: int, token_level_keys: tuple[str,
     with lengths that vary (reasoning traces of 1k-16k tokens) most micro-batches forward mostly padding. The step's
     rows, their tensors and `num_items_in_batch` are unchanged, so losses that sum a step's token (or row) terms
     over a fixed normalizer give the same update. Prompts keep their width (so every token keeps its position and
-    its numbers). The length is `completion_mask`'s row sum (TRL right-pads; a masked truncated completion counts 0).
+    its numbers); a micro-batch keeps at least 2 completion columns. The length is `completion_mask`'s row sum
+    (TRL right-pads; a masked truncated completion counts 0).
     """
     out = []
     completion_keys = set(COMPLETION_KEYS) | set(token_level_keys)
@@ -111,7 +112,9 @@ def group_by_length(slices: list[dict], group: int, token_level_keys: tuple[str,
         for size, original in zip(sizes, chunk):
             index = order[offset:offset + size]
             offset += size
-            width = max(int(lengths[index].max()), 1) if size else 1
+            # at least 2 columns: TRL's metric helpers read a (rows, 1) tensor as per-sequence values and would
+            # average a 1-token micro-batch's entropy and KL over its masked rows too
+            width = max(int(lengths[index].max()), 2) if size else 2
             batch = {k: v[index][:, :width] if k in completion_keys and v.dim() == 2 else v[index]
                      for k, v in rows.items()}
             if "num_items_in_batch" in original:
