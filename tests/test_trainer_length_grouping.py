@@ -8,7 +8,8 @@ import shutil
 
 import pytest
 import torch
-from trainer_utils import fast_config, history, prompt_dataset, text_hash_reward, tiny_model  # noqa: F401
+from trainer_utils import (fast_config, half_constant_reward, history, prompt_dataset, text_hash_reward,  # noqa: F401
+                           tiny_model)
 
 from prorl.trainer import ProRLConfig, ProRLTrainer
 from prorl.trainer.sampling import group_by_length
@@ -43,11 +44,12 @@ class Recording(ProRLTrainer):
         return out
 
 
-def _train(model, out, grouped: bool, dynamic_sampling: bool = False):
-    args = fast_config(out, per_device_train_batch_size=4, gradient_accumulation_steps=2, steps_per_generation=4,
-                       num_generations=4, max_completion_length=16, max_steps=2, beta=0.1,
-                       dynamic_sampling=dynamic_sampling, group_micro_batches_by_length=grouped)
-    trainer = Recording(model, reward_funcs=text_hash_reward, args=args, train_dataset=prompt_dataset(8))
+def _train(model, out, grouped: bool, dynamic_sampling: bool = False, reward=text_hash_reward, **overrides):
+    args = fast_config(out, **{**dict(per_device_train_batch_size=4, gradient_accumulation_steps=2,
+                                      steps_per_generation=4, num_generations=4, max_completion_length=16,
+                                      max_steps=2, beta=0.1, dynamic_sampling=dynamic_sampling,
+                                      group_micro_batches_by_length=grouped), **overrides})
+    trainer = Recording(model, reward_funcs=reward, args=args, train_dataset=prompt_dataset(8))
     trainer.micro_batches, trainer.nograd_positions = [], 0
     trainer.train()
     return trainer
@@ -77,6 +79,24 @@ def test_grouped_micro_batches_give_the_same_update_with_less_padding(tiny_model
     assert history(grouped, "loss") == pytest.approx(history(plain, "loss"), abs=1e-6)
     for (name, p), q in zip(plain.model.named_parameters(), grouped.model.parameters()):
         torch.testing.assert_close(q, p, atol=1e-6, rtol=1e-5, msg=name)
+
+
+@pytest.mark.slow
+def test_grouped_micro_batches_without_loss_tokens_leave_the_step_metrics_alone(tiny_model, tmp_path):
+    """Dynamic sampling at its cap fills half of each step with masked rows, which grouping deals into the same
+    micro-batches: TRL's 0 for their token means halved the logged entropy (3.23 for 6.45 before the fix), and a
+    1-token micro-batch's entropy was averaged over its masked rows (1.61)."""
+    model = _varied_length_model(tiny_model, tmp_path)
+    kwargs = dict(dynamic_sampling=True, reward=half_constant_reward, dynamic_sampling_max_rounds=0, max_steps=4)
+    plain = _train(model, tmp_path / "plain", False, **kwargs)
+    grouped = _train(model, tmp_path / "grouped", True, **kwargs)
+    assert sum(mb["real"] == 0 for mb in grouped.micro_batches) >= 2  # micro-batches with no loss token
+    assert min(mb["width"] for mb in grouped.micro_batches) >= 2
+    entropy = history(plain, "entropy")
+    assert len(entropy) == 4 and min(entropy) > 6
+    assert history(grouped, "entropy") == pytest.approx(entropy, abs=1e-2)
+    assert history(grouped, "loss") == pytest.approx(history(plain, "loss"), abs=1e-6)
+    assert grouped.resets.step_metrics["entropy"] == pytest.approx(entropy[-1], abs=1e-2)  # reset_on_* read it
 
 
 def test_group_by_length_keeps_rows_whole_and_sizes_per_step():

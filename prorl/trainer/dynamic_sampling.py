@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 
 # The log-prob keys of TRL's generation output, in the order TRL computes them.
 LOGP_KEYS = ("old_per_token_logps", "ref_per_token_logps")
+# TRL's per-micro-batch metrics that are token means (0 for a micro-batch without a loss token).
+TOKEN_MEAN_METRICS = ("kl", "entropy", "clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean",
+                      "cispo_clip_ratio")
 
 
 class DynamicSamplingMixin:
@@ -135,6 +138,22 @@ class DynamicSamplingMixin:
             for key, model in self._pending_logps:
                 batch[key] = self._batch_logps(model, batch)
         self._pending_logps = []
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """TRL's loss; with group_micro_batches_by_length, the token-mean metrics of a micro-batch without a loss
+        token on any process are NaN (left out of the step's mean) rather than TRL's 0: grouping gathers the
+        masked rows (truncated, dynamic sampling's fillers) into the same micro-batches, which TRL's 0s would turn
+        into a step entropy or KL pulled towards 0."""
+        metrics = self._metrics["train"]
+        marks = {k: len(metrics[k]) for k in TOKEN_MEAN_METRICS if k in metrics}
+        loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if self.model.training and self.args.group_micro_batches_by_length:
+            tokens = (inputs["completion_mask"] * inputs.get("tool_mask", 1)).sum().reshape(1)
+            if self.accelerator.gather(tokens).sum() == 0:
+                for key in TOKEN_MEAN_METRICS:
+                    if key in metrics:
+                        metrics[key][marks.get(key, 0):] = [float("nan")] * (len(metrics[key]) - marks.get(key, 0))
+        return loss
 
     def _token_level_keys(self) -> tuple[str, ...]:
         """Batch keys of shape (rows, completion tokens) beyond sampling.COMPLETION_KEYS."""

@@ -264,7 +264,7 @@ class ProRLTrainer(DynamicSamplingMixin, GRPOTrainer):
         if name in self.generation_metrics:
             return self.generation_metrics[name]
         values = self._metrics["train"].get(name) or []
-        values = values[-self.args.gradient_accumulation_steps:]
+        values = [v for v in values[-self.args.gradient_accumulation_steps:] if v == v]  # not NaN (no token)
         return sum(values) / len(values) if values else None
 
     # -- Logging and checkpoints ------------------------------------------------------------------------------
