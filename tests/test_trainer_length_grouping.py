@@ -138,3 +138,23 @@ def test_length_grouping_refuses_losses_and_shapes_it_would_change(tmp_path):
     with pytest.raises(ValueError, match=r"stages\[0\].*multiple of gradient_accumulation_steps"):
         ProRLConfig(**ok, gradient_accumulation_steps=2, steps_per_generation=2, per_device_train_batch_size=16,
                     stages=[{"steps_per_generation": 3}])
+
+
+def test_length_grouping_refuses_a_router_load_balancing_loss(tiny_model, tmp_path):
+    """A Mixture-of-Experts model's aux loss is a per-micro-batch routing statistic: refused when the trainer is
+    built, before any generation."""
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    path = tmp_path / "tiny-moe"
+    shutil.copytree(tiny_model, path)
+    vocab = json.loads((path / "config.json").read_text())["vocab_size"]
+    torch.manual_seed(0)
+    MixtralForCausalLM(MixtralConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                     num_attention_heads=2, num_key_value_heads=1, num_local_experts=2,
+                                     num_experts_per_tok=1, router_aux_loss_coef=0.01, output_router_logits=True,
+                                     pad_token_id=0, eos_token_id=2)).save_pretrained(path)
+    args = fast_config(tmp_path / "out", group_micro_batches_by_length=True, beta=0.0)
+    with pytest.raises(ValueError, match="group_micro_batches_by_length: the model's router load-balancing loss"):
+        ProRLTrainer(str(path), reward_funcs=text_hash_reward, args=args, train_dataset=prompt_dataset(8))
+    args = fast_config(tmp_path / "out2", group_micro_batches_by_length=True, beta=0.0, router_aux_loss_coef=0.0)
+    ProRLTrainer(str(path), reward_funcs=text_hash_reward, args=args, train_dataset=prompt_dataset(8))  # no aux loss

@@ -126,6 +126,14 @@ class DynamicSamplingMixin:
             for key, model in deferred:
                 batch[key] = self._batch_logps(model, batch)
 
+    def _check_length_grouping(self) -> None:
+        """Refuse group_micro_batches_by_length where the update depends on how rows are batched beyond what the
+        config can see: a Mixture-of-Experts load-balancing loss is a per-micro-batch statistic of the routing."""
+        if self.args.group_micro_batches_by_length and getattr(self, "aux_loss_enabled", False):
+            raise ValueError("group_micro_batches_by_length: the model's router load-balancing loss is computed per "
+                             "micro-batch, so grouping would change the update; set router_aux_loss_coef 0 or "
+                             "turn group_micro_batches_by_length off")
+
     def _regroup_buffer(self) -> None:
         """After a generation (TRL has shuffled and split it into `steps_per_generation` micro-batches): re-deal
         each optimizer step's rows by completion length (sampling.group_by_length), then run the deferred log-prob

@@ -64,6 +64,7 @@ class ProRLTrainer(DynamicSamplingMixin, GRPOTrainer):
         super().__init__(model, reward_funcs, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          processing_class=processing_class, callbacks=callbacks, **kwargs)
         keep_selective_checkpointing(self.model)  # every_n_layers survives TRL's re-enable after each generation
+        self._check_length_grouping()
         if args.beta != 0 and is_peft_model(self.model) and (args.wants_resets or args.stages):
             raise NotImplementedError("resets with a PEFT model are not supported (its reference is the base "
                                       "model with adapters disabled); train without peft_config")
