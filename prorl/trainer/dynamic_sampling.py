@@ -116,12 +116,11 @@ class DynamicSamplingMixin:
         return merged
 
     def _fill_logps(self, batch: dict, deferred: list[tuple[str, Any]]) -> None:
-        """Run the deferred log-prob passes on `batch`; with group_micro_batches_by_length leave them (zeros) for
-        `_regroup_buffer`, which runs them on each micro-batch at its own width."""
+        """Run the deferred log-prob passes on `batch`; with group_micro_batches_by_length leave them (the zeros
+        `_get_per_token_logps_and_entropies` put there) for `_regroup_buffer`, which runs them on each micro-batch
+        at its own width."""
         if self.args.group_micro_batches_by_length:
             self._pending_logps = deferred
-            for key, _ in deferred:
-                batch[key] = torch.zeros(batch["completion_mask"].shape, device=batch["completion_mask"].device)
         else:
             for key, model in deferred:
                 batch[key] = self._batch_logps(model, batch)
