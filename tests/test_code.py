@@ -94,6 +94,33 @@ def test_syntax_error_and_empty_code_score_zero_without_running():
     assert env._sandbox is None
 
 
+
+@pytest.mark.parametrize("code, why", [
+    ("return 1", "'return' outside function"),  # parses, but the compiler (and so the sandbox) refuses it
+    ("x = 1\0", "null bytes"),
+    ("x = " + "not " * 50000 + "1", "nesting too deep"),  # the parser's stack overflows: MemoryError
+    ("x = " + "+".join(["1"] * 200000), "nesting too deep"),  # the compiler recurses too deep: RecursionError
+])
+def test_programs_cpython_will_not_compile_are_format_errors(code, why):
+    env = CodeEnv(sandbox="local")
+    score = env.score(reply(code), STDIO_ROW)
+    assert (score.reward, score.status) == (0.0, "format_error") and why in score.details["error"]
+    assert env._sandbox is None
+
+
+def test_syntax_check_never_builds_python_ast_objects(monkeypatch):
+    """CPython 3.11's ast.parse is not thread-safe (gh-106905: a spurious SystemError once failed HumanEval/5
+    scored in threads in CI); the check compiles instead, so a failing ast.parse cannot touch the score."""
+    import ast
+
+    def broken(*args, **kwargs):
+        raise SystemError("AST constructor recursion depth mismatch (before=27, after=26)")
+
+    monkeypatch.setattr(ast, "parse", broken)
+    env = CodeEnv(sandbox="local")
+    assert env.score(reply("def f(:\n    pass"), STDIO_ROW).status == "format_error"
+    assert env._sandbox is None
+
 def test_registered_and_scored_in_threads():
     assert "code" in envs.list_envs()
     assert CodeEnv.score_in_subprocess is False

@@ -13,7 +13,7 @@ Task formats, accepted unchanged:
 Scoring rule:
   1. The code is the last fenced ```python block (else the last unlabelled fence, else the whole reply; which
      one is recorded in `details["extraction"]`). No code: `format_error`.
-  2. A syntax error (checked on the host before anything runs): reward 0, `format_error`.
+  2. A program CPython will not compile (checked on the host before anything runs): reward 0, `format_error`.
   3. All tests run in one sandbox round trip, each in a fresh process, sharing one budget (5 s by default).
      Reward = passed / total; 0 when the budget ran out (a test reported `timeout`). Assertion tests are
      fail-closed (see prorl/sandbox/runner.py): exits, printed markers or a killed runner never pass a test.
@@ -22,7 +22,6 @@ Scoring rule:
 
 from __future__ import annotations
 
-import ast
 import json
 import re
 import threading
@@ -40,6 +39,27 @@ FUNCTION_INSTRUCTION = "Put the complete code in one ```python code block at the
 
 _SHARED: dict[str, Sandbox] = {}
 _SHARED_LOCK = threading.Lock()
+
+
+def compile_error(program: str) -> str | None:
+    """Why CPython would refuse to run `program` before executing a line of it, or None.
+
+    `compile()`, not `ast.parse()`: on CPython 3.11 building the Python-level AST uses one recursion counter per
+    interpreter, so parses in concurrent scoring threads can fail with a spurious `SystemError: AST constructor
+    recursion depth mismatch` (cpython gh-106905). Compiling to bytecode never builds those objects, and it also
+    rejects what only the compiler catches (`return` outside a function, module-level `nonlocal`), which the
+    sandbox's interpreter would refuse as well. Nesting too deep for the parser or compiler (RecursionError,
+    MemoryError on a parser-stack overflow) is the program's own failure too.
+    """
+    try:
+        with warnings.catch_warnings():  # invalid escape sequences etc. are the program's business
+            warnings.simplefilter("ignore")
+            compile(program, "<completion>", "exec", dont_inherit=True)
+    except (SyntaxError, ValueError) as exc:  # ValueError: null bytes (3.11)
+        return f"syntax error: {exc}"
+    except (RecursionError, MemoryError) as exc:
+        return f"syntax error: nesting too deep to compile ({type(exc).__name__})"
+    return None
 
 
 def shared_sandbox(kind: str | None = None) -> Sandbox:
@@ -173,12 +193,9 @@ class CodeEnv(Env):
         if not code.strip():
             return Score(0.0, "format_error", {"error": "no code", "extraction": how})
         program, tests = self.program_and_tests(code, task.reference)
-        try:
-            with warnings.catch_warnings():  # invalid escape sequences etc. are the program's business
-                warnings.simplefilter("ignore")
-                ast.parse(program)
-        except (SyntaxError, ValueError) as exc:  # ValueError: null bytes
-            return Score(0.0, "format_error", {"error": f"syntax error: {exc}", "extraction": how})
+        error = compile_error(program)
+        if error is not None:
+            return Score(0.0, "format_error", {"error": error, "extraction": how})
         try:
             sandbox = self.sandbox
         except (RuntimeError, OSError) as exc:  # no engine and no fallback: nothing was said about the model
