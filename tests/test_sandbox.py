@@ -324,3 +324,19 @@ def test_local_sandbox_leaves_the_hosts_dev_shm_alone():
         assert mark.exists() and mark.read_text() == "host data"
     finally:
         mark.unlink(missing_ok=True)
+
+
+def test_nonce_offered_to_a_child_that_already_exited_is_not_a_runner_error():
+    """The runner writes the pass nonce after the fork; a program that exits at once (os._exit(0)) may be gone by
+    then. That once failed CI as `runner error: BrokenPipeError` (infra_error) instead of a failed test."""
+    from prorl.sandbox.runner import offer_nonce
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the child exited: no reader is left
+    offer_nonce(write_end, b"n" * 48)
+    with pytest.raises(OSError):
+        os.fstat(write_end)  # closed either way
+    read_end, write_end = os.pipe()
+    offer_nonce(write_end, b"nonce")
+    assert os.read(read_end, 64) == b"nonce" and os.read(read_end, 64) == b""
+    os.close(read_end)

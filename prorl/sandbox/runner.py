@@ -74,6 +74,17 @@ def read_frame(fd: int):
 
 
 # -- PID 1 ----------------------------------------------------------------------------------------------
+def offer_nonce(fd: int, nonce: bytes) -> None:
+    """Write the nonce for the child and close the pipe. A child that already exited (os._exit before its
+    epilogue) closed the only read end: EPIPE, and the test simply cannot pass."""
+    try:
+        os.write(fd, nonce)
+    except BrokenPipeError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def run_init(orphan_grace_s: float = 5.0, start_s: float = 60.0) -> None:
     """Ignore every signal; with SIGCHLD ignored the kernel reaps orphans (and zombies reparented here) at once.
     Return (PID 1 exiting stops the container) once no server has lived for `orphan_grace_s` (`start_s` before the
@@ -175,8 +186,7 @@ class Server:
             # Made after the fork, so the nonce was never in the child's memory: it sits in the pipe until the
             # child's epilogue reads it (that read waits for this write if the child gets there first).
             nonce = os.urandom(24).hex().encode()
-            os.write(non_w, nonce)
-            os.close(non_w)
+            offer_nonce(non_w, nonce)
         outcome = self._supervise(pid, out_r, err_r, int(limits["output_limit"]), deadline)
         wall = time.monotonic() - start
         passed, memory_mark = False, False
