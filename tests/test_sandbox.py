@@ -86,7 +86,9 @@ def test_run_statuses(sandbox):
     assert sandbox.run("import sys; sys.exit(3)").exit_code == 3
     assert sandbox.run("import os; os.kill(os.getpid(), 11)").exit_code == -11
     slow = sandbox.run("while True: pass", timeout_s=1.0)
-    assert slow.status == "timeout" and slow.wall_s < 1.5
+    # The runner enforced the deadline (the host would have called a runner that overran it stuck: infra_error);
+    # the upper bound leaves room for a loaded CI machine, it is not a speed target.
+    assert slow.status == "timeout" and 0.9 < slow.wall_s < 5.0
     assert sandbox.run("x = bytearray(600 * 2**20)", memory_mb=256).status == "memory"
     big = sandbox.run("print('x' * 5_000_000)")
     assert big.status == "output_limit" and len(big.stdout) <= sandbox.output_limit

@@ -74,17 +74,6 @@ def read_frame(fd: int):
 
 
 # -- PID 1 ----------------------------------------------------------------------------------------------
-def offer_nonce(fd: int, nonce: bytes) -> None:
-    """Write the nonce for the child and close the pipe. A child that already exited (os._exit before its
-    epilogue) closed the only read end: EPIPE, and the test simply cannot pass."""
-    try:
-        os.write(fd, nonce)
-    except BrokenPipeError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def run_init(orphan_grace_s: float = 5.0, start_s: float = 60.0) -> None:
     """Ignore every signal; with SIGCHLD ignored the kernel reaps orphans (and zombies reparented here) at once.
     Return (PID 1 exiting stops the container) once no server has lived for `orphan_grace_s` (`start_s` before the
@@ -107,6 +96,17 @@ def run_init(orphan_grace_s: float = 5.0, start_s: float = 60.0) -> None:
 
 
 # -- the server ---------------------------------------------------------------------------------------------
+def offer_nonce(fd: int, nonce: bytes) -> None:
+    """Write the nonce for the child and close the pipe. A child that already exited (os._exit before its
+    epilogue) closed the only read end: EPIPE, and the test simply cannot pass."""
+    try:
+        os.write(fd, nonce)
+    except BrokenPipeError:
+        pass
+    finally:
+        os.close(fd)
+
+
 class Server:
     def __init__(self, root: str):
         self.root = root
@@ -287,20 +287,24 @@ class Server:
         send({"done": True, "recycle": self.dirty})
 
 
-def _others_alive() -> bool:
-    """Whether a process other than PID 1 and this one is alive (zombies do not count) in our PID namespace."""
-    me = os.getpid()
+def _live_procs():
+    """(pid, parent pid) of every live process (zombies left out) visible in /proc."""
     for name in os.listdir("/proc"):
-        if not name.isdigit() or int(name) in (1, me):
+        if not name.isdigit():
             continue
         try:
             with open(f"/proc/{name}/stat", "rb") as fh:
-                state = fh.read().rsplit(b")", 1)[1].split()[0]
-        except (OSError, IndexError):
+                state, ppid = fh.read().rsplit(b")", 1)[1].split()[:2]
+        except (OSError, IndexError, ValueError):
             continue
         if state not in (b"Z", b"X"):
-            return True
-    return False
+            yield int(name), int(ppid)
+
+
+def _others_alive() -> bool:
+    """Whether a process other than PID 1 and this one is alive in our PID namespace."""
+    me = os.getpid()
+    return any(pid not in (1, me) for pid, _ in _live_procs())
 
 
 def _make_listable(top: str) -> None:
@@ -320,15 +324,7 @@ def _make_listable(top: str) -> None:
 def _server_alive() -> bool:
     """Whether a process `docker exec` started (PPid 0: its parent is outside the container), i.e. a server, is
     alive besides this PID 1. Forked programs have a parent inside, so they never count."""
-    for name in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{name}/stat", "rb") as fh:
-                state, ppid = fh.read().rsplit(b")", 1)[1].split()[:2]
-        except (OSError, IndexError, ValueError):
-            continue
-        if name.isdigit() and name != "1" and ppid == b"0" and state not in (b"Z", b"X"):
-            return True
-    return False
+    return any(pid != 1 and ppid == 0 for pid, ppid in _live_procs())
 
 
 def _is_prorl_init(pid: int) -> bool:
