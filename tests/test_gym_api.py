@@ -113,7 +113,8 @@ def test_score_standalone_and_think_stripping(echo_id):
     assert "bad task" in env.score("3", {"answer": "3"}).details["error"]  # missing "q"
     assert split_think("a</think>b</think>c") == ("c", True)
     assert split_think("plain") == ("plain", False)
-    assert split_think("<THINK>x</THINK> 3") == (" 3", True)  # closing tags in any case, as opening ones
+    assert split_think("<think>x</think>\n\n a\n\nb \n") == ("a\n\nb \n", True)  # the template's separator goes
+    assert split_think("<THINK>x</THINK> 3") == ("3", True)  # closing tags in any case, as opening ones
     # the Task dict form (Task.to_dict) round-trips
     t = env.task_from_dict(task)
     assert env.score("3", t.to_dict()).status == "ok"

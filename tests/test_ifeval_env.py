@@ -145,6 +145,21 @@ def test_eval_ifeval_matches_the_official_figures(tmp_path, capsys):
         assert len(ours) == len(official) == 834 and not disagreements, (mode, disagreements)
 
 
+def test_think_separator_does_not_change_official_verdicts():
+    """R1-style templates put `</think>\n\n` before the answer: the verdicts on the official GPT-4 responses
+    must be the official ones with that prefix too (the blank line once broke nth_paragraph_first_word in strict
+    mode and the first-line drop of loose mode on 9 and 10 prompts)."""
+    inputs, responses = _official_rows()
+    by_prompt = {json.loads(line)["prompt"]: json.loads(line)["response"] for line in responses.read_text().splitlines()}
+    rows = [json.loads(line) for line in inputs.read_text().splitlines()]
+    for mode, official in (("strict", OFFICIAL_STRICT), ("loose", OFFICIAL_LOOSE)):
+        env = prorl.make("ifeval", mode=mode)
+        ours = "".join("1" if v else "0" for row in rows
+                       for v in env.score("<think>plan</think>\n\n" + by_prompt[row["prompt"]], row)
+                       .details["followed"])
+        assert ours == official, (mode, [i for i, (a, b) in enumerate(zip(ours, official)) if a != b])
+
+
 def test_eval_ifeval_on_self_contained_lines_and_bad_input(tmp_path, capsys):
     lines = tmp_path / "lines.jsonl"
     rows = [dict(ROW, completion="<think>, , ,</think>river river", env="ifeval"),

@@ -71,14 +71,16 @@ _THINK_CLOSE = re.compile(r"</think>", re.IGNORECASE)
 def split_think(completion: str) -> tuple[str | None, bool]:
     """Return (the text to score, whether a think block was present).
 
-    Only the text after the last `</think>` is scored. A completion that opens `<think>` and never closes it
-    has no answer: returns (None, True).
+    Only the text after the last `</think>` is scored, without the whitespace that follows the tag (R1-style
+    templates emit `</think>\n\n`; left in, IFEval's paragraph and loose first-line checks would read that blank
+    line as the answer's first). A completion that opens `<think>` and never closes it has no answer: returns
+    (None, True).
     """
     last = None
     for last in _THINK_CLOSE.finditer(completion):
         pass
     if last is not None:
-        return completion[last.end():], True
+        return completion[last.end():].lstrip(), True
     if _THINK_OPEN.search(completion):
         return None, True
     return completion, False
