@@ -147,6 +147,18 @@ def test_mbpp_style_and_budget(env):
     assert not slow.masked  # an infinite loop is the model's fault, not an unscored sample
 
 
+def test_main_guard_runs_only_for_stdio_programs(env):
+    """As in the HumanEval/MBPP harnesses, a function under assertion tests is not __main__: its demo block
+    (input(), unittest.main()) does not run. A stdin/stdout program is __main__."""
+    for demo in ("    print(add(int(input()), 1))", "    import unittest\n    unittest.main()"):
+        program = f"def add(a, b):\n    return a + b\n\nif __name__ == '__main__':\n{demo}"
+        assert env.score(reply(program), MBPP_ROW).reward == 1.0
+    guarded = "if __name__ == '__main__':\n    a, b = map(int, input().split())\n    print(a + b)"
+    assert env.score(reply(guarded), STDIO_ROW).reward == 1.0
+    pickled = "import pickle\ndef add(a, b):\n    return a + b\nadd = pickle.loads(pickle.dumps(add))"
+    assert env.score(reply(pickled), MBPP_ROW).reward == 1.0  # functions still pickle by module name
+
+
 @pytest.mark.parametrize("cheat", [
     "import sys\nsys.exit(0)",
     "import os\nos._exit(0)",

@@ -61,9 +61,13 @@ def run_program(program: str, test_code, limits: dict, workdir: str, fds: dict) 
     run, build, fail = exec, compile, _report_traceback
     code = 0
     try:
-        main = types.ModuleType("__main__")  # the program is __main__ (pickle, multiprocessing), not the runner
+        # A stdin/stdout program runs as __main__. Under assertion tests it is a module named "solution", as in
+        # the HumanEval/MBPP harnesses (exec with fresh globals): a correct function followed by an
+        # `if __name__ == "__main__":` demo (input(), unittest.main()) must not fail its tests. Either way it is
+        # what sys.modules["__main__"] holds (pickle, multiprocessing), not the runner.
+        main = types.ModuleType("__main__" if test_code is None else "solution")
         main.__file__ = "main.py"
-        sys.modules["__main__"] = main
+        sys.modules["__main__"] = sys.modules[main.__name__] = main
         scope = main.__dict__
         run(build(program, "main.py", "exec"), scope)
         if test_code is not None:
