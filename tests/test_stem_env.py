@@ -39,6 +39,19 @@ def test_an_option_named_by_its_text():
     assert make("stem").score("The answer is: Neon.", MC).status == "ok"
 
 
+def test_option_texts_and_letters_outside_the_options():
+    physics = {"A": "E = mc^2", "B": "p = mv", "C": "F = ma", "D": "W = Fd"}
+    assert extract_choice(r"\boxed{F = ma}", physics) == "C"  # an option's text, not option F
+    assert extract_choice("Answer: F = ma", physics) == "C"
+    assert extract_choice("Answer: F", physics) is None  # F is not an option here
+    force = {"A": "2 N", "B": "5 N", "C": "A force of 10 N", "D": "0 N"}
+    assert extract_choice("Answer: A force of 10 N", force) == "C"
+    assert extract_choice("\\boxed{30\\ \\mathrm{m/s}}\n\nAnswer: C", physics) == "C"  # the box names no option
+    listing = "(A) is wrong. (B) is correct. (C) and (D) are wrong.\nSo the correct choice is B."
+    assert extract_choice(listing, physics) is None  # the options it listed are not its choice
+    assert extract_choice(listing.replace("is B.", "is (B)."), physics) == "B"
+
+
 def test_multiple_choice_scoring():
     env = make("stem")
     assert env.score("Answer: B", MC).status == "ok"

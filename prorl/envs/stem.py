@@ -2,8 +2,9 @@
 
 Task rows: `{"question" (or "problem"), "answer", "options"?}`. With `options` (a list, or a dict keyed by
 letters A-J) the task is multiple choice: the gold is a letter (or an index, or the text of an option) and the
-model's final choice is read from, by priority: the last `\\boxed{C}`, the last "answer is/Answer: C", and
-otherwise the last standalone "(C)" in the text. Without `options` the answer is graded like `math`
+model's final choice is read from, by priority: the last `\\boxed{C}` (or a boxed option text), the last
+"answer is/Answer: C" (or an option's text), and otherwise the last standalone "(C)" on the last line; letters
+that are not options never count. Without `options` the answer is graded like `math`
 (last `\\boxed{}`, math-verify with our guards). Binary reward.
 """
 
@@ -59,20 +60,27 @@ def gold_letter(answer: Any, options: dict[str, str]) -> str:
 
 
 def extract_choice(text: str, options: dict[str, str] | None = None) -> str | None:
-    """The model's final option letter, or None. With `options`, a final "Answer: <option text>" (or a boxed
-    option text) also names its option."""
+    """The model's final option letter, or None. Rules by priority: the last `\\boxed{}` if it names an option
+    (its text or its letter), the last "answer is/Answer:" followed by an option's text or a letter, otherwise
+    the last standalone "(C)" on the last non-blank line (a model listing "(A) ... (D)" while reasoning has not
+    chosen D). With `options`, letters that are not among them never count."""
+    allowed = set(options) if options else set(LETTERS)
     boxed = last_boxed(text)
     if boxed is not None:
         m = _BOXED_LETTER_RE.match(boxed.strip()) or _BOXED_LOWER_RE.match(boxed.strip())
-        return m.group(1).upper() if m else _option_by_text(boxed, options)
-    found = [m for m in _ANSWER_RE.finditer(text)
-             if not (m.group(1) == "I" and "(" not in m.group(0) and _PRONOUN_I_RE.match(text, m.end()))]
-    if found:
-        return found[-1].group(1).upper()
+        letter = _option_by_text(boxed, options) or (m.group(1).upper() if m else None)
+        if letter in allowed:
+            return letter
+        # a box that names no option (a value, a unit): the rules below may still find the choice
     said = list(_ANSWER_TEXT_RE.finditer(text))
     if said and (letter := _option_by_text(said[-1].group(1), options)):
         return letter
-    found = list(_PAREN_RE.finditer(text))
+    found = [m for m in _ANSWER_RE.finditer(text) if m.group(1) in allowed
+             and not (m.group(1) == "I" and "(" not in m.group(0) and _PRONOUN_I_RE.match(text, m.end()))]
+    if found:
+        return found[-1].group(1).upper()
+    last_line = next((line for line in reversed(text.splitlines()) if line.strip()), "")
+    found = [m for m in _PAREN_RE.finditer(last_line) if m.group(1) in allowed]
     return found[-1].group(1) if found else None
 
 
