@@ -81,6 +81,11 @@ def test_task_formats_and_errors():
     assert env.task_from_dict(MBPP_ROW).reference["kind"] == "mbpp"
     with pytest.raises(ValueError, match=r"tests\[1\]"):
         env.task_from_dict({"question": "q", "tests": [{"input": "", "output": ""}, {"input": 1}]})
+    for row, field in (({"question": "q", "tests": "[{"}, "'tests'"),
+                       ({"question": "q", "input_output": "{inputs"}, "'input_output'"),
+                       ({"prompt": "q", "reward_model": {"ground_truth": "nope"}}, "'reward_model.ground_truth'")):
+        with pytest.raises(ValueError, match=f"field {field} is not valid JSON"):
+            env.task_from_dict(row)
     with pytest.raises(KeyError, match="no known code task format"):
         env.task_from_dict({"question": "q"})
     assert env.score("```python\nprint(1)\n```", {"question": "q"}).status == "format_error"

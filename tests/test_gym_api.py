@@ -115,6 +115,9 @@ def test_score_standalone_and_think_stripping(echo_id):
     assert split_think("plain") == ("plain", False)
     assert split_think("<think>x</think>\n\n a\n\nb \n") == ("a\n\nb \n", True)  # the template's separator goes
     assert split_think("<THINK>x</THINK> 3") == ("3", True)  # closing tags in any case, as opening ones
+    for env_id, reference in (("math", {}), ("logic/chain_sum", {}), ("code", {"tests": []}), ("stem", {"gold": 1})):
+        s = make(env_id).score("\\boxed{1} <answer>1</answer>", {"prompt": "x", "reference": reference})
+        assert s.status == "format_error" and "reference has no field" in s.details["error"], (env_id, s)
     # the Task dict form (Task.to_dict) round-trips
     t = env.task_from_dict(task)
     assert env.score("3", t.to_dict()).status == "ok"

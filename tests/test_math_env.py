@@ -38,6 +38,12 @@ def test_last_boxed_extraction():
     assert last_boxed(r"so \boxed 5") == "5"
     assert last_boxed(r"\boxed{3} then \boxed{4") is None  # a truncated final box is no answer
     assert last_boxed("no box") is None
+    # escaped braces are literal: a piecewise answer opens \left\{ and never closes it
+    piecewise = r"\boxed{\left\{\begin{array}{ll} x & x>0 \\ 0 & x\le 0\end{array}\right.} so"
+    assert last_boxed(piecewise) == piecewise[len(r"\boxed{"):-len("} so")]
+    assert last_boxed(r"\boxed{\{1,2\}}") == r"\{1,2\}"
+    assert last_boxed(r"\boxed{ \,12\ }") == "12"  # LaTeX spaces at the ends are not part of the answer
+    assert last_boxed(r"\boxed{a \\ }") == r"a \\"  # a line break before the brace stays whole
 
 
 def test_gold_formats():

@@ -175,7 +175,13 @@ class Env:
         answer, had_think = split_think(completion)
         if answer is None:
             return Score(0.0, "format_error", {"error": "unterminated <think> block"})
-        score = self.verify(answer, task)
+        try:
+            score = self.verify(answer, task)
+        except KeyError as exc:  # a task dict in Task shape whose reference lacks a field: the task, not the model
+            if not (exc.args and isinstance(task.reference, dict) and exc.args[0] not in task.reference):
+                raise
+            return Score(0.0, "format_error", {"error": f"bad task: reference has no field {exc.args[0]!r} "
+                                                        f"(have {sorted(map(str, task.reference))})"})
         if not isinstance(score, Score):
             raise TypeError(f"{type(self).__name__}.verify returned {type(score).__name__}, not a Score (e.g. "
                             "Score.graded(reward))")

@@ -88,11 +88,18 @@ def _text(row: dict[str, Any], *keys: str) -> str:
     return ""
 
 
+def _json_field(value: str, name: str) -> Any:
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"field {name!r} is not valid JSON ({exc})") from None
+
+
 def _stdio_tests(row: dict[str, Any]) -> list[dict[str, str]]:
     if "tests" in row:
         tests = row["tests"]
         if isinstance(tests, str):
-            tests = json.loads(tests)
+            tests = _json_field(tests, "tests")
         if not isinstance(tests, list) or not tests:
             raise ValueError("field 'tests' must be a non-empty list of {'input', 'output'}")
         for i, t in enumerate(tests):
@@ -100,10 +107,10 @@ def _stdio_tests(row: dict[str, Any]) -> list[dict[str, str]]:
                 raise ValueError(f"field 'tests[{i}]' must be {{'input': str, 'output': str}}, got {t!r:.100}")
         return [{"input": t["input"], "output": t["output"]} for t in tests]
     if "input_output" in row:
-        io = row["input_output"]
+        name, io = "input_output", row["input_output"]
     else:  # Eurus-2-RL / verl parquet rows: {"reward_model": {"ground_truth": "{\"inputs\": ..., ...}"}}
-        io = row["reward_model"]["ground_truth"]
-    io = json.loads(io) if isinstance(io, str) else io
+        name, io = "reward_model.ground_truth", row["reward_model"]["ground_truth"]
+    io = _json_field(io, name) if isinstance(io, str) else io
     if "fn_name" in io:
         raise ValueError("field 'input_output' has fn_name (call-based TACO tests are not supported)")
     ins, outs = io["inputs"], io["outputs"]

@@ -36,6 +36,7 @@ _NUMBER_RE = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)")
 _THOUSANDS_RE = re.compile(r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 _ELLIPSIS_RE = re.compile(r"\\[lc]?dots|\.\.\.|…")
 _SPACING_RE = re.compile(r"\\[,;:!]|\\quad|\\qquad|\\left|\\right|\s+|\$")
+_EDGE_SPACE_RE = re.compile(r"^(?:\s|\\[ ,;:!])+|(?:\s|(?<!\\)\\[ ,;:!])+$")  # blanks and \, \  ... at either end
 
 
 def last_boxed(text: str) -> str | None:
@@ -50,14 +51,17 @@ def last_boxed(text: str) -> str | None:
     if match.group(1) is None:  # "\boxed 5": the next token
         token = re.match(r"\s*([^\s$]+)", text[match.end():])
         return token.group(1) if token else None
-    depth, start = 1, match.end()
-    for i in range(start, len(text)):
-        if text[i] == "{":
+    depth, start, i = 1, match.end(), match.end()
+    while i < len(text):
+        if text[i] == "\\":  # \{ and \} are literal braces (\left\{ ... \right.), "\ " a space: skip the pair
+            i += 1
+        elif text[i] == "{":
             depth += 1
         elif text[i] == "}":
             depth -= 1
             if depth == 0:
-                return text[start:i].strip()
+                return _EDGE_SPACE_RE.sub("", text[start:i])
+        i += 1
     return None
 
 
