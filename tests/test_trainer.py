@@ -239,6 +239,53 @@ def test_a_step_that_kept_no_group_leaves_the_weights_alone(tiny_model, tmp_path
     assert _history(trainer, "skipped_updates") == [1.0]
 
 
+def test_unscored_completions_are_out_of_the_loss(tiny_model, tmp_path, caplog):
+    """Rewards of None (a timeout, an infra_error): TRL zeroes the advantage only. Here those rows have no loss
+    tokens either (no KL gradient, not in the normaliser), and a step of nothing but unscored samples (a sandbox
+    outage) is skipped, the weights left alone."""
+    def first_group_unscored_then_outage(prompts, completions, trainer_state, **kwargs):
+        if trainer_state.global_step == 1:
+            return [None] * len(completions)
+        return [None] * 4 + text_hash_reward(prompts, completions)[4:]  # 4 = num_generations: the first group
+
+    class Snapshots(TrainerCallback):
+        def __init__(self):
+            self.weights = []
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            self.weights.append({n: p.detach().clone() for n, p in model.named_parameters()})
+
+    snaps = Snapshots()
+    args = fast_config(tmp_path, max_steps=2, beta=0.1, dynamic_sampling=False, no_eos_penalty=None,
+                       per_device_train_batch_size=8, num_generations=4)
+    trainer = RecordingTrainer(tiny_model, reward_funcs=first_group_unscored_then_outage, args=args,
+                               train_dataset=prompt_dataset(), callbacks=[snaps])
+    with caplog.at_level(logging.WARNING, logger="prorl.trainer.trainer"):
+        trainer.train()
+    first, outage = trainer.trained
+    tokens = first["completion_mask"].sum(dim=1)
+    assert (tokens[:4] == 0).all() and (tokens[4:] > 0).all()  # the unscored group of step 1, the scored one
+    assert first["num_items_in_batch"] == tokens.sum()
+    assert outage["completion_mask"].sum() == 0 and outage["num_items_in_batch"] == 0
+    assert _history(trainer, "skipped_updates") == [1.0]
+    before, after = snaps.weights
+    assert all(torch.equal(before[n], after[n]) for n in before)  # AdamW's momentum did not move them
+
+
+def test_dynamic_sampling_drops_groups_with_nothing_to_train_on(tiny_model, tmp_path):
+    """With mask_truncated_completions every truncated completion is out of the loss: a group of varied rewards
+    whose completions are all truncated is dropped (and refilled), not kept as rows that train nothing."""
+    args = fast_config(tmp_path, max_steps=1, mask_truncated_completions=True, max_completion_length=4,
+                       no_eos_penalty=None, dynamic_sampling_max_rounds=2)
+    trainer = RecordingTrainer(tiny_model, reward_funcs=text_hash_reward, args=args, train_dataset=prompt_dataset())
+    trainer.train()
+    kept = _history(trainer, "dynamic_sampling/kept_groups")[0]
+    mask = trainer.trained[0]["completion_mask"]
+    trained_groups = int((mask.view(-1, args.num_generations).sum(dim=1) > 0).sum())
+    assert kept == trained_groups  # every kept group has a completion that trains
+    assert _history(trainer, "dynamic_sampling/dropped_groups")[0] > 0
+
+
 # -- Configuration and the mixture ------------------------------------------------------------------------------
 def test_config_rejects_bad_fields(tmp_path):
     with pytest.raises(ValueError, match="accuracy_window"):

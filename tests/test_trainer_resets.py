@@ -98,6 +98,20 @@ def test_stages_at_a_reset_in_the_middle_of_a_generation_buffer(tiny_model, tmp_
     assert trainer.temperature == 0.6 and trainer.generation_config.temperature == 0.6  # from step 3 on
     assert _history(trainer, "kl")[3] < 1e-6  # reset at step 3 (aligned): reference at the new temperature
 
+    class Temperatures(ProRLTrainer):  # two stages: deferred at step 2 (mid-buffer), then 0.7 at once at step 3
+        sampled = []
+
+        def _generate_and_score_completions(self, inputs):
+            if self.model.training:
+                self.sampled.append((self.state.global_step, self.temperature, self.generation_config.temperature))
+            return super()._generate_and_score_completions(inputs)
+
+    trainer = Temperatures(tiny_model, reward_funcs=text_hash_reward, train_dataset=prompt_dataset(),
+                           args=fast_config(tmp_path / "tt", stages=[{"temperature": 0.9}, {"temperature": 0.7}],
+                                            **common))
+    trainer.train()  # the deferred 0.9 must not come back over the later stage's 0.7
+    assert Temperatures.sampled == [(0, 1.2, 1.2), (2, 0.7, 0.7)] and trainer.args.temperature == 0.7
+
     trainer = ProRLTrainer(tiny_model, reward_funcs=text_hash_reward, train_dataset=prompt_dataset(),
                            args=fast_config(tmp_path / "b", stages=[{"beta": 0.0}, {}, {"beta": 0.1}], **common))
     trainer.train()  # step 4 trains on a batch generated with beta = 0
@@ -120,12 +134,15 @@ def test_learning_rate_stage_keeps_the_schedule(tiny_model, tmp_path):
         rates = Rates()
         args = fast_config(tmp_path / name, max_steps=6, reset_every_steps=3, dynamic_sampling=False,
                            lr_scheduler_type="cosine", stages=stages)
-        ProRLTrainer(tiny_model, reward_funcs=text_hash_reward, args=args, train_dataset=prompt_dataset(),
-                     callbacks=[rates]).train()
+        trainer = ProRLTrainer(tiny_model, reward_funcs=text_hash_reward, args=args, train_dataset=prompt_dataset(),
+                               callbacks=[rates])
+        trainer.train()
         runs[name] = rates.rates
     plain, halved = runs["plain"], runs["halved"]
     assert halved[:3] == pytest.approx(plain[:3])
     assert halved[3:] == pytest.approx([r / 2 for r in plain[3:]]) and plain[3] < 1e-3
+    logged = [row["learning_rate"] for row in trainer.state.log_history if "learning_rate" in row]
+    assert logged == pytest.approx(halved)  # the log shows the rate each step used, the step after the stage too
 
 
 def test_zeroing_adamw_state_in_place_equals_a_fresh_optimizer():

@@ -56,7 +56,7 @@ class DynamicSamplingMixin:
             out, deferred = self._generate_round(inputs)
             self._fill_logps(out, deferred)
         else:
-            out = super()._generate_and_score_completions(inputs)
+            out = self._mask_unscored(super()._generate_and_score_completions(inputs))
         # What this generation logged (over its rounds), for `step_metric`: TRL's per-micro-batch metric lists may
         # be cleared by a log before the steps that train on a buffered generation end.
         self.generation_metrics = {name: sum(new) / len(new) for name, values in metrics.items()
@@ -74,6 +74,7 @@ class DynamicSamplingMixin:
             keep = group_keep_mask(self._total_rewards(self._round_rewards), self.num_generations,
                                    self.args.dynamic_sampling_accuracy_window, self.args.dynamic_sampling_std_tol,
                                    accuracy=self._round_verdicts)
+            keep &= self._trainable_groups(out).to(keep.device)
             kept_groups += int(keep.sum())
             dropped_groups += int((~keep).sum())
             n = num_rows(out)
@@ -170,7 +171,7 @@ class DynamicSamplingMixin:
         """TRL's generate-and-score on `batch`, its log-probs deferred when possible: returns the output (zeros in
         place of the deferred log-probs) and the (output key, model) pairs still to compute."""
         if not self._defer_logps or self.use_vllm or (self.beta != 0 and self.ref_model is None):
-            return super()._generate_and_score_completions(batch), []
+            return self._mask_unscored(super()._generate_and_score_completions(batch)), []
         self._deferred_models = []
         try:
             out = super()._generate_and_score_completions(batch)
@@ -179,7 +180,29 @@ class DynamicSamplingMixin:
         keys = [k for k in LOGP_KEYS if k in out]
         if len(keys) != len(models):  # a TRL version that computes log-probs elsewhere: fail, do not mislabel
             raise RuntimeError(f"dynamic sampling: TRL asked for {len(models)} log-prob passes but returned {keys}")
-        return out, list(zip(keys, models))
+        return self._mask_unscored(out), list(zip(keys, models))
+
+    def _mask_unscored(self, out: dict) -> dict:
+        """Take this round's unscored completions (every reward function abstained: a timeout or infra_error that
+        no no-EOS penalty replaced) out of the loss. TRL only zeroes their advantage: their tokens would still get
+        the KL gradient, count in the token normaliser of the scored rows, and a step of nothing but unscored
+        samples (a sandbox outage) would still move the weights."""
+        n = num_rows(out)
+        start = self.accelerator.process_index * n
+        unscored = torch.isnan(self._round_rewards).all(dim=1)[start:start + n].to(out["completion_mask"].device)
+        out["completion_mask"] = out["completion_mask"] * (~unscored).unsqueeze(1).to(out["completion_mask"].dtype)
+        loss_mask = out["completion_mask"] * out.get("tool_mask", 1)
+        out["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
+        return out
+
+    def _trainable_groups(self, out: dict) -> torch.Tensor:
+        """Per group (all processes): whether a completion with loss tokens has a non-zero advantage. A group of
+        varied rewards whose completions are all masked (truncated under mask_truncated_completions, unscored)
+        would fill the batch with nothing to learn."""
+        n = num_rows(out)
+        tokens = (out["completion_mask"] * out.get("tool_mask", 1)).reshape(n, -1).sum(dim=1) > 0
+        useful = tokens & (out["advantages"].reshape(n, -1) != 0).any(dim=1)
+        return gather(useful.int()).view(-1, self.num_generations).bool().any(dim=1)
 
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):
         if self._deferred_models is None:

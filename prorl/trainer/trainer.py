@@ -193,6 +193,8 @@ class ProRLTrainer(DynamicSamplingMixin, GRPOTrainer):
                 # the new one starts with the next generation (so does its use in the loss)
                 self._pending_temperature = self.args.temperature
             else:
+                if key == "temperature":  # an earlier stage's deferred temperature must not come back later
+                    self._pending_temperature = None
                 self._set_sampling(key, getattr(self.args, key))
         if "beta" in overrides:
             self.beta = self.args.beta
@@ -212,6 +214,8 @@ class ProRLTrainer(DynamicSamplingMixin, GRPOTrainer):
                     group["initial_lr"] = self.args.learning_rate
             if bases:
                 self.lr_scheduler.base_lrs = [self.args.learning_rate] * len(bases)
+            if hasattr(self.lr_scheduler, "_last_lr"):  # what Trainer logs as this step's learning_rate
+                self.lr_scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
         return bool(restart) and live
 
     def _set_sampling(self, key: str, value: Any) -> None:
