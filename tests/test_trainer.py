@@ -298,6 +298,15 @@ def test_config_rejects_bad_fields(tmp_path):
         fast_config(tmp_path, beta=0.0, reset_on_kl=0.1)
     args = fast_config(tmp_path, stages='[{"temperature": 1.0}]')
     assert args.stages == [{"temperature": 1.0}]
+    # stage values get their field's type now, as argparse gives top-level ones (YAML reads 5e-6 as a string)
+    args = fast_config(tmp_path, stages=[{"learning_rate": "5e-6", "max_completion_length": 64.0, "top_k": "8"}])
+    assert args.stages == [{"learning_rate": 5e-6, "max_completion_length": 64, "top_k": 8}]
+    for stage, message in (({"learning_rate": "abc"}, r"stages\[0\]\.learning_rate must be a number, got 'abc'"),
+                           ({"dynamic_sampling": "yes"}, r"stages\[0\]\.dynamic_sampling must be true or false"),
+                           ({"top_k": "x2"}, r"stages\[0\]\.top_k must be an integer"),
+                           ({"temperature": None}, r"stages\[0\]\.temperature cannot be null")):
+        with pytest.raises(ValueError, match=message):
+            fast_config(tmp_path, stages=[stage])
     defaults = ProRLConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, per_device_train_batch_size=16)
     assert (defaults.loss_type, defaults.epsilon, defaults.epsilon_high, defaults.beta, defaults.temperature,
             defaults.num_generations, defaults.learning_rate) == ("dapo", 0.2, 0.4, 1e-4, 1.2, 16, 2e-6)

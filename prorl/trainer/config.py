@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import re
+import typing
 from dataclasses import dataclass, field, fields
+from functools import lru_cache
 from typing import Any
 
 from trl import GRPOConfig
@@ -27,6 +29,7 @@ LIVE_STAGE_FIELDS = frozenset({
 # starts, so the trainer saves a checkpoint at that reset and resumes from it (in process, or at the next launch).
 RESTART_STAGE_FIELDS = frozenset({"num_generations", "per_device_train_batch_size", "steps_per_generation",
                                   "env_weights"})
+BATCH_SHAPE_FIELDS = ("num_generations", "per_device_train_batch_size", "steps_per_generation")  # may be "x2"
 
 
 @dataclass
@@ -259,6 +262,9 @@ class ProRLConfig(GRPOConfig):
                 if key not in LIVE_STAGE_FIELDS | RESTART_STAGE_FIELDS:
                     raise ValueError(f"stages[{i}]: {key!r} cannot change during a run; stage keys are "
                                      f"{sorted(LIVE_STAGE_FIELDS | RESTART_STAGE_FIELDS)}")
+            self.stages[i] = stage = {key: _stage_value(f"stages[{i}].{key}", value, _field_types()[key],
+                                                        multiple_ok=key in BATCH_SHAPE_FIELDS)
+                                      for key, value in stage.items()}
             if "env_weights" in stage:
                 _check_env_weights(stage["env_weights"], f"stages[{i}].env_weights")
             if "beta" in stage and self.beta == 0 and stage["beta"] != 0:
@@ -269,8 +275,7 @@ class ProRLConfig(GRPOConfig):
     def _check_stage_batch_shapes(self) -> None:
         """Each batch shape the stages reach (they apply in turn) holds whole groups: checked now rather than at
         the reset that reaches it, hours into the run."""
-        keys = ("num_generations", "per_device_train_batch_size", "steps_per_generation")
-        shape = {k: getattr(self, k) for k in keys}
+        shape = {k: getattr(self, k) for k in BATCH_SHAPE_FIELDS}
         for i, stage in enumerate(self.stages):
             if not shape.keys() & stage.keys():
                 continue
@@ -308,6 +313,43 @@ def _check_env_weights(weights: Any, name: str) -> None:
             raise ValueError(f"{name}[{env!r}] must be a number >= 0, got {w!r}")
     if sum(weights.values()) <= 0:
         raise ValueError(f"{name}: the weights sum to 0")
+
+
+@lru_cache(maxsize=1)
+def _field_types() -> dict[str, Any]:
+    return typing.get_type_hints(ProRLConfig)
+
+
+def _stage_value(name: str, value: Any, hint: Any, multiple_ok: bool = False) -> Any:
+    """A stage value converted to its field's scalar type, as argparse does for top-level fields: YAML reads 5e-6
+    as a string, which would otherwise fail at the reset that applies the stage, hours into the run."""
+    allowed = set(typing.get_args(hint)) or {hint}
+    if value is None:
+        if type(None) in allowed:
+            return None
+        raise ValueError(f"{name} cannot be null")
+    if bool in allowed:
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+    if int in allowed and not isinstance(value, bool):
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if multiple_ok and isinstance(value, str) and re.fullmatch(r"\s*x\s*\d+\s*", value):
+            return value  # "x2": a multiple of the value before the stage (batch-shape fields)
+        if isinstance(value, str) and re.fullmatch(r"\s*[-+]?\d+\s*", value):
+            return int(value)
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if float in allowed and not isinstance(value, bool):
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if str in allowed and not isinstance(value, str) and not (dict in {typing.get_origin(a) for a in allowed}):
+        raise ValueError(f"{name} must be a string, got {value!r}")
+    return value
 
 
 def _require(ok: bool, name: str, message: str) -> None:
