@@ -169,5 +169,7 @@ def test_a_stage_can_scale_a_batch_field_set_on_the_command_line():
     assert args.stages[4] == {"num_generations": 32, "steps_per_generation": 1024}
     _, args = parse_args(base)
     assert args.stages[4]["steps_per_generation"] == 128
-    with pytest.raises(ValueError, match=r"stages\[0\]: .* must be positive integers"):
+    with pytest.raises(ValueError, match=r"stages\[0\]\.steps_per_generation must be an integer, got '2x'"):
         parse_args(base + ["--stages", '[{"steps_per_generation": "2x"}]'])
+    with pytest.raises(ValueError, match=r"stages\[0\]: .* must be positive integers"):
+        parse_args(base + ["--stages", '[{"steps_per_generation": 0}]'])

@@ -140,20 +140,23 @@ class EnvReward:
             self.check_dataset(dataset)
 
     def check_dataset(self, dataset: Any) -> None:
-        """Make every environment a dataset (a `datasets.Dataset` or a list of row dicts) names, before training: an
-        unknown or misspelt `env` then fails at once, naming its first row, not when a batch first samples it."""
-        if hasattr(dataset, "column_names"):
-            if self.env_column not in dataset.column_names:
-                raise KeyError(f"EnvReward: the dataset has no {self.env_column!r} column naming each row's "
-                               f"environment (columns: {dataset.column_names})")
-            ids = dataset[self.env_column]
-        else:
-            ids = [row.get(self.env_column) for row in dataset]
-        first: dict[Any, int] = {}
-        for i, env_id in enumerate(ids):
-            first.setdefault(env_id, i)
-        for i in first.values():
-            self.row_env(dict(dataset[i]), f"row {i}")
+        """Before training, check every row of a dataset (a `datasets.Dataset` or a list of row dicts): its
+        environment exists and its task is one that environment reads. A misspelt `env` or a row without its
+        answer then fails at once, naming the row, instead of being scored 0 (a format error charged to the
+        model) whenever a batch samples it."""
+        if hasattr(dataset, "column_names") and self.env_column not in dataset.column_names:
+            raise KeyError(f"EnvReward: the dataset has no {self.env_column!r} column naming each row's "
+                           f"environment (columns: {dataset.column_names})")
+        for i, row in enumerate(dataset):
+            row = dict(row)
+            where = f"row {i}" + (f" (id {row['id']!r})" if row.get("id") is not None else "")
+            env = self.row_env(row, f"row {i}")
+            try:
+                env.as_task(row_task(row))
+            except KeyError as exc:
+                raise ValueError(f"EnvReward: {where} ({env.id}) is missing field {exc.args[0]!r}") from None
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"EnvReward: {where} ({env.id}): {exc}") from None
 
     def score(self, prompts: Sequence[Any], completions: Sequence[Any], columns: dict[str, list]) -> list[Score]:
         """Score a batch. `columns` maps dataset column names to per-sample values (TRL's reward kwargs)."""
