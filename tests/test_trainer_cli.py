@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -44,20 +45,39 @@ def test_tiny_cpu_config_runs_6_steps_through_both_stages(tmp_path):
     assert (out / "model.safetensors").exists() and (model / "tiny_build.json").exists()
 
 
-def test_missing_model_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="model_name_or_path: .*nope does not exist"):
-        main(["--config", str(ROOT / "configs" / "tiny-cpu.yaml"), "--output_dir", str(tmp_path),
-              "--model_name_or_path", str(tmp_path / "nope"), "--build_tiny_model", "false"])
+def test_missing_model_is_a_clear_error(tmp_path, capsys):
+    assert main(["--config", str(ROOT / "configs" / "tiny-cpu.yaml"), "--output_dir", str(tmp_path),
+                 "--model_name_or_path", str(tmp_path / "nope"), "--build_tiny_model", "false"]) == 2
+    assert re.search(r"prorl train: error: model_name_or_path: .*nope does not exist", capsys.readouterr().err)
 
 
-def test_dataset_choice_is_validated(tmp_path):
+def test_dataset_choice_is_validated(tmp_path, capsys):
     config = tmp_path / "both.yaml"
     config.write_text((ROOT / "configs" / "tiny-cpu.yaml").read_text() + "dataset_path: data\n")
-    with pytest.raises(ValueError, match="exactly one of dataset_path and gym_envs"):
-        main(["--config", str(config), "--output_dir", str(tmp_path)])
+    assert main(["--config", str(config), "--output_dir", str(tmp_path)]) == 2
+    assert "prorl train: error: set exactly one of dataset_path and gym_envs" in capsys.readouterr().err
     with pytest.raises(ValueError, match="exactly one of dataset_path and gym_envs"):
         parse_args(["--config", str(ROOT / "configs" / "tiny-cpu.yaml"), "--dataset_path", "data",
                     "--gym_envs", "logic/chain_sum"])
+
+
+def test_config_mistakes_are_one_line_errors(tmp_path, capsys):
+    """A misspelt field in the YAML, a stage key typo, YAML that does not parse, a missing file: `prorl train`
+    says what and where in one line and exits 2 (no traceback), with the close field name when there is one."""
+    tiny = (ROOT / "configs" / "tiny-cpu.yaml").read_text()
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(tiny.replace("max_steps:", "max_stepz:"))
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("max_steps: [1\n")
+    for argv, message in (
+            (["--config", str(typo)], "unknown field(s) 'max_stepz' (did you mean 'max_steps'?)"),
+            (["--config", str(ROOT / "configs" / "tiny-cpu.yaml"), "--stages", '[{}, {"num_generationz": 2}]'],
+             "stages[1]: 'num_generationz' is not a ProRLConfig field (did you mean 'num_generations'?)"),
+            (["--config", str(broken)], 'in "' + str(broken) + '", line 1'),
+            (["--config", str(tmp_path / "nope.yaml")], "No such file or directory")):
+        assert main(argv + ["--output_dir", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err
+        assert "prorl train: error:" in err and message in err and "Traceback" not in err, err
 
 
 def test_a_data_source_flag_replaces_the_config_files_other_one():

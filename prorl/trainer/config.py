@@ -8,6 +8,7 @@ per prompt, constant learning rate 2e-6, a KL penalty, dynamic sampling, periodi
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 import typing
@@ -258,7 +259,9 @@ class ProRLConfig(GRPOConfig):
                 raise ValueError(f"stages[{i}] must be a mapping of field -> value, got {stage!r}")
             for key in stage:
                 if key not in known:
-                    raise ValueError(f"stages[{i}]: {key!r} is not a ProRLConfig field")
+                    close = difflib.get_close_matches(key, LIVE_STAGE_FIELDS | RESTART_STAGE_FIELDS, n=1)
+                    raise ValueError(f"stages[{i}]: {key!r} is not a ProRLConfig field"
+                                     + (f" (did you mean {close[0]!r}?)" if close else ""))
                 if key not in LIVE_STAGE_FIELDS | RESTART_STAGE_FIELDS:
                     raise ValueError(f"stages[{i}]: {key!r} cannot change during a run; stage keys are "
                                      f"{sorted(LIVE_STAGE_FIELDS | RESTART_STAGE_FIELDS)}")
