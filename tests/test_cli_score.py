@@ -2,6 +2,7 @@
 others score, incremental output and --resume."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -83,6 +84,29 @@ def test_malformed_lines_are_named_and_the_rest_scores(tmp_path, capsys):
     assert "in.jsonl:6: task for 'math' is missing field 'answer'" in err
     assert "in.jsonl:7: field 'env' is missing" in err
     assert [r["details"]["input_line"] for r in read_rows(out)] == [1, 9]
+
+
+def test_a_line_that_is_not_utf8_is_one_bad_line(tmp_path, capsys):
+    inp = write_lines(tmp_path / "in.jsonl", GOOD[:3])
+    lines = inp.read_bytes().splitlines(keepends=True)
+    lines[1] = lines[1].replace(b"{", b'{"note": "caf\xe9", ', 1)  # Latin-1, not UTF-8
+    inp.write_bytes(b"".join(lines))
+    out = tmp_path / "out.jsonl"
+    assert main(["score", str(inp), "-o", str(out), "--workers", "0"]) == 1
+    assert re.search(r"in\.jsonl:2: not valid UTF-8 \(byte 0xe9 at column \d+\)", capsys.readouterr().err)
+    assert [r["details"]["input_line"] for r in read_rows(out)] == [1, 3]
+
+
+def test_bad_arguments_are_refused_before_the_output_is_touched(tmp_path, capsys):
+    inp = write_lines(tmp_path / "in.jsonl", GOOD[:1])
+    out = write_lines(tmp_path / "out.jsonl", ["kept"])
+    for extra, message in ((["--workers", "-1"], "--workers must be >= 0"),
+                           (["--chunk-size", "0"], "--chunk-size must be >= 1")):
+        assert main(["score", str(inp), "-o", str(out), *extra]) == 2
+        assert message in capsys.readouterr().err
+    assert out.read_text() == "kept\n"
+    assert main(["score", str(inp), "-o", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
 
 
 def test_env_flag_overrides_each_line(tmp_path):

@@ -96,7 +96,12 @@ class LineParser:
                 raise BadLine(f"environment {env_id!r} failed to build: {exc!r}") from None
         return self.envs[env_id]
 
-    def parse(self, raw: str) -> tuple[dict, Env, Task]:
+    def parse(self, raw: str | bytes) -> tuple[dict, Env, Task]:
+        if isinstance(raw, bytes):
+            try:
+                raw = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise BadLine(f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})") from None
         try:
             row = json.loads(raw)
         except ValueError as exc:
@@ -120,7 +125,7 @@ class LineParser:
     def lines(self, path: Path, wanted: set[int],
               on_error: Callable[[int, str], None]) -> Iterator[tuple[int, dict, Env, Task]]:
         """The parsed lines of `path` whose numbers are in `wanted`; malformed ones go to `on_error`."""
-        with path.open() as f:
+        with path.open("rb") as f:  # bytes: a line that is not UTF-8 is one bad line, not the end of the file
             for i, raw in enumerate(f, 1):
                 if i in wanted:
                     try:
@@ -179,12 +184,21 @@ def score_command(args: argparse.Namespace) -> int:
     if args.output.exists() and args.output.samefile(args.input):  # opening OUT would truncate the input
         err.print(f"[red]prorl score: the output {args.output} is the input file; choose another -o")
         return 2
+    if args.output.is_dir():
+        err.print(f"[red]prorl score: the output {args.output} is a folder; -o takes a JSONL file path")
+        return 2
+    if args.workers is not None and args.workers < 0:
+        err.print(f"[red]prorl score: --workers must be >= 0 (0: score in this process), got {args.workers}")
+        return 2
+    if args.chunk_size < 1:
+        err.print(f"[red]prorl score: --chunk-size must be >= 1, got {args.chunk_size}")
+        return 2
     args.output.parent.mkdir(parents=True, exist_ok=True)
     done, previous = _read_done(args.output) if args.resume and args.output.exists() else (set(), [])
     summary = Summary()
     for row in previous:
         summary.add(args.env or str(row.get("env")), row["reward"], row["status"])
-    with args.input.open() as f:
+    with args.input.open("rb") as f:
         todo = {i for i, raw in enumerate(f, 1) if raw.strip() and i not in done}
     bad: list[int] = []
 
