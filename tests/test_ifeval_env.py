@@ -174,6 +174,9 @@ def test_eval_ifeval_on_self_contained_lines_and_bad_input(tmp_path, capsys):
     bad.write_text(json.dumps(ROW) + "\n{not json\n")
     assert cli_main(["eval-ifeval", str(bad)]) == 2
     assert f"{bad}:2: not valid JSON" in capsys.readouterr().err
+    bad.write_bytes(json.dumps(ROW).encode() + b"\n" + json.dumps(dict(ROW, response="caf")).encode()[:-1] + b'\xe9"}\n')
+    assert cli_main(["eval-ifeval", str(bad)]) == 2
+    assert f"{bad}:2: not valid UTF-8 (byte 0xe9" in capsys.readouterr().err
     bad.write_text(json.dumps(dict(ROW, response="x", instruction_id_list=["nope:nope"], kwargs=[{}])) + "\n")
     assert cli_main(["eval-ifeval", str(bad)]) == 2
     assert f"{bad}:1: unknown instruction id 'nope:nope'" in capsys.readouterr().err

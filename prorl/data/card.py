@@ -133,8 +133,13 @@ def load_rows(path: str | Path, split: str = "train") -> list[dict[str, Any]]:
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     """The objects of a JSONL file (blank lines skipped); a bad line is an error naming `file:line`."""
     rows = []
-    with open(path) as f:
-        for lineno, line in enumerate(f, start=1):
+    with open(path, "rb") as f:
+        for lineno, data in enumerate(f, start=1):
+            try:
+                line = data.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ValueError(f"{path}:{lineno}: not valid UTF-8 (byte 0x{data[exc.start]:02x} at column "
+                                 f"{exc.start + 1})") from None
             if line.strip():
                 try:
                     rows.append(json.loads(line))

@@ -62,8 +62,13 @@ class IFEvalReport:
 
 def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for number, data in enumerate(f, 1):
+            try:
+                line = data.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ValueError(f"{path}:{number}: not valid UTF-8 (byte 0x{data[exc.start]:02x} at column "
+                                 f"{exc.start + 1})") from None
             if not line.strip():
                 continue
             try:
