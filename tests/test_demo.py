@@ -80,7 +80,9 @@ def test_recipe_mistakes_are_reported_before_any_work(tmp_path, capsys):
     for bad, message in ((["--set", "rl.bogus_field=3"], "bogus_field"),
                          (["--set", "rl.per_device_train_batch_size=10"], "divisible by num_generations"),
                          (["--set", "eval.temperature=hot"], "eval.temperature must be a number"),
-                         (["--set", "sft.step=10"], "unknown sft setting(s) ['step']")):
+                         (["--set", "sft.step=10"], "unknown sft setting(s) ['step']"),
+                         (["--set", "rl.max_steps=abc"], "rl.max_steps must be an integer, got 'abc'"),
+                         (["--set", "rl.dynamic_sampling=maybe"], "rl.dynamic_sampling must be true or false")):
         assert run(parser.parse_args(["--output", str(out), *cheap, *bad]), "demo") == 2, bad
         assert message in capsys.readouterr().err, bad
         assert not out.exists(), bad

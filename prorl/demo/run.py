@@ -161,11 +161,16 @@ def rl_dataset(rows: list[dict]):
 # -- steps ---------------------------------------------------------------------------------------------------------
 def rl_config(recipe: dict[str, Any], output_dir: str | Path):
     from prorl.trainer import ProRLConfig
+    from prorl.trainer.config import field_types, field_value
 
+    types = field_types()
+    unknown = sorted(set(recipe["rl"]) - set(types))
+    if unknown:
+        raise ValueError(f"rl: unknown ProRLConfig field(s) {unknown}")
+    rl = {key: field_value(f"rl.{key}", value, types[key]) for key, value in recipe["rl"].items()}
     return ProRLConfig(
         output_dir=str(output_dir), use_cpu=True, bf16=False, report_to="none", save_strategy="no",
-        logging_steps=1, disable_tqdm=True, seed=int(recipe["seed"]), gradient_checkpointing=False,
-        **recipe["rl"],
+        logging_steps=1, disable_tqdm=True, seed=int(recipe["seed"]), gradient_checkpointing=False, **rl,
     )
 
 

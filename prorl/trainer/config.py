@@ -265,7 +265,7 @@ class ProRLConfig(GRPOConfig):
                 if key not in LIVE_STAGE_FIELDS | RESTART_STAGE_FIELDS:
                     raise ValueError(f"stages[{i}]: {key!r} cannot change during a run; stage keys are "
                                      f"{sorted(LIVE_STAGE_FIELDS | RESTART_STAGE_FIELDS)}")
-            self.stages[i] = stage = {key: _stage_value(f"stages[{i}].{key}", value, _field_types()[key],
+            self.stages[i] = stage = {key: field_value(f"stages[{i}].{key}", value, field_types()[key],
                                                         multiple_ok=key in BATCH_SHAPE_FIELDS)
                                       for key, value in stage.items()}
             if "env_weights" in stage:
@@ -319,13 +319,15 @@ def _check_env_weights(weights: Any, name: str) -> None:
 
 
 @lru_cache(maxsize=1)
-def _field_types() -> dict[str, Any]:
+def field_types() -> dict[str, Any]:
     return typing.get_type_hints(ProRLConfig)
 
 
-def _stage_value(name: str, value: Any, hint: Any, multiple_ok: bool = False) -> Any:
-    """A stage value converted to its field's scalar type, as argparse does for top-level fields: YAML reads 5e-6
-    as a string, which would otherwise fail at the reset that applies the stage, hours into the run."""
+def field_value(name: str, value: Any, hint: Any, multiple_ok: bool = False) -> Any:
+    """`value` converted to the scalar type `hint` of a ProRLConfig field, as argparse converts flags; `name` (e.g.
+    `stages[1].learning_rate`) is named in the error. For values that bypass argparse: stage overrides (YAML reads
+    5e-6 as a string, which would otherwise fail at the reset applying the stage, hours into the run) and the
+    demo recipe's `rl` section."""
     allowed = set(typing.get_args(hint)) or {hint}
     if value is None:
         if type(None) in allowed:
