@@ -239,7 +239,8 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--data", required=True, help="build folder, .parquet/.jsonl file, or recipe .yaml")
     parser.add_argument("--compare", metavar="DIR", help="a second model, evaluated on the same prompts")
     parser.add_argument("--n", type=int, default=16, help="samples per prompt (default 16)")
-    parser.add_argument("--k", default="1,4,16", help="comma-separated k values, each <= n (default 1,4,16)")
+    parser.add_argument("--k", default=None, help="comma-separated k values, each <= n (default: those of 1,4,16 "
+                        "that are <= n)")
     parser.add_argument("--split", choices=("train", "heldout"), help="split of a build folder/recipe "
                                                                       "(default: heldout when present)")
     parser.add_argument("--env", help="environment of rows that have no `env` column (public files)")
@@ -261,7 +262,7 @@ def run(args: argparse.Namespace, name: str) -> int:
 
     console, err = Console(), Console(stderr=True)
     try:
-        ks = [int(k) for k in args.k.split(",") if k.strip()]
+        ks = [int(k) for k in args.k.split(",") if k.strip()] if args.k else [k for k in (1, 4, 16) if k <= args.n]
         if any(k < 1 or k > args.n for k in ks):
             raise ValueError(f"--k {args.k}: every k must be between 1 and --n {args.n}")
         sampling = SamplingConfig(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,

@@ -193,6 +193,8 @@ def test_eval_cli_reports_bad_arguments(models, tmp_path, capsys):
     assert "every k must be" in capsys.readouterr().err
     assert cli_main(["eval", "--model", models["seven"], "--data", str(data), "--n", "2", "--k", "1"]) == 2
     assert "--env" in capsys.readouterr().err  # public rows need an environment
+    assert cli_main(["eval", "--model", models["seven"], "--data", str(data), "--n", "2"]) == 2
+    assert "every k must be" not in capsys.readouterr().err  # the default k values are those <= n
     for flags in (["--model", str(tmp_path / "nope")], ["--model", models["seven"], "--compare", "org/model"]):
         assert cli_main(["eval", *flags, "--data", str(data), "--env", "test/echo", "--n", "2", "--k", "1"]) == 2
         assert "not a local model folder" in capsys.readouterr().err  # not a Hub lookup's traceback
@@ -204,6 +206,12 @@ def test_load_eval_rows_reads_public_rows_with_env_and_limits_per_env(tmp_path):
     rows = load_eval_rows(str(data), env="test/echo", limit=3)
     assert len(rows) == 3 and rows[0]["env"] == "test/echo"
     assert rows[0]["prompt"] == [{"role": "user", "content": "say q0"}] and rows[0]["reference"] == {"answer": "7"}
+    array = tmp_path / "public.json"  # one JSON array of rows, as DeepScaleR ships (datasets/samples/math.json)
+    array.write_text(json.dumps([{"q": f"say q{i}", "answer": "7"} for i in range(2)], indent=1))
+    assert [r["reference"] for r in load_eval_rows(str(array), env="test/echo")] == [{"answer": "7"}] * 2
+    array.write_text(json.dumps([{"q": "say q", "answer": "7"}, 3]))
+    with pytest.raises(ValueError, match=r"element 1 of the array is not an object \(got int\)"):
+        load_eval_rows(str(array), env="test/echo")
 
 
 def test_load_eval_rows_names_the_row_and_field_of_a_bad_public_row(tmp_path):

@@ -115,7 +115,8 @@ def save(result, out_dir: Path) -> dict[str, Any]:
 
 
 def load_rows(path: str | Path, split: str = "train") -> list[dict[str, Any]]:
-    """Schema rows from a build folder (`split`: train or heldout), a .parquet file or a .jsonl file."""
+    """Schema rows from a build folder (`split`: train or heldout), a .parquet file, a .jsonl file or a .json file
+    holding one array of row objects (as DeepScaleR ships)."""
     from datasets import Dataset
 
     path = Path(path)
@@ -127,6 +128,15 @@ def load_rows(path: str | Path, split: str = "train") -> list[dict[str, Any]]:
         path = target
     if path.suffix == ".parquet":
         return Dataset.from_parquet(str(path)).to_list()
+    if path.suffix == ".json" and path.read_bytes().lstrip()[:1] == b"[":
+        try:
+            rows = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{path}: not a valid JSON array ({exc})") from None
+        bad = next((i for i, row in enumerate(rows) if not isinstance(row, dict)), None)
+        if bad is not None:
+            raise ValueError(f"{path}: element {bad} of the array is not an object (got {type(rows[bad]).__name__})")
+        return rows
     return read_jsonl(path)
 
 
