@@ -150,7 +150,8 @@ def test_think_separator_does_not_change_official_verdicts():
     must be the official ones with that prefix too (the blank line once broke nth_paragraph_first_word in strict
     mode and the first-line drop of loose mode on 9 and 10 prompts)."""
     inputs, responses = _official_rows()
-    by_prompt = {json.loads(line)["prompt"]: json.loads(line)["response"] for line in responses.read_text().splitlines()}
+    by_prompt = {row["prompt"]: row["response"]
+                 for row in map(json.loads, responses.read_text().splitlines())}
     rows = [json.loads(line) for line in inputs.read_text().splitlines()]
     for mode, official in (("strict", OFFICIAL_STRICT), ("loose", OFFICIAL_LOOSE)):
         env = prorl.make("ifeval", mode=mode)
@@ -174,7 +175,8 @@ def test_eval_ifeval_on_self_contained_lines_and_bad_input(tmp_path, capsys):
     bad.write_text(json.dumps(ROW) + "\n{not json\n")
     assert cli_main(["eval-ifeval", str(bad)]) == 2
     assert f"{bad}:2: not valid JSON" in capsys.readouterr().err
-    bad.write_bytes(json.dumps(ROW).encode() + b"\n" + json.dumps(dict(ROW, response="caf")).encode()[:-1] + b'\xe9"}\n')
+    latin1 = json.dumps(dict(ROW, response="caf")).encode()[:-1] + b'\xe9"}\n'  # "café" in Latin-1
+    bad.write_bytes(json.dumps(ROW).encode() + b"\n" + latin1)
     assert cli_main(["eval-ifeval", str(bad)]) == 2
     assert f"{bad}:2: not valid UTF-8 (byte 0xe9" in capsys.readouterr().err
     bad.write_text(json.dumps(dict(ROW, response="x", instruction_id_list=["nope:nope"], kwargs=[{}])) + "\n")

@@ -98,7 +98,8 @@ def test_unknown_or_missing_env_is_named_with_its_row_before_training():
         reward.check_dataset(rows)
     reward.check_dataset(Dataset.from_list(rows[:2]))  # every env known: no error
     # a row its environment cannot read (no answer) was scored 0 as the model's format error in every batch
-    math_rows = [{"id": "m0", "env": "math", "problem": "1+1", "answer": "2"}, {"id": "m1", "env": "math", "problem": "2+2"}]
+    math_rows = [{"id": "m0", "env": "math", "problem": "1+1", "answer": "2"},
+                 {"id": "m1", "env": "math", "problem": "2+2"}]
     with pytest.raises(ValueError, match=r"row 1 \(id 'm1'\) \(math\) is missing field 'answer'"):
         reward.check_dataset(Dataset.from_list(math_rows))
     with pytest.raises(ValueError, match=r"row 0 \(stem\): field 'answer' 'E' is not one of the options"):
