@@ -129,6 +129,8 @@ class Env:
         return task.prompt, {"task": task}
 
     def step(self, completion: str) -> tuple[Messages, float, bool, bool, dict]:
+        """Score `completion` against the task of the last `reset` (as `score`: in this thread, no timeout);
+        single-turn, so the episode always ends (terminated=True)."""
         if self._task is None:
             raise RuntimeError(f"{self.id}: call reset() before step()")
         score = self.score(completion, self._task)
@@ -165,7 +167,8 @@ class Env:
         return self.task_from_dict(task)
 
     def score(self, completion: str, task: Task | dict) -> Score:
-        """Score one completion. Only the text after the last `</think>` is looked at."""
+        """Score one completion, in this thread and without a timeout (`score_batch` kills a verifier that hangs).
+        Only the text after the last `</think>` is looked at."""
         if not isinstance(completion, str):
             return Score(0.0, "format_error", {"error": f"completion is {type(completion).__name__}, not str"})
         try:
