@@ -37,3 +37,13 @@ class ThreadEcho(EchoEnv):
     """EchoEnv scored in threads (as environments that isolate their own work do)."""
 
     score_in_subprocess = False
+
+
+class HalfCreditEcho(EchoEnv):
+    """Half the reward for a wrong answer that is a digit (a continuous score, as reasoning-gym's or IFEval's)."""
+
+    def verify(self, answer, task):
+        text = answer.strip()
+        if text == task.reference["answer"]:
+            return Score.graded(1.0)
+        return Score.graded(0.5 if text.isdigit() else 0.0)

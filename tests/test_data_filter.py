@@ -10,17 +10,19 @@ from prorl.data import build, load_recipe, load_rows
 from prorl.data.filter import DifficultyFilter, parse_keep
 from prorl.data.sampling import SamplingConfig
 
-from _envs_for_tests import EchoEnv
+from _envs_for_tests import EchoEnv, HalfCreditEcho
 from test_eval import build_transition_model
 
 prorl.register("test/echo", EchoEnv, override=True)
+prorl.register("test/half-credit-echo", HalfCreditEcho, override=True)
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("filter_models")
     return {"seven": build_transition_model(root / "seven", {"<go>": ["7"]}),
-            "coin": build_transition_model(root / "coin", {"<go>": ["7", "8"]})}
+            "coin": build_transition_model(root / "coin", {"<go>": ["7", "8"]}),
+            "think_coin": build_transition_model(root / "think_coin", {"<go>": ["7", "8"]}, opens_think=True)}
 
 
 @pytest.fixture
@@ -52,6 +54,21 @@ def test_filter_drops_prompts_the_model_always_or_never_solves(models, recipe_pa
     assert all(0.0 < r["metadata"]["pass_rate"] < 1.0 for r in result.train)
     assert dict(result.stats["echo"].dropped) == {"too_hard": 3}
     assert result.options["difficulty"]["samples"] == 8
+
+
+def test_pass_rate_is_the_solved_fraction_as_the_trainer_scores_it(models, recipe_path):
+    """p counts fully right samples: a continuous reward (half credit for every wrong digit) does not keep a
+    prompt the model never solves. After a template that opens <think> the coin model's "7" never closes the
+    block, so it answers nothing (as in training): every prompt is too hard."""
+    sampling = SamplingConfig(temperature=1.0, top_p=1.0)
+    half = recipe_path.with_name("half.yaml")
+    half.write_text(recipe_path.read_text().replace('"test/echo"', '"test/half-credit-echo"'))
+    result = build(load_recipe(half), difficulty=DifficultyFilter(models["seven"], samples=4, sampling=sampling,
+                                                                  workers=0))
+    assert dict(result.stats["echo"].dropped) == {"too_easy": 3, "too_hard": 3}  # "7" for "9": 0.5, never solved
+    result = build(load_recipe(recipe_path),
+                   difficulty=DifficultyFilter(models["think_coin"], samples=8, sampling=sampling, workers=0))
+    assert result.train == [] and dict(result.stats["echo"].dropped) == {"too_hard": 6}
 
 
 def test_cli_filter_flags(models, recipe_path, tmp_path):

@@ -3,8 +3,12 @@
 ProRL (like DAPO and DeepScaleR before it) trains only on prompts the starting model sometimes, but not always,
 solves: a prompt it always solves or never solves gives a group of identical rewards, hence no gradient. The filter
 samples K completions per prompt with the model, scores them with the gym, and keeps a prompt when its pass rate
-p (mean reward over the scored samples) is strictly inside (LOW, HIGH). Samples whose scoring timed out or failed
-for infrastructure reasons are left out of p; a prompt with none scored is dropped as too hard (p = 0).
+p (the fraction of scored samples that are fully right, status `ok`) is strictly inside (LOW, HIGH). A mean reward
+would keep what the model never solves wherever rewards are continuous (reasoning-gym pays 0.01-0.05 for a
+well-formed wrong answer, IFEval the fraction of instructions followed). Samples whose scoring timed out or failed
+for infrastructure reasons are left out of p; a prompt with none scored is dropped as too hard (p = 0). Completions
+are scored as the trainer scores them: after a chat template that opens `<think>` (DeepSeek-R1-Distill), one cut
+off mid-thought answers nothing.
 
 With a `cache` file (`prorl data build` keeps it in the output folder: `pass_rates.jsonl`), each chunk of prompts'
 pass rates is appended as soon as it is estimated, and a re-run with the same model folder, samples and sampling
@@ -20,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from prorl.data.sampling import Sampler, SamplingConfig
+from prorl.data.sampling import Sampler, SamplingConfig, render
 
 _KEEP = re.compile(r"^\s*([0-9.]+)\s*<\s*p\s*<\s*([0-9.]+)\s*$")
 
@@ -56,7 +60,8 @@ class DifficultyFilter:
                 "sampling": self.sampling.to_dict()}
 
     def _key(self, row: dict[str, Any]) -> str:
-        settings = {"model": str(self.model_dir), "samples": self.samples, "sampling": self.sampling.to_dict()}
+        settings = {"model": str(self.model_dir), "samples": self.samples, "sampling": self.sampling.to_dict(),
+                    "p": "solved fraction"}  # (rates cached as mean rewards by earlier versions are not reused)
         what = [settings, row["env"], row["prompt"], row.get("reference")]
         return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -96,7 +101,7 @@ class DifficultyFilter:
         return [known[k] for k in keys]
 
     def _estimate(self, rows: list[dict[str, Any]], step: Callable[[int], None]) -> list[float]:
-        from prorl.envs import make
+        from prorl.envs import make, split_think
         from prorl.envs.workers import score_many
 
         if not rows:
@@ -106,10 +111,13 @@ class DifficultyFilter:
         completions = self._sampler.sample([r["prompt"] for r in rows], self.samples, progress=step)
         envs = {e: make(e) for e in {r["env"] for r in rows}}
         flat_rows = [r for r in rows for _ in range(self.samples)]
-        scores = score_many([envs[r["env"]] for r in flat_rows], [c for cs in completions for c in cs], flat_rows,
-                            workers=self.workers)
+        tokenizer = self._sampler.tokenizer
+        opens = [split_think(render(tokenizer, r["prompt"]) if isinstance(r["prompt"], list) else r["prompt"])[0]
+                 is None for r in rows]
+        flat = [("<think>" if opens[i] else "") + c for i, cs in enumerate(completions) for c in cs]
+        scores = score_many([envs[r["env"]] for r in flat_rows], flat, flat_rows, workers=self.workers)
         rates = []
         for i in range(len(rows)):
             mine = [s for s in scores[i * self.samples:(i + 1) * self.samples] if not s.masked]
-            rates.append(sum(s.reward for s in mine) / len(mine) if mine else 0.0)
+            rates.append(sum(s.status == "ok" for s in mine) / len(mine) if mine else 0.0)
         return rates
