@@ -257,6 +257,27 @@ def test_file_source_holdout_is_seeded_and_disjoint(tmp_path):
     assert not {r["id"] for r in result.heldout} & {r["id"] for r in result.train}
 
 
+def test_no_train_row_repeats_a_held_out_question_whatever_the_dedup_mode(tmp_path):
+    """The leak check runs under dedup: none too, and loosely for every row: a copy with a run of spaces (not
+    "prose" for de-duplication) or another case is still the held-out question."""
+    write_jsonl(tmp_path / "dup.jsonl", [r for r in math_rows(10) for _ in range(2)])  # every question twice
+    write_jsonl(tmp_path / "a.jsonl", [{"problem": f"Compute the sum of {i} and {i}.", "answer": str(2 * i)}
+                                       for i in range(10)])
+    write_jsonl(tmp_path / "b.jsonl", [{"problem": f"compute the sum of {i} and   {i}.", "answer": str(2 * i)}
+                                       for i in range(5)])
+    held_questions = lambda result: {r["prompt"][-1]["content"].split("\n")[0] for r in result.heldout}  # noqa: E731
+    for recipe in (recipe_of(tmp_path, name="n", dedup="none", shortfall="take", sources={
+                       "m": {"env": "math", "path": "dup.jsonl", "adapter": "deepscaler", "size": 20, "holdout": 5}}),
+                   recipe_of(tmp_path, name="s", shortfall="take", sources={
+                       "a": {"env": "math", "path": "a.jsonl", "adapter": "deepscaler", "size": 5, "holdout": 5},
+                       "b": {"env": "math", "path": "b.jsonl", "adapter": "deepscaler", "size": 10}})):
+        result = build(recipe)
+        held = {" ".join(q.casefold().split()) for q in held_questions(result)}
+        train = {" ".join(r["prompt"][-1]["content"].split("\n")[0].casefold().split()) for r in result.train}
+        assert held and not held & train, held & train
+        assert sum(st.dropped.get("heldout_overlap", 0) for st in result.stats.values()) > 0
+
+
 def test_templates_system_prompts_and_where_filters(tmp_path):
     write_jsonl(tmp_path / "a.jsonl", [{"q": "say one", "answer": "1", "kind": "keep"},
                                        {"q": "say two", "answer": "2", "kind": "drop"}])

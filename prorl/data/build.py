@@ -275,7 +275,7 @@ def build(recipe: Recipe, out_dir: str | Path | None = None, *, sample_data: boo
     pools = {s.name: pools[s.name] for s in recipe.sources}  # de-duplication: the first source listed wins
     heldout = [c for s in recipe.sources for c in held_by_source[s.name]]
     heldout = _dedup(heldout, recipe.dedup, {}, issues, stats, holdout=True)
-    held_keys = {k: "held-out" for c in heldout for k in _keys(c.question, recipe.dedup)}
+    held_keys = {k: "held-out" for c in heldout for k in _keys(c.question, "held-out")}
     seen: dict[str, str] = {}
     for name in pools:
         pools[name] = _dedup(pools[name], recipe.dedup, seen, issues, stats, held=held_keys)
@@ -312,10 +312,12 @@ def _selected(data: dict, where: dict[str, Any]) -> bool:
 
 
 def _keys(question: str, mode: str) -> list[str]:
+    """De-duplication keys; mode "held-out" (the train/held-out leak check, whatever `dedup` is) is loose for
+    every row: a train row that may be a re-spaced copy of a held-out one is dropped."""
     if mode == "none":
         return []
     exact = "x:" + question.strip()
-    if mode == "exact" or not is_prose(question):
+    if mode == "exact" or (mode != "held-out" and not is_prose(question)):
         return [exact]
     return [exact, "n:" + normalize_text(question)]
 
@@ -325,7 +327,7 @@ def _dedup(cands: list[Candidate], mode: str, seen: dict[str, str], issues: list
     kept = []
     for c in cands:
         keys = _keys(c.question, mode)
-        hit = next((k for k in keys if held and k in held), None)
+        hit = next((k for k in _keys(c.question, "held-out") if k in held), None) if held else None
         st = stats[c.row["source"]]
         if hit is not None:
             _report(Issue(c.where, "heldout_overlap", "same question as a held-out row"), issues, st, False)
