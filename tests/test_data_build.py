@@ -148,6 +148,23 @@ def test_parquet_and_json_array_rows_are_located_by_row_number(tmp_path):
     assert sorted(r["reference"]["answer"] for r in result.train) == ["0", "2", "5"]
 
 
+def test_json_array_answers_keep_their_json_types(tmp_path):
+    """A JSON array mixing int and float answers: read as JSON, 12 stays "12" and 2**60 - 1 exact (Arrow's
+    float64 column made them "12.0" and 1.152921504606847e+18, which the true answer then failed)."""
+    rows = [{"problem": "p0", "answer": 2**60 - 1}, {"problem": "p1", "answer": 3.5}, {"problem": "p2", "answer": 12},
+            ["not", "a", "row"]]
+    (tmp_path / "m.json").write_text(json.dumps(rows))
+    recipe = recipe_of(tmp_path, name="j", shortfall="take", sources={
+        "m": {"env": "math", "path": "m.json", "adapter": "deepscaler", "size": 10}})
+    result = build(recipe)
+    assert sorted(r["reference"]["answer"] for r in result.train) == sorted([str(2**60 - 1), "3.5", "12"])
+    assert [str(i).replace(str(tmp_path) + "/", "") for i in result.issues] == [
+        "m.json row 3: a row must be a JSON object, got list"]
+    (tmp_path / "m.json").write_text('[{"problem": "p0", "answer": 1},\n {"problem": ]')
+    with pytest.raises(DataError, match=r"m\.json:2: not valid JSON"):
+        build(recipe)
+
+
 # -- de-duplication and mixing ---------------------------------------------------------------------------------
 def test_duplicates_exact_and_normalized_across_domains(tmp_path):
     write_jsonl(tmp_path / "m.jsonl", math_rows(3) + [math_rows(1)[0]])  # exact duplicate inside a source

@@ -111,10 +111,23 @@ def read_file(path: str) -> Iterator[RawRow]:
     import datasets
 
     shown = display_path(path)
-    if path.endswith(PARQUET_SUFFIXES) or _first_char(path) == "[":  # Parquet, or a JSON array (deepscaler.json)
-        load = datasets.Dataset.from_parquet if path.endswith(PARQUET_SUFFIXES) else datasets.Dataset.from_json
-        for i, row in enumerate(_table(path, shown, load)):
+    if path.endswith(PARQUET_SUFFIXES):
+        for i, row in enumerate(_table(path, shown, datasets.Dataset.from_parquet)):
             yield RawRow(row, f"{shown} row {i}")
+        return
+    if _first_char(path) == "[":  # a JSON array (deepscaler.json), parsed as JSON: Arrow would merge a column of
+        try:                      # ints and floats into float64 (answer 12 -> "12.0", 2**60 - 1 rounded)
+            with _open(path) as f:
+                rows = json.load(f)
+        except json.JSONDecodeError as bad:
+            raise DataError(f"{shown}:{bad.lineno}: not valid JSON ({bad.msg} at column {bad.colno})") from None
+        except UnicodeDecodeError as bad:
+            raise DataError(f"{shown}: not valid UTF-8 (byte 0x{bad.object[bad.start]:02x} at offset "
+                            f"{bad.start})") from None
+        for i, row in enumerate(rows):
+            ok = isinstance(row, dict)
+            yield RawRow(row if ok else None, f"{shown} row {i}",
+                         None if ok else f"a row must be a JSON object, got {type(row).__name__}")
         return
     with _open(path) as f:
         for lineno, data in enumerate(f, start=1):
