@@ -130,6 +130,11 @@ def test_root_and_set_point_sources_elsewhere(tmp_path):
                                   "sources": {"m": {"env": "math", "path": "m.jsonl", "size": 9}}}))
     assert len(build(load_recipe(recipe), root=str(data)).train) == 4
     assert len(build(load_recipe(recipe, [f"sources.m.path={tmp_path / 'other.jsonl'}"])).train) == 3
+    # the card says how the file was overridden: two builds of one file with other --set are told apart
+    override = f"sources.m.path={tmp_path / 'other.jsonl'}"
+    assert cli_main(["data", "build", str(recipe), "--set", override, "-o", str(tmp_path / "out"), "-q"]) == 0
+    card = json.loads((tmp_path / "out" / "card.json").read_text())
+    assert card["overrides"] == [override] and f"`--set {override}`" in (tmp_path / "out" / "card.md").read_text()
 
 
 def test_parquet_and_json_array_rows_are_located_by_row_number(tmp_path):

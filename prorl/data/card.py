@@ -59,7 +59,8 @@ def card_dict(result) -> dict[str, Any]:
     return {
         "name": recipe.name, "description": recipe.description,
         "recipe": str(recipe.path) if recipe.path else None,
-        "recipe_sha256": hashlib.sha256(text.encode()).hexdigest() if text else None,
+        "recipe_sha256": hashlib.sha256(text.encode()).hexdigest() if text else None,  # of the file as written
+        "overrides": list(recipe.overrides),  # applied on top of it (`--set`): the same file built another way
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "prorl_version": __version__,
         "seed": recipe.seed, "dedup": recipe.dedup, "shortfall": recipe.shortfall, "scale": result.scale,
         "options": result.options,
@@ -76,6 +77,8 @@ def card_markdown(card: dict[str, Any]) -> str:
     lines = [f"# {card['name']}", "", card["description"] or "", "",
              f"- recipe: `{card['recipe']}` (sha256 `{(card['recipe_sha256'] or '')[:12]}`), seed {card['seed']}, "
              f"dedup `{card['dedup']}`, shortfall `{card['shortfall']}`",
+             *([f"- overrides: {', '.join(f'`--set {o}`' for o in card['overrides'])}"]
+               if card.get("overrides") else []),
              f"- rows: **{card['rows']['train']}** train, {card['rows']['heldout']} held out",
              f"- scale factor applied to the recipe's sizes: {card['scale']:.6g}", "",
              "| source | env | read | dropped | held out | available | recipe size | selected | share | recipe share |",

@@ -98,6 +98,8 @@ class Recipe:
         "help": "when a source has fewer valid rows than its size: `scale` every source down by the same factor "
                 "(proportions kept), `take` what there is, or `error`"})
     path: Path | None = field(default=None, metadata={"help": "the YAML file (set by load_recipe)"})
+    overrides: list[str] = field(default_factory=list, metadata={
+        "help": "the `--set KEY=VALUE` overrides applied to the file (set by load_recipe; the data card lists them)"})
 
     @property
     def base_dir(self) -> Path:
@@ -283,7 +285,9 @@ def load_recipe(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
         raise RecipeError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):  # an empty file, a list, ...: the error names the file before any --set applies
         return parse_recipe(raw, path)
-    return parse_recipe(apply_overrides(raw, overrides), path)
+    recipe = parse_recipe(apply_overrides(raw, overrides), path)
+    recipe.overrides = list(overrides)
+    return recipe
 
 
 def expand_path(pattern: str, base_dir: Path, where: str) -> str:
