@@ -96,3 +96,15 @@ def test_code_sample_has_the_published_arrow_features():
     assert str(schema.field("prompt").type) == "list<element: struct<content: string, role: string>>"
     assert str(schema.field("reward_model").type) == "struct<ground_truth: string, style: string>"
     assert str(schema.field("extra_info").type) == "struct<index: int64, split: string>"
+
+
+def test_built_rows_round_trip_through_parquet_exactly(tmp_path):
+    """reference/metadata are JSON text: floats keep every digit (datasets' Json() feature cut them to 10
+    significant digits, 3e-12 to 0.0), and ints stay ints."""
+    from prorl.data import load_rows, to_dataset
+
+    rows = [{"id": "1", "env": "logic", "source": "s", "prompt": [{"role": "user", "content": "x"}],
+             "reference": {"answer": 59.03624346792648, "tiny": 3e-12, "n": 2**60 - 1, "kw": [{"a": None}]},
+             "metadata": {"pass_rate": 0.125}}]
+    to_dataset(rows).to_parquet(str(tmp_path / "train.parquet"))
+    assert load_rows(tmp_path) == rows

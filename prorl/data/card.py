@@ -1,7 +1,7 @@
 """Saving a built mixture: the dataset (Parquet), its card (card.json + card.md) and the list of dropped rows.
 
 Layout of an output folder:
-    train.parquet    the mixture (a `datasets.Dataset`; `reference`/`metadata` are JSON columns); none if it is empty
+    train.parquet    the mixture (a `datasets.Dataset`; `reference`/`metadata` are JSON text columns); none if empty
     heldout.parquet  held-out rows (generated hold-outs and `holdout:` rows of file sources), when there are any
     card.json        counts per source/env, rows dropped by reason, scale factor, options, recipe hash
     card.md          the same for people
@@ -20,20 +20,27 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-def features():
-    from datasets import Features, Json, List, Value
+JSON_COLUMNS = ("reference", "metadata")
 
+
+def features():
+    from datasets import Features, List, Value
+
+    # reference/metadata differ per environment: JSON text written by json.dumps (the trainer's row_task and
+    # load_rows decode it). datasets' Json() feature goes through ujson at 10 significant digits: a reasoning-gym
+    # answer 59.03624346792648 came back 59.0362434679, 3e-12 as 0.0.
     return Features({
         "id": Value("string"), "env": Value("string"), "source": Value("string"),
         "prompt": List({"role": Value("string"), "content": Value("string")}),
-        "reference": Json(), "metadata": Json(),
+        "reference": Value("string"), "metadata": Value("string"),
     })
 
 
 def to_dataset(rows: list[dict[str, Any]]):
     from datasets import Dataset
 
-    return Dataset.from_list(rows, features=features())
+    encoded = [{**r, **{k: json.dumps(r[k]) for k in JSON_COLUMNS if k in r}} for r in rows]
+    return Dataset.from_list(encoded, features=features())
 
 
 def card_dict(result) -> dict[str, Any]:
@@ -130,7 +137,10 @@ def load_rows(path: str | Path, split: str = "train") -> list[dict[str, Any]]:
             raise FileNotFoundError(f"{path}: no {split}.parquet (splits here: {have or 'none'})")
         path = target
     if path.suffix == ".parquet":
-        return Dataset.from_parquet(str(path)).to_list()
+        rows = Dataset.from_parquet(str(path)).to_list()
+        for row in rows:  # JSON text since this version; a Json() column (older builds) is read as objects already
+            row.update((k, json.loads(row[k])) for k in JSON_COLUMNS if isinstance(row.get(k), str))
+        return rows
     if path.suffix == ".json" and path.read_bytes().lstrip()[:1] == b"[":
         try:
             rows = json.loads(path.read_text(encoding="utf-8"))
