@@ -202,6 +202,13 @@ def test_mix_by_weights_is_seeded_and_keeps_proportions(tmp_path):
     assert [r["source"] for r in first.train].count("a") == 30 and len(first.train) == 40
     assert [r["id"] for r in first.train] == [r["id"] for r in again.train]
     assert [r["id"] for r in first.train] != [r["id"] for r in other.train]
+    # shares that do not divide `total`: the counts still add up to it (each rounded alone gave 3 x 3 = 9 of 10)
+    thirds = recipe_of(tmp_path, name="t", total=10, sources={
+        name: {"env": "math", "path": "a.jsonl", "weight": 1} for name in ("x", "y", "z")})
+    assert sorted(thirds.wanted().values()) == [3, 3, 4]
+    assert recipe_of(tmp_path, name="t", total=7, sources={
+        "a": {"env": "math", "path": "a.jsonl", "weight": 3},
+        "b": {"env": "math", "path": "b.jsonl", "weight": 1}}).wanted() == {"a": 5, "b": 2}
 
 
 @pytest.mark.parametrize("shortfall,expected", [("scale", {"a": 5, "b": 10}), ("take", {"a": 5, "b": 40})])

@@ -254,9 +254,7 @@ def build(recipe: Recipe, out_dir: str | Path | None = None, *, sample_data: boo
     log = log or (lambda msg, transient=False: None)
     on_error = on_error or recipe.on_error
     rng = random.Random(recipe.seed)
-    weights_total = sum(s.weight or 0 for s in recipe.sources)
-    wanted = {s.name: s.size if s.size is not None else round(recipe.total * s.weight / weights_total)
-              for s in recipe.sources}
+    wanted = recipe.wanted()
     stats = {s.name: SourceStats(s.name, s.env) for s in recipe.sources}
     issues: list[Issue] = []
     pools: dict[str, list[Candidate]] = {}

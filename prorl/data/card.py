@@ -50,7 +50,7 @@ def card_dict(result) -> dict[str, Any]:
     text = recipe.path.read_text() if recipe.path is not None and recipe.path.exists() else ""
     total = len(result.train)
     per_env = Counter(r["env"] for r in result.train)
-    wanted = {s.name: s.size or 0 for s in recipe.sources}
+    wanted = recipe.wanted()
     wanted_total = sum(wanted.values()) or 1
     sources = {}
     for s in recipe.sources:
@@ -59,7 +59,7 @@ def card_dict(result) -> dict[str, Any]:
             "env": s.env, "files": st.files, "read": st.read, "heldout": st.heldout,
             "dropped": dict(st.dropped), "available": st.available, "recipe_size": s.size, "recipe_weight": s.weight,
             "selected": st.selected, "share": round(st.selected / total, 4) if total else 0.0,
-            "recipe_share": round(wanted[s.name] / wanted_total, 4) if s.size else None,
+            "recipe_share": round(wanted[s.name] / wanted_total, 4),
             "per_task": dict(sorted(st.per_task.items())) if len(st.per_task) > 1 else None,
         }
     dropped = Counter(i.reason for i in result.issues)

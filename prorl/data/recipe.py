@@ -105,6 +105,19 @@ class Recipe:
     def base_dir(self) -> Path:
         return self.path.parent if self.path is not None else Path.cwd()
 
+    def wanted(self) -> dict[str, int]:
+        """Rows wanted from each source: its `size`, or `total` shared by the weights with the largest-remainder
+        rule (the counts add up to `total`; rounding each share alone can miss it by one per source)."""
+        if all(s.size is not None for s in self.sources):
+            return {s.name: s.size for s in self.sources}
+        weight = sum(s.weight for s in self.sources)
+        exact = {s.name: self.total * s.weight / weight for s in self.sources}
+        counts = {name: int(x) for name, x in exact.items()}
+        by_remainder = sorted(exact, key=lambda name: (counts[name] - exact[name], name))
+        for name in by_remainder[:self.total - sum(counts.values())]:
+            counts[name] += 1
+        return counts
+
     def source(self, name: str) -> SourceConfig:
         for s in self.sources:
             if s.name == name:
