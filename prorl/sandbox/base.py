@@ -105,6 +105,10 @@ class Sandbox:
     def _request(self, program: str, tests: list[dict], timeout_s: float | None, memory_mb: int | None) -> dict:
         if not isinstance(program, str):
             raise TypeError(f"program must be a str, got {type(program).__name__}")
+        for i, test in enumerate(tests):  # checked before a runner is taken: a bad request must not cost one
+            for key in ("stdin", "code"):
+                if test.get(key) is not None and not isinstance(test[key], str):
+                    raise TypeError(f"tests[{i}].{key} must be a str or None, got {type(test[key]).__name__}")
         memory_mb = memory_mb or self.memory_mb
         if memory_mb > self.memory_mb:
             raise ValueError(f"memory_mb={memory_mb} exceeds this sandbox's cap of {self.memory_mb} MB")

@@ -98,8 +98,10 @@ class _Slot:
         self.container = None
         self.sock: socket.socket | None = None
         self.uses = 0
-        self._raw = b""  # demultiplexed stdout bytes not yet parsed
-        self._buf = b""  # docker stream bytes not yet demultiplexed
+        self._raw = bytearray()  # demultiplexed stdout bytes not yet parsed
+        self._buf = bytearray()  # docker stream bytes not yet demultiplexed
+        self.exec_id: str | None = None
+        self.started_at: str | None = None  # the container's start time: a restart by the engine changes it
 
     @property
     def started(self) -> bool:
@@ -123,7 +125,10 @@ class _Slot:
         stream = api.exec_start(exec_id, socket=True)
         self.sock = getattr(stream, "_sock", stream)
         self._stream = stream  # keep the response object alive with its socket
-        self._raw = self._buf = b""
+        self._raw, self._buf = bytearray(), bytearray()
+        self.exec_id = exec_id
+        self.container.reload()
+        self.started_at = self.container.attrs.get("State", {}).get("StartedAt")
         self.uses = 0
         hello = self.read(time.monotonic() + cfg.start_timeout_s)
         if not hello.get("ready"):
@@ -179,24 +184,53 @@ class _Slot:
             raise RunnerGone("runner exited")
         self._buf += chunk
         # Docker multiplexes the exec stream: 8-byte header (stream, 0, 0, 0, big-endian size), then payload.
-        while len(self._buf) >= 8:
-            kind, size = self._buf[0], struct.unpack(">I", self._buf[4:8])[0]
-            if len(self._buf) < 8 + size:
+        # Parsed in place and cut once (re-slicing per chunk made a 24 MB frame take 5 s).
+        at = 0
+        while len(self._buf) - at >= 8:
+            kind, size = self._buf[at], struct.unpack_from(">I", self._buf, at + 4)[0]
+            if len(self._buf) - at < 8 + size:
                 break
             if kind == 1:
-                self._raw += self._buf[8:8 + size]
+                self._raw += memoryview(self._buf)[at + 8:at + 8 + size]
             else:
-                log.debug("runner stderr: %r", self._buf[8:8 + size][:500])
-            self._buf = self._buf[8 + size:]
+                log.debug("runner stderr: %r", bytes(self._buf[at + 8:at + 8 + min(size, 500)]))
+            at += 8 + size
+        del self._buf[:at]
 
     def read(self, deadline: float) -> dict:
         while len(self._raw) < HEADER.size:
             self._fill(deadline)
-        (size,) = HEADER.unpack(self._raw[:HEADER.size])
+        (size,) = HEADER.unpack_from(self._raw)
         while len(self._raw) < HEADER.size + size:
             self._fill(deadline)
-        frame, self._raw = self._raw[HEADER.size:HEADER.size + size], self._raw[HEADER.size + size:]
+        frame = bytes(self._raw[HEADER.size:HEADER.size + size])
+        del self._raw[:HEADER.size + size]
         return json.loads(frame)
+
+    def lost_to_infrastructure(self, stalled: bool) -> str | None:
+        """Why the runner's loss is the infrastructure's doing, not the program's (None: the program's). The engine
+        paused or restarted the container, or the exec stream broke (a network blip: the server still runs, or
+        exited by itself once its input or output closed); a program can only kill (exit code 128 + signal), stop
+        or starve its own server inside the same, still running container."""
+        try:
+            self.container.reload()
+            state = self.container.attrs.get("State", {})
+            if state.get("Paused") or self.container.status == "paused":
+                return "the engine paused the container"
+            if state.get("StartedAt") != self.started_at:
+                return "the engine restarted the container"
+            if not stalled and self.exec_id:
+                end = time.monotonic() + _STOP_WAIT_S  # a killed server's exec may read as running for a moment
+                while (info := self.client.api.exec_inspect(self.exec_id)).get("Running"):
+                    if time.monotonic() >= end:
+                        return "the exec stream broke while the runner still ran"
+                    time.sleep(0.05)
+                code = info.get("ExitCode")
+                if not (isinstance(code, int) and code > 128):  # a program can only kill it (137: SIGKILL)
+                    return f"the exec stream broke (the runner exited with {code} once its input or output closed)"
+        except Exception as exc:
+            return f"the engine could not be asked about the container ({exc!r})"
+        return None
 
 
 class DockerSandbox(Sandbox):
@@ -278,7 +312,9 @@ class DockerSandbox(Sandbox):
             raise RuntimeError("DockerSandbox is closed")
         attempts = self.config.pool_size + 1  # every dead container met is replaced; then one fresh try
         for attempt in range(1, attempts + 1):
-            slot = self._idle.get()
+            slot = self._next_slot()
+            if slot is None:  # closed while this call waited (or retried)
+                return infra_answers(len(request["tests"]), "the sandbox was closed during the call")
             with self._lock:
                 self.in_flight += 1
                 self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
@@ -291,10 +327,29 @@ class DockerSandbox(Sandbox):
                 return answers
         raise AssertionError("unreachable")
 
+    def _next_slot(self) -> _Slot | None:
+        while True:
+            try:
+                return self._idle.get(timeout=0.2)
+            except queue.Empty:
+                if self._closed:
+                    return None
+
     def _on_slot(self, slot: _Slot, request: dict) -> tuple[list[dict], bool]:
-        """Run `request` on `slot` and give the slot back (or recycle it). Returns (answers, retry?)."""
+        """Run `request` on `slot` and give the slot back (or recycle it). Returns (answers, retry?). Whatever
+        interrupts it (KeyboardInterrupt, a bug) recycles the slot, whose stream may still carry an answer: a slot
+        kept out of the pool would leave later calls waiting forever."""
+        try:
+            return self._run_on(slot, request)
+        except BaseException:
+            self._recycle(slot)
+            raise
+
+    def _run_on(self, slot: _Slot, request: dict) -> tuple[list[dict], bool]:
         n = len(request["tests"])
         if not slot.started:
+            if self._closed:
+                return infra_answers(n, "the sandbox was closed during the call"), False
             self._try_start(slot)
             if not slot.started:
                 self._idle.put(slot)  # the next caller tries again
@@ -323,6 +378,10 @@ class DockerSandbox(Sandbox):
             if not stalled and slot.container_stopped(_STOP_WAIT_S):  # the container died: infrastructure, retry
                 self._recycle(slot)
                 return infra_answers(n, f"sandbox container died: {exc}"), True
+            why = slot.lost_to_infrastructure(stalled)
+            if why is not None:
+                self._recycle(slot)
+                return infra_answers(n, f"sandbox runner lost: {why}"), not stalled
             # The container is alive, so the program killed, stopped or starved its own runner.
             status = "timeout" if stalled else "runtime_error"
             answers += [{"status": status, "exit_code": None, "stdout": "", "stderr": "", "wall_s": 0.0,

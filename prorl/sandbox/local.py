@@ -191,10 +191,20 @@ class LocalSandbox(Sandbox):
             except (TimeoutError, EOFError) as exc:
                 self._retire(worker)
                 worker = None
+                if isinstance(exc, EOFError) and self.namespaced:
+                    # the runner is PID 1 of its namespace, which no program can kill: something outside did
+                    return answers + infra_answers(n - len(answers), f"local runner lost: {exc}")
                 status = "timeout" if isinstance(exc, TimeoutError) else "runtime_error"
                 return answers + [{"status": status, "exit_code": None, "stdout": "", "stderr": "",
                                    "wall_s": 0.0, "passed": False, "error": f"runner lost: {exc}"}
                                   for _ in range(n - len(answers))]
+        except BaseException:
+            # Interrupted (KeyboardInterrupt, a signal handler's SystemExit) with an answer maybe still in the pipe:
+            # a worker given back would hand it to the next caller, and every later caller its predecessor's.
+            if worker is not None:
+                self._retire(worker)
+                worker = None
+            raise
         finally:
             self._idle.put(worker)
 
