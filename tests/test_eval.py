@@ -251,3 +251,9 @@ def test_sampler_over_a_model_in_memory_draws_what_the_loaded_one_draws(models):
     in_memory = Sampler.from_model(model, AutoTokenizer.from_pretrained(models["coin"]), config).sample(prompts, 4)
     assert in_memory == loaded
     assert {c for cs in loaded for c in cs} == {"7", "8"}  # seeded draws of a coin, not one constant answer
+    # settings a model ships in its generation_config do not shape the samples (min_p 0.99 keeps only the argmax),
+    # and the model's own config is back afterwards
+    model.generation_config.min_p = 0.99
+    shipped = model.generation_config
+    assert Sampler.from_model(model, AutoTokenizer.from_pretrained(models["coin"]), config).sample(prompts, 4) == loaded
+    assert model.generation_config is shipped and shipped.min_p == 0.99

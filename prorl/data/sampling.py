@@ -3,9 +3,11 @@
 Used by `prorl eval` (pass@k) and by the difficulty filter of `prorl data build`. Prompts are chat messages,
 rendered with the tokenizer's chat template (a tokenizer without one gets the messages' contents joined by blank
 lines). With the HF backend, sequences are batched across prompts (similar lengths together, left padding) and
-sampling is reproducible for a seed and batch size. Only temperature and top_p shape the distribution: top-k and
-repetition penalties a model's generation_config may carry are switched off. The vLLM path (one `LLM.generate`
-call with `n` samples per prompt) is not exercised by the test suite: vLLM needs a GPU, which CI does not have.
+sampling is reproducible for a seed and batch size. Only temperature and top_p shape the distribution: whatever
+else a model's generation_config carries (top-k, min-p, typical-p, repetition penalties, suppressed tokens...)
+is left out while sampling, as vLLM's path leaves it out; only its special token ids are kept. The vLLM path (one
+`LLM.generate` call with `n` samples per prompt) is not exercised by the test suite: vLLM needs a GPU, which CI
+does not have.
 """
 
 from __future__ import annotations
@@ -37,6 +39,15 @@ class SamplingConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def neutral_generation_config(shipped):
+    """A GenerationConfig with only `shipped`'s special token ids: generate() fills every option left unset from
+    the model's own config, so a shipped min_p or no_repeat_ngram_size would otherwise shape the samples."""
+    from transformers import GenerationConfig
+
+    keys = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
+    return GenerationConfig(**{k: getattr(shipped, k, None) for k in keys if getattr(shipped, k, None) is not None})
 
 
 def render(tokenizer, messages: Messages) -> str:
@@ -119,19 +130,24 @@ class Sampler:
         jobs = sorted(((i, j) for i in range(len(texts)) for j in range(n)), key=lambda ij: (lengths[ij[0]], ij))
         results: list[list[str | None]] = [[None] * n for _ in texts]
         devices = [torch.device(self.device).index or 0] if self.device.startswith("cuda") else []
-        with torch.random.fork_rng(devices=devices):  # seeded sampling without touching the caller's RNG state
-            torch.manual_seed(c.seed)
-            for start in range(0, len(jobs), c.batch_size):
-                batch = jobs[start:start + c.batch_size]
-                enc = tok([texts[i] for i, _ in batch], return_tensors="pt", padding=True, add_special_tokens=False)
-                enc = {k: v.to(self.device) for k, v in enc.items()}
-                with torch.no_grad():
-                    out = self.model.generate(**enc, do_sample=True, temperature=c.temperature, top_p=c.top_p,
-                                              top_k=0, repetition_penalty=1.0, max_new_tokens=c.max_new_tokens,
-                                              pad_token_id=tok.pad_token_id)
-                decoded = tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-                for (i, j), text in zip(batch, decoded):
-                    results[i][j] = text
-                if progress:
-                    progress(len(batch))
+        shipped = self.model.generation_config
+        self.model.generation_config = neutral_generation_config(shipped)  # restored below (a model in memory)
+        try:
+            with torch.random.fork_rng(devices=devices):  # seeded sampling without touching the caller's RNG state
+                torch.manual_seed(c.seed)
+                for start in range(0, len(jobs), c.batch_size):
+                    batch = jobs[start:start + c.batch_size]
+                    enc = tok([texts[i] for i, _ in batch], return_tensors="pt", padding=True, add_special_tokens=False)
+                    enc = {k: v.to(self.device) for k, v in enc.items()}
+                    with torch.no_grad():
+                        out = self.model.generate(**enc, do_sample=True, temperature=c.temperature, top_p=c.top_p,
+                                                  top_k=0, repetition_penalty=1.0, max_new_tokens=c.max_new_tokens,
+                                                  pad_token_id=tok.pad_token_id)
+                    decoded = tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+                    for (i, j), text in zip(batch, decoded):
+                        results[i][j] = text
+                    if progress:
+                        progress(len(batch))
+        finally:
+            self.model.generation_config = shipped
         return results  # type: ignore[return-value]
