@@ -47,3 +47,10 @@ class HalfCreditEcho(EchoEnv):
         if text == task.reference["answer"]:
             return Score.graded(1.0)
         return Score.graded(0.5 if text.isdigit() else 0.0)
+
+
+class OutageEcho(EchoEnv):
+    """Every sample unscored, as during a sandbox outage."""
+
+    def verify(self, answer, task):
+        return Score(0.0, "infra_error", {"error": "sandbox unreachable (test)"})

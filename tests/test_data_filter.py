@@ -10,11 +10,12 @@ from prorl.data import build, load_recipe, load_rows
 from prorl.data.filter import DifficultyFilter, parse_keep
 from prorl.data.sampling import SamplingConfig
 
-from _envs_for_tests import EchoEnv, HalfCreditEcho
+from _envs_for_tests import EchoEnv, HalfCreditEcho, OutageEcho
 from test_eval import build_transition_model
 
 prorl.register("test/echo", EchoEnv, override=True)
 prorl.register("test/half-credit-echo", HalfCreditEcho, override=True)
+prorl.register("test/outage-echo", OutageEcho, override=True)
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +70,18 @@ def test_pass_rate_is_the_solved_fraction_as_the_trainer_scores_it(models, recip
     result = build(load_recipe(recipe_path),
                    difficulty=DifficultyFilter(models["think_coin"], samples=8, sampling=sampling, workers=0))
     assert result.train == [] and dict(result.stats["echo"].dropped) == {"too_hard": 6}
+
+
+def test_prompts_without_a_scored_sample_are_dropped_unscored_and_not_cached(models, recipe_path, tmp_path):
+    """During an outage (every sample infra_error) no pass rate is known: those prompts leave this build as
+    `unscored`, and no 0.0 is cached for them (it kept them dropped as too hard after the outage)."""
+    outage = recipe_path.with_name("outage.yaml")
+    outage.write_text(recipe_path.read_text().replace('"test/echo"', '"test/outage-echo"'))
+    cache = tmp_path / "rates.jsonl"
+    result = build(load_recipe(outage), difficulty=DifficultyFilter(
+        models["coin"], samples=2, sampling=SamplingConfig(temperature=1.0, top_p=1.0), workers=0, cache=cache))
+    assert result.train == [] and dict(result.stats["echo"].dropped) == {"unscored": 6}
+    assert not cache.exists() or cache.read_text() == ""
 
 
 def test_cli_filter_flags(models, recipe_path, tmp_path):

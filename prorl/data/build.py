@@ -39,7 +39,8 @@ class Issue:
     """A row left out, with where it came from and why."""
 
     where: str
-    reason: str  # "invalid", "duplicate_exact", "duplicate_normalized", "heldout_overlap", "too_easy", "too_hard"
+    reason: str  # "invalid", "duplicate_exact", "duplicate_normalized", "heldout_overlap", "too_easy", "too_hard",
+    #              "unscored" (the difficulty filter could score none of its samples)
     message: str
     field: str | None = None
 
@@ -347,7 +348,10 @@ def _filter(pool: list[Candidate], difficulty: Any, issues: list[Issue], st: Sou
     rates = difficulty.pass_rates([c.row for c in pool])
     kept = []
     for c, p in zip(pool, rates):
-        if difficulty.low < p < difficulty.high:
+        if p is None:  # every sample timed out or met an infra error: no estimate (and none cached)
+            _report(Issue(c.where, "unscored", "no sample could be scored to estimate its pass rate"), issues, st,
+                    False)
+        elif difficulty.low < p < difficulty.high:
             c.row["metadata"]["pass_rate"] = p
             kept.append(c)
         else:

@@ -6,7 +6,8 @@ samples K completions per prompt with the model, scores them with the gym, and k
 p (the fraction of scored samples that are fully right, status `ok`) is strictly inside (LOW, HIGH). A mean reward
 would keep what the model never solves wherever rewards are continuous (reasoning-gym pays 0.01-0.05 for a
 well-formed wrong answer, IFEval the fraction of instructions followed). Samples whose scoring timed out or failed
-for infrastructure reasons are left out of p; a prompt with none scored is dropped as too hard (p = 0). Completions
+for infrastructure reasons are left out of p; a prompt with none scored has no p (None): it is dropped from this
+build as `unscored` and not cached, so a re-run after the outage estimates it again. Completions
 are scored as the trainer scores them: after a chat template that opens `<think>` (DeepSeek-R1-Distill), one cut
 off mid-thought answers nothing.
 
@@ -78,7 +79,7 @@ class DifficultyFilter:
                     continue  # a line cut short by the interruption
         return known
 
-    def pass_rates(self, rows: list[dict[str, Any]]) -> list[float]:
+    def pass_rates(self, rows: list[dict[str, Any]]) -> list[float | None]:
         keys = [self._key(r) for r in rows]
         known = self._cached()
         todo = [i for i, k in enumerate(keys) if k not in known]
@@ -97,10 +98,11 @@ class DifficultyFilter:
             if self.cache is not None:
                 Path(self.cache).parent.mkdir(parents=True, exist_ok=True)
                 with open(self.cache, "a") as f:
-                    f.writelines(json.dumps({"key": keys[i], "p": p}) + "\n" for i, p in zip(part, rates))
+                    f.writelines(json.dumps({"key": keys[i], "p": p}) + "\n" for i, p in zip(part, rates)
+                                 if p is not None)
         return [known[k] for k in keys]
 
-    def _estimate(self, rows: list[dict[str, Any]], step: Callable[[int], None]) -> list[float]:
+    def _estimate(self, rows: list[dict[str, Any]], step: Callable[[int], None]) -> list[float | None]:
         from prorl.envs import make, split_think
         from prorl.envs.workers import score_many
 
@@ -119,5 +121,5 @@ class DifficultyFilter:
         rates = []
         for i in range(len(rows)):
             mine = [s for s in scores[i * self.samples:(i + 1) * self.samples] if not s.masked]
-            rates.append(sum(s.status == "ok" for s in mine) / len(mine) if mine else 0.0)
+            rates.append(sum(s.status == "ok" for s in mine) / len(mine) if mine else None)
         return rates
