@@ -29,6 +29,16 @@ class RecordingTrainer(ProRLTrainer):
         return out
 
 
+class Snapshots(TrainerCallback):
+    """The weights after every optimizer step."""
+
+    def __init__(self):
+        self.weights = []
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        self.weights.append({n: p.detach().clone() for n, p in model.named_parameters()})
+
+
 # -- Dynamic sampling --------------------------------------------------------------------------------------------
 def test_group_keep_mask_uses_a_tolerance_and_the_window():
     nearly_constant = torch.tensor([0.5, 0.5 + 1e-9, 0.5, 0.5])
@@ -218,13 +228,6 @@ def test_a_step_that_kept_no_group_leaves_the_weights_alone(tiny_model, tmp_path
         calls.append(1)  # the first generation round varies; every later one is constant
         return text_hash_reward(prompts, completions) if len(calls) == 1 else [1.0] * len(completions)
 
-    class Snapshots(TrainerCallback):
-        def __init__(self):
-            self.weights = []
-
-        def on_step_end(self, args, state, control, model=None, **kwargs):
-            self.weights.append({n: p.detach().clone() for n, p in model.named_parameters()})
-
     snaps = Snapshots()
     args = fast_config(tmp_path, max_steps=2, dynamic_sampling_max_rounds=1)
     trainer = RecordingTrainer(tiny_model, reward_funcs=varying_then_constant, args=args,
@@ -247,13 +250,6 @@ def test_unscored_completions_are_out_of_the_loss(tiny_model, tmp_path, caplog):
         if trainer_state.global_step == 1:
             return [None] * len(completions)
         return [None] * 4 + text_hash_reward(prompts, completions)[4:]  # 4 = num_generations: the first group
-
-    class Snapshots(TrainerCallback):
-        def __init__(self):
-            self.weights = []
-
-        def on_step_end(self, args, state, control, model=None, **kwargs):
-            self.weights.append({n: p.detach().clone() for n, p in model.named_parameters()})
 
     snaps = Snapshots()
     args = fast_config(tmp_path, max_steps=2, beta=0.1, dynamic_sampling=False, no_eos_penalty=None,
