@@ -145,6 +145,39 @@ def test_learning_rate_stage_keeps_the_schedule(tiny_model, tmp_path):
     assert logged == pytest.approx(halved)  # the log shows the rate each step used, the step after the stage too
 
 
+class TwoRates(ProRLTrainer):
+    """An optimizer whose first parameter learns at 10x the base rate (as LoRA+ or a no-decay group would)."""
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is None:
+            params = [p for p in self.model.parameters() if p.requires_grad]
+            self.optimizer = torch.optim.AdamW([{"params": params[:1], "lr": 10 * self.args.learning_rate},
+                                                {"params": params[1:]}], lr=self.args.learning_rate)
+        return super().create_optimizer(model)
+
+
+def test_learning_rate_stage_keeps_the_ratios_of_param_groups(tiny_model, tmp_path):
+    """A stage halving the learning rate halves every group's rate: a group at 10x stays at 10x the new rate
+    (it was set to the new base rate, losing the ratio)."""
+    class Rates(TrainerCallback):
+        def __init__(self):
+            self.rates = []
+
+        def on_step_begin(self, args, state, control, optimizer=None, **kwargs):
+            self.rates.append(tuple(group["lr"] for group in optimizer.param_groups))
+
+    rates = Rates()
+    args = fast_config(tmp_path, max_steps=4, reset_every_steps=2, dynamic_sampling=False,
+                       stages=[{"learning_rate": 5e-4}])
+    trainer = TwoRates(tiny_model, reward_funcs=text_hash_reward, args=args, train_dataset=prompt_dataset(),
+                       callbacks=[rates])
+    trainer.train()
+    assert [pytest.approx(r) for r in rates.rates] == [(1e-2, 1e-3)] * 2 + [(5e-3, 5e-4)] * 2
+    assert trainer.lr_scheduler.base_lrs == pytest.approx([5e-3, 5e-4])
+    logged = [row["learning_rate"] for row in trainer.state.log_history if "learning_rate" in row]
+    assert logged == pytest.approx([1e-2, 1e-2, 5e-3, 5e-3])  # Trainer logs the first group's rate
+
+
 def test_zeroing_adamw_state_in_place_equals_a_fresh_optimizer():
     """The DeepSpeed reset path (state zeroed in place) gives the same next update as a new AdamW."""
     from prorl.trainer.callbacks import reset_optimizer_state, zero_optimizer_state_

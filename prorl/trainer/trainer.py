@@ -180,6 +180,7 @@ class ProRLTrainer(DynamicSamplingMixin, GRPOTrainer):
         """Apply a stage's overrides to `args` and the trainer. With `live=True` (at a reset, mid-run) the fields
         that reshape the generation batch are left for the restart; returns True if there are any."""
         restart = {k: v for k, v in overrides.items() if k in RESTART_STAGE_FIELDS}
+        previous_lr = self.args.learning_rate
         for key, value in overrides.items():
             if key in LIVE_STAGE_FIELDS or not live:
                 setattr(self.args, key, value)
@@ -204,16 +205,21 @@ class ProRLTrainer(DynamicSamplingMixin, GRPOTrainer):
             self.epsilon_high = self.args.epsilon_high if self.args.epsilon_high is not None else self.args.epsilon
         if "mask_truncated_completions" in overrides:
             self.mask_truncated_completions = self.args.mask_truncated_completions
-        if "learning_rate" in overrides and self.optimizer is not None:
-            # a new base rate; the schedule's factor for the next step (already applied to the groups) is kept
+        if "learning_rate" in overrides and self.optimizer is not None and self.args.learning_rate != previous_lr:
+            # every group's base rate scales by new / old, so groups built at other rates (LoRA+, no decay at 10x)
+            # keep their ratios; the schedule's factor for the next step (already in the groups) is kept
+            scale = self.args.learning_rate / previous_lr if previous_lr else None  # from 0: no ratio to keep
             bases = list(getattr(self.lr_scheduler, "base_lrs", None) or [])
             for i, group in enumerate(self.optimizer.param_groups):
                 old = bases[i] if i < len(bases) else group.get("initial_lr", group["lr"])
-                group["lr"] = self.args.learning_rate * (group["lr"] / old if old else 1.0)
+                new = self.args.learning_rate if scale is None else old * scale
+                group["lr"] = new * group["lr"] / old if old else new
                 if "initial_lr" in group:
-                    group["initial_lr"] = self.args.learning_rate
+                    group["initial_lr"] = new
+                if i < len(bases):
+                    bases[i] = new
             if bases:
-                self.lr_scheduler.base_lrs = [self.args.learning_rate] * len(bases)
+                self.lr_scheduler.base_lrs = bases
             if hasattr(self.lr_scheduler, "_last_lr"):  # what Trainer logs as this step's learning_rate
                 self.lr_scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
         return bool(restart) and live
