@@ -64,6 +64,20 @@ def test_extract_code_prefers_the_last_python_block():
     assert extract_code("print(1)") == ("print(1)", "whole_reply")
 
 
+def test_extract_code_reads_fences_as_markdown_does():
+    """A fence closes on a line of its own, by as many backticks, at the opening's indent or 0-3 spaces: a ```
+    inside the code (a string, an indented docstring example) is code. Fences that are not on lines of their
+    own still count where no such block is found."""
+    quoted = "Here:\n```python\ns = '```'\nprint(s)\n```\n"
+    assert extract_code(quoted) == ("s = '```'\nprint(s)\n", "python_block")
+    doc = 'def f():\n    """\n    ```\n    f()\n    ```\n    """\n    return 1\n'
+    assert extract_code(f"```python\n{doc}```\nDone.") == (doc, "python_block")
+    assert extract_code("````python\nprint('```')\n```\n````") == ("print('```')\n```\n", "python_block")
+    assert extract_code("1. Code:\n   ```python\n   x = 1\n   ```  \n") == ("   x = 1\n", "python_block")
+    assert extract_code("Sure ```python\nx = 1```") == ("x = 1", "python_block")
+    assert extract_code("<think>```python\nbad\n```</think>\n```python\nok = 1\n```") == ("ok = 1\n", "python_block")
+
+
 def test_task_formats_and_errors():
     env = CodeEnv()
     stdio = env.task_from_dict(STDIO_ROW)

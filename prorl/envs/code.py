@@ -12,7 +12,8 @@ Task formats, accepted unchanged:
 
 Scoring rule:
   1. The code is the last fenced ```python block (else the last unlabelled fence, else the whole reply; which
-     one is recorded in `details["extraction"]`). No code: `format_error`.
+     one is recorded in `details["extraction"]`), fences read as Markdown does (a ``` inside the code does not
+     close the block). No code: `format_error`.
   2. A program CPython will not compile (checked on the host before anything runs): reward 0, `format_error`.
   3. All tests run in one sandbox round trip, each in a fresh process, sharing one budget (5 s by default).
      Reward = passed / total; 0 when the budget ran out (a test reported `timeout`). Assertion tests are
@@ -31,7 +32,11 @@ from typing import Any
 from prorl.envs.base import Env, Score, Task
 from prorl.sandbox import Sandbox, Test, make_sandbox
 
-_FENCE_RE = re.compile(r"```([^\n`]*)\n(.*?)```", re.DOTALL)
+# A fence as Markdown reads it: opened and closed on lines of their own by the same run of backticks, so a "```" inside
+# the code (a string, a docstring) does not end it; where that finds no block, the loose form (fences anywhere).
+# (closed at the opening line's indent or at 0-3 spaces: a deeper one is part of the code, as in a docstring)
+_FENCE_RE = re.compile(r"^([ \t]*)(`{3,})([^\n`]*)\n(.*?)^(?:\1|[ ]{0,3})\2`*[ \t]*$", re.DOTALL | re.MULTILINE)
+_LOOSE_FENCE_RE = re.compile(r"()(```)([^\n`]*)\n(.*?)```", re.DOTALL)
 _PY_LANGS = {"python", "py", "python3", "py3"}
 STDIO_INSTRUCTION = ("Write a Python 3 program that reads from standard input and writes to standard output. "
                      "Put the complete program in one ```python code block at the end of your answer.")
@@ -73,11 +78,12 @@ def shared_sandbox(kind: str | None = None) -> Sandbox:
 
 def extract_code(reply: str) -> tuple[str, str]:
     """(code, how): the last ```python block, else the last unlabelled fence, else the whole reply."""
-    blocks = [(m.group(1).strip().lower(), m.group(2)) for m in _FENCE_RE.finditer(reply)]
-    for wanted in (_PY_LANGS, {""}):
-        picked = [code for lang, code in blocks if lang in wanted]
-        if picked:
-            return picked[-1], "python_block" if wanted is _PY_LANGS else "plain_block"
+    for fence in (_FENCE_RE, _LOOSE_FENCE_RE):
+        blocks = [(m.group(3).strip().lower(), m.group(4)) for m in fence.finditer(reply)]
+        for wanted in (_PY_LANGS, {""}):
+            picked = [code for lang, code in blocks if lang in wanted]
+            if picked:
+                return picked[-1], "python_block" if wanted is _PY_LANGS else "plain_block"
     return reply, "whole_reply"
 
 
