@@ -177,21 +177,31 @@ def _fmt(value) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
+def _pass_cell(summary: dict[str, Any], k: int) -> str:
+    """pass@k, with the number of prompts it is over when masked samples left some out (fewer than k scored)."""
+    cell = _fmt(summary.get(f"pass@{k}"))
+    return f"{cell} ({summary[f'pass@{k}_prompts']})" if f"pass@{k}_prompts" in summary else cell
+
+
 def report_table(results: Sequence[dict[str, Any]]):
     """A rich table: per env (+ overall) one row per model, and the difference when comparing two models."""
     from rich.table import Table
 
     ks = results[0]["ks"]
     names = [Path(r["model"]).name or r["model"] for r in results]
+    summaries = [s for r in results for s in [r["overall"], *r["per_env"].values()]]
+    partial = any(f"pass@{k}_prompts" in s for s in summaries for k in ks)
     table = Table(title=f"n={results[0]['n']} samples per prompt, temperature {results[0]['sampling']['temperature']}, "
-                        f"top_p {results[0]['sampling']['top_p']}")
+                        f"top_p {results[0]['sampling']['top_p']}",
+                  caption="pass@k (N): over the N prompts with at least k scored samples (masked ones are not scored)"
+                  if partial else None)
     for col in ["env", "model", "prompts"] + [f"pass@{k}" for k in ks] + ["mean reward", "masked"]:
         table.add_column(col, justify="left" if col in ("env", "model") else "right")
     for env in list(results[0]["per_env"]) + ["overall"]:
         summaries = [r["overall"] if env == "overall" else r["per_env"].get(env, {}) for r in results]
         for i, (name, s) in enumerate(zip(names, summaries)):
             table.add_row(env if i == 0 else "", name, str(s.get("prompts", 0)),
-                          *[_fmt(s.get(f"pass@{k}")) for k in ks], _fmt(s.get("mean_reward")), str(s.get("masked", 0)),
+                          *[_pass_cell(s, k) for k in ks], _fmt(s.get("mean_reward")), str(s.get("masked", 0)),
                           style="bold" if env == "overall" else None)
         if len(results) == 2:
             deltas = []

@@ -12,7 +12,7 @@ import torch
 import prorl
 from prorl.cli import main as cli_main
 from prorl.envs import Score
-from prorl.eval import aggregate, evaluate, load_eval_rows, pass_at_k, prompt_stats
+from prorl.eval import aggregate, evaluate, load_eval_rows, pass_at_k, prompt_stats, report_table
 
 from _envs_for_tests import EchoEnv
 
@@ -120,6 +120,24 @@ def test_aggregate_leaves_masked_samples_out_of_n():
     assert summary["pass@4"] == 0.0 and summary["pass@4_prompts"] == 1  # prompt a has only 2 scored samples
     assert summary["mean_reward"] == pytest.approx((1.0 + 0.5) / 6)
     assert summary["masked"] == 2 and summary["samples"] == 8
+
+
+def test_report_table_says_over_how_many_prompts_a_partial_pass_at_k_is():
+    from rich.console import Console
+
+    ok, wrong, timeout = Score(1.0, "ok"), Score(0.0, "wrong"), Score(0.0, "timeout")
+    summary = aggregate([prompt_stats([ok, wrong, timeout, timeout]), prompt_stats([wrong] * 4)], ks=[1, 4])
+    result = {"model": "m", "n": 4, "ks": [1, 4], "sampling": {"temperature": 0.6, "top_p": 0.95},
+              "per_env": {"math": summary}, "overall": summary}
+    console = Console(width=200, record=True)
+    console.print(report_table([result]))
+    text = console.export_text()
+    assert "0.000 (1)" in text and "0.250 (" not in text  # pass@4 over 1 of 2 prompts; pass@1 over both
+    assert "over the N prompts with at least k scored samples" in text
+    full = aggregate([prompt_stats([wrong] * 4)], ks=[1, 4])
+    console = Console(width=200, record=True)
+    console.print(report_table([{**result, "per_env": {"math": full}, "overall": full}]))
+    assert "(1)" not in console.export_text() and "at least k" not in console.export_text()
 
 
 # -- evaluate ----------------------------------------------------------------------------------------------------
