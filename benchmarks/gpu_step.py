@@ -173,7 +173,10 @@ TRAIN_VARIANTS = {
     "mb64": {"per_device_train_batch_size": 64},
     "liger": {"use_liger_kernel": True},  # Liger's fused kernels (needs the liger-kernel package)
     "ckpt2": {"activation_checkpointing_kwargs": {"every_n_layers": 2}},  # selective: every 2nd layer recomputed
+    "pack": {"padding_free": True},  # padding-free packed rows (prorl trainers; forced lengths: prompt padding only)
 }
+PRORL_ONLY_VARIANTS = {"ckpt2": "vanilla TRL 1.16 raises 'Unexpected keyword arguments: every_n_layers' after its "
+                                "first generation", "pack": "padding_free is a ProRLConfig field"}
 
 
 def trainer_kind(name: str) -> tuple[str, dict]:
@@ -183,9 +186,10 @@ def trainer_kind(name: str) -> tuple[str, dict]:
     if base not in ("trl", "prorl", "prorl_static") or unknown:
         raise SystemExit(f"--trainers: {name!r}: base must be trl, prorl or prorl_static and variants of "
                          f"{sorted(TRAIN_VARIANTS)}")
-    if base == "trl" and "ckpt2" in variants:  # tests/test_trainer_checkpointing.py
-        raise SystemExit(f"--trainers: {name!r}: vanilla TRL 1.16 raises 'Unexpected keyword arguments: "
-                         "every_n_layers' after its first generation; ckpt2 is for the prorl trainers")
+    for variant in variants:
+        if base == "trl" and variant in PRORL_ONLY_VARIANTS:  # ckpt2: tests/test_trainer_checkpointing.py
+            raise SystemExit(f"--trainers: {name!r}: {PRORL_ONLY_VARIANTS[variant]}; {variant} is for the prorl "
+                             "trainers")
     return base, {k: v for variant in variants for k, v in TRAIN_VARIANTS[variant].items()}
 
 

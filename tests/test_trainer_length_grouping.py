@@ -3,27 +3,13 @@ dealt by completion length and cut to their own padding (fewer padded tokens for
 
 from __future__ import annotations
 
-import json
-import shutil
-
 import pytest
 import torch
 from trainer_utils import (fast_config, half_constant_reward, history, prompt_dataset, text_hash_reward,  # noqa: F401
-                           tiny_model)
+                           tiny_model, tiny_moe_model, varied_length_model)
 
 from prorl.trainer import ProRLConfig, ProRLTrainer
 from prorl.trainer.sampling import group_by_length
-
-
-def _varied_length_model(tiny_model, tmp_path) -> str:
-    """The tiny model with a sixth of its vocabulary as EOS tokens: completions of very different lengths."""
-    path = tmp_path / "varied-model"
-    shutil.copytree(tiny_model, path)
-    config = json.loads((path / "generation_config.json").read_text())
-    vocab = json.loads((path / "config.json").read_text())["vocab_size"]
-    config["eos_token_id"] = [2] + list(range(10, vocab, 6))
-    (path / "generation_config.json").write_text(json.dumps(config))
-    return str(path)
 
 
 class Recording(ProRLTrainer):
@@ -60,7 +46,7 @@ def _train(model, out, grouped: bool, dynamic_sampling: bool = False, reward=tex
 def test_grouped_micro_batches_give_the_same_update_with_less_padding(tiny_model, tmp_path, dynamic_sampling):
     """beta > 0 and 2 optimizer steps per generation: old-policy and reference log-probs are computed too, per
     grouped micro-batch at its own width."""
-    model = _varied_length_model(tiny_model, tmp_path)
+    model = varied_length_model(tiny_model, tmp_path)
     plain = _train(model, tmp_path / "plain", False, dynamic_sampling)
     grouped = _train(model, tmp_path / "grouped", True, dynamic_sampling)
     a, b = plain.micro_batches, grouped.micro_batches
@@ -86,7 +72,7 @@ def test_grouped_micro_batches_without_loss_tokens_leave_the_step_metrics_alone(
     """Dynamic sampling at its cap fills half of each step with masked rows, which grouping deals into the same
     micro-batches: TRL's 0 for their token means halved the logged entropy (3.23 for 6.45 before the fix), and a
     1-token micro-batch's entropy was averaged over its masked rows (1.61)."""
-    model = _varied_length_model(tiny_model, tmp_path)
+    model = varied_length_model(tiny_model, tmp_path)
     kwargs = dict(dynamic_sampling=True, reward=half_constant_reward, dynamic_sampling_max_rounds=0, max_steps=4)
     plain = _train(model, tmp_path / "plain", False, **kwargs)
     grouped = _train(model, tmp_path / "grouped", True, **kwargs)
@@ -143,18 +129,9 @@ def test_length_grouping_refuses_losses_and_shapes_it_would_change(tmp_path):
 def test_length_grouping_refuses_a_router_load_balancing_loss(tiny_model, tmp_path):
     """A Mixture-of-Experts model's aux loss is a per-micro-batch routing statistic: refused when the trainer is
     built, before any generation."""
-    from transformers import MixtralConfig, MixtralForCausalLM
-
-    path = tmp_path / "tiny-moe"
-    shutil.copytree(tiny_model, path)
-    vocab = json.loads((path / "config.json").read_text())["vocab_size"]
-    torch.manual_seed(0)
-    MixtralForCausalLM(MixtralConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                     num_attention_heads=2, num_key_value_heads=1, num_local_experts=2,
-                                     num_experts_per_tok=1, router_aux_loss_coef=0.01, output_router_logits=True,
-                                     pad_token_id=0, eos_token_id=2)).save_pretrained(path)
+    path = tiny_moe_model(tiny_model, tmp_path)
     args = fast_config(tmp_path / "out", group_micro_batches_by_length=True, beta=0.0)
     with pytest.raises(ValueError, match="group_micro_batches_by_length: the model's router load-balancing loss"):
-        ProRLTrainer(str(path), reward_funcs=text_hash_reward, args=args, train_dataset=prompt_dataset(8))
+        ProRLTrainer(path, reward_funcs=text_hash_reward, args=args, train_dataset=prompt_dataset(8))
     args = fast_config(tmp_path / "out2", group_micro_batches_by_length=True, beta=0.0, router_aux_loss_coef=0.0)
-    ProRLTrainer(str(path), reward_funcs=text_hash_reward, args=args, train_dataset=prompt_dataset(8))  # no aux loss
+    ProRLTrainer(path, reward_funcs=text_hash_reward, args=args, train_dataset=prompt_dataset(8))  # no aux loss

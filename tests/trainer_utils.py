@@ -31,6 +31,37 @@ def tiny_model(tmp_path_factory) -> str:
     return build_model(tmp_path_factory.mktemp("tiny-model"))
 
 
+def varied_length_model(tiny_model, tmp_path) -> str:
+    """The tiny model with a sixth of its vocabulary as EOS tokens: completions of very different lengths."""
+    import shutil
+
+    path = Path(tmp_path) / "varied-model"
+    shutil.copytree(tiny_model, path)
+    config = json.loads((path / "generation_config.json").read_text())
+    vocab = json.loads((path / "config.json").read_text())["vocab_size"]
+    config["eos_token_id"] = [2] + list(range(10, vocab, 6))
+    (path / "generation_config.json").write_text(json.dumps(config))
+    return str(path)
+
+
+def tiny_moe_model(tiny_model, tmp_path) -> str:
+    """A 1-layer Mixtral with 2 experts, the tiny model's tokenizer and a router load-balancing loss."""
+    import shutil
+
+    import torch
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    path = Path(tmp_path) / "tiny-moe"
+    shutil.copytree(tiny_model, path)
+    vocab = json.loads((path / "config.json").read_text())["vocab_size"]
+    torch.manual_seed(0)
+    MixtralForCausalLM(MixtralConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                     num_attention_heads=2, num_key_value_heads=1, num_local_experts=2,
+                                     num_experts_per_tok=1, router_aux_loss_coef=0.01, output_router_logits=True,
+                                     pad_token_id=0, eos_token_id=2)).save_pretrained(path)
+    return str(path)
+
+
 def prompt_dataset(n: int = 8, prefix: str = "q"):
     from datasets import Dataset
 

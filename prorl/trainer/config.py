@@ -186,6 +186,21 @@ class ProRLConfig(GRPOConfig):
                           "same update for loss_type dapo, grpo, dr_grpo and cispo (others refused); needs "
                           "steps_per_generation a multiple of gradient_accumulation_steps and "
                           "top_entropy_quantile 1.0 and entropy_coef 0 (per-micro-batch quantile and entropy mean)."})
+    padding_free: bool = field(
+        default=False,
+        metadata={"help": "Forward only real tokens in the log-prob passes (training, old policy, reference): each "
+                          "micro-batch's sequences (prompt + completion, no padding) are packed first-fit-decreasing "
+                          "into rows of at most padding_free_max_tokens, position ids restarting per sequence "
+                          "(transformers masks across sequences: block-diagonal for sdpa/eager, variable-length "
+                          "kernels for flash attention). Same log-probs and update as the padded pass up to float "
+                          "rounding. Text-only models; refused with a router load-balancing loss."})
+    padding_free_max_tokens: int | None = field(
+        default=None,
+        metadata={"help": "Longest packed row under padding_free (a sequence is never split). None: the micro-batch's "
+                          "padded width, so no packed row costs more attention than a padded one with a mask-based "
+                          "attention (sdpa, eager: the mask and its cost grow with the square of the row); with "
+                          "flash attention's variable-length kernels a larger value (the whole micro-batch in one "
+                          "row) costs nothing extra and leaves no padding at all."})
 
     def __post_init__(self):
         if isinstance(self.generation_backend_kwargs, str):
@@ -222,7 +237,8 @@ class ProRLConfig(GRPOConfig):
                      "gradient_accumulation_steps (an optimizer step must not span two generations)")
         # A YAML value is set as given (argparse converts only strings): a count written 2.5 would be used as is.
         for name in ("dynamic_sampling_max_rounds", "max_generated_tokens", "reset_every_steps",
-                     "reset_plateau_patience", "reset_min_interval"):
+                     "reset_plateau_patience", "reset_min_interval",
+                     "padding_free_max_tokens"):
             value = getattr(self, name)
             if isinstance(value, float) and value.is_integer():
                 setattr(self, name, int(value))  # 2.0e+6
@@ -236,6 +252,8 @@ class ProRLConfig(GRPOConfig):
                 raise ValueError(f"dynamic_sampling_accuracy_window must be [low, high] with low < high, "
                                  f"got {window!r}")
             self.dynamic_sampling_accuracy_window = [float(window[0]), float(window[1])]
+        _require(self.padding_free_max_tokens is None or self.padding_free_max_tokens >= 1,
+                 "padding_free_max_tokens", "must be >= 1 (or None: the micro-batch's padded width)")
         _require(self.dynamic_sampling_std_tol >= 0, "dynamic_sampling_std_tol", "must be >= 0")
         _require(self.dynamic_sampling_max_rounds >= 0, "dynamic_sampling_max_rounds", "must be >= 0")
         _require(self.dynamic_sampling_refill in ("full", "adaptive"), "dynamic_sampling_refill",

@@ -4,6 +4,8 @@ environment reward. Everything else (generation, vLLM, the DAPO loss, KL, loggin
 Extension points used (all methods of `GRPOTrainer`/`Trainer`, called with `super()`):
   - `_generate_and_score_completions`: called repeatedly per step for dynamic sampling; the kept rows are merged
     (prorl/trainer/dynamic_sampling.py, which also defers the log-prob passes to the kept rows).
+  - `_get_per_token_logps_and_entropies`: with `padding_free`, packed rows of real tokens only
+    (prorl/trainer/packing.py).
   - `_calculate_rewards`: the no-EOS penalty, and the rewards that dynamic sampling filters on.
   - `log`: the ProRL metrics, and `output_dir/metrics.jsonl`.
   - `_save_checkpoint` / `train`: the reset state travels with checkpoints and is restored on resume.
@@ -28,6 +30,7 @@ from prorl.trainer.checkpointing import keep_selective_checkpointing
 from prorl.trainer.generation import trainer_generate
 from prorl.trainer.config import LIVE_STAGE_FIELDS, RESTART_STAGE_FIELDS, ProRLConfig
 from prorl.trainer.dynamic_sampling import DynamicSamplingMixin
+from prorl.trainer.packing import PaddingFreeMixin
 from prorl.trainer.rewards import EnvReward
 from prorl.trainer.sampling import mixture_view
 
@@ -44,7 +47,7 @@ METRIC_ALIASES = {
 }
 
 
-class ProRLTrainer(DynamicSamplingMixin, GRPOTrainer):
+class ProRLTrainer(DynamicSamplingMixin, PaddingFreeMixin, GRPOTrainer):
     """GRPO with the ProRL recipe. `reward_funcs` defaults to `EnvReward` (route each row to its `env`)."""
 
     _tag_names = ["trl", "grpo", "prorl"]
@@ -65,6 +68,7 @@ class ProRLTrainer(DynamicSamplingMixin, GRPOTrainer):
                          processing_class=processing_class, callbacks=callbacks, **kwargs)
         keep_selective_checkpointing(self.model)  # every_n_layers survives TRL's re-enable after each generation
         self._check_length_grouping()
+        self._check_padding_free()
         if args.beta != 0 and is_peft_model(self.model) and (args.wants_resets or args.stages):
             raise NotImplementedError("resets with a PEFT model are not supported (its reference is the base "
                                       "model with adapters disabled); train without peft_config")
