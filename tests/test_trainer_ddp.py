@@ -38,8 +38,11 @@ def test_two_process_adaptive_refill_draws_the_same_rows_on_both_ranks(tiny_mode
 
 
 @pytest.mark.slow
-def test_two_process_dynamic_sampling_and_reset(tiny_model, tmp_path):
-    ranks = _two_ranks("ddp", tiny_model, tmp_path)
+@pytest.mark.parametrize("mode", ["ddp", "ddp-packed"])
+def test_two_process_dynamic_sampling_and_reset(tiny_model, tmp_path, mode):
+    """ddp-packed: padding_free, whose packed rows differ in shape between the ranks; the replicas stay equal."""
+    ranks = _two_ranks(mode, tiny_model, tmp_path)
+    assert ranks[0]["weights"] == ranks[1]["weights"]
     for r in ranks:
         assert len(r["trained"]) == 3 and all(len(batch) == 6 for batch in r["trained"])
         assert all(q % 2 == 1 for batch in r["trained"] for q in batch), r["trained"]  # even prompts: constant

@@ -138,9 +138,9 @@ def _subprocess_main(argv: list[str]) -> None:
 def _ddp_main(argv: list[str], mode: str = "ddp") -> None:
     """Under `torch.distributed.run --nproc_per_node 2`: 6 rows per process and groups of 4, so one group spans
     both processes; a reward constant on even prompts; a reset after step 2. With `adaptive`: 16 rows per process,
-    a reward constant on every fourth prompt and adaptive refills. With `restart`: no dynamic sampling, 4 rows per
-    process, and a stage at the reset after step 2 that doubles them (an in-process restart). Writes OUT/rank<N>.json
-    per rank."""
+    a reward constant on every fourth prompt and adaptive refills. With `packed`: as `ddp`, padding-free. With
+    `restart`: no dynamic sampling, 4 rows per process, and a stage at the reset after step 2 that doubles them (an
+    in-process restart). Writes OUT/rank<N>.json per rank (with a checksum of its weights)."""
     import re
 
     from prorl.trainer import ProRLTrainer
@@ -171,23 +171,25 @@ def _ddp_main(argv: list[str], mode: str = "ddp") -> None:
         args = fast_config(out, per_device_train_batch_size=4, max_steps=4, beta=0.1, reset_every_steps=2,
                            dynamic_sampling=False, stages=[{"per_device_train_batch_size": 8}], use_cpu=True)
         reward = text_hash_reward
-    else:
-        args = fast_config(out, per_device_train_batch_size=6, beta=0.1, reset_every_steps=2, use_cpu=True)
+    else:  # ddp-packed: the same with padding_free (packed shapes differ between the ranks)
+        args = fast_config(out, per_device_train_batch_size=6, beta=0.1, reset_every_steps=2, use_cpu=True,
+                           padding_free=mode == "ddp-packed")
         reward = half_constant_reward
     trainer = Recording(model, reward_funcs=reward, args=args, train_dataset=prompt_dataset(12))
     trainer.train()
     kl = [h["kl"] for h in trainer.state.log_history if "kl" in h]
     rank = trainer.accelerator.process_index
+    weights = sum(float(p.double().sum()) for p in trainer.model.parameters())
     # one file per rank: two ranks printing long lines to one pipe can interleave them
     Path(out, f"rank{rank}.json").write_text(json.dumps({"rank": rank, "trained": trained, "kl": kl,
                                                          "resets": trainer.resets.state.reset_count,
-                                                         "rounds": rounds}))
+                                                         "rounds": rounds, "weights": weights}))
     trainer.accelerator.wait_for_everyone()  # as prorl.train does: the process group torn down before exit
     trainer.accelerator.end_training()
 
 
 if __name__ == "__main__":
-    if sys.argv[1] in ("ddp", "ddp-adaptive", "ddp-restart"):
+    if sys.argv[1] in ("ddp", "ddp-packed", "ddp-adaptive", "ddp-restart"):
         _ddp_main(sys.argv[2:], mode=sys.argv[1])
     else:
         _subprocess_main(sys.argv[1:])
