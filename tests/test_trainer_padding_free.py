@@ -8,7 +8,7 @@ from trainer_utils import (fast_config, history, prompt_dataset, text_hash_rewar
                            tiny_moe_model, varied_length_model)
 
 from prorl.trainer import ProRLConfig, ProRLTrainer
-from prorl.trainer.packing import IGNORE, first_fit_decreasing, pack_rows
+from prorl.trainer.packing import IGNORE, first_fit_decreasing, pack_rows, packing_error
 
 
 def test_pack_rows_layout():
@@ -127,6 +127,45 @@ def test_padding_free_training_gives_the_same_run_with_fewer_positions(tiny_mode
         assert history(packed, key) == pytest.approx(history(plain, key), abs=1e-5), key
     for (name, p), q in zip(plain.model.named_parameters(), packed.model.parameters()):
         torch.testing.assert_close(q, p, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def _tiny_opt(tiny_model, tmp_path) -> str:
+    """A 2-layer OPT with the tiny model's tokenizer: transformers 5.23 builds its mask without the position ids, so
+    packed sequences would attend to each other."""
+    import json
+    import shutil
+
+    from transformers import OPTConfig, OPTForCausalLM
+
+    path = tmp_path / "tiny-opt"
+    shutil.copytree(tiny_model, path)
+    vocab = json.loads((path / "config.json").read_text())["vocab_size"]
+    torch.manual_seed(0)
+    OPTForCausalLM(OPTConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, ffn_dim=64, num_attention_heads=2,
+                             word_embed_proj_dim=32, max_position_embeddings=128, pad_token_id=0, bos_token_id=1,
+                             eos_token_id=2)).save_pretrained(path)
+    return str(path)
+
+
+def test_the_probe_measures_whether_packed_sequences_stay_apart(tiny_model, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    for attn in ("sdpa", "eager"):
+        qwen = AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation=attn)
+        leak, position = packing_error(qwen, one_row=False)
+        assert leak == 0.0 and position < 1e-5, (attn, leak, position)
+    opt = AutoModelForCausalLM.from_pretrained(_tiny_opt(tiny_model, tmp_path))
+    assert packing_error(opt, one_row=False)[0] > 1e-3
+    assert packing_error(opt, one_row=True)[0] > 1e-3  # one row per forward does not help it
+
+
+def test_padding_free_refuses_a_model_whose_packed_sequences_see_each_other(tiny_model, tmp_path):
+    args = fast_config(tmp_path / "o", padding_free=True)
+    with pytest.raises(ValueError, match=r"padding_free: OPTForCausalLM \(sdpa\) lets packed sequences see each other"):
+        ProRLTrainer(_tiny_opt(tiny_model, tmp_path), reward_funcs=text_hash_reward, args=args,
+                     train_dataset=prompt_dataset(8))
+    ProRLTrainer(_tiny_opt(tiny_model, tmp_path / "b"), reward_funcs=text_hash_reward,  # padded: fine
+                 args=fast_config(tmp_path / "o2"), train_dataset=prompt_dataset(8))
 
 
 def test_padding_free_refusals(tiny_model, tmp_path):

@@ -190,17 +190,18 @@ class ProRLConfig(GRPOConfig):
         default=False,
         metadata={"help": "Forward only real tokens in the log-prob passes (training, old policy, reference): each "
                           "micro-batch's sequences (prompt + completion, no padding) are packed first-fit-decreasing "
-                          "into rows of at most padding_free_max_tokens, position ids restarting per sequence "
-                          "(transformers masks across sequences: block-diagonal for sdpa/eager, variable-length "
-                          "kernels for flash attention). Same log-probs and update as the padded pass up to float "
-                          "rounding. Text-only models; refused with a router load-balancing loss."})
+                          "into rows of at most padding_free_max_tokens, position ids restarting per sequence. A probe "
+                          "when the trainer is built refuses a model that lets packed sequences see each other (mask "
+                          "not built from position ids: OPT, Bloom, GPT-OSS; recurrent layers: Qwen3.5, LFM2) and "
+                          "packs one row per forward where only that keeps them apart (flash attention). Same "
+                          "log-probs and update as the padded pass up to float rounding for RoPE models. Text-only "
+                          "models; refused with a router load-balancing loss."})
     padding_free_max_tokens: int | None = field(
         default=None,
         metadata={"help": "Longest packed row under padding_free (a sequence is never split). None: the micro-batch's "
                           "padded width, so no packed row costs more attention than a padded one with a mask-based "
-                          "attention (sdpa, eager: the mask and its cost grow with the square of the row); with "
-                          "flash attention's variable-length kernels a larger value (the whole micro-batch in one "
-                          "row) costs nothing extra and leaves no padding at all."})
+                          "attention (sdpa, eager: the mask and its cost grow with the square of the row). Not used "
+                          "with flash attention, which gets one row per forward."})
 
     def __post_init__(self):
         if isinstance(self.generation_backend_kwargs, str):

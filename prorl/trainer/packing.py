@@ -20,9 +20,12 @@ truncated or unscored completions) are left out of the forward.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
+
+log = logging.getLogger(__name__)
 
 IGNORE = -100
 
@@ -125,15 +128,84 @@ def pack_rows(input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_to_k
     return Packed(packed_ids, position_ids, labels, src, dst, (rows, logits_to_keep))
 
 
+@torch.no_grad()
+def packing_error(model, one_row: bool) -> tuple[float, float]:
+    """Whether `model` keeps packed sequences apart, measured: a sequence B packed after two different sequences A
+    and A' (same length) must get the same log-probs (the largest difference is returned first: a leak across
+    sequences gives more than rounding, since B's computation does not depend on A at all when masked), and about
+    those of B forwarded alone (second: position ids ignored). Rows [A, B] and [A', B] in one forward, or with
+    `one_row` one forward each. Models whose mask builder is not given the position ids (OPT, Bloom, GPT-OSS in
+    transformers 5.23), recurrent or convolutional layers (Qwen3.5, LFM2) and flash attention over several rows
+    fail the first check."""
+    text_config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    device = next(model.parameters()).device
+    g = torch.Generator().manual_seed(0)
+    high = max(4, min(int(text_config.vocab_size), 1000))
+    a, a2, b = (torch.randint(3, high, (n,), generator=g) for n in (5, 5, 4))
+    ids = torch.stack([torch.cat([a, b]), torch.cat([a2, b])]).to(device)
+    pos = torch.cat([torch.arange(5), torch.arange(4)]).repeat(2, 1).to(device)
+    was_training = model.training
+    model.eval()
+    try:
+        if one_row:
+            logits = torch.cat([model(input_ids=ids[i:i + 1], position_ids=pos[i:i + 1], use_cache=False).logits
+                                for i in range(2)])
+        else:
+            logits = model(input_ids=ids, position_ids=pos, use_cache=False).logits
+        alone = model(input_ids=b[None].to(device), position_ids=pos[:1, 5:], use_cache=False).logits
+    finally:
+        model.train(was_training)
+    packed = logits[:, 5:].float().log_softmax(-1)
+    return (float((packed[0] - packed[1]).abs().max()),
+            float((packed[0] - alone[0].float().log_softmax(-1)).abs().max()))
+
+
+LEAK_TOL, POSITION_TOL = 1e-5, 5e-2
+
+
 class PaddingFreeMixin:
     """Mixed into `ProRLTrainer` before `GRPOTrainer`: with `args.padding_free` its log-prob passes (the loss, the
     old-policy and the reference passes) forward packed rows (`pack_rows`) instead of TRL's padded block."""
 
+    _pack_one_row: bool | None = None  # decided by the probe: None not yet, True one row per forward
+
     def _check_padding_free(self) -> None:
-        if self.args.padding_free and getattr(self, "aux_loss_enabled", False):
+        if not self.args.padding_free:
+            return
+        if getattr(self, "aux_loss_enabled", False):
             raise ValueError("padding_free: the model's router load-balancing loss would count the packed rows' "
                              "padding tail and mix sequences in one routing statistic; set router_aux_loss_coef=0 or "
                              "turn padding_free off")
+        from transformers.integrations import is_deepspeed_zero3_enabled
+
+        if not (is_deepspeed_zero3_enabled() or self.is_fsdp_enabled):  # sharded weights: at the first forward
+            self._probe_packing(self.model)
+
+    def _probe_packing(self, model) -> None:
+        """Refuse a model that does not keep packed sequences apart; pack one row per forward where only that keeps
+        them apart (transformers' flash attention takes its variable-length path for a single row only)."""
+        try:
+            leak, position = packing_error(model, one_row=False)
+            if leak > LEAK_TOL:
+                leak, position = packing_error(model, one_row=True)
+                self._pack_one_row = True
+            else:
+                self._pack_one_row = False
+        except (TypeError, ValueError) as exc:  # e.g. a forward without position_ids
+            raise ValueError(f"padding_free: the model cannot be forwarded packed ({exc}); set padding_free=False") \
+                from exc
+        name = type(self.accelerator.unwrap_model(model)).__name__
+        if leak > LEAK_TOL:
+            raise ValueError(
+                f"padding_free: {name} ({model.config._attn_implementation}) lets packed sequences see each other (a "
+                f"sequence's log-probs moved by {leak:.2g} with the sequence packed before it): its mask is not built "
+                "from position ids, or a recurrent/convolutional layer carries state across; set padding_free=False")
+        if position > POSITION_TOL:
+            raise ValueError(f"padding_free: {name} does not restart positions at each packed sequence (log-probs "
+                             f"{position:.2g} away from the sequence forwarded alone); set padding_free=False")
+        if self._pack_one_row:
+            log.info("padding_free: %s (%s) keeps packed sequences apart in one row per forward only: each "
+                     "micro-batch is packed into one row", name, model.config._attn_implementation)
 
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
                                            compute_entropy=False, compute_aux_loss=False, **multimodal):
@@ -145,12 +217,15 @@ class PaddingFreeMixin:
         if given or compute_aux_loss:
             raise NotImplementedError(f"padding_free supports text-only models without an aux loss (got "
                                       f"{given or 'compute_aux_loss'}); set padding_free=False")
+        if self._pack_one_row is None:
+            self._probe_packing(model)
+        max_tokens = input_ids.numel() if self._pack_one_row else self.args.padding_free_max_tokens
         batch_size = batch_size or input_ids.size(0)
         pad_id = self._tokenizer.pad_token_id or 0  # never scored, never attended to by a real token
         all_logps, all_entropies = [], []
         for start in range(0, input_ids.size(0), batch_size):
             packed = pack_rows(input_ids[start:start + batch_size], attention_mask[start:start + batch_size],
-                               logits_to_keep, self.args.padding_free_max_tokens, pad_id)
+                               logits_to_keep, max_tokens, pad_id)
             with self.accelerator.autocast():
                 outputs = model(input_ids=packed.input_ids, position_ids=packed.position_ids,
                                 shift_labels=packed.shift_labels, fused_lm_head=True)
