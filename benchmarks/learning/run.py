@@ -20,7 +20,8 @@ generations, dynamic sampling, 3-domain mixture) in one setting each:
 
 Held-out reward is measured during training every `--eval-every` steps (and at steps 0 and last) by sampling the
 policy in memory on held-out prompts of each trained domain plus `unseen/aiw_friends` (reasoning-gym AIW "friends"
-questions, a question type no arm trains on), scored by the gym. Each run writes OUT/seedS/ARM/{metrics.jsonl,
+questions, a question type no arm trains on; with --unseen-in-sft the SFT warm start learns it too, and it stays
+out of every arm's RL prompts), scored by the gym. Each run writes OUT/seedS/ARM/{metrics.jsonl,
 heldout.jsonl, done.json}; finished runs are skipped, so the command resumes. `report.py` then writes the plots
 and the numbers to benchmarks/learning/results/.
 """
@@ -64,17 +65,35 @@ UNSEEN = "unseen/aiw_friends"
 MAX_STEPS = 1000  # a cap only: the generation budget ends every run
 
 
+UNSEEN_TYPE = "friends"
+
+
+def is_unseen(row: dict) -> bool:
+    entry = row["reference"].get("entry") or {}  # the logic env keeps reasoning-gym's entry in the reference
+    return row["env"] == "logic/aiw" and (entry.get("metadata") or {}).get("task_type") == UNSEEN_TYPE
+
+
+def rows_of(recipe: dict) -> tuple[list[dict], list[dict], list[dict]]:
+    """(SFT, RL, held-out) rows as `prorl demo` builds them. With `unseen_in_sft` (the (d) variant) the recipe's AIW
+    types include the unseen one: it is in the SFT rows, and taken out of the RL rows (of every arm) and of the
+    trained held-out groups, so it stays a task no arm trains on in RL, which the SFT model can partly solve."""
+    sft, rl, heldout = build_rows(recipe)
+    if recipe.get("unseen_in_sft"):
+        rl, heldout = [r for r in rl if not is_unseen(r)], [r for r in heldout if not is_unseen(r)]
+    return sft, rl, heldout
+
+
 # -- held-out evaluation during training ---------------------------------------------------------------------------
 def heldout_sets(recipe: dict, per_group: int) -> dict[str, list[dict]]:
     """Held-out rows by group: the recipe's domains (the demo's held-out prompts) and the unseen AIW type."""
     from prorl.demo.tasks import TaskConfig, make_rows
 
-    _, _, heldout = build_rows(recipe)
+    _, _, heldout = rows_of(recipe)
     groups: dict[str, list[dict]] = {}
     for row in heldout:
         if len(groups.setdefault(row["env"], [])) < per_group:
             groups[row["env"]].append(row)
-    cfg = TaskConfig(**{**recipe["tasks"], "aiw_types": ["friends"]})
+    cfg = TaskConfig(**{**recipe["tasks"], "aiw_types": [UNSEEN_TYPE]})
     groups[UNSEEN] = make_rows("logic/aiw", per_group, 0, "heldout", cfg)
     return groups
 
@@ -181,7 +200,7 @@ def run_arm(run_dir: Path, sft_dir: Path, recipe: dict, arm: str, budget: int, e
 
     torch.set_num_threads(1)
     on_gpu = torch.cuda.is_available()  # fp32 either way: the tiny model's runs stay comparable
-    _, rl_rows, _ = build_rows(recipe)
+    _, rl_rows, _ = rows_of(recipe)
     rl = {**recipe["rl"], **ARMS[arm], "max_steps": MAX_STEPS, "max_generated_tokens": budget}
     shutil.rmtree(run_dir, ignore_errors=True)  # an interrupted run left appended metric files: start clean
     run_dir.mkdir(parents=True)
@@ -217,7 +236,7 @@ def prepare_seed(out: Path, recipe: dict) -> Path:
         return sft_dir
     torch.set_num_threads(os.cpu_count() or 1)
     seed = int(recipe["seed"])
-    sft_rows, _, _ = build_rows(recipe)
+    sft_rows, _, _ = rows_of(recipe)
     build_tiny_model(str(out / "model"), seed=seed, **recipe["model"])
     sft = recipe["sft"]
     train_sft(str(out / "model"), teacher_rows(sft_rows, float(sft.get("teacher_error", 0.0)), seed), str(sft_dir),
@@ -241,12 +260,25 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], help="recipe override, as for `prorl demo`")
     parser.add_argument("--one", nargs=2, metavar=("SEED", "ARM"), help=argparse.SUPPRESS)
     parser.add_argument("--no-report", action="store_true")
+    parser.add_argument("--unseen-in-sft", action="store_true",
+                        help=f"(d) variant: SFT also on AIW {UNSEEN_TYPE!r} questions, which stay out of every arm's "
+                             "RL prompts (a task not trained on in RL that the SFT model can partly solve)")
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     out = Path(args.out)
 
     def recipe_of(seed: int) -> dict:
-        return load_recipe(args.recipe, RECIPE_SET + list(args.set) + [f"seed={seed}"])
+        recipe = load_recipe(args.recipe, RECIPE_SET + list(args.set) + [f"seed={seed}"])
+        if args.unseen_in_sft:  # the unseen type's SFT rows come on top: AIW's share and the SFT steps grow so
+            types = list(recipe["tasks"].get("aiw_types") or ["siblings"])  # that every other task keeps its rows
+            recipe["tasks"]["aiw_types"] = types + [UNSEEN_TYPE]
+            envs, sft = recipe["envs"], recipe["sft"]
+            total, aiw = sum(float(w) for w in envs.values()), float(envs["logic/aiw"])
+            extra = aiw / len(types)
+            envs["logic/aiw"] = aiw + extra
+            sft["steps"] = round(int(sft.get("steps", 300)) * (total + extra) / total)
+            recipe["unseen_in_sft"] = True
+        return recipe
 
     if args.one:  # a child process: one arm of one seed
         seed, arm = int(args.one[0]), args.one[1]
@@ -267,7 +299,8 @@ def main() -> None:
             seed, arm = jobs.pop(0)
             cmd = [sys.executable, __file__, "--one", str(seed), arm, "--out", args.out, "--recipe", args.recipe,
                    "--budget", str(args.budget), "--eval-every", str(args.eval_every), "--eval-n", str(args.eval_n),
-                   "--per-group", str(args.per_group)] + [x for s in args.set for x in ("--set", s)]
+                   "--per-group", str(args.per_group)] + [x for s in args.set for x in ("--set", s)] \
+                + ["--unseen-in-sft"] * args.unseen_in_sft
             log_path = out / f"seed{seed}" / f"{arm}.log"
             running.append((subprocess.Popen(cmd, stdout=open(log_path, "w"), stderr=subprocess.STDOUT), (seed, arm)))
             print(f"started seed {seed} {arm} (log {log_path})", flush=True)
