@@ -172,7 +172,24 @@ def plot_all(runs: dict, results: Path) -> list[str]:
         plt.close(fig)
         written.append(name)
 
+    def have(*arms) -> bool:  # a figure for the claims whose arms ran (e.g. the (a) or (d) reruns alone)
+        return all((s, a) in runs for s in seeds for a in arms)
+
     held_entropy = any("entropy/trained_mean" in h for r in runs.values() for h in r["heldout"])
+    if have("base", "eps_high_0.2"):
+        plot_entropy(runs, lines, held_entropy, save)
+    if have("base", "no_resets", "plateau_resets"):
+        plot_resets(runs, seeds, lines, save)
+    if have("base", "no_dynamic_sampling", "ds_adaptive"):
+        plot_dynamic_sampling(lines, save)
+    if have("base", "logic_only"):
+        plot_domains(lines, save)
+    return written
+
+
+def plot_entropy(runs, lines, held_entropy, save) -> None:
+    import matplotlib.pyplot as plt
+
     fig, axes = plt.subplots(1, 3 if held_entropy else 2, figsize=(16 if held_entropy else 11, 4))
     lines(axes[0], ["base", "eps_high_0.2"], "step", lambda rows: _smooth([r["entropy"] for r in rows]), "steps")
     axes[0].set(title="(a) entropy of the training batches (20-step mean)", xlabel="step",
@@ -186,8 +203,10 @@ def plot_all(runs: dict, results: Path) -> list[str]:
         axes[2].set(title="(a) policy entropy on fixed held-out prompts", xlabel="step", ylabel="entropy (nats/token)")
     axes[0].legend(fontsize=7)
     save(fig, "a_entropy.png")
-    if not all((s, a) in runs for s in seeds for a in ("no_resets", "no_dynamic_sampling", "logic_only")):
-        return written  # a run set of the (a) arms alone
+
+
+def plot_resets(runs, seeds, lines, save) -> None:
+    import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     b_arms = ["base", "no_resets", "plateau_resets"]
@@ -202,6 +221,10 @@ def plot_all(runs: dict, results: Path) -> list[str]:
     axes[0].legend(fontsize=7)
     save(fig, "b_resets.png")
 
+
+def plot_dynamic_sampling(lines, save) -> None:
+    import matplotlib.pyplot as plt
+
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     c_arms = ["base", "no_dynamic_sampling", "ds_adaptive"]
     lines(axes[0], c_arms, "generated_tokens", lambda rows: [r["trained_mean"] for r in rows], "heldout")
@@ -212,6 +235,10 @@ def plot_all(runs: dict, results: Path) -> list[str]:
     axes[0].legend(fontsize=7)
     save(fig, "c_dynamic_sampling.png")
 
+
+def plot_domains(lines, save) -> None:
+    import matplotlib.pyplot as plt
+
     fig, axes = plt.subplots(1, 4, figsize=(16, 4))
     for ax, group in zip(axes, (UNSEEN, "logic/aiw", "math", "ifeval")):
         lines(ax, ["base", "logic_only"], "generated_tokens", lambda rows, g=group: [r[g] for r in rows], "heldout")
@@ -219,7 +246,6 @@ def plot_all(runs: dict, results: Path) -> list[str]:
     axes[0].set_ylabel("mean reward")
     axes[0].legend(fontsize=7)
     save(fig, "d_domains.png")
-    return written
 
 
 def markdown(summary: dict, figures: list[str]) -> str:
