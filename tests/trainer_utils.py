@@ -188,8 +188,95 @@ def _ddp_main(argv: list[str], mode: str = "ddp") -> None:
     trainer.accelerator.end_training()
 
 
+def _fsdp_main(argv: list[str], mode: str) -> None:
+    """Under `torch.distributed.run --nproc_per_node 2` (gloo, CPU) with torch's FSDP2 `fully_shard` itself
+    (accelerate prepares FSDP only on accelerators: on CPU it trains DDP), wrapped as accelerate and TRL wrap
+    them: the policy per decoder layer and at the root, the reference at the root only. `fsdp2`:
+    reshard_after_forward=True (their default), `fsdp2-keep`: False. One AdamW step, a reset with prorl's helpers,
+    the reference saved as a checkpoint saves it and loaded into a fresh reference as a resume loads it, and the
+    padding-free probe. `fsdp1`: prorl's helpers refuse FSDP1. Writes OUT/rank<N>.json."""
+    import torch
+    import torch.distributed as dist
+    from safetensors.torch import load_file, save_file
+    from torch.distributed.fsdp import FullyShardedDataParallel, fully_shard
+    from transformers import AutoModelForCausalLM
+
+    from prorl.trainer.callbacks import copy_weights_, full_weights, load_weights_, reset_optimizer_state
+    from prorl.trainer.packing import packing_error
+
+    out, path = Path(argv[0]), argv[1]
+    out.mkdir(parents=True, exist_ok=True)
+    dist.init_process_group("gloo")
+    rank, result = dist.get_rank(), {"rank": dist.get_rank()}
+
+    def load():
+        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+
+    if mode == "fsdp1":
+        def fsdp1():
+            return FullyShardedDataParallel(load(), device_id=torch.device("cpu"))
+
+        ref = fsdp1()
+        for name, call in (("copy", lambda: copy_weights_(fsdp1(), ref)), ("full", lambda: full_weights(ref)),
+                           ("load", lambda: load_weights_(ref, {k: v.detach().clone()
+                                                                for k, v in ref.named_parameters()}))):
+            try:
+                call()
+                result[name] = "no error"
+            except NotImplementedError as exc:
+                result[name] = str(exc)
+    else:
+        def shard(model, per_layer: bool):
+            for layer in model.model.layers if per_layer else []:
+                fully_shard(layer, reshard_after_forward=mode == "fsdp2")
+            fully_shard(model, reshard_after_forward=mode == "fsdp2")
+            return model
+
+        policy, reference = shard(load(), True), shard(load(), False).eval()
+        optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-2)
+        ids = torch.randint(3, 100, (2, 8), generator=torch.Generator().manual_seed(0))
+
+        def kl(p, q):
+            with torch.no_grad():
+                lp, lq = (m(input_ids=ids).logits.float().log_softmax(-1) for m in (p, q))
+            return float((lp.exp() * (lp - lq)).sum(-1).mean())
+
+        def train_step():
+            policy(input_ids=ids, labels=ids).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+
+        with torch.no_grad():  # TRL's reference log-probs, then the training step: at the reset (on_step_end)
+            reference(input_ids=ids)  # the policy is resharded by its backward, the reference is as its forward
+        train_step()  # left it (fsdp2-keep: unsharded)
+        copy_weights_(policy, reference)
+        reset_optimizer_state(optimizer)
+        result["optimizer_state"] = len(optimizer.state)
+        result["kl_after"] = kl(policy, reference)
+        at_reset = full_weights(policy)
+        saved = full_weights(reference, keep=rank == 0)  # a collective: every rank joins, rank 0 saves
+        if rank == 0:
+            save_file(saved, str(out / "reference.safetensors"))
+            result["saved_shapes"] = {k: list(v.shape) for k, v in saved.items()}
+            result["full_shapes"] = {k: list(v.shape) for k, v in load().named_parameters()}
+            result["saved_equal"] = all(torch.equal(v, at_reset[k]) for k, v in saved.items())
+        dist.barrier()
+        train_step()  # the policy moves on after the reset
+        result["kl_policy_moved"] = kl(policy, reference)
+        resumed = shard(load(), False).eval()
+        result["kl_base"] = kl(reference, resumed)  # forwarded before the load, as a resumed run may not be
+        load_weights_(resumed, load_file(str(out / "reference.safetensors")))
+        result["kl_resumed"] = kl(reference, resumed)
+        result["resumed_equal"] = all(torch.equal(v, at_reset[k]) for k, v in full_weights(resumed).items())
+        result["packing"] = packing_error(policy, one_row=False)
+    (out / f"rank{rank}.json").write_text(json.dumps(result))
+    dist.destroy_process_group()
+
+
 if __name__ == "__main__":
-    if sys.argv[1] in ("ddp", "ddp-packed", "ddp-adaptive", "ddp-restart"):
+    if sys.argv[1] in ("fsdp2", "fsdp2-keep", "fsdp1"):
+        _fsdp_main(sys.argv[2:], mode=sys.argv[1])
+    elif sys.argv[1] in ("ddp", "ddp-packed", "ddp-adaptive", "ddp-restart"):
         _ddp_main(sys.argv[2:], mode=sys.argv[1])
     else:
         _subprocess_main(sys.argv[1:])

@@ -73,15 +73,34 @@ class ResetState:
     events: list[dict[str, Any]] = field(default_factory=list)
 
 
+def shards_registered_(model: torch.nn.Module) -> None:
+    """Refuse FSDP1; under FSDP2 make the sharded DTensors the registered parameters again. A root FSDP2 module
+    with reshard_after_forward=False keeps its parameters unsharded after a forward, and the reference model (no
+    backward to reshard it) keeps them until its next forward, whose all-gather would overwrite a copy into them
+    (and a copy from a policy shard into a whole tensor raises). Local, no collective."""
+    if not torch.distributed.is_available():
+        return
+    from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
+
+    for module in model.modules():
+        if isinstance(module, FullyShardedDataParallel):  # flat parameters: rank-local pieces of many tensors
+            raise NotImplementedError("FSDP1 is not supported by resets and the saved reference (its flat "
+                                      "parameters would be copied and saved as one rank's shard): use FSDP2 "
+                                      "(fsdp_config fsdp_version 2) or DeepSpeed")
+        if isinstance(module, FSDPModule):
+            module.reshard()
+
+
 def copy_weights_(src: torch.nn.Module, dst: torch.nn.Module) -> None:
     """dst's parameters := src's, matched by name. Under DeepSpeed ZeRO-3 each pair of partitioned parameters is
     gathered, copied on rank 0 and re-partitioned, one pair at a time: both models are gathered (TRL #1971 gathered
     only the policy and crashed), and never a whole model at once (memory stays at one layer's weights)."""
+    shards_registered_(src)
+    shards_registered_(dst)
     src_params, dst_params = dict(src.named_parameters()), dict(dst.named_parameters())
     if src_params.keys() != dst_params.keys():
         missing = sorted(src_params.keys() ^ dst_params.keys())[:5]
-        raise RuntimeError(f"policy and reference parameters differ by name (e.g. {missing}); FSDP1 flat "
-                           "parameters are not supported by resets, use FSDP2 or DeepSpeed")
+        raise RuntimeError(f"policy and reference parameters differ by name (e.g. {missing})")
     from transformers.integrations import is_deepspeed_zero3_enabled
 
     zero3 = is_deepspeed_zero3_enabled()
@@ -107,6 +126,7 @@ def full_weights(model: torch.nn.Module, keep: bool = True) -> dict[str, torch.T
     `keep=False` a process only takes part in the gathers and returns nothing (no CPU copy of the model)."""
     from transformers.integrations import is_deepspeed_zero3_enabled
 
+    shards_registered_(model)
     zero3, out = is_deepspeed_zero3_enabled(), {}
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -127,6 +147,7 @@ def load_weights_(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> N
     """model's parameters := `weights` (as `full_weights` returns them), matched by name; ZeRO-3 and FSDP2 aware."""
     from transformers.integrations import is_deepspeed_zero3_enabled
 
+    shards_registered_(model)
     params = dict(model.named_parameters())
     if params.keys() != weights.keys():
         differ = sorted(params.keys() ^ weights.keys())[:5]
@@ -184,6 +205,8 @@ class ResetController(TrainerCallback):
 
     def __init__(self, trainer: "ProRLTrainer"):
         self.trainer = trainer
+        if trainer.ref_model is not None and (trainer.args.wants_resets or trainer.args.stages):
+            shards_registered_(trainer.ref_model)  # FSDP1 refused at the start, not at the first reset
         self.state = ResetState()
         self.restart_pending = False  # a stage that reshapes the batch stopped the run at its checkpoint
         self.step_metrics: dict[str, float] = {}  # of the latest step, for reset events (a log clears TRL's lists)
