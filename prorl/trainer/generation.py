@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import logging
 import weakref
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -52,6 +53,7 @@ from transformers.integrations.sdpa_attention import pack_gqa, sdpa_attention_fo
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+log = logging.getLogger(__name__)
 BACKENDS = ("hf", "static")
 GQA_DECODE_ATTENTION = "sdpa_gqa_decode"
 
@@ -201,7 +203,7 @@ class StaticCacheGenerator:
 
     Args:
         model: a decoder-only transformers model (`StaticCache` must support its layers).
-        compile: compile the decode step; None: only on CUDA.
+        compile: compile the decode step; None: only on CUDA, and not for models with sliding-window layers.
         compile_mode: `torch.compile` mode; "reduce-overhead" captures the step in a CUDA graph.
         compile_backend: `torch.compile` backend ("inductor"; "eager" traces without generating code; a callable).
         pack_gqa: keep the packed GQA path for one-token queries under compile (sdpa models only).
@@ -288,7 +290,13 @@ class StaticCacheGenerator:
         full_mask[:, :prompt_len] = attention_mask
         positions = (attention_mask.cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
         step = self._decode_step
-        if self._uses_compile(device):
+        # transformers' sliding-window cache layers keep their fill level in a Python int: a compiled step would
+        # recompile at every token (and fail at dynamo's recompile limit), so those models decode eagerly.
+        sliding = any(getattr(cache, "is_sliding", ()))
+        if sliding and self.compile:
+            raise ValueError("compile=True: the model has sliding-window attention layers, whose static cache a "
+                             "compiled decode step cannot keep (it recompiles every step); use compile=False")
+        if self._uses_compile(device) and not sliding:
             if self._compiled_step is None:
                 self._compiled_step = torch.compile(self._decode_step, **self._compile_kwargs)
             step = self._compiled_step
@@ -330,7 +338,16 @@ class StaticCacheGenerator:
             next_pos += 1
             if cuda_graphs:
                 torch.compiler.cudagraph_mark_step_begin()
-            logits = step(tokens[:, None], next_pos, full_mask, cache)
+            try:
+                logits = step(tokens[:, None], next_pos, full_mask, cache)
+            except torch._dynamo.exc.FailOnRecompileLimitHit:  # raised before the step ran: nothing written yet
+                # Each new batch size / cache length (or train/eval mode) is one more graph of `_decode_step`, shared
+                # by every generator; past dynamo's recompile_limit, the shapes not compiled yet decode eagerly.
+                log.warning("generation: the compiled decode step hit torch._dynamo.config.recompile_limit "
+                            "(%d); decoding batch %d, cache length %d eagerly", torch._dynamo.config.recompile_limit,
+                            batch, cache_len)
+                step, cuda_graphs = self._decode_step, False
+                logits = step(tokens[:, None], next_pos, full_mask, cache)
         completion = sequence[:, prompt_len:prompt_len + steps]
         return completion[:, :_steps_until_all_finished(completion, eos)]
 
