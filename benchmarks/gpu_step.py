@@ -139,6 +139,7 @@ def bench_generation(model, lengths: list[int], batch: int, prompt_len: int, var
         floor = decode_floor_ms(model, batch, prompt_len + length / 2, gbs)
         row = {"batch": batch, "prompt_len": prompt_len, "prefill_s": prefill_s, "floor_ms_per_step": floor}
         for name in variants:
+            torch._dynamo.reset()  # each (length, variant) compiles afresh: no shape falls past dynamo's limit to eager
             reset_memory(device)
             run = lambda: generate(model, ids, mask, config, **GEN_VARIANTS[name])  # noqa: E731
             if name == "hf":  # warm the allocator with a short run; HF has nothing to compile

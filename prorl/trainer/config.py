@@ -161,13 +161,14 @@ class ProRLConfig(GRPOConfig):
     # -- Generation ------------------------------------------------------------------------------------------
     generation_backend: str = field(
         default="hf",
-        metadata={"help": "Decode loop of the regular (no vLLM) generation path: 'hf' (transformers' generate, "
-                          "TRL's default) or 'static' (prorl.trainer.generation: reused static KV cache, decode step "
-                          "compiled into CUDA graphs on GPU, a host sync every few steps; same tokens as 'hf' under "
-                          "greedy decoding; under a fixed seed the same draws within a call, but the random stream "
-                          "after it differs (it samples up to stop_check_every - 1 steps past the last EOS), so "
-                          "later calls draw other samples of the same distribution). Text prompts only; ignored with "
-                          "use_vllm or paged generation. A GPU feature: on CPU (no CUDA graphs) it measured 0.74-0.89x "
+        metadata={"help": "Decode loop of the regular (no vLLM) generation path: 'hf' (transformers' generate, TRL's "
+                          "default) or 'static' (prorl.trainer.generation: reused static KV cache, decode step compiled"
+                          " into CUDA graphs on GPU (eager for sliding-window models), a host sync every few steps; "
+                          "same tokens as 'hf' under greedy decoding (in bf16: as 'hf' with a static cache); under a "
+                          "fixed seed the same draws within a call, but the random stream after it differs (it samples "
+                          "up to stop_check_every - 1 steps past the last EOS), so later calls draw other samples of "
+                          "the same distribution). Text prompts only; ignored with use_vllm or paged generation. A GPU "
+                          "feature: on CPU (no CUDA graphs) it measured 0.74-0.89x "
                           "the speed of 'hf' on the demo model."})
     generation_backend_kwargs: dict | str | None = field(
         default=None,

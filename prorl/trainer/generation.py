@@ -344,8 +344,8 @@ class StaticCacheGenerator:
             except torch._dynamo.exc.FailOnRecompileLimitHit:  # raised before the step ran: nothing written yet
                 # Each new batch size / cache length (or train/eval mode) is one more graph of `_decode_step`, shared
                 # by every generator; past dynamo's recompile_limit, the shapes not compiled yet decode eagerly.
-                log.warning("generation: the compiled decode step hit torch._dynamo.config.recompile_limit "
-                            "(%d); decoding batch %d, cache length %d eagerly", torch._dynamo.config.recompile_limit,
+                log.warning("generation: the compiled decode step hit a dynamo recompile limit (recompile_limit "
+                            "%d); decoding batch %d, cache length %d eagerly", torch._dynamo.config.recompile_limit,
                             batch, cache_len)
                 step, cuda_graphs = self._decode_step, False
                 logits = step(tokens[:, None], next_pos, full_mask, cache)
