@@ -357,3 +357,16 @@ def test_env_reward_is_attached_to_the_tokenizer_and_the_dataset(tiny_model, tmp
     with pytest.raises(KeyError, match=r"row 3 \(id 'r3'\): unknown environment 'mathh'"):
         ProRLTrainer(tiny_model, args=fast_config(tmp_path / "c"), train_dataset=Dataset.from_list(rows),
                      processing_class=tok)
+
+
+def test_fsdp_that_accelerate_does_not_enable_is_said(tiny_model, tmp_path, caplog):
+    """accelerate 1.16 turns FSDP on only on accelerators: a CPU run asking for it trains whole replicas."""
+    trainer = ProRLTrainer(tiny_model, reward_funcs=text_hash_reward, args=fast_config(tmp_path),
+                           train_dataset=prompt_dataset())
+    # transformers refuses fsdp in a single process ("only works in distributed training"); on two CPU processes
+    # accelerate 1.16 prepares DDP (tests/test_trainer_fsdp.py): the check, on the flag as such a run has it
+    trainer.args.fsdp = True
+    with caplog.at_level(logging.WARNING, logger="prorl.trainer.trainer"):
+        trainer._check_fsdp()
+    assert not trainer.is_fsdp_enabled
+    assert any("fsdp is set but accelerate did not enable FSDP" in r.getMessage() for r in caplog.records)

@@ -14,10 +14,10 @@ Backends:
     The logits processors are transformers' own, built in `generate`'s order, and sampling is `torch.multinomial`'s
     own one-sample algorithm on the same (B, V) probabilities (see `sample_one`) without its per-token host sync:
     under greedy decoding the tokens are HF's (in bf16: those of `generate` with `cache_implementation="static"`;
-    attention over a static cache rounds differently from the default dynamic one), and under sampling with the same seed they are the same draws
-    within the call (tested on CPU, tests/test_generation.py); the random stream after it is not HF's (up to
-    `stop_check_every - 1` steps are sampled past the last EOS), so later calls draw other, equally distributed,
-    samples.
+    attention over a static cache rounds differently from the default dynamic one), and under sampling with the
+    same seed they are the same draws within the call (tested on CPU, tests/test_generation.py); the random
+    stream after it is not HF's (up to `stop_check_every - 1` steps are sampled past the last EOS), so later calls
+    draw other, equally distributed, samples.
 
 `pack_gqa` (on by default) fixes a decode slowdown measured on an H100 with a prototype (by the workplace,
 ../shared/MEASURED.md, not with this code): under `torch.compile`, transformers 5.23's sdpa integration skips its

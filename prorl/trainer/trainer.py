@@ -66,6 +66,7 @@ class ProRLTrainer(DynamicSamplingMixin, PaddingFreeMixin, GRPOTrainer):
                         "advantages; 'group' or 'none' do not have this problem")
         super().__init__(model, reward_funcs, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          processing_class=processing_class, callbacks=callbacks, **kwargs)
+        self._check_fsdp()
         keep_selective_checkpointing(self.model)  # every_n_layers survives TRL's re-enable after each generation
         self._check_length_grouping()
         self._check_padding_free()
@@ -263,6 +264,12 @@ class ProRLTrainer(DynamicSamplingMixin, PaddingFreeMixin, GRPOTrainer):
         if args.generation_batch_size % args.num_generations:
             raise ValueError(f"stage: generation_batch_size {args.generation_batch_size} is not divisible by "
                              f"num_generations {args.num_generations}")
+
+    def _check_fsdp(self) -> None:
+        if self.args.fsdp and not self.is_fsdp_enabled:  # accelerate shards only on accelerators (MULTI_CPU: DDP)
+            log.warning("fsdp is set but accelerate did not enable FSDP on %s (%s): every process holds a whole "
+                        "replica of the policy, the reference and the optimizer state", self.accelerator.device,
+                        self.accelerator.distributed_type)
 
     def _patch_fused_heads(self) -> None:
         policy = self.accelerator.unwrap_model(self.model)
