@@ -273,10 +273,147 @@ def _fsdp_main(argv: list[str], mode: str) -> None:
     dist.destroy_process_group()
 
 
+def deepspeed_config(stage: int) -> dict:
+    """A DeepSpeed config (as `TrainingArguments(deepspeed=...)` takes it) for ZeRO-`stage` in fp32."""
+    return {"train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
+            "train_batch_size": "auto", "gradient_clipping": "auto", "bf16": {"enabled": False},
+            "zero_optimization": {"stage": stage, "stage3_gather_16bit_weights_on_model_save": True}}
+
+
+def init_deepspeed_on_cpu() -> None:
+    """Set up DeepSpeed's process group (gloo) and accelerate's state for a CPU-only run (DS_ACCELERATOR=cpu).
+
+    Needed because TrainingArguments' DeepSpeed branch passes no backend to accelerate's PartialState, whose
+    `_prepare_backend` finds none without a GPU: it would init DeepSpeed's group but report 1 process
+    (generation_batch_size checks then fail). With the state built here, `accelerator_config={"use_configured_state":
+    True}` makes the Trainer use it. A GPU run (`accelerate launch --config_file configs/accelerate/zero3.yaml`)
+    does not need this."""
+    import deepspeed
+    from accelerate import PartialState
+
+    os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
+    try:
+        deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
+        PartialState(backend="gloo")
+    finally:
+        del os.environ["ACCELERATE_USE_DEEPSPEED"]
+
+
+def adam_state(trainer) -> dict:
+    """The optimizer chain's class names and its innermost (torch) optimizer's Adam state on this rank: the total
+    |exp_avg| + |exp_avg_sq|, how many moment tensors, and the step counts (per parameter and per group)."""
+    opt, chain = trainer.optimizer, []
+    while opt is not None:
+        chain.append(f"{type(opt).__module__}.{type(opt).__name__}")
+        base, opt = opt, getattr(opt, "optimizer", None)
+    moments = [v for state in base.state.values() for k, v in state.items() if k in ("exp_avg", "exp_avg_sq")]
+    steps = [int(state["step"]) for state in base.state.values() if "step" in state]
+    steps += [int(group["step"]) for group in base.param_groups if "step" in group]
+    return {"chain": chain, "moments": float(sum(float(v.abs().sum()) for v in moments)),
+            "n_moments": len(moments), "numel": sum(v.numel() for v in moments), "steps": steps}
+
+
+def _deepspeed_main(argv: list[str], stage: int) -> None:
+    """Under `torch.distributed.run --nproc_per_node 2` with DS_ACCELERATOR=cpu: DeepSpeed ZeRO-`stage` (gloo), as
+    `ddp` (6 rows per process, groups of 4, a reward constant on even prompts, beta 0.1), a reset after step 2 and a
+    checkpoint every 2 steps. Flags: `--resume CKPT` goes on from a checkpoint; `--restart-stage`: 4 steps of a
+    cosine schedule and a stage at the reset that doubles the rows and halves the base rate (DeepSpeed does not
+    restart in process: the run stops at the reset's checkpoint); `--padding-free`; `--static-generation` (prorl's
+    decode loop, its calls counted). Writes OUT/<phase>-rank<N>.json (phase: train or resume) with the Adam state
+    around the reset, and at the reset the policy's full weights to OUT/policy-at-reset.safetensors."""
+    import re
+
+    from safetensors.torch import load_file, save_file
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    import prorl.trainer.trainer as trainer_module
+    from prorl.trainer import ProRLTrainer, ResetCallback
+    from prorl.trainer.callbacks import full_weights
+
+    init_deepspeed_on_cpu()
+    generate = trainer_module.trainer_generate
+
+    def counted_generate(*args, **kwargs):  # the static backend's entry point: counted, then run as is
+        record["static_generations"] += 1
+        return generate(*args, **kwargs)
+
+    trainer_module.trainer_generate = counted_generate
+    out, model = argv[0], argv[1]
+    resume = argv[argv.index("--resume") + 1] if "--resume" in argv else None
+    phase = "resume" if resume else "train"
+    record: dict = {"trained": [], "opt": {}, "ref_vs_policy_at_reset": None,
+                    "restored_ref_vs_policy_at_reset": None, "lr": [], "static_generations": 0}
+
+    class Recording(ProRLTrainer):
+        def _generate_and_score_completions(self, inputs):
+            batch = super()._generate_and_score_completions(inputs)
+            if self.model.training:
+                texts = self.processing_class.batch_decode(batch["prompt_ids"], skip_special_tokens=True)
+                record["trained"].append([int(re.search(r"q(\d+):", t).group(1)) for t in texts])
+            return batch
+
+    def gathered(model):  # every rank joins (ZeRO-3 gathers); rank 0 keeps the tensors
+        return full_weights(trainer.accelerator.unwrap_model(model), keep=trainer.accelerator.is_main_process)
+
+    def max_diff(a: dict, b: dict) -> float:
+        assert a.keys() == b.keys(), sorted(a.keys() ^ b.keys())[:5]
+        return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+
+    class Probe(ResetCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            record["opt"][f"begin@{state.global_step}"] = adam_state(trainer)
+            if resume:  # the reference restored from the checkpoint vs the policy saved at the reset
+                ref = gathered(trainer.ref_model)
+                if trainer.accelerator.is_main_process:
+                    record["restored_ref_vs_policy_at_reset"] = max_diff(
+                        ref, load_file(f"{out}/policy-at-reset.safetensors"))
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            record["lr"].append(trainer.optimizer.param_groups[0]["lr"])
+
+        def on_step_end(self, args, state, control, **kwargs):  # before ResetController's: before a reset
+            record["opt"][f"end@{state.global_step}"] = adam_state(trainer)
+
+        def on_reset(self, args, state, control, event, trainer, replay=False, **kwargs):
+            if replay:  # a resumed run replaying its checkpoint's reset, before training
+                return
+            record["opt"][f"reset@{state.global_step}"] = adam_state(trainer)
+            policy, ref = gathered(trainer.model), gathered(trainer.ref_model)
+            if trainer.accelerator.is_main_process:
+                record["ref_vs_policy_at_reset"] = max_diff(ref, policy)
+                save_file(policy, f"{out}/policy-at-reset.safetensors")
+
+    more = {"generation_backend": "static"} if "--static-generation" in argv else {}
+    if "--restart-stage" in argv:  # 4 steps of a cosine schedule; the reset doubles the rows and halves the base rate
+        more.update(stages=[{"per_device_train_batch_size": 8, "learning_rate": 5e-4}], max_steps=4,
+                    lr_scheduler_type="cosine")
+    args = fast_config(out, per_device_train_batch_size=6, beta=0.1, reset_every_steps=2, save_strategy="steps",
+                       save_steps=2, use_cpu=False, deepspeed=deepspeed_config(stage), **more,
+                       padding_free="--padding-free" in argv, accelerator_config={"use_configured_state": True})
+    trainer = Recording(model, reward_funcs=half_constant_reward, args=args, train_dataset=prompt_dataset(12),
+                        callbacks=[Probe()])
+    trainer.train(resume_from_checkpoint=resume)
+    policy = full_weights(trainer.accelerator.unwrap_model(trainer.model))  # every rank keeps it: replicas equal?
+    rank = trainer.accelerator.process_index
+    engine = trainer.model_wrapped
+    record.update(rank=rank, zero3=is_deepspeed_zero3_enabled(), engine=type(engine).__name__,
+                  zero_stage=engine.zero_optimization_stage() if hasattr(engine, "zero_optimization_stage") else None,
+                  kl=[h["kl"] for h in trainer.state.log_history if "kl" in h], step=trainer.state.global_step,
+                  logged_lr=[h["learning_rate"] for h in trainer.state.log_history if "learning_rate" in h],
+                  resets=trainer.resets.state.reset_count, pack_one_row=trainer._pack_one_row,
+                  local_numel=sum(p.numel() for p in trainer.model.parameters()),
+                  weights=sum(float(t.double().sum()) for t in policy.values()) if policy else None)
+    Path(out, f"{phase}-rank{rank}.json").write_text(json.dumps(record))
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()
+
+
 if __name__ == "__main__":
     if sys.argv[1] in ("fsdp2", "fsdp2-keep", "fsdp1"):
         _fsdp_main(sys.argv[2:], mode=sys.argv[1])
     elif sys.argv[1] in ("ddp", "ddp-packed", "ddp-adaptive", "ddp-restart"):
         _ddp_main(sys.argv[2:], mode=sys.argv[1])
+    elif sys.argv[1] in ("zero2", "zero3"):
+        _deepspeed_main(sys.argv[2:], stage=int(sys.argv[1][-1]))
     else:
         _subprocess_main(sys.argv[1:])

@@ -137,7 +137,10 @@ def packing_error(model, one_row: bool) -> tuple[float, float]:
     `one_row` one forward each. Models whose mask builder is not given the position ids (OPT, Bloom, GPT-OSS in
     transformers 5.23), recurrent or convolutional layers (Qwen3.5, LFM2) and flash attention over several rows
     fail the first check."""
-    text_config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    from accelerate.utils import extract_model_from_parallel
+
+    config = extract_model_from_parallel(model).config  # a DeepSpeed engine's own .config is its DeepSpeed dict
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
     device = next(model.parameters()).device
     g = torch.Generator().manual_seed(0)
     high = max(4, min(int(text_config.vocab_size), 1000))
@@ -194,10 +197,11 @@ class PaddingFreeMixin:
         except (TypeError, ValueError) as exc:  # e.g. a forward without position_ids
             raise ValueError(f"padding_free: the model cannot be forwarded packed ({exc}); set padding_free=False") \
                 from exc
-        name = type(self.accelerator.unwrap_model(model)).__name__
+        unwrapped = self.accelerator.unwrap_model(model)
+        name = type(unwrapped).__name__
         if leak > LEAK_TOL:
             raise ValueError(
-                f"padding_free: {name} ({model.config._attn_implementation}) lets packed sequences see each other (a "
+                f"padding_free: {name} ({unwrapped.config._attn_implementation}) lets packed sequences see each other (a "
                 f"sequence's log-probs moved by {leak:.2g} with the sequence packed before it): its mask is not built "
                 "from position ids, or a recurrent/convolutional layer carries state across; set padding_free=False")
         if position > POSITION_TOL:
@@ -205,7 +209,7 @@ class PaddingFreeMixin:
                              f"{position:.2g} away from the sequence forwarded alone); set padding_free=False")
         if self._pack_one_row:
             log.info("padding_free: %s (%s) keeps packed sequences apart in one row per forward only: each "
-                     "micro-batch is packed into one row", name, model.config._attn_implementation)
+                     "micro-batch is packed into one row", name, unwrapped.config._attn_implementation)
 
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
                                            compute_entropy=False, compute_aux_loss=False, **multimodal):

@@ -1,0 +1,116 @@
+"""DeepSpeed ZeRO-3 and ZeRO-2 on two CPU processes (DS_ACCELERATOR=cpu, gloo), for real: dynamic sampling, a hard
+reset (reference := the gathered policy, DeepSpeed's Adam state re-initialised), the reference saved unsharded with
+the checkpoint and restored on resume, a stage that reshapes the batch stopping the run for a relaunch. The runs are
+`tests/trainer_utils.py zero2|zero3` (see `_deepspeed_main`). DeepSpeed JIT-compiles a small C++ op at its first
+init (g++ needed; cached in ~/.cache/torch_extensions)."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from trainer_utils import tiny_model  # noqa: F401
+
+HERE = Path(__file__).resolve().parent
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None,
+                       reason="deepspeed is not installed (pip install deepspeed, or prorl[deepspeed])"),
+]
+
+
+def _launch(stage: int, tiny_model: str, out: Path, *flags: str) -> list[dict]:
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu")
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(HERE / "trainer_utils.py"), f"zero{stage}", str(out), tiny_model, *flags],
+        capture_output=True, text=True, timeout=900, env=env, cwd=HERE)
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    phase = "resume" if "--resume" in flags else "train"
+    ranks = [json.loads((out / f"{phase}-rank{i}.json").read_text()) for i in range(2)]
+    assert [r["rank"] for r in ranks] == [0, 1]
+    return ranks
+
+
+def _load(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def _check_optimizer_reset(opt: dict, zero_optimizer: str) -> None:
+    """DeepSpeed's Adam state on one rank: trained before the reset, zero with step 0 right after it."""
+    before, after = opt["end@2"], opt["reset@2"]
+    assert before["chain"][1].endswith(zero_optimizer) and before["chain"][-1] == "torch.optim.adamw.AdamW"
+    assert before["moments"] > 0 and before["n_moments"] > 0 and set(before["steps"]) == {2}
+    assert after["moments"] == 0 and after["numel"] == before["numel"] and set(after["steps"]) == {0}
+
+
+def _check_reference_file(path: Path, out: Path, tiny_model: str) -> None:
+    """The checkpoint's reference: full (unsharded) tensors of every parameter, equal to the policy at the reset."""
+    ref, policy, initial = _load(path), _load(out / "policy-at-reset.safetensors"), _load(Path(tiny_model) /
+                                                                                        "model.safetensors")
+    assert ref.keys() == initial.keys() == policy.keys()
+    assert all(ref[k].shape == initial[k].shape for k in ref)
+    assert all(torch.equal(ref[k], policy[k]) for k in ref)
+    assert not all(torch.equal(ref[k], initial[k]) for k in ref)  # trained: not the model TRL loads at start
+
+
+def test_zero3_dynamic_sampling_reset_checkpoint_and_resume(tiny_model, tmp_path):
+    """ZeRO-3 with padding_free (its probe runs at the first forward, on the DeepSpeed engine) and prorl's static
+    decode loop (ZeRO-3 parameters gathered for generation): 3 steps, a reset after step 2, then a resume from the
+    checkpoint of step 2 whose step 3 must have a KL of ~0 to the reference restored from reference.safetensors."""
+    out = tmp_path / "run"
+    ranks = _launch(3, tiny_model, out, "--padding-free", "--static-generation")
+    for r in ranks:
+        assert r["zero3"] and r["engine"] == "DeepSpeedEngine" and r["zero_stage"] == 3
+        assert r["local_numel"] == 0  # the policy's parameters are partitioned away from the module
+        assert r["pack_one_row"] is False and r["static_generations"] > 0
+        assert len(r["trained"]) == 3 and all(len(batch) == 6 for batch in r["trained"])
+        assert all(q % 2 == 1 for batch in r["trained"] for q in batch), r["trained"]  # even prompts: constant
+        assert r["resets"] == 1 and r["kl"][1] > 1e-4 and r["kl"][2] < 1e-6, r["kl"]
+        _check_optimizer_reset(r["opt"], "DeepSpeedZeroOptimizer_Stage3")
+        assert r["opt"]["end@3"]["moments"] > 0 and set(r["opt"]["end@3"]["steps"]) == {1}  # a fresh Adam's step 1
+    assert ranks[0]["ref_vs_policy_at_reset"] == 0.0  # copy_weights_ through gathered partitions
+    assert ranks[0]["weights"] == ranks[1]["weights"]
+    _check_reference_file(out / "checkpoint-2" / "reference.safetensors", out, tiny_model)
+
+    resumed = _launch(3, tiny_model, out, "--padding-free", "--static-generation", "--resume",
+                      str(out / "checkpoint-2"))
+    for r in resumed:
+        assert r["step"] == 3 and len(r["trained"]) == 1 and r["resets"] == 1
+        assert r["opt"]["begin@2"]["moments"] == 0 and set(r["opt"]["begin@2"]["steps"]) == {0}  # saved after it
+        assert len(r["kl"]) == 3 and r["kl"][2] < 1e-6, r["kl"]  # without the restored reference: 6e-3 (measured)
+    assert resumed[0]["restored_ref_vs_policy_at_reset"] == 0.0
+
+
+def test_zero2_restart_stage_stops_and_a_relaunch_goes_on(tiny_model, tmp_path):
+    """ZeRO-2: a stage at the reset that doubles the rows per process and halves the base rate of a cosine schedule
+    cannot restart in process under DeepSpeed: the run stops at checkpoint-2; a relaunch resumes with 8 rows per
+    process, the halved rate and the reference of the reset."""
+    out = tmp_path / "run"
+    ranks = _launch(2, tiny_model, out, "--restart-stage")
+    for r in ranks:
+        assert not r["zero3"] and r["engine"] == "DeepSpeedEngine" and r["zero_stage"] == 2
+        assert r["step"] == 2 and [len(batch) for batch in r["trained"]] == [6, 6]
+        assert all(q % 2 == 1 for batch in r["trained"] for q in batch), r["trained"]
+        assert r["resets"] == 1 and r["kl"][1] > 1e-4
+        _check_optimizer_reset(r["opt"], "DeepSpeedZeroOptimizer")
+        assert r["opt"]["end@2"]["numel"] == r["local_numel"]  # exp_avg + exp_avg_sq of half the parameters
+    assert ranks[0]["ref_vs_policy_at_reset"] == 0.0 and ranks[0]["weights"] == ranks[1]["weights"]
+    _check_reference_file(out / "checkpoint-2" / "reference.safetensors", out, tiny_model)
+
+    resumed = _launch(2, tiny_model, out, "--restart-stage", "--resume", str(out / "checkpoint-2"))
+    for r in resumed:
+        assert r["step"] == 4 and [len(batch) for batch in r["trained"]] == [8, 8] and r["resets"] == 2
+        assert r["opt"]["begin@2"]["moments"] == 0
+        assert r["kl"][2] < 1e-6 < r["kl"][3], r["kl"]
+        # cosine over 4 steps from 1e-3, the base halved from step 3 on: 0.5 * 1e-3 * (1 + cos(pi * t / 4)) / 2
+        assert r["lr"] == pytest.approx([2.5e-4, 7.3223e-5], rel=1e-4)
+        assert r["logged_lr"] == pytest.approx([1e-3, 8.5355e-4, 2.5e-4, 7.3223e-5], rel=1e-4)
+    assert resumed[0]["restored_ref_vs_policy_at_reset"] == 0.0 and resumed[0]["weights"] == resumed[1]["weights"]
