@@ -319,8 +319,9 @@ def _deepspeed_main(argv: list[str], stage: int) -> None:
     checkpoint every 2 steps. Flags: `--resume CKPT` goes on from a checkpoint; `--restart-stage`: 4 steps of a
     cosine schedule and a stage at the reset that doubles the rows and halves the base rate (DeepSpeed does not
     restart in process: the run stops at the reset's checkpoint); `--padding-free`; `--static-generation` (prorl's
-    decode loop, its calls counted). Writes OUT/<phase>-rank<N>.json (phase: train or resume) with the Adam state
-    around the reset, and at the reset the policy's full weights to OUT/policy-at-reset.safetensors."""
+    decode loop, its calls counted); `--buffered` (steps_per_generation=3). Writes OUT/<phase>-rank<N>.json (phase:
+    train or resume) with the Adam state around the reset, and at the reset the policy's full weights to
+    OUT/policy-at-reset.safetensors."""
     import re
 
     from safetensors.torch import load_file, save_file
@@ -384,6 +385,8 @@ def _deepspeed_main(argv: list[str], stage: int) -> None:
                 save_file(policy, f"{out}/policy-at-reset.safetensors")
 
     more = {"generation_backend": "static"} if "--static-generation" in argv else {}
+    if "--buffered" in argv:  # one generation for 3 steps: the reset after step 2 refreshes step 3's reference logps
+        more.update(steps_per_generation=3)
     if "--restart-stage" in argv:  # 4 steps of a cosine schedule; the reset doubles the rows and halves the base rate
         more.update(stages=[{"per_device_train_batch_size": 8, "learning_rate": 5e-4}], max_steps=4,
                     lr_scheduler_type="cosine")
