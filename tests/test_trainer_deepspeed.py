@@ -125,3 +125,17 @@ def test_zero3_reset_mid_generation_refreshes_the_buffered_reference_logps(tiny_
         assert [len(batch) for batch in r["trained"]] == [18] and r["step"] == 3 and r["resets"] == 1
         assert r["kl"][1] > 1e-4 and r["kl"][2] < 1e-6, r["kl"]
     assert ranks[0]["ref_vs_policy_at_reset"] == 0.0 and ranks[0]["weights"] == ranks[1]["weights"]
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_step_without_loss_tokens_is_skipped_under_deepspeed(tiny_model, tmp_path, stage):
+    """Step 2 keeps no group (one round, every reward constant): no loss token on any rank. DeepSpeed steps inside
+    the backward, before on_pre_optimizer_step, so the decision is made in compute_loss and the torch optimizer its
+    ZeRO optimizer steps (once per group) is guarded: weights and Adam state stay as after step 1 (without it, ZeRO-2:
+    AdamW's momentum moved the weights' sum from 308.901 to 309.333 and its step count to 2, measured)."""
+    ranks = _launch(stage, tiny_model, tmp_path / "run", "--empty-step-2")
+    for r in ranks:
+        assert r["step"] == 2 and r["skipped"] == [None, 1.0]
+        assert r["step_weights"][0] == r["step_weights"][1]
+        assert r["opt"]["end@2"] == r["opt"]["end@1"] and set(r["opt"]["end@1"]["steps"]) == {1}
+    assert ranks[0]["step_weights"] == ranks[1]["step_weights"]

@@ -319,7 +319,8 @@ def _deepspeed_main(argv: list[str], stage: int) -> None:
     checkpoint every 2 steps. Flags: `--resume CKPT` goes on from a checkpoint; `--restart-stage`: 4 steps of a
     cosine schedule and a stage at the reset that doubles the rows and halves the base rate (DeepSpeed does not
     restart in process: the run stops at the reset's checkpoint); `--padding-free`; `--static-generation` (prorl's
-    decode loop, its calls counted); `--buffered` (steps_per_generation=3). Writes OUT/<phase>-rank<N>.json (phase:
+    decode loop, its calls counted); `--buffered` (steps_per_generation=3); `--empty-step-2` (2 steps, the second
+    with no loss token: its update is skipped). Writes OUT/<phase>-rank<N>.json (phase:
     train or resume) with the Adam state around the reset, and at the reset the policy's full weights to
     OUT/policy-at-reset.safetensors."""
     import re
@@ -343,7 +344,8 @@ def _deepspeed_main(argv: list[str], stage: int) -> None:
     resume = argv[argv.index("--resume") + 1] if "--resume" in argv else None
     phase = "resume" if resume else "train"
     record: dict = {"trained": [], "opt": {}, "ref_vs_policy_at_reset": None,
-                    "restored_ref_vs_policy_at_reset": None, "lr": [], "static_generations": 0}
+                    "restored_ref_vs_policy_at_reset": None, "lr": [], "static_generations": 0,
+                    "step_weights": []}
 
     class Recording(ProRLTrainer):
         def _generate_and_score_completions(self, inputs):
@@ -374,6 +376,8 @@ def _deepspeed_main(argv: list[str], stage: int) -> None:
 
         def on_step_end(self, args, state, control, **kwargs):  # before ResetController's: before a reset
             record["opt"][f"end@{state.global_step}"] = adam_state(trainer)
+            weights = full_weights(trainer.accelerator.unwrap_model(trainer.model))
+            record["step_weights"].append(sum(float(t.double().sum()) for t in weights.values()))
 
         def on_reset(self, args, state, control, event, trainer, replay=False, **kwargs):
             if replay:  # a resumed run replaying its checkpoint's reset, before training
@@ -390,11 +394,20 @@ def _deepspeed_main(argv: list[str], stage: int) -> None:
     if "--restart-stage" in argv:  # 4 steps of a cosine schedule; the reset doubles the rows and halves the base rate
         more.update(stages=[{"per_device_train_batch_size": 8, "learning_rate": 5e-4}], max_steps=4,
                     lr_scheduler_type="cosine")
-    args = fast_config(out, per_device_train_batch_size=6, beta=0.1, reset_every_steps=2, save_strategy="steps",
-                       save_steps=2, use_cpu=False, deepspeed=deepspeed_config(stage), **more,
-                       padding_free="--padding-free" in argv, accelerator_config={"use_configured_state": True})
-    trainer = Recording(model, reward_funcs=half_constant_reward, args=args, train_dataset=prompt_dataset(12),
-                        callbacks=[Probe()])
+    reward = half_constant_reward
+    if "--empty-step-2" in argv:  # step 2 keeps no group (one round, all constant): no loss token anywhere
+        calls = []
+
+        def reward(prompts, completions, **kwargs):
+            calls.append(1)
+            return text_hash_reward(prompts, completions) if len(calls) == 1 else [1.0] * len(completions)
+
+        more.update(max_steps=2, dynamic_sampling_max_rounds=1, reset_every_steps=None)
+    args = fast_config(out, **{"per_device_train_batch_size": 6, "beta": 0.1, "reset_every_steps": 2,
+                               "save_strategy": "steps", "save_steps": 2, "use_cpu": False,
+                               "deepspeed": deepspeed_config(stage), "padding_free": "--padding-free" in argv,
+                               "accelerator_config": {"use_configured_state": True}, **more})
+    trainer = Recording(model, reward_funcs=reward, args=args, train_dataset=prompt_dataset(12), callbacks=[Probe()])
     trainer.train(resume_from_checkpoint=resume)
     policy = full_weights(trainer.accelerator.unwrap_model(trainer.model))  # every rank keeps it: replicas equal?
     rank = trainer.accelerator.process_index
@@ -403,6 +416,7 @@ def _deepspeed_main(argv: list[str], stage: int) -> None:
                   zero_stage=engine.zero_optimization_stage() if hasattr(engine, "zero_optimization_stage") else None,
                   kl=[h["kl"] for h in trainer.state.log_history if "kl" in h], step=trainer.state.global_step,
                   logged_lr=[h["learning_rate"] for h in trainer.state.log_history if "learning_rate" in h],
+                  skipped=[h.get("skipped_updates") for h in trainer.state.log_history if "loss" in h],
                   resets=trainer.resets.state.reset_count, pack_one_row=trainer._pack_one_row,
                   local_numel=sum(p.numel() for p in trainer.model.parameters()),
                   weights=sum(float(t.double().sum()) for t in policy.values()) if policy else None)

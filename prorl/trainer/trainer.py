@@ -126,32 +126,49 @@ class ProRLTrainer(DynamicSamplingMixin, PaddingFreeMixin, GRPOTrainer):
         if self.model.training:
             mask = inputs["completion_mask"] * inputs.get("tool_mask", 1)
             self._step_loss_tokens += int(mask.sum())
+            if self.is_deepspeed_enabled and self.accelerator.sync_gradients:
+                # DeepSpeed's engine steps inside the backward of the update's last micro-batch, before
+                # on_pre_optimizer_step: decide now, and guard the torch optimizer its ZeRO optimizer steps
+                base = self.optimizer
+                while getattr(base, "optimizer", None) is not None:
+                    base = base.optimizer
+                self._guard_step(base)
+                self._decide_update()
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
     def create_optimizer(self, model=None):
         """TRL's optimizer, whose `step` does nothing when the update's batch had no loss token on any process (a
         dynamic-sampling step at its cap that kept no group): AdamW would otherwise still move the weights by its
-        momentum and weight decay on an all-zero gradient. DeepSpeed steps inside its engine and is not covered."""
+        momentum and weight decay on an all-zero gradient."""
         optimizer = super().create_optimizer(model)
-        if getattr(optimizer, "_prorl_guarded", False) or self.is_deepspeed_enabled:
-            # DeepSpeed steps inside accelerator.backward, before on_pre_optimizer_step: a flag set there would
-            # skip the next (real) update instead, so no guard
-            return optimizer
+        self._guard_step(optimizer)
+        return optimizer
+
+    def _guard_step(self, optimizer) -> None:
+        """`optimizer.step` does nothing while `_skip_update` is set; the step clears it, except under DeepSpeed,
+        whose ZeRO optimizer steps it once per parameter (sub-)group: there `decide_update` does, after the engine."""
+        if getattr(optimizer, "_prorl_guarded", False):
+            return
         step = optimizer.step
 
         def guarded_step(*args, **kwargs):
             if self._skip_update:
-                self._skip_update = False
+                if not self.is_deepspeed_enabled:
+                    self._skip_update = False
                 return None
             return step(*args, **kwargs)
 
         optimizer.step, optimizer._prorl_guarded = guarded_step, True
-        return optimizer
 
     def decide_update(self) -> bool:
-        """Called right before each optimizer step (ResetController.on_pre_optimizer_step): whether it updates."""
+        """Called right before each optimizer step (ResetController.on_pre_optimizer_step): whether it updates
+        (under DeepSpeed decided in `compute_loss`, before the engine stepped)."""
         if self.is_deepspeed_enabled:
-            return True
+            skipped, self._skip_update = self._skip_update, False
+            return not skipped
+        return self._decide_update()
+
+    def _decide_update(self) -> bool:
         tokens = gather(torch.tensor([self._step_loss_tokens], device=self.accelerator.device)).sum().item()
         self._step_loss_tokens = 0
         self._skip_update = tokens == 0
