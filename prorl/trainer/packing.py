@@ -197,11 +197,11 @@ class PaddingFreeMixin:
         except (TypeError, ValueError) as exc:  # e.g. a forward without position_ids
             raise ValueError(f"padding_free: the model cannot be forwarded packed ({exc}); set padding_free=False") \
                 from exc
-        unwrapped = self.accelerator.unwrap_model(model)
-        name = type(unwrapped).__name__
+        unwrapped = self.accelerator.unwrap_model(model)  # a DeepSpeed engine's .config is its DeepSpeed dict
+        name, attn = type(unwrapped).__name__, unwrapped.config._attn_implementation
         if leak > LEAK_TOL:
             raise ValueError(
-                f"padding_free: {name} ({unwrapped.config._attn_implementation}) lets packed sequences see each other (a "
+                f"padding_free: {name} ({attn}) lets packed sequences see each other (a "
                 f"sequence's log-probs moved by {leak:.2g} with the sequence packed before it): its mask is not built "
                 "from position ids, or a recurrent/convolutional layer carries state across; set padding_free=False")
         if position > POSITION_TOL:
@@ -209,7 +209,7 @@ class PaddingFreeMixin:
                              f"{position:.2g} away from the sequence forwarded alone); set padding_free=False")
         if self._pack_one_row:
             log.info("padding_free: %s (%s) keeps packed sequences apart in one row per forward only: each "
-                     "micro-batch is packed into one row", name, unwrapped.config._attn_implementation)
+                     "micro-batch is packed into one row", name, attn)
 
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
                                            compute_entropy=False, compute_aux_loss=False, **multimodal):
