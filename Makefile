@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[dev]" -c constraints.txt
+	$(PIP) install -q -e ".[dev,deepspeed]" -c constraints.txt
 	touch $@
 
 # Re-resolve pyproject.toml's ranges in a throwaway venv (ignoring constraints.txt) and freeze the result into it.
@@ -22,7 +22,7 @@ lock:
 	$(PYTHON) -m venv "$$tmp/venv"; \
 	"$$tmp/venv/bin/python" -m pip install -q --upgrade pip; \
 	"$$tmp/venv/bin/python" -m pip install -q torch==2.13.0; \
-	"$$tmp/venv/bin/python" -m pip install -q -e ".[dev]"; \
+	"$$tmp/venv/bin/python" -m pip install -q -e ".[dev,deepspeed]"; \
 	grep '^#' constraints.txt > "$$tmp/constraints.txt"; \
 	"$$tmp/venv/bin/python" -m pip freeze --exclude-editable | grep -v '^torch==' >> "$$tmp/constraints.txt"; \
 	mv "$$tmp/constraints.txt" constraints.txt; echo "make lock: constraints.txt holds $$(grep -c '==' constraints.txt) pins"

@@ -24,7 +24,7 @@ def _two_ranks(mode: str, tiny_model: str, tmp_path) -> list[dict]:
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         str(HERE / "trainer_utils.py"), mode, str(tmp_path / "run"), tiny_model],
+         str(HERE / "sharded_main.py"), mode, str(tmp_path / "run"), tiny_model],
         capture_output=True, text=True, timeout=400, env=env, cwd=HERE)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return [json.loads((tmp_path / "run" / f"rank{i}.json").read_text()) for i in range(2)]

@@ -7,6 +7,8 @@ Extension points used (all methods of `GRPOTrainer`/`Trainer`, called with `supe
   - `_get_per_token_logps_and_entropies`: with `padding_free`, packed rows of real tokens only
     (prorl/trainer/packing.py).
   - `_calculate_rewards`: the no-EOS penalty, and the rewards that dynamic sampling filters on.
+  - `compute_loss` / `create_optimizer`: an update whose batch has no loss token is skipped
+    (prorl/trainer/update_guard.py).
   - `log`: the ProRL metrics, and `output_dir/metrics.jsonl`.
   - `_save_checkpoint` / `train`: the reset state travels with checkpoints and is restored on resume.
 """
@@ -33,6 +35,7 @@ from prorl.trainer.dynamic_sampling import DynamicSamplingMixin
 from prorl.trainer.packing import PaddingFreeMixin
 from prorl.trainer.rewards import EnvReward
 from prorl.trainer.sampling import mixture_view
+from prorl.trainer.update_guard import SkipEmptyUpdatesMixin
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +50,7 @@ METRIC_ALIASES = {
 }
 
 
-class ProRLTrainer(DynamicSamplingMixin, PaddingFreeMixin, GRPOTrainer):
+class ProRLTrainer(DynamicSamplingMixin, PaddingFreeMixin, SkipEmptyUpdatesMixin, GRPOTrainer):
     """GRPO with the ProRL recipe. `reward_funcs` defaults to `EnvReward` (route each row to its `env`)."""
 
     _tag_names = ["trl", "grpo", "prorl"]
@@ -120,63 +123,6 @@ class ProRLTrainer(DynamicSamplingMixin, PaddingFreeMixin, GRPOTrainer):
             rewards_per_func[no_eos] = float(self.args.no_eos_penalty) / (total_weight or 1.0)
         self._round_rewards = rewards_per_func
         return rewards_per_func
-
-    # -- Updates with nothing to learn ------------------------------------------------------------------------
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if self.model.training:
-            mask = inputs["completion_mask"] * inputs.get("tool_mask", 1)
-            self._step_loss_tokens += int(mask.sum())
-            if self.is_deepspeed_enabled and self.accelerator.sync_gradients:
-                # DeepSpeed's engine steps inside the backward of the update's last micro-batch, before
-                # on_pre_optimizer_step: decide now, and guard the torch optimizer its ZeRO optimizer steps
-                base = self.optimizer
-                while getattr(base, "optimizer", None) is not None:
-                    base = base.optimizer
-                self._guard_step(base)
-                self._decide_update()
-        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-
-    def create_optimizer(self, model=None):
-        """TRL's optimizer, whose `step` does nothing when the update's batch had no loss token on any process (a
-        dynamic-sampling step at its cap that kept no group): AdamW would otherwise still move the weights by its
-        momentum and weight decay on an all-zero gradient."""
-        optimizer = super().create_optimizer(model)
-        self._guard_step(optimizer)
-        return optimizer
-
-    def _guard_step(self, optimizer) -> None:
-        """`optimizer.step` does nothing while `_skip_update` is set; the step clears it, except under DeepSpeed,
-        whose ZeRO optimizer steps it once per parameter (sub-)group: there `decide_update` does, after the engine."""
-        if getattr(optimizer, "_prorl_guarded", False):
-            return
-        step = optimizer.step
-
-        def guarded_step(*args, **kwargs):
-            if self._skip_update:
-                if not self.is_deepspeed_enabled:
-                    self._skip_update = False
-                return None
-            return step(*args, **kwargs)
-
-        optimizer.step, optimizer._prorl_guarded = guarded_step, True
-
-    def decide_update(self) -> bool:
-        """Called right before each optimizer step (ResetController.on_pre_optimizer_step): whether it updates
-        (under DeepSpeed decided in `compute_loss`, before the engine stepped)."""
-        if self.is_deepspeed_enabled:
-            skipped, self._skip_update = self._skip_update, False
-            return not skipped
-        return self._decide_update()
-
-    def _decide_update(self) -> bool:
-        tokens = gather(torch.tensor([self._step_loss_tokens], device=self.accelerator.device)).sum().item()
-        self._step_loss_tokens = 0
-        self._skip_update = tokens == 0
-        if self._skip_update:
-            self._metrics["train"]["skipped_updates"].append(1.0)
-            log.warning("step %d: no loss token in the batch on any process; the optimizer step is skipped",
-                        self.state.global_step + 1)
-        return not self._skip_update
 
     # -- Resets and stages -----------------------------------------------------------------------------------
     def sync_reference_to_policy(self) -> None:
