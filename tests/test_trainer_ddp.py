@@ -2,28 +2,12 @@
 the same rounds and train no constant group, including a group split across the two ranks; a reset on both ranks
 brings the (gathered) KL of the next step to ~0; a stage that reshapes the batch restarts both ranks in process."""
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
-from trainer_utils import tiny_model  # noqa: F401
-
-HERE = Path(__file__).resolve().parent
+from trainer_utils import tiny_model, two_ranks  # noqa: F401
 
 
 def _two_ranks(mode: str, tiny_model: str, tmp_path) -> list[dict]:
-    env = dict(os.environ, TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         str(HERE / "trainer_utils.py"), mode, str(tmp_path / "run"), tiny_model],
-        capture_output=True, text=True, timeout=400, env=env, cwd=HERE)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    ranks = [json.loads((tmp_path / "run" / f"rank{i}.json").read_text()) for i in range(2)]
-    assert [r["rank"] for r in ranks] == [0, 1]
-    return ranks
+    return two_ranks("trainer_utils.py", mode, tmp_path / "run", tiny_model)
 
 
 @pytest.mark.slow

@@ -5,17 +5,12 @@ the checkpoint and restored on resume, a stage that reshapes the batch stopping 
 init (g++ needed; cached in ~/.cache/torch_extensions)."""
 
 import importlib.util
-import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from trainer_utils import tiny_model  # noqa: F401
-
-HERE = Path(__file__).resolve().parent
+from trainer_utils import tiny_model, two_ranks  # noqa: F401
 
 MISSING = "deepspeed is not installed (make setup installs .[dev,deepspeed]; its CPU op is JIT-built with g++)"
 if importlib.util.find_spec("deepspeed") is None and os.environ.get("CI"):
@@ -24,16 +19,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(importlib.util.find_spec("dee
 
 
 def _launch(stage: int, tiny_model: str, out: Path, *flags: str) -> list[dict]:
-    env = dict(os.environ, TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu")
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         str(HERE / "sharded_main.py"), f"zero{stage}", str(out), tiny_model, *flags],
-        capture_output=True, text=True, timeout=900, env=env, cwd=HERE)
-    assert proc.returncode == 0, proc.stderr[-6000:]
-    phase = "resume" if "--resume" in flags else "train"
-    ranks = [json.loads((out / f"{phase}-rank{i}.json").read_text()) for i in range(2)]
-    assert [r["rank"] for r in ranks] == [0, 1]
-    return ranks
+    return two_ranks("sharded_main.py", f"zero{stage}", out, tiny_model, *flags, timeout=900, DS_ACCELERATOR="cpu",
+                     phase="resume" if "--resume" in flags else "train")
 
 
 def _load(path: Path) -> dict[str, torch.Tensor]:

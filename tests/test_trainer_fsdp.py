@@ -8,26 +8,12 @@ the reset (`copy_weights_`, `reset_optimizer_state`), the checkpoint's reference
 and the resume (`load_weights_`) are the trainer's own functions. What is not covered: accelerate's preparation,
 TRL's loss and generation under FSDP2, the trainer's checkpoint and restart plumbing."""
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
-from trainer_utils import tiny_model  # noqa: F401
-
-HERE = Path(__file__).resolve().parent
+from trainer_utils import tiny_model, two_ranks  # noqa: F401
 
 
 def _two_ranks(mode: str, tiny_model: str, tmp_path) -> list[dict]:
-    env = dict(os.environ, TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         str(HERE / "sharded_main.py"), mode, str(tmp_path / "run"), tiny_model],
-        capture_output=True, text=True, timeout=400, env=env, cwd=HERE)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return [json.loads((tmp_path / "run" / f"rank{i}.json").read_text()) for i in range(2)]
+    return two_ranks("sharded_main.py", mode, tmp_path / "run", tiny_model)
 
 
 @pytest.mark.slow

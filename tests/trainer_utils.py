@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -60,6 +61,22 @@ def tiny_moe_model(tiny_model, tmp_path) -> str:
                                      num_experts_per_tok=1, router_aux_loss_coef=0.01, output_router_logits=True,
                                      pad_token_id=0, eos_token_id=2)).save_pretrained(path)
     return str(path)
+
+
+def two_ranks(script: str, mode: str, out: Path, model: str, *flags: str, phase: str = "", timeout: int = 400,
+              **env: str) -> list[dict]:
+    """`tests/SCRIPT MODE OUT MODEL FLAGS` under `torch.distributed.run` with two CPU processes (gloo); the JSON
+    each rank wrote to OUT/[PHASE-]rank<N>.json, rank 0 first."""
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1", **env)
+    here = Path(__file__).resolve().parent
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(here / script), mode, str(out), model, *flags],
+        capture_output=True, text=True, timeout=timeout, env=env, cwd=here)
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    ranks = [json.loads((Path(out) / f"{phase + '-' if phase else ''}rank{i}.json").read_text()) for i in range(2)]
+    assert [r["rank"] for r in ranks] == [0, 1]
+    return ranks
 
 
 def prompt_dataset(n: int = 8, prefix: str = "q"):
