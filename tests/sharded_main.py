@@ -143,7 +143,8 @@ def _deepspeed_main(argv: list[str], stage: int) -> None:
     cosine schedule and a stage at the reset that doubles the rows and halves the base rate (DeepSpeed does not
     restart in process: the run stops at the reset's checkpoint); `--padding-free`; `--static-generation` (prorl's
     decode loop, its calls counted); `--buffered` (steps_per_generation=3); `--empty-step-2` (2 steps, the second
-    with no loss token: its update is skipped). Writes OUT/<phase>-rank<N>.json (phase:
+    with no loss token: its update is skipped; with `--accumulate` 3 steps of 2 micro-batches, a linear schedule,
+    steps 2 and 3 skipped). Writes OUT/<phase>-rank<N>.json (phase:
     train or resume) with the Adam state around the reset, and at the reset the policy's full weights to
     OUT/policy-at-reset.safetensors."""
     import re
@@ -226,6 +227,8 @@ def _deepspeed_main(argv: list[str], stage: int) -> None:
             return text_hash_reward(prompts, completions) if len(calls) == 1 else [1.0] * len(completions)
 
         more.update(max_steps=2, dynamic_sampling_max_rounds=1, reset_every_steps=None)
+    if "--accumulate" in argv:  # with --empty-step-2: 3 steps of a linear schedule, 2 micro-batches each
+        more.update(gradient_accumulation_steps=2, max_steps=3, lr_scheduler_type="linear")
     args = fast_config(out, **{"per_device_train_batch_size": 6, "beta": 0.1, "reset_every_steps": 2,
                                "save_strategy": "steps", "save_steps": 2, "use_cpu": False,
                                "deepspeed": deepspeed_config(stage), "padding_free": "--padding-free" in argv,

@@ -242,6 +242,29 @@ def test_a_step_that_kept_no_group_leaves_the_weights_alone(tiny_model, tmp_path
     assert _history(trainer, "skipped_updates") == [1.0]
 
 
+
+def test_an_empty_update_of_several_micro_batches_is_skipped_and_the_schedule_goes_on(tiny_model, tmp_path):
+    """Gradient accumulation 2, a generation for 2 updates (steps_per_generation 4): steps 1-2 train, step 3 (a
+    generation that kept no group) is skipped, its loss tokens counted over both micro-batches; the learning rate
+    schedule advances on a skipped update, as DeepSpeed's engine does (tests/test_trainer_deepspeed.py)."""
+    calls = []
+
+    def varying_then_constant(prompts, completions, **kwargs):
+        calls.append(1)
+        return text_hash_reward(prompts, completions) if len(calls) == 1 else [1.0] * len(completions)
+
+    snaps = Snapshots()
+    args = fast_config(tmp_path, max_steps=3, dynamic_sampling_max_rounds=1, per_device_train_batch_size=4,
+                       gradient_accumulation_steps=2, steps_per_generation=4, lr_scheduler_type="linear")
+    trainer = RecordingTrainer(tiny_model, reward_funcs=varying_then_constant, args=args,
+                               train_dataset=prompt_dataset(), callbacks=[snaps])
+    trainer.train()
+    first, second, third = snaps.weights
+    assert not all(torch.equal(first[n], second[n]) for n in first)  # step 2 trained
+    assert all(torch.equal(second[n], third[n]) for n in second)  # step 3 skipped
+    assert [h.get("skipped_updates") for h in trainer.state.log_history if "loss" in h] == [None, None, 1.0]
+    assert _history(trainer, "learning_rate") == pytest.approx([1e-3, 2e-3 / 3, 1e-3 / 3])
+
 def test_unscored_completions_are_out_of_the_loss(tiny_model, tmp_path, caplog):
     """Rewards of None (a timeout, an infra_error): TRL zeroes the advantage only. Here those rows have no loss
     tokens either (no KL gradient, not in the normaliser), and a step of nothing but unscored samples (a sandbox

@@ -125,3 +125,16 @@ def test_step_without_loss_tokens_is_skipped_under_deepspeed(tiny_model, tmp_pat
         assert r["step_weights"][0] == r["step_weights"][1]
         assert r["opt"]["end@2"] == r["opt"]["end@1"] and set(r["opt"]["end@1"]["steps"]) == {1}
     assert ranks[0]["step_weights"] == ranks[1]["step_weights"]
+
+
+def test_empty_updates_of_several_micro_batches_under_deepspeed(tiny_model, tmp_path):
+    """Gradient accumulation 2 under ZeRO-2: the decision is made in compute_loss of each update's second
+    micro-batch (sync_gradients), from both micro-batches' tokens. Steps 2 and 3 keep no group: weights and Adam
+    state stay as after step 1, and the linear schedule advances on the skipped updates (DeepSpeed's engine steps
+    it), as without DeepSpeed (tests/test_trainer.py)."""
+    ranks = _launch(2, tiny_model, tmp_path / "run", "--empty-step-2", "--accumulate")
+    for r in ranks:
+        assert r["step"] == 3 and r["skipped"] == [None, 1.0, 1.0]
+        assert r["step_weights"][0] == r["step_weights"][1] == r["step_weights"][2]
+        assert r["opt"]["end@3"] == r["opt"]["end@1"] and set(r["opt"]["end@1"]["steps"]) == {1}
+        assert r["logged_lr"] == pytest.approx([1e-3, 2e-3 / 3, 1e-3 / 3])
