@@ -170,14 +170,21 @@ def load_weights_(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> N
                 q.data.copy_(t)
 
 
-def reset_optimizer_state(optimizer: torch.optim.Optimizer | Any) -> None:
-    """Clear the optimizer state (AdamW moments, step counts). Torch optimizers rebuild it lazily on the next step.
-    Under DeepSpeed, whose ZeRO optimizers pre-allocate their state, it is zeroed in place instead
-    (`zero_optimizer_state_`), which gives the same next update as a fresh optimizer."""
+def innermost_optimizer(optimizer: torch.optim.Optimizer | Any) -> tuple[torch.optim.Optimizer, bool]:
+    """The torch optimizer under accelerate's and DeepSpeed's wrappers (each holds the next as `.optimizer`), and
+    whether a DeepSpeed wrapper was among them."""
     base, wrapped_by_deepspeed = optimizer, False
     while getattr(base, "optimizer", None) is not None:
         wrapped_by_deepspeed |= "deepspeed" in type(base).__module__
         base = base.optimizer
+    return base, wrapped_by_deepspeed
+
+
+def reset_optimizer_state(optimizer: torch.optim.Optimizer | Any) -> None:
+    """Clear the optimizer state (AdamW moments, step counts). Torch optimizers rebuild it lazily on the next step.
+    Under DeepSpeed, whose ZeRO optimizers pre-allocate their state, it is zeroed in place instead
+    (`zero_optimizer_state_`), which gives the same next update as a fresh optimizer."""
+    base, wrapped_by_deepspeed = innermost_optimizer(optimizer)
     if wrapped_by_deepspeed:
         zero_optimizer_state_(base)
     else:

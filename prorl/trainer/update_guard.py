@@ -12,6 +12,8 @@ import logging
 import torch
 from accelerate.utils import gather
 
+from prorl.trainer.callbacks import innermost_optimizer
+
 log = logging.getLogger("prorl.trainer.trainer")  # the trainer's warnings, under one logger
 
 
@@ -23,10 +25,7 @@ class SkipEmptyUpdatesMixin:
             if self.is_deepspeed_enabled and self.accelerator.sync_gradients:
                 # DeepSpeed's engine steps inside the backward of the update's last micro-batch, before
                 # on_pre_optimizer_step: decide now, and guard the torch optimizer its ZeRO optimizer steps
-                base = self.optimizer
-                while getattr(base, "optimizer", None) is not None:
-                    base = base.optimizer
-                self._guard_step(base)
+                self._guard_step(innermost_optimizer(self.optimizer)[0])
                 self._decide_update()
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
