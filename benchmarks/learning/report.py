@@ -28,6 +28,8 @@ CLAIMS = {
     "b": ("base", "no_resets", "hard resets of reference + optimizer give a higher held-out reward"),
     "b2": ("plateau_resets", "no_resets", "resets when the held-out reward plateaus (the paper's trigger) give a "
                                           "higher held-out reward"),
+    "b3": ("kl_0.1", "kl_0.1_no_resets", "with beta 0.1, hard resets give a higher held-out reward"),
+    "b4": ("kl_1", "kl_1_no_resets", "with beta 1.0, hard resets give a higher held-out reward"),
     "c": ("base", "no_dynamic_sampling", "dynamic sampling gives a higher held-out reward per generated token"),
     "c2": ("ds_adaptive", "no_dynamic_sampling", "dynamic sampling with refills sized to the missing groups gives a "
                                                  "higher held-out reward per generated token"),
@@ -115,6 +117,8 @@ def summarize(runs: dict) -> dict:
         "a2": lambda k: per_run[k]["entropy_heldout_last_quarter"],
         "b": lambda k: per_run[k]["heldout_end"]["trained_mean"],
         "b2": lambda k: per_run[k]["heldout_end"]["trained_mean"],
+        "b3": lambda k: per_run[k]["heldout_end"]["trained_mean"],
+        "b4": lambda k: per_run[k]["heldout_end"]["trained_mean"],
         "c": lambda k: per_run[k]["trained_mean_token_auc"],
         "c2": lambda k: per_run[k]["trained_mean_token_auc"],
         "d": lambda k: per_run[k]["heldout_end"][UNSEEN],
@@ -138,7 +142,8 @@ def summarize(runs: dict) -> dict:
 
 # -- figures -------------------------------------------------------------------------------------------------------
 COLORS = {"base": "tab:blue", "eps_high_0.2": "tab:red", "no_resets": "tab:orange", "no_dynamic_sampling": "tab:green",
-          "logic_only": "tab:purple", "plateau_resets": "tab:brown", "ds_adaptive": "tab:olive"}
+          "logic_only": "tab:purple", "plateau_resets": "tab:brown", "ds_adaptive": "tab:olive",
+          "kl_0.1": "tab:blue", "kl_0.1_no_resets": "tab:orange", "kl_1": "tab:cyan", "kl_1_no_resets": "tab:red"}
 STYLES = ["-", "--", ":", "-."]
 
 
@@ -179,7 +184,10 @@ def plot_all(runs: dict, results: Path) -> list[str]:
     if have("base", "eps_high_0.2"):
         plot_entropy(runs, lines, held_entropy, save)
     if have("base", "no_resets", "plateau_resets"):
-        plot_resets(runs, seeds, lines, save)
+        plot_resets(runs, seeds, lines, save, ["base", "no_resets", "plateau_resets"], "b_resets.png", "")
+    kl_arms = [a for a in ("kl_0.1", "kl_0.1_no_resets", "kl_1", "kl_1_no_resets") if have(a)]
+    if kl_arms:
+        plot_resets(runs, seeds, lines, save, kl_arms, "b_resets_kl.png", ", beta 0.1 and 1.0")
     if have("base", "no_dynamic_sampling", "ds_adaptive"):
         plot_dynamic_sampling(lines, save)
     if have("base", "logic_only"):
@@ -205,21 +213,21 @@ def plot_entropy(runs, lines, held_entropy, save) -> None:
     save(fig, "a_entropy.png")
 
 
-def plot_resets(runs, seeds, lines, save) -> None:
+def plot_resets(runs, seeds, lines, save, b_arms: list[str], name: str, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    b_arms = ["base", "no_resets", "plateau_resets"]
     lines(axes[0], b_arms, "step", lambda rows: [r["trained_mean"] for r in rows], "heldout")
-    for arm in ("base", "plateau_resets"):
+    for arm in (a for a in b_arms if "no_resets" not in a):
         for seed in seeds:
             for ev in (runs.get((seed, arm)) or {}).get("resets", []):
                 axes[0].axvline(ev["step"], color=COLORS[arm], lw=0.6, ls=":")
-    axes[0].set(title="(b) held-out reward, trained domains (dotted: resets)", xlabel="step", ylabel="mean reward")
+    axes[0].set(title=f"(b) held-out reward, trained domains{title} (dotted: resets)", xlabel="step",
+                ylabel="mean reward")
     lines(axes[1], b_arms, "step", lambda rows: _smooth([r.get("kl", 0.0) for r in rows]), "steps")
     axes[1].set(title="(b) KL to the reference (20-step mean)", xlabel="step")
     axes[0].legend(fontsize=7)
-    save(fig, "b_resets.png")
+    save(fig, name)
 
 
 def plot_dynamic_sampling(lines, save) -> None:
@@ -258,6 +266,7 @@ def markdown(summary: dict, figures: list[str]) -> str:
     measure = {"a": "entropy of the training batches, last quarter of steps",
                "a2": "entropy on held-out prompts, last quarter of evals",
                "b": f"held-out trained-domain reward, {end}", "b2": f"held-out trained-domain reward, {end}",
+               "b3": f"held-out trained-domain reward, {end}", "b4": f"held-out trained-domain reward, {end}",
                "c": "held-out trained-domain reward, mean over the token budget",
                "c2": "held-out trained-domain reward, mean over the token budget",
                "d": f"held-out {UNSEEN} reward, {end}"}

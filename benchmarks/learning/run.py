@@ -17,6 +17,8 @@ generations, dynamic sampling, 3-domain mixture) in one setting each:
   (d) logic_only           RL on logic/aiw alone         -> held-out reward on tasks the arm does not train on
   (b) plateau_resets       resets triggered by a plateau of the held-out reward (the paper's trigger), not by a
                            fixed schedule
+  (b) kl_0.1, kl_1         beta 0.1 / 1.0 instead of 1e-3 (a KL penalty that binds), with resets and, in the
+      kl_*_no_resets       `_no_resets` arms, without
 
 Held-out reward is measured during training every `--eval-every` steps (and at steps 0 and last) by sampling the
 policy in memory on held-out prompts of each trained domain plus `unseen/aiw_friends` (reasoning-gym AIW "friends"
@@ -53,6 +55,12 @@ ARMS: dict[str, dict] = {
     # (b) as the paper triggers them: a reset when the held-out reward has not improved for 2 evaluations
     "plateau_resets": {"reset_every_steps": None, "reset_on_plateau": "heldout/trained_mean",
                        "reset_plateau_patience": 2, "reset_plateau_min_delta": 0.005, "reset_min_interval": 80},
+    # (b) where the KL penalty binds: the recipe's beta 1e-3 barely holds the policy (KL 0.3-0.7 with or without
+    # resets), so releasing it cannot matter; with beta 0.1 and 1.0 the reference anchors the policy
+    "kl_0.1": {"beta": 0.1},
+    "kl_0.1_no_resets": {"beta": 0.1, "reset_every_steps": None},
+    "kl_1": {"beta": 1.0},
+    "kl_1_no_resets": {"beta": 1.0, "reset_every_steps": None},
 }
 TRAINED_GROUPS = ("math", "logic/aiw", "ifeval")
 # The recipe's RL section changed for these runs (before --set): the paper's rollout batch split into 4 mini-batches
