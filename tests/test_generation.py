@@ -11,13 +11,8 @@ import torch
 from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 from transformers.integrations.sdpa_attention import repeat_kv
 
-from prorl.trainer.generation import (
-    StaticCacheGenerator,
-    generate,
-    resolve_generation_config,
-    sample_one,
-    sdpa_gqa_decode_forward,
-)
+from prorl.trainer.generation import StaticCacheGenerator, generate, resolve_generation_config, sample_one
+from prorl.trainer.gqa_attention import sdpa_gqa_decode_forward
 
 VOCAB, PAD, EOS = 64, 0, 1
 PROMPTS = [[9, 10], [3], [17, 18, 19, 20, 21], [33, 34, 35], [50], [41, 42, 43, 44, 45, 46], [29, 30, 31]]

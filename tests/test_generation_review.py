@@ -64,19 +64,22 @@ def test_sliding_window_model_is_not_compiled(graphs):
     assert torch.equal(auto(ids, mask, GREEDY), expected) and not compiled
 
 
-def test_shapes_past_the_recompile_limit_decode_eagerly(graphs):
+def test_shapes_past_the_recompile_limit_decode_eagerly(graphs, caplog):
     """Before: every new batch size (dynamic-sampling refills, eval) or cache length is one more graph of the
     decode step, and past dynamo's recompile_limit (8) the fullgraph compile raised FailOnRecompileLimitHit,
-    ending the run. Now those shapes decode eagerly; the compiled ones keep their graphs."""
+    ending the run. Now those shapes decode eagerly; the compiled ones keep their graphs. A shape seen past the
+    limit is remembered: one warning for it, however often it comes back (before: one at every call)."""
     compiled, backend = graphs
     model = _model()
     generator = StaticCacheGenerator(model, compile=True, compile_backend=backend, compile_mode=None,
                                      cache_len_multiple=4)
-    with torch._dynamo.config.patch(recompile_limit=2):
-        for rows in (1, 2, 3, 4, 2):
+    with torch._dynamo.config.patch(recompile_limit=2), caplog.at_level("WARNING", "prorl.trainer.generation"):
+        for rows in (1, 2, 3, 4, 2, 3, 3, 4):
             ids, mask = _left_padded(PROMPTS[:rows])
             assert torch.equal(generator(ids, mask, GREEDY), generate(model, ids, mask, GREEDY, backend="hf"))
     assert len(compiled) == 2
+    warned = [r.getMessage() for r in caplog.records if "recompile limit" in r.getMessage()]
+    assert len(warned) == 2 and "batch 3," in warned[0] and "batch 4," in warned[1], warned
 
 
 def test_bf16_greedy_tokens_are_hf_static_cache_tokens():

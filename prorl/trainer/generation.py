@@ -19,13 +19,8 @@ Backends:
     stream after it is not HF's (up to `stop_check_every - 1` steps are sampled past the last EOS), so later calls
     draw other, equally distributed, samples.
 
-`pack_gqa` (on by default) fixes a decode slowdown measured on an H100 with a prototype (by the workplace,
-../shared/MEASURED.md, not with this code): under `torch.compile`, transformers 5.23's sdpa integration skips its
-`pack_gqa` path for one-token queries (it checks `is_torchdynamo_compiling()`) and repeats K/V over all cache
-positions per layer, ~90% of the decode step; keeping that path gave 2.7x. The override is a registered attention implementation (`GQA_DECODE_ATTENTION`,
-via transformers' `AttentionInterface`) that takes the packed path for one-token GQA queries whether compiling or
-not and hands every other call to transformers' `sdpa_attention_forward`; the model is switched to it only for the
-duration of a `StaticCacheGenerator` call, and only if it runs "sdpa".
+`pack_gqa` (on by default): the one-token GQA attention path of `prorl.trainer.gqa_attention`, taken for the
+duration of a `StaticCacheGenerator` call.
 """
 
 from __future__ import annotations
@@ -50,13 +45,11 @@ from transformers.generation.logits_process import (
     TopKLogitsWarper,
     TopPLogitsWarper,
 )
-from transformers.integrations.sdpa_attention import pack_gqa, sdpa_attention_forward, use_gqa_in_sdpa
-from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from .gqa_attention import attention_implementation, register_gqa_decode_attention
 
 log = logging.getLogger(__name__)
 BACKENDS = ("hf", "static")
-GQA_DECODE_ATTENTION = "sdpa_gqa_decode"
 
 # Generation options this backend does not implement, with the value(s) that mean "off". A config that turns one
 # on is refused with its name rather than silently decoded differently from `model.generate`.
@@ -133,43 +126,6 @@ def sample_one(probs: torch.Tensor) -> torch.Tensor:
     return (probs / torch.empty_like(probs).exponential_(1)).argmax(dim=-1)
 
 
-# -- The pack_gqa decode-path override -------------------------------------------------------------------------
-def sdpa_gqa_decode_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
-    """transformers' `sdpa_attention_forward`, except that a one-token query of a GQA layer always attends on the
-    key/value heads (queries packed as (B, kv_heads, groups, D)) instead of repeating K/V per query head, also while
-    `torch.compile` traces it (transformers skips this path then: the 5.23 `not is_torchdynamo_compiling()` check)."""
-    groups = getattr(module, "num_key_value_groups", 1)
-    if (query.shape[2] != 1 or groups == 1 or kwargs.get("position_bias") is not None
-            or kwargs.get("cache") is not None or use_gqa_in_sdpa(attention_mask, key, value)):
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      **kwargs)
-    out = torch.nn.functional.scaled_dot_product_attention(
-        pack_gqa(query, groups), key, value, attn_mask=pack_gqa(attention_mask, groups), dropout_p=dropout,
-        scale=scaling, is_causal=False)
-    return out.reshape(out.shape[0], -1, 1, value.shape[-1]).transpose(1, 2).contiguous(), None
-
-
-def register_gqa_decode_attention() -> str:
-    """Register the override with transformers (idempotent); returns its attention-implementation name."""
-    ALL_ATTENTION_FUNCTIONS.register(GQA_DECODE_ATTENTION, sdpa_gqa_decode_forward)
-    ALL_MASK_ATTENTION_FUNCTIONS.register(GQA_DECODE_ATTENTION, sdpa_mask)
-    return GQA_DECODE_ATTENTION
-
-
-@contextlib.contextmanager
-def _attention(model, implementation: str | None) -> Iterator[None]:
-    """Switch `model` to `implementation` for the block (no-op for None or the current one)."""
-    current = model.config._attn_implementation
-    if implementation is None or implementation == current:
-        yield
-        return
-    model.set_attn_implementation(implementation)
-    try:
-        yield
-    finally:
-        model.set_attn_implementation(current)
-
-
 @contextlib.contextmanager
 def _without_input_grad_hooks(model) -> Iterator[None]:
     """Detach, for the block, the `make_inputs_require_grads` forward hooks of the input embeddings.
@@ -227,6 +183,7 @@ class StaticCacheGenerator:
         self.cache_len_multiple = cache_len_multiple
         self._compile_kwargs = {"mode": compile_mode, "backend": compile_backend, "fullgraph": True, "dynamic": False}
         self._compiled_step = None
+        self._eager_shapes: set[tuple[int, int, bool]] = set()  # (batch, cache length, training) past the limit
         self._cache: StaticCache | None = None
         self._cache_key: _CacheKey | None = None
 
@@ -276,7 +233,7 @@ class StaticCacheGenerator:
         attention = None
         if self.pack_gqa and self.model.config._attn_implementation == "sdpa":
             attention = register_gqa_decode_attention()
-        with _attention(self.model, attention), _without_input_grad_hooks(self.model):
+        with attention_implementation(self.model, attention), _without_input_grad_hooks(self.model):
             return self._generate(input_ids, attention_mask.long(), config, device)
 
     def _generate(self, input_ids, attention_mask, config: GenerationConfig, device) -> torch.Tensor:
@@ -297,7 +254,8 @@ class StaticCacheGenerator:
         if sliding and self.compile:
             raise ValueError("compile=True: the model has sliding-window attention layers, whose static cache a "
                              "compiled decode step cannot keep (it recompiles every step); use compile=False")
-        if self._uses_compile(device) and not sliding:
+        shape = (batch, cache_len, self.model.training)
+        if self._uses_compile(device) and not sliding and shape not in self._eager_shapes:
             if self._compiled_step is None:
                 self._compiled_step = torch.compile(self._decode_step, **self._compile_kwargs)
             step = self._compiled_step
@@ -343,7 +301,9 @@ class StaticCacheGenerator:
                 logits = step(tokens[:, None], next_pos, full_mask, cache)
             except torch._dynamo.exc.FailOnRecompileLimitHit:  # raised before the step ran: nothing written yet
                 # Each new batch size / cache length (or train/eval mode) is one more graph of `_decode_step`, shared
-                # by every generator; past dynamo's recompile_limit, the shapes not compiled yet decode eagerly.
+                # by every generator; past dynamo's recompile_limit, the shapes not compiled yet decode eagerly
+                # (this generator remembers them: one warning per shape, no compile attempt at later calls).
+                self._eager_shapes.add(shape)
                 log.warning("generation: the compiled decode step hit a dynamo recompile limit (recompile_limit "
                             "%d); decoding batch %d, cache length %d eagerly", torch._dynamo.config.recompile_limit,
                             batch, cache_len)
