@@ -251,9 +251,70 @@ def _deepspeed_main(argv: list[str], stage: int) -> None:
     trainer.accelerator.end_training()
 
 
+def _partial_offload_main(argv: list[str]) -> None:
+    """ZeRO-3 with partial optimizer offload (`offload_optimizer.ratio` 0.5, DeepSpeedCPUAdam): DeepSpeed then keeps
+    a second torch optimizer, `backup_optimizer` (AdamW), for the sub-groups left on the accelerator. On the CPU
+    accelerator every sub-group is on "cpu" and only DeepSpeedCPUAdam steps, so one sub-group's fp32 partition is
+    stepped by the backup optimizer here as DeepSpeed's `_optimizer_step` does on a GPU. Records both optimizers'
+    state after a guarded (skipped) step and after the hard reset's `reset_optimizer_state`."""
+    import deepspeed
+    import torch
+    from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+    from prorl.trainer.callbacks import innermost_optimizers, reset_optimizer_state
+    from prorl.trainer.update_guard import SkipEmptyUpdatesMixin
+
+    out = Path(argv[0])
+    deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(32, 32), torch.nn.Linear(32, 32))
+    config = {"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 1,
+              "zero_optimization": {"stage": 3, "sub_group_size": 512,
+                                    "offload_optimizer": {"device": "cpu", "ratio": 0.5}}}
+    engine, *_ = deepspeed.initialize(model=model, optimizer=DeepSpeedCPUAdam(model.parameters(), lr=1e-3),
+                                      config=config)
+    for _ in range(2):
+        engine.backward(engine(torch.randn(2, 32)).pow(2).mean())
+        engine.step()
+    zero = engine.optimizer
+    optimizers, wrapped_by_deepspeed = innermost_optimizers(zero)
+    backup, fp32 = zero.backup_optimizer, zero.fp32_partitioned_groups_flat[0]
+
+    def backup_step():  # DeepSpeed's ZeRO-3 `_optimizer_step` for a sub-group kept on the accelerator
+        fp32.grad = torch.ones_like(fp32)
+        backup.param_groups[0]["params"] = [fp32]
+        backup.step()
+        backup.param_groups[0]["params"] = []
+
+    def state(opt) -> dict:
+        moments = [v for st in opt.state.values() for k, v in st.items() if k in ("exp_avg", "exp_avg_sq")]
+        return {"moments": float(sum(float(v.abs().sum()) for v in moments)), "n": len(moments),
+                "steps": sorted({int(st["step"]) for st in opt.state.values() if "step" in st})}
+
+    backup_step()
+    record = {"rank": int(os.environ["RANK"]), "types": [type(o).__name__ for o in optimizers],
+              "wrapped_by_deepspeed": wrapped_by_deepspeed, "is_backup": optimizers[-1] is backup,
+              "trained": [state(o) for o in optimizers]}
+
+    class Guard(SkipEmptyUpdatesMixin):  # the trainer's guard, as its compute_loss applies it under DeepSpeed
+        is_deepspeed_enabled, _skip_update = True, True
+
+    guard, weights = Guard(), fp32.detach().clone()
+    for opt in optimizers:
+        guard._guard_step(opt)
+    backup_step()
+    record["skipped_step_changed_weights"] = not torch.equal(weights, fp32.detach())
+    record["after_skipped_step"] = [state(o) for o in optimizers]
+    reset_optimizer_state(zero)
+    record["after_reset"] = [state(o) for o in optimizers]
+    (out / f"rank{record['rank']}.json").write_text(json.dumps(record))
+
+
 if __name__ == "__main__":
     if sys.argv[1] in ("fsdp2", "fsdp2-keep", "fsdp1"):
         _fsdp_main(sys.argv[2:], mode=sys.argv[1])
+    elif sys.argv[1] == "zero3-partial-offload":
+        _partial_offload_main(sys.argv[2:])
     elif sys.argv[1] in ("zero2", "zero3"):
         _deepspeed_main(sys.argv[2:], stage=int(sys.argv[1][-1]))
     else:

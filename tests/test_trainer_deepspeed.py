@@ -138,3 +138,17 @@ def test_empty_updates_of_several_micro_batches_under_deepspeed(tiny_model, tmp_
         assert r["step_weights"][0] == r["step_weights"][1] == r["step_weights"][2]
         assert r["opt"]["end@3"] == r["opt"]["end@1"] and set(r["opt"]["end@1"]["steps"]) == {1}
         assert r["logged_lr"] == pytest.approx([1e-3, 2e-3 / 3, 1e-3 / 3])
+
+
+def test_partial_offload_backup_optimizer_is_reset_and_guarded(tmp_path):
+    """ZeRO-3 with `offload_optimizer.ratio` < 1 steps the sub-groups left on the accelerator with a second torch
+    optimizer (`backup_optimizer`), outside the `.optimizer` chain. Before: the hard reset cleared DeepSpeedCPUAdam's
+    state only and the skip guard did not cover the backup: its AdamW moments and step count survived the reset and
+    a skipped update still moved the weights."""
+    ranks = two_ranks("sharded_main.py", "zero3-partial-offload", tmp_path, "-", timeout=900, DS_ACCELERATOR="cpu")
+    for r in ranks:
+        assert r["types"] == ["DeepSpeedCPUAdam", "AdamW"] and r["wrapped_by_deepspeed"] and r["is_backup"]
+        cpu_adam, backup = r["trained"]
+        assert cpu_adam["moments"] > 0 and cpu_adam["steps"] == [2] and backup["moments"] > 0 and backup["steps"] == [1]
+        assert r["after_skipped_step"] == r["trained"] and not r["skipped_step_changed_weights"]
+        assert all(s["moments"] == 0 and s["n"] > 0 and s["steps"] == [0] for s in r["after_reset"]), r["after_reset"]

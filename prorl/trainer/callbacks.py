@@ -170,25 +170,30 @@ def load_weights_(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> N
                 q.data.copy_(t)
 
 
-def innermost_optimizer(optimizer: torch.optim.Optimizer | Any) -> tuple[torch.optim.Optimizer, bool]:
-    """The torch optimizer under accelerate's and DeepSpeed's wrappers (each holds the next as `.optimizer`), and
-    whether a DeepSpeed wrapper was among them."""
-    base, wrapped_by_deepspeed = optimizer, False
+def innermost_optimizers(optimizer: torch.optim.Optimizer | Any) -> tuple[list[torch.optim.Optimizer], bool]:
+    """The torch optimizers under accelerate's and DeepSpeed's wrappers (each holds the next as `.optimizer`), and
+    whether a DeepSpeed wrapper was among them. Usually one; ZeRO-3 with partial optimizer offload
+    (`offload_optimizer.ratio` < 1) also steps the sub-groups it keeps on the accelerator with its own AdamW, the
+    wrapper's `backup_optimizer`, which comes second."""
+    base, wrapped_by_deepspeed, backups = optimizer, False, []
     while getattr(base, "optimizer", None) is not None:
         wrapped_by_deepspeed |= "deepspeed" in type(base).__module__
+        if isinstance(getattr(base, "backup_optimizer", None), torch.optim.Optimizer):
+            backups.append(base.backup_optimizer)
         base = base.optimizer
-    return base, wrapped_by_deepspeed
+    return [base, *backups], wrapped_by_deepspeed
 
 
 def reset_optimizer_state(optimizer: torch.optim.Optimizer | Any) -> None:
     """Clear the optimizer state (AdamW moments, step counts). Torch optimizers rebuild it lazily on the next step.
     Under DeepSpeed, whose ZeRO optimizers pre-allocate their state, it is zeroed in place instead
     (`zero_optimizer_state_`), which gives the same next update as a fresh optimizer."""
-    base, wrapped_by_deepspeed = innermost_optimizer(optimizer)
-    if wrapped_by_deepspeed:
-        zero_optimizer_state_(base)
-    else:
-        base.state.clear()
+    optimizers, wrapped_by_deepspeed = innermost_optimizers(optimizer)
+    for base in optimizers:
+        if wrapped_by_deepspeed:
+            zero_optimizer_state_(base)
+        else:
+            base.state.clear()
 
 
 def zero_optimizer_state_(optimizer: torch.optim.Optimizer) -> None:

@@ -3,7 +3,8 @@ that kept no group, or a step whose completions were all unscored): AdamW would 
 by its momentum and weight decay on an all-zero gradient. `ResetController.on_pre_optimizer_step` calls
 `decide_update` before each step; under DeepSpeed, whose engine steps inside the backward of the update's last
 micro-batch (before that callback), the decision is made in `compute_loss` and the torch optimizer inside ZeRO's
-is the one guarded. Mixed into `ProRLTrainer` (which sets `_step_loss_tokens` and `_skip_update`)."""
+(and ZeRO-3's `backup_optimizer` under partial offload) are the ones guarded. Mixed into `ProRLTrainer` (which sets
+`_step_loss_tokens` and `_skip_update`)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import logging
 import torch
 from accelerate.utils import gather
 
-from prorl.trainer.callbacks import innermost_optimizer
+from prorl.trainer.callbacks import innermost_optimizers
 
 log = logging.getLogger("prorl.trainer.trainer")  # the trainer's warnings, under one logger
 
@@ -24,8 +25,9 @@ class SkipEmptyUpdatesMixin:
             self._step_loss_tokens += int(mask.sum())
             if self.is_deepspeed_enabled and self.accelerator.sync_gradients:
                 # DeepSpeed's engine steps inside the backward of the update's last micro-batch, before
-                # on_pre_optimizer_step: decide now, and guard the torch optimizer its ZeRO optimizer steps
-                self._guard_step(innermost_optimizer(self.optimizer)[0])
+                # on_pre_optimizer_step: decide now, and guard the torch optimizer(s) its ZeRO optimizer steps
+                for optimizer in innermost_optimizers(self.optimizer)[0]:
+                    self._guard_step(optimizer)
                 self._decide_update()
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
