@@ -131,3 +131,26 @@ def test_read_jsonl_names_the_line_that_is_not_utf8(tmp_path):
         read_jsonl(path)
     path.write_bytes(b'{"a": 1}\n\n{"b": "caf\xc3\xa9"}\n')
     assert read_jsonl(path) == [{"a": 1}, {"b": "café"}]
+
+
+@pytest.mark.parametrize("suffix", [".json", ".json.gz"])
+def test_a_json_array_after_a_byte_order_mark_is_read_as_an_array(tmp_path, suffix):
+    """A JSON array saved with a UTF-8 byte-order mark (Windows editors) is read as an array. Before the fix the BOM
+    hid the '[' from the format sniffing, so the file was read as JSON Lines: every line of a pretty-printed array
+    was a bad row ('not valid JSON') and a one-object line slipped through, here 1 row of 3."""
+    rows = [{"problem": f"What is {i} + {i}?", "answer": str(2 * i)} for i in range(3)]
+    data = b"\xef\xbb\xbf" + json.dumps(rows, indent=1).encode() + b"\n"
+    path = tmp_path / f"m{suffix}"
+    path.write_bytes(gzip.compress(data) if suffix.endswith(".gz") else data)
+    result = build(recipe_of(tmp_path, {"math": {"env": "math", "path": path.name, "size": 3}}))
+    assert result.issues == [] and sorted(r["reference"]["answer"] for r in result.train) == ["0", "2", "4"]
+
+
+def test_load_rows_reads_files_that_start_with_a_byte_order_mark(tmp_path):
+    """`prorl eval --data` reads what `prorl data build` reads: before the fix a BOM before a JSON array or the first
+    JSON line was an error ('not valid JSON: Unexpected UTF-8 BOM' at line 1)."""
+    rows = [{"problem": "What is 1 + 1?", "answer": "2"}, {"problem": "What is 2 + 2?", "answer": "4"}]
+    (tmp_path / "a.json").write_bytes(b"\xef\xbb\xbf" + json.dumps(rows, indent=1).encode())
+    (tmp_path / "l.jsonl").write_bytes(b"\xef\xbb\xbf" + b"".join(json.dumps(r).encode() + b"\n" for r in rows))
+    assert load_rows(tmp_path / "a.json") == rows
+    assert load_rows(tmp_path / "l.jsonl") == rows

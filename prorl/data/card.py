@@ -141,9 +141,9 @@ def load_rows(path: str | Path, split: str = "train") -> list[dict[str, Any]]:
         for row in rows:  # JSON text since this version; a Json() column (older builds) is read as objects already
             row.update((k, json.loads(row[k])) for k in JSON_COLUMNS if isinstance(row.get(k), str))
         return rows
-    if path.suffix == ".json" and path.read_bytes().lstrip()[:1] == b"[":
+    if path.suffix == ".json" and path.read_bytes().removeprefix(b"\xef\xbb\xbf").lstrip()[:1] == b"[":
         try:
-            rows = json.loads(path.read_text(encoding="utf-8"))
+            rows = json.loads(path.read_text(encoding="utf-8-sig"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ValueError(f"{path}: not a valid JSON array ({exc})") from None
         bad = next((i for i, row in enumerate(rows) if not isinstance(row, dict)), None)
@@ -163,6 +163,8 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
             except UnicodeDecodeError as exc:
                 raise ValueError(f"{path}:{lineno}: not valid UTF-8 (byte 0x{data[exc.start]:02x} at column "
                                  f"{exc.start + 1})") from None
+            if lineno == 1:
+                line = line.removeprefix("\ufeff")  # a byte-order mark, as prorl data build reads it
             if line.strip():
                 try:
                     rows.append(json.loads(line))

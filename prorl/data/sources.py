@@ -74,7 +74,8 @@ def source_files(source: SourceConfig, recipe: Recipe, sample_data: bool, root: 
 
 def _open(path: str, mode: str = "rb"):
     opener = gzip.open if path.endswith(".gz") else open
-    return opener(path, mode, **({"encoding": "utf-8", "errors": "replace"} if "t" in mode else {}))
+    # utf-8-sig: a byte-order mark is not text (else it hides the '[' of a JSON array from _first_char)
+    return opener(path, mode, **({"encoding": "utf-8-sig", "errors": "replace"} if "t" in mode else {}))
 
 
 def _first_char(path: str) -> str:
