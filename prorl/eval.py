@@ -136,6 +136,9 @@ def load_eval_rows(spec: str, split: str | None = None, env: str | None = None, 
     path = Path(spec)
     if path.suffix in (".yaml", ".yml"):
         result = build(load_recipe(path), sample_data=sample_data)
+        if split == "heldout" and not result.heldout:  # as a build folder without heldout.parquet: not the train rows
+            raise ValueError(f"{spec}: the recipe holds no rows out (no `holdout` or `holdout_per_task`); "
+                             f"evaluate its training rows with --split train")
         rows = result.heldout if (split or "heldout") == "heldout" and result.heldout else result.train
     elif path.is_dir():
         split = split or ("heldout" if (path / "heldout.parquet").exists() else "train")

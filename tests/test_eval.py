@@ -275,3 +275,15 @@ def test_sampler_over_a_model_in_memory_draws_what_the_loaded_one_draws(models):
     shipped = model.generation_config
     assert Sampler.from_model(model, AutoTokenizer.from_pretrained(models["coin"]), config).sample(prompts, 4) == loaded
     assert model.generation_config is shipped and shipped.min_p == 0.99
+
+
+def test_eval_split_heldout_of_a_recipe_without_held_out_rows_is_an_error(tmp_path):
+    """`--split heldout` asks for held-out prompts: a recipe that holds none is an error, as a build folder without
+    heldout.parquet is. Before the fix the recipe's training rows were evaluated instead, silently."""
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps({"q": f"say q{i}", "answer": "7"}) + "\n" for i in range(4)))
+    (tmp_path / "r.yaml").write_text(json.dumps({"name": "e", "sources": {
+        "a": {"env": "test/echo", "path": "a.jsonl", "size": 4}}}))
+    assert len(load_eval_rows(str(tmp_path / "r.yaml"))) == 4  # no split asked: the training rows
+    with pytest.raises(ValueError, match="holds no rows out"):
+        load_eval_rows(str(tmp_path / "r.yaml"), split="heldout")
+
