@@ -149,6 +149,9 @@ def load_eval_rows(spec: str, split: str | None = None, env: str | None = None, 
     for i, row in enumerate(rows):
         if not isinstance(row, dict):
             raise ValueError(f"{spec}: row {i} is a {type(row).__name__}, not an object")
+        if env and row.get("env") and row["env"] != env:  # --env names the env of rows that have none
+            raise ValueError(f"{spec}: row {i} has env {row['env']!r}, not --env {env!r} (--env is for rows with "
+                             f"no `env` column)")
         row_env = env or row.get("env")
         if not row_env:
             raise ValueError(f"{spec}: row {i} has no `env`; pass --env ID for files of public rows")

@@ -287,3 +287,15 @@ def test_eval_split_heldout_of_a_recipe_without_held_out_rows_is_an_error(tmp_pa
     with pytest.raises(ValueError, match="holds no rows out"):
         load_eval_rows(str(tmp_path / "r.yaml"), split="heldout")
 
+
+def test_eval_env_flag_does_not_rescore_rows_of_another_env(tmp_path):
+    """--env is the environment of rows that have no `env` column. Before the fix it replaced every row's own env,
+    so a math row of a mixture was scored by --env's environment without a word."""
+    rows = echo_rows(["7"]) + [{"id": "m", "env": "math", "prompt": [{"role": "user", "content": "1+1?"}],
+                                "reference": {"answer": "2"}, "metadata": {}}]
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ValueError, match=r"row 1 has env 'math', not --env 'test/echo'"):
+        load_eval_rows(str(data), env="test/echo")
+    assert [r["env"] for r in load_eval_rows(str(data))] == ["test/echo", "math"]
+
