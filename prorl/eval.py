@@ -278,6 +278,8 @@ def run(args: argparse.Namespace, name: str) -> int:
 
     console, err = Console(), Console(stderr=True)
     try:
+        if args.n < 1 or (args.limit is not None and args.limit < 1):
+            raise ValueError("--n must be >= 1" if args.n < 1 else f"--limit must be >= 1, got {args.limit}")
         ks = [int(k) for k in args.k.split(",") if k.strip()] if args.k else [k for k in (1, 4, 16) if k <= args.n]
         if any(k < 1 or k > args.n for k in ks):
             raise ValueError(f"--k {args.k}: every k must be between 1 and --n {args.n}")
