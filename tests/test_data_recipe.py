@@ -31,6 +31,10 @@ def with_source(**fields):
     ({"name": "r", "sources": {"a": {"env": "math", "path": "a", "size": 3}, "b": {"env": "math", "path": "b",
                                                                                     "weight": 1}}},
      "give every source a `size`"),
+    # ignored before the fix, silently: `--set total=1000` on a recipe of sizes built all of its rows
+    ({**MINIMAL, "total": 1000}, "total: used only when sources are given by `weight`"),
+    (with_source(weight=2), "sources.math.weight: used only when sources have no `size`"),
+    ({**MINIMAL, "overrides": ["seed=3"]}, "overrides: unknown field"),  # the card's record of --set, not an input
 ])
 def test_invalid_recipes_name_the_file_and_field(raw, message, tmp_path):
     with pytest.raises(RecipeError) as info:

@@ -126,7 +126,7 @@ class Recipe:
 
 
 # -- parsing ---------------------------------------------------------------------------------------------------
-_NOT_IN_YAML = {Recipe: ("path",), SourceConfig: ("name",), GenerateConfig: ()}
+_NOT_IN_YAML = {Recipe: ("path", "overrides"), SourceConfig: ("name",), GenerateConfig: ()}
 
 
 def _keys(cls) -> dict[str, Any]:
@@ -197,6 +197,12 @@ def parse_recipe(raw: Any, path: Path | None = None) -> Recipe:
     sized = [s.size is not None for s in sources]
     if any(sized) and not all(sized):
         fail("sources", "give every source a `size`, or every source a `weight` and the recipe a `total`")
+    if all(sized):  # sizes decide: a total or weight here would be ignored
+        if recipe.total is not None:
+            fail("total", f"used only when sources are given by `weight` (these have a `size`), got {recipe.total}")
+        for s in sources:
+            if s.weight is not None:
+                fail(f"sources.{s.name}.weight", "used only when sources have no `size` (give one or the other)")
     if not any(sized):
         for s in sources:
             if s.weight is None:
