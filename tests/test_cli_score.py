@@ -143,3 +143,15 @@ def test_sample_completions_score_cleanly(tmp_path):
     assert {"math", "stem", "logic"} <= envs
     assert {"ok", "wrong", "format_error"} <= {r["status"] for r in rows}
     assert not any(r["status"] in ("timeout", "infra_error") for r in rows)
+
+
+def test_a_logic_line_naming_an_unknown_task_is_a_malformed_line(tmp_path, capsys):
+    """Before the fix the line scored `infra_error` (reasoning-gym's KeyError in the scorer), an outage's status for
+    a typo in the input."""
+    entry = {"env": "logic", "question": "2 + 3?", "answer": "5", "completion": "<answer>5</answer>"}
+    inp = write_lines(tmp_path / "in.jsonl", [{**entry, "metadata": {"source_dataset": "chain_sum"}},
+                                              {**entry, "metadata": {"source_dataset": "chain-sum"}}])
+    out = tmp_path / "out.jsonl"
+    assert main(["score", str(inp), "-o", str(out), "--workers", "0"]) == 1
+    assert "in.jsonl:2: bad task for 'logic': " in capsys.readouterr().err
+    assert [(r["details"]["input_line"], r["status"]) for r in read_rows(out)] == [(1, "ok")]

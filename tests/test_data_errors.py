@@ -154,3 +154,15 @@ def test_load_rows_reads_files_that_start_with_a_byte_order_mark(tmp_path):
     (tmp_path / "l.jsonl").write_bytes(b"\xef\xbb\xbf" + b"".join(json.dumps(r).encode() + b"\n" for r in rows))
     assert load_rows(tmp_path / "a.json") == rows
     assert load_rows(tmp_path / "l.jsonl") == rows
+
+
+def test_a_logic_row_naming_an_unknown_reasoning_gym_task_is_a_bad_row(tmp_path):
+    """A reasoning-gym row whose metadata.source_dataset is no task (a typo: 'chain-sum') has no scorer. Before the
+    fix the build kept it, and every sample of it then scored infra_error, masked: never trained on, with no word."""
+    rows = [{"question": "What is 2 + 3?", "answer": "5", "metadata": {"source_dataset": name}}
+            for name in ("chain_sum", "chain-sum")]
+    (tmp_path / "l.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = build(recipe_of(tmp_path, {"logic": {"env": "logic", "path": "l.jsonl", "size": 2}}))
+    assert len(result.train) == 1 and [i.reason for i in result.issues] == ["invalid"]
+    assert str(result.issues[0]).startswith(f"{tmp_path / 'l.jsonl'}:2: ")
+    assert "'chain-sum' is not a reasoning-gym task (did you mean 'chain_sum'?)" in str(result.issues[0])

@@ -17,6 +17,7 @@ reasoning_gym is imported only here, on first use, so `import prorl` stays fast.
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import random
@@ -124,6 +125,12 @@ class LogicTaskEnv(Env):
             raise ValueError(f"field 'metadata' must be an object, got {type(row['metadata']).__name__}")
         meta = dict(row.get("metadata") or {})
         meta.setdefault("source_dataset", self.task)
+        name = meta["source_dataset"]
+        known = task_names()
+        if not isinstance(name, str) or name not in known:  # else every sample of it scores infra_error
+            close = difflib.get_close_matches(str(name), known, n=1)
+            raise ValueError(f"field 'metadata.source_dataset': {name!r} is not a reasoning-gym task"
+                             + (f" (did you mean {close[0]!r}?)" if close else ""))
         answer = row["answer"]
         if isinstance(answer, (int, float)) and not isinstance(answer, bool):
             answer = str(answer)  # reasoning-gym answers are strings; its scorers fail on a number from a JSON file
