@@ -135,3 +135,26 @@ def test_cli_filter_model_that_is_not_a_local_model_fails_before_the_build(recip
     assert code == 2
     assert f"--filter-model {tmp_path / 'no-model'}: not a local model folder" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_cached_pass_rates_are_not_reused_for_another_model_saved_in_the_same_folder(tmp_path, recipe_path):
+    """The cache is keyed by the model, not only its folder's path. Before the fix a model re-trained into the same
+    folder (`--filter-model runs/demo/sft` after a new `prorl demo`) reused the old model's pass rates: nothing
+    was sampled again and the old model's verdicts filtered the mixture."""
+    model_dir = tmp_path / "model"
+    build_transition_model(model_dir, {"<go>": ["7"]})
+    sampled = []
+
+    def rates(cache):
+        sampled.clear()
+        difficulty = DifficultyFilter(str(model_dir), samples=4, sampling=SamplingConfig(temperature=1.0, top_p=1.0),
+                                      workers=0, progress=lambda done, total: sampled.append(done), cache=cache)
+        return build(load_recipe(recipe_path), difficulty=difficulty)
+
+    cache = tmp_path / "pass_rates.jsonl"
+    assert rates(cache).train == [] and sampled[-1] == 6 * 4  # always 7: every prompt too easy or too hard
+    assert rates(cache).train == [] and sampled == []  # the same model: every rate reused
+    build_transition_model(model_dir, {"<go>": ["7", "8"]})  # another model in the same folder
+    result = rates(cache)
+    assert sampled and sampled[-1] == 6 * 4
+    assert {r["reference"]["answer"] for r in result.train} == {"7"}  # the coin's rates, strictly between 0 and 1

@@ -12,8 +12,9 @@ are scored as the trainer scores them: after a chat template that opens `<think>
 off mid-thought answers nothing.
 
 With a `cache` file (`prorl data build` keeps it in the output folder: `pass_rates.jsonl`), each chunk of prompts'
-pass rates is appended as soon as it is estimated, and a re-run with the same model folder, samples and sampling
-settings reuses them: a build stopped after hours of sampling goes on where it stopped.
+pass rates is appended as soon as it is estimated, and a re-run with the same model folder (its files unchanged:
+a model saved again there is another model), samples and sampling settings reuses them: a build stopped after hours
+of sampling goes on where it stopped.
 """
 
 from __future__ import annotations
@@ -55,13 +56,24 @@ class DifficultyFilter:
     cache: str | Path | None = None  # JSON Lines of pass rates, appended per chunk and reused (see the docstring)
     chunk: int = 256  # prompts per sampling call
     _sampler: Sampler | None = field(default=None, repr=False)
+    _fingerprint: list | None = field(default=None, repr=False)
 
     def describe(self) -> dict[str, Any]:
         return {"model": self.model_dir, "samples": self.samples, "keep": f"{self.low}<p<{self.high}",
                 "sampling": self.sampling.to_dict()}
 
+    def _model_files(self) -> list:
+        """Name, size and modification time of each file of the model folder: a model saved again into the same
+        folder (re-trained) does not reuse the pass rates of the one before."""
+        if self._fingerprint is None:
+            folder = Path(self.model_dir)
+            self._fingerprint = sorted([p.name, p.stat().st_size, p.stat().st_mtime_ns]
+                                       for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
+        return self._fingerprint
+
     def _key(self, row: dict[str, Any]) -> str:
-        settings = {"model": str(self.model_dir), "samples": self.samples, "sampling": self.sampling.to_dict(),
+        settings = {"model": str(self.model_dir), "files": self._model_files(), "samples": self.samples,
+                    "sampling": self.sampling.to_dict(),
                     "p": "solved fraction"}  # (rates cached as mean rewards by earlier versions are not reused)
         what = [settings, row["env"], row["prompt"], row.get("reference")]
         return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
