@@ -87,13 +87,13 @@ def evaluate(model_dir: str, rows: Sequence[dict[str, Any]], n: int = 16, ks: Se
         raise ValueError("no prompts to evaluate")
     rows = [r.to_dict() if isinstance(r, Task) else r for r in rows]
     sampling = sampling or SamplingConfig()
+    envs = {e: make(e) for e in sorted({r["env"] for r in rows})}  # an unknown env fails before hours of sampling
     t0 = time.monotonic()
     sampler = Sampler(model_dir, sampling)
     bar = _progress_bar(len(rows) * n, f"sampling {Path(model_dir).name}") if progress else None
     with bar or contextlib.nullcontext():
         completions = sampler.sample([r["prompt"] for r in rows], n,
                                      progress=(lambda k: bar.advance(bar.task_ids[0], k)) if bar else None)
-    envs = {e: make(e) for e in sorted({r["env"] for r in rows})}
     flat_rows = [r for r in rows for _ in range(n)]
     # A chat template that opens <think> for the model (DeepSeek-R1-Distill): a completion cut off mid-thought
     # must answer nothing, as when the model opens the block itself (the trainer's EnvReward does the same).
@@ -155,9 +155,12 @@ def load_eval_rows(spec: str, split: str | None = None, env: str | None = None, 
         row_env = env or row.get("env")
         if not row_env:
             raise ValueError(f"{spec}: row {i} has no `env`; pass --env ID for files of public rows")
-        if not (isinstance(row.get("prompt"), list) and isinstance(row.get("reference"), dict)):
-            if row_env not in envs:
+        if row_env not in envs:
+            try:
                 envs[row_env] = make(row_env)
+            except KeyError as exc:  # a typo or an env plugin not installed: named before any sampling
+                raise ValueError(f"{spec}: row {i}: {exc.args[0]}") from None
+        if not (isinstance(row.get("prompt"), list) and isinstance(row.get("reference"), dict)):
             try:
                 task = envs[row_env].task_from_dict(row)
             except KeyError as exc:

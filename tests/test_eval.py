@@ -309,3 +309,17 @@ def test_eval_cli_refuses_n_and_limit_below_one(models, tmp_path, capsys):
                            (["--n", "2", "--limit", "-1"], "--limit must be >= 1")):
         assert cli_main(["eval", "--model", models["seven"], "--data", str(data), *flags]) == 2
         assert message in capsys.readouterr().err
+
+
+def test_eval_an_unknown_env_is_an_error_before_any_sampling(models, tmp_path, capsys):
+    """A schema row whose env is not registered (a typo, a plugin not installed) is named when the data is read.
+    Before the fix every prompt was sampled first, then the scoring step raised KeyError: a traceback, and the
+    samples (hours on a real model) were lost."""
+    rows = echo_rows(["7"]) + [{**echo_rows(["7"])[0], "id": "x", "env": "test/ech0"}]
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert cli_main(["eval", "--model", models["seven"], "--data", str(data), "--n", "2", "-o", str(tmp_path / "o")]) == 2
+    captured = capsys.readouterr()
+    assert "row 1: unknown environment 'test/ech0'" in captured.err and "samples each" not in captured.out
+    with pytest.raises(KeyError, match="unknown environment 'test/ech0'"):  # the Python entry point: before sampling
+        evaluate(str(tmp_path / "no-model"), rows, n=2, ks=[1], workers=0)
