@@ -292,7 +292,9 @@ def run(args: argparse.Namespace, name: str) -> int:
             if model and not (Path(model) / "config.json").is_file():  # else transformers looks it up on the Hub
                 raise FileNotFoundError(f"{flag} {model}: not a local model folder (no config.json)")
         rows = load_eval_rows(args.data, args.split, args.env, args.sample_data, args.limit)
-    except (ValueError, FileNotFoundError, KeyError) as exc:
+        if args.output:  # an unusable output folder fails before the sampling, not after it
+            Path(args.output).mkdir(parents=True, exist_ok=True)
+    except (ValueError, OSError, KeyError) as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         return 2
     console.print(f"{len(rows)} prompts, {args.n} samples each")
@@ -303,7 +305,6 @@ def run(args: argparse.Namespace, name: str) -> int:
     console.print(report_table(results))
     if args.output:
         out = Path(args.output)
-        out.mkdir(parents=True, exist_ok=True)
         with open(out / "completions.jsonl", "w") as f:
             for res in results:
                 for p in res["per_prompt"]:

@@ -323,3 +323,14 @@ def test_eval_an_unknown_env_is_an_error_before_any_sampling(models, tmp_path, c
     assert "row 1: unknown environment 'test/ech0'" in captured.err and "samples each" not in captured.out
     with pytest.raises(KeyError, match="unknown environment 'test/ech0'"):  # the Python entry point: before sampling
         evaluate(str(tmp_path / "no-model"), rows, n=2, ks=[1], workers=0)
+
+
+def test_eval_an_unusable_output_folder_fails_before_sampling(models, tmp_path, capsys):
+    """Before the fix `-o` was created after every model was sampled and scored: an output path that is a file
+    ended the run there with a FileExistsError traceback, and the results were lost."""
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in echo_rows(["7"])))
+    (tmp_path / "out").write_text("a file")
+    assert cli_main(["eval", "--model", models["seven"], "--data", str(data), "--n", "2", "-o", str(tmp_path / "out")]) == 2
+    captured = capsys.readouterr()
+    assert str(tmp_path / "out") in captured.err and "samples each" not in captured.out
