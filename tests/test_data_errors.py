@@ -166,3 +166,13 @@ def test_a_logic_row_naming_an_unknown_reasoning_gym_task_is_a_bad_row(tmp_path)
     assert len(result.train) == 1 and [i.reason for i in result.issues] == ["invalid"]
     assert str(result.issues[0]).startswith(f"{tmp_path / 'l.jsonl'}:2: ")
     assert "'chain-sum' is not a reasoning-gym task (did you mean 'chain_sum'?)" in str(result.issues[0])
+
+
+def test_load_rows_reads_gzipped_json_lines_and_arrays(tmp_path):
+    """`prorl eval --data HumanEval.jsonl.gz --env code`: public files ship gzipped, and the builder reads them.
+    Before the fix load_rows read the compressed bytes as text: 'not valid UTF-8 (byte 0x8b at column 2)'."""
+    rows = [{"problem": "What is 1 + 1?", "answer": "2"}, {"problem": "What is 2 + 2?", "answer": "4"}]
+    (tmp_path / "l.jsonl.gz").write_bytes(gzip.compress(b"".join(json.dumps(r).encode() + b"\n" for r in rows)))
+    (tmp_path / "a.json.gz").write_bytes(gzip.compress(json.dumps(rows, indent=1).encode()))
+    assert load_rows(tmp_path / "l.jsonl.gz") == rows
+    assert load_rows(tmp_path / "a.json.gz") == rows

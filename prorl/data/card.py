@@ -13,6 +13,7 @@ Layout of an output folder:
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import time
@@ -126,7 +127,7 @@ def save(result, out_dir: Path) -> dict[str, Any]:
 
 def load_rows(path: str | Path, split: str = "train") -> list[dict[str, Any]]:
     """Schema rows from a build folder (`split`: train or heldout), a .parquet file, a .jsonl file or a .json file
-    holding one array of row objects (as DeepScaleR ships)."""
+    holding one array of row objects (as DeepScaleR ships); the JSON ones may be gzipped (.jsonl.gz, .json.gz)."""
     from datasets import Dataset
 
     path = Path(path)
@@ -141,9 +142,9 @@ def load_rows(path: str | Path, split: str = "train") -> list[dict[str, Any]]:
         for row in rows:  # JSON text since this version; a Json() column (older builds) is read as objects already
             row.update((k, json.loads(row[k])) for k in JSON_COLUMNS if isinstance(row.get(k), str))
         return rows
-    if path.suffix == ".json" and path.read_bytes().removeprefix(b"\xef\xbb\xbf").lstrip()[:1] == b"[":
+    if path.name.endswith((".json", ".json.gz")) and _bytes(path).removeprefix(b"\xef\xbb\xbf").lstrip()[:1] == b"[":
         try:
-            rows = json.loads(path.read_text(encoding="utf-8-sig"))
+            rows = json.loads(_bytes(path).decode("utf-8-sig"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ValueError(f"{path}: not a valid JSON array ({exc})") from None
         bad = next((i for i, row in enumerate(rows) if not isinstance(row, dict)), None)
@@ -153,10 +154,21 @@ def load_rows(path: str | Path, split: str = "train") -> list[dict[str, Any]]:
     return read_jsonl(path)
 
 
+def _open(path: str | Path):
+    """A file for reading bytes; gunzipped when its name ends in .gz (HumanEval ships as HumanEval.jsonl.gz)."""
+    return gzip.open(path, "rb") if str(path).endswith(".gz") else open(path, "rb")
+
+
+def _bytes(path: str | Path) -> bytes:
+    with _open(path) as f:
+        return f.read()
+
+
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """The objects of a JSONL file (blank lines skipped); a bad line is an error naming `file:line`."""
+    """The objects of a JSONL file, gzipped or not (blank lines skipped); a bad line is an error naming
+    `file:line`."""
     rows = []
-    with open(path, "rb") as f:
+    with _open(path) as f:
         for lineno, data in enumerate(f, start=1):
             try:
                 line = data.decode("utf-8")
