@@ -283,7 +283,10 @@ def run(args: argparse.Namespace, name: str) -> int:
     try:
         if args.n < 1 or (args.limit is not None and args.limit < 1):
             raise ValueError("--n must be >= 1" if args.n < 1 else f"--limit must be >= 1, got {args.limit}")
-        ks = [int(k) for k in args.k.split(",") if k.strip()] if args.k else [k for k in (1, 4, 16) if k <= args.n]
+        parts = [k.strip() for k in args.k.split(",") if k.strip()] if args.k else None
+        if parts is not None and (not parts or not all(k.isdigit() for k in parts)):
+            raise ValueError(f"--k {args.k!r}: expected comma-separated whole numbers, e.g. 1,4,16")
+        ks = [int(k) for k in parts] if parts is not None else [k for k in (1, 4, 16) if k <= args.n]
         if any(k < 1 or k > args.n for k in ks):
             raise ValueError(f"--k {args.k}: every k must be between 1 and --n {args.n}")
         sampling = SamplingConfig(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,

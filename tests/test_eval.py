@@ -300,13 +300,16 @@ def test_eval_env_flag_does_not_rescore_rows_of_another_env(tmp_path):
     assert [r["env"] for r in load_eval_rows(str(data))] == ["test/echo", "math"]
 
 
-def test_eval_cli_refuses_n_and_limit_below_one(models, tmp_path, capsys):
+def test_eval_cli_refuses_bad_n_limit_and_k(models, tmp_path, capsys):
     """Before the fix `--n 0` ended in a traceback (evaluate's ValueError, raised outside the CLI's error
     handling), `--limit 0` evaluated every prompt and `--limit -1` none (again a traceback)."""
     data = tmp_path / "rows.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in echo_rows(["7", "9"])))
     for flags, message in ((["--n", "0"], "--n must be >= 1"), (["--n", "2", "--limit", "0"], "--limit must be >= 1"),
-                           (["--n", "2", "--limit", "-1"], "--limit must be >= 1")):
+                           (["--n", "2", "--limit", "-1"], "--limit must be >= 1"),
+                           # `--k ,` was a traceback too, `--k 1,x` said "invalid literal for int()" without the flag
+                           (["--n", "2", "--k", ","], "--k ',': expected comma-separated whole numbers"),
+                           (["--n", "2", "--k", "1,x"], "--k '1,x': expected comma-separated whole numbers")):
         assert cli_main(["eval", "--model", models["seven"], "--data", str(data), *flags]) == 2
         assert message in capsys.readouterr().err
 
