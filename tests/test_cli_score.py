@@ -97,6 +97,15 @@ def test_a_line_that_is_not_utf8_is_one_bad_line(tmp_path, capsys):
     assert [r["details"]["input_line"] for r in read_rows(out)] == [1, 3]
 
 
+def test_a_byte_order_mark_before_the_first_line_is_not_a_bad_line(tmp_path):
+    """Before: a UTF-8 BOM (as Windows editors write it) made line 1 'invalid JSON (Unexpected UTF-8 BOM)'."""
+    inp = tmp_path / "bom.jsonl"
+    inp.write_bytes(b"\xef\xbb\xbf" + "".join(json.dumps(x) + "\n" for x in GOOD[:2]).encode())
+    out = tmp_path / "scored.jsonl"
+    assert main(["score", str(inp), "-o", str(out), "--workers", "1"]) == 0
+    assert [r["status"] for r in read_rows(out)] == ["ok", "wrong"]
+
+
 def test_bad_arguments_are_refused_before_the_output_is_touched(tmp_path, capsys):
     inp = write_lines(tmp_path / "in.jsonl", GOOD[:1])
     out = write_lines(tmp_path / "out.jsonl", ["kept"])

@@ -190,6 +190,20 @@ def test_eval_ifeval_on_self_contained_lines_and_bad_input(tmp_path, capsys):
     assert f"{inputs}:1: no response for the prompt of key 7" in capsys.readouterr().err
 
 
+def test_eval_ifeval_reads_a_byte_order_mark_and_refuses_a_folder_as_output(tmp_path, capsys):
+    """Before: a UTF-8 BOM made line 1 'not valid JSON' (prorl data build reads such files), and `-o FOLDER` printed
+    the figures, then ended in an IsADirectoryError traceback."""
+    lines = tmp_path / "bom.jsonl"
+    lines.write_bytes(b"\xef\xbb\xbf" + json.dumps(dict(ROW, key=8, response="river, once")).encode() + b"\n")
+    assert cli_main(["eval-ifeval", str(lines)]) == 0
+    assert "prompt-level strict                0/1     0.00%" in capsys.readouterr().out
+    folder = tmp_path / "verdicts"
+    folder.mkdir()
+    assert cli_main(["eval-ifeval", str(lines), "-o", str(folder)]) == 2
+    captured = capsys.readouterr()
+    assert f"--output {folder}: a folder" in captured.err and not captured.out and not any(folder.iterdir())
+
+
 def test_eval_ifeval_on_an_official_response_file_alone_says_to_pass_input_data(capsys):
     _, responses = _official_rows()  # the README's `prorl eval-ifeval RESPONSES.jsonl` on the official file
     assert cli_main(["eval-ifeval", str(responses)]) == 2

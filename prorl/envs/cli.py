@@ -129,7 +129,7 @@ class LineParser:
             for i, raw in enumerate(f, 1):
                 if i in wanted:
                     try:
-                        yield (i, *self.parse(raw))
+                        yield (i, *self.parse(raw.removeprefix(b"\xef\xbb\xbf") if i == 1 else raw))  # a BOM
                     except BadLine as exc:
                         on_error(i, str(exc))
 

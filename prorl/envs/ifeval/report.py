@@ -69,6 +69,8 @@ def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
             except UnicodeDecodeError as exc:
                 raise ValueError(f"{path}:{number}: not valid UTF-8 (byte 0x{data[exc.start]:02x} at column "
                                  f"{exc.start + 1})") from None
+            if number == 1:
+                line = line.removeprefix("\ufeff")  # a byte-order mark, as prorl data build reads it
             if not line.strip():
                 continue
             try:
@@ -159,6 +161,8 @@ def add_arguments(parser: argparse.ArgumentParser, name: str = "eval-ifeval") ->
 
 def run(args: argparse.Namespace, name: str = "eval-ifeval") -> int:
     try:
+        if args.output is not None and args.output.is_dir():
+            raise ValueError(f"--output {args.output}: a folder; give the path of a JSONL file to write")
         report = evaluate_files(args.responses, args.input_data)
     except (OSError, ValueError) as exc:
         print(f"prorl {name}: {exc}", file=sys.stderr)
@@ -168,10 +172,14 @@ def run(args: argparse.Namespace, name: str = "eval-ifeval") -> int:
         return 2
     print(format_report(report))
     if args.output is not None:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        with open(args.output, "w", encoding="utf-8") as f:
-            for r in report.results:
-                f.write(json.dumps({"key": r.key, "prompt": r.prompt, "instruction_id_list": r.instruction_id_list,
-                                    "follow_instruction_list_strict": r.strict,
-                                    "follow_instruction_list_loose": r.loose}) + "\n")
+        try:
+            args.output.parent.mkdir(parents=True, exist_ok=True)
+            with open(args.output, "w", encoding="utf-8") as f:
+                for r in report.results:
+                    f.write(json.dumps({"key": r.key, "prompt": r.prompt, "instruction_id_list": r.instruction_id_list,
+                                        "follow_instruction_list_strict": r.strict,
+                                        "follow_instruction_list_loose": r.loose}) + "\n")
+        except OSError as exc:  # the figures are printed above; only the per-prompt file is lost
+            print(f"prorl {name}: --output {args.output}: {exc}", file=sys.stderr)
+            return 2
     return 0
