@@ -291,3 +291,21 @@ def test_env_defined_in_a_user_script_scores_in_workers(tmp_path):
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "['ok', 'wrong']"
+
+
+def test_reset_and_sample_tasks_take_tasks_as_score_does():
+    """A Task, or a Task's dict (Task.to_dict(): the trainer's `task` column, a saved gym dataset), is a task for
+    `reset(options={"task": ...})`, a `dataset=[...]` row and `sample_tasks`, as it is for `score`. Before: KeyError
+    'answer' from reset and sample_tasks on a Task dict, TypeError from sample_tasks on a Task object."""
+    for env_id, row, right in [("math", {"problem": "What is 2+3?", "answer": "5"}, "\\boxed{5}"),
+                               ("stem", {"question": "Pick y.", "options": ["x", "y"], "answer": "B"}, "Answer: B")]:
+        env = make(env_id)
+        _, info = env.reset(options={"task": row})
+        task = info["task"]
+        assert env.score(right, task.to_dict()).status == "ok"
+        obs, info = env.reset(options={"task": task.to_dict()})
+        assert obs == task.prompt and info["task"] == task
+        assert env.step(right)[1] == 1.0 and env.step("\\boxed{7}")[1] == 0.0
+        for rows in ([task], [task.to_dict()]):
+            assert make(env_id, dataset=rows).sample_tasks(2) == [task, task]
+            assert make(env_id, dataset=rows, seed=0).reset()[1]["task"] == task

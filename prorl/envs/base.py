@@ -112,7 +112,8 @@ class Env:
 
     # -- Gymnasium-style interaction -------------------------------------------------------------------
     def reset(self, seed: int | None = None, options: dict | None = None) -> tuple[Messages, dict]:
-        """Draw a task (from the given dataset, else the generator). Returns (messages, {"task": Task})."""
+        """Draw a task (from the given dataset, else the generator; `options={"task": ...}` sets it: a public row, a
+        Task or a Task's dict). Returns (messages, {"task": Task})."""
         if seed is not None:
             self._rng = random.Random(seed)
         options = options or {}
@@ -124,7 +125,7 @@ class Env:
             row = self.dataset[self._rng.randrange(len(self.dataset))]
         else:
             row = self.generate(self._rng)
-        task = row if isinstance(row, Task) else self.task_from_dict(row)
+        task = self.as_task(row)  # a public row, a Task, or a Task as a dict (Task.to_dict(), as `score` takes)
         self._task = task
         return task.prompt, {"task": task}
 
@@ -144,7 +145,7 @@ class Env:
         """`n` tasks from the dataset (cycled) or the generator, deterministic for a seed."""
         rng = random.Random(seed)
         if self.dataset is not None:
-            return [self.task_from_dict(self.dataset[i % len(self.dataset)]) for i in range(n)]
+            return [self.as_task(self.dataset[i % len(self.dataset)]) for i in range(n)]
         return [self.task_from_dict(self.generate(rng)) for _ in range(n)]
 
     # -- Scoring ---------------------------------------------------------------------------------------
