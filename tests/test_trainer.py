@@ -332,6 +332,28 @@ def test_config_rejects_bad_fields(tmp_path):
     assert defaults.lr_scheduler_type == "constant"
 
 
+def test_stage_values_get_the_configs_range_checks(tmp_path):
+    """A stage value the config itself would refuse is refused when the config is parsed, naming the stage (before:
+    accepted; at the reset, hours in, 'adaptiv' silently refilled in full, reset_every_steps 0 or reset_on_kl -1
+    reset every step, an inverted accuracy window dropped every group)."""
+    for stage, message in (({"dynamic_sampling_refill": "adaptiv"}, ": dynamic_sampling_refill must be 'full' or"),
+                           ({"reset_every_steps": 0}, ": reset_every_steps must be > 0"),
+                           ({"reset_on_kl": -1.0}, ": reset_on_kl must be > 0"),
+                           ({"reset_plateau_patience": 0}, ": reset_plateau_patience must be >= 1"),
+                           ({"dynamic_sampling_max_rounds": -1}, ": dynamic_sampling_max_rounds must be >= 0"),
+                           ({"dynamic_sampling_std_tol": "-1e-3"}, ": dynamic_sampling_std_tol must be >= 0"),
+                           ({"reset_min_interval": -5}, ": reset_min_interval must be >= 0"),
+                           ({"dynamic_sampling_accuracy_window": [0.9, 0.1]},
+                            r"\.dynamic_sampling_accuracy_window must be \[low, high\] with low < high")):
+        with pytest.raises(ValueError, match=r"stages\[1\]" + message):
+            fast_config(tmp_path, stages=[{}, stage])
+    with pytest.raises(ValueError, match=r"stages\[0\]: reset_on_kl needs beta > 0"):  # no KL once beta is 0
+        fast_config(tmp_path, reset_on_kl=0.1, stages=[{"beta": 0.0}])
+    args = fast_config(tmp_path, reset_on_kl=0.1, stages=[{"beta": 0.0, "reset_on_kl": None},
+                                                          {"dynamic_sampling_accuracy_window": [0, 1]}])
+    assert args.stages[1] == {"dynamic_sampling_accuracy_window": [0.0, 1.0]}
+
+
 def test_mixture_view_follows_env_weights():
     from collections import Counter
 

@@ -246,27 +246,14 @@ class ProRLConfig(GRPOConfig):
                 setattr(self, name, int(value))  # 2.0e+6
             elif value is not None and (isinstance(value, bool) or not isinstance(value, int)):
                 raise ValueError(f"{name} must be an integer, got {value!r}")
-        window = self.dynamic_sampling_accuracy_window
-        if window is not None:
-            if (not isinstance(window, (list, tuple)) or len(window) != 2
-                    or not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in window)
-                    or not window[0] < window[1]):
-                raise ValueError(f"dynamic_sampling_accuracy_window must be [low, high] with low < high, "
-                                 f"got {window!r}")
-            self.dynamic_sampling_accuracy_window = [float(window[0]), float(window[1])]
+        if self.dynamic_sampling_accuracy_window is not None:
+            self.dynamic_sampling_accuracy_window = _accuracy_window(self.dynamic_sampling_accuracy_window,
+                                                                     "dynamic_sampling_accuracy_window")
         _require(self.padding_free_max_tokens is None or self.padding_free_max_tokens >= 1,
                  "padding_free_max_tokens", "must be >= 1 (or None: the micro-batch's padded width)")
-        _require(self.dynamic_sampling_std_tol >= 0, "dynamic_sampling_std_tol", "must be >= 0")
-        _require(self.dynamic_sampling_max_rounds >= 0, "dynamic_sampling_max_rounds", "must be >= 0")
-        _require(self.dynamic_sampling_refill in ("full", "adaptive"), "dynamic_sampling_refill",
-                 "must be 'full' or 'adaptive'")
-        _require(self.reset_every_steps is None or self.reset_every_steps > 0, "reset_every_steps", "must be > 0")
-        _require(self.reset_plateau_patience >= 1, "reset_plateau_patience", "must be >= 1")
+        in_force = {name: getattr(self, name) for name in _STAGE_CHECKED}
+        _check_stage_values(in_force, "")
         _require(self.reset_plateau_mode in ("max", "min"), "reset_plateau_mode", "must be 'max' or 'min'")
-        _require(self.reset_on_kl is None or self.reset_on_kl > 0, "reset_on_kl", "must be > 0")
-        _require(self.reset_on_kl is None or self.beta > 0, "reset_on_kl",
-                 "needs beta > 0 (with beta = 0 there is no reference model and no KL)")
-        _require(self.reset_min_interval >= 0, "reset_min_interval", "must be >= 0")
         _require(self.max_generated_tokens is None or self.max_generated_tokens > 0, "max_generated_tokens",
                  "must be > 0")
         if self.env_weights is not None:
@@ -292,6 +279,12 @@ class ProRLConfig(GRPOConfig):
                                       for key, value in stage.items()}
             if "env_weights" in stage:
                 _check_env_weights(stage["env_weights"], f"stages[{i}].env_weights")
+            if stage.get("dynamic_sampling_accuracy_window") is not None:
+                stage["dynamic_sampling_accuracy_window"] = _accuracy_window(
+                    stage["dynamic_sampling_accuracy_window"], f"stages[{i}].dynamic_sampling_accuracy_window")
+            # the values in force from this stage on get the checks the config's own got (not at the reset, hours in)
+            in_force.update((k, v) for k, v in stage.items() if k in in_force)
+            _check_stage_values(in_force, f"stages[{i}]: ")
             if "beta" in stage and self.beta == 0 and stage["beta"] != 0:
                 raise ValueError(f"stages[{i}]: beta cannot become non-zero when the run starts with beta = 0 "
                                  "(no reference model is built)")
@@ -328,6 +321,33 @@ class ProRLConfig(GRPOConfig):
 
 
 LENGTH_GROUPING_LOSSES = ("dapo", "grpo", "dr_grpo", "cispo")
+_STAGE_CHECKED = ("dynamic_sampling_std_tol", "dynamic_sampling_max_rounds", "dynamic_sampling_refill",
+                  "reset_every_steps", "reset_plateau_patience", "reset_on_kl", "beta", "reset_min_interval")
+
+
+def _check_stage_values(v: dict[str, Any], where: str) -> None:
+    """Range checks of fields that stages may change, on the values in force (`where`: 'stages[i]: ' or '')."""
+    def require(ok: bool, name: str, message: str) -> None:
+        _require(ok, f"{where}{name}", message)
+
+    require(v["dynamic_sampling_std_tol"] >= 0, "dynamic_sampling_std_tol", "must be >= 0")
+    require(v["dynamic_sampling_max_rounds"] >= 0, "dynamic_sampling_max_rounds", "must be >= 0")
+    require(v["dynamic_sampling_refill"] in ("full", "adaptive"), "dynamic_sampling_refill",
+            "must be 'full' or 'adaptive'")
+    require(v["reset_every_steps"] is None or v["reset_every_steps"] > 0, "reset_every_steps", "must be > 0")
+    require(v["reset_plateau_patience"] >= 1, "reset_plateau_patience", "must be >= 1")
+    require(v["reset_on_kl"] is None or v["reset_on_kl"] > 0, "reset_on_kl", "must be > 0")
+    require(v["reset_on_kl"] is None or v["beta"] > 0, "reset_on_kl",
+            "needs beta > 0 (with beta = 0 there is no reference model and no KL)")
+    require(v["reset_min_interval"] >= 0, "reset_min_interval", "must be >= 0")
+
+
+def _accuracy_window(window: Any, name: str) -> list[float]:
+    if (not isinstance(window, (list, tuple)) or len(window) != 2
+            or not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in window)
+            or not window[0] < window[1]):
+        raise ValueError(f"{name} must be [low, high] with low < high, got {window!r}")
+    return [float(window[0]), float(window[1])]
 
 
 def _check_env_weights(weights: Any, name: str) -> None:
