@@ -83,13 +83,16 @@ _JSON_COLUMNS = ("reference", "metadata", "task")  # read by prorl.trainer.rewar
 
 
 def file_dataset(path: str, split: str = "train"):
-    """Rows written by `prorl data build` (a folder), a .parquet file or a .jsonl file, checked for the columns the
-    trainer needs."""
+    """Rows written by `prorl data build` (a folder: its `split`), a .parquet file or a .jsonl file (split "train"),
+    checked for the columns the trainer needs."""
     from datasets import Dataset
 
     p = Path(path)
     if p.is_dir():
         p = p / f"{split}.parquet"
+    elif p.exists() and split != "train":  # a file is the training rows: it has no other split
+        raise ValueError(f"dataset_path: {p} is a file, not a `prorl data build` folder: it has no {split!r} split "
+                         "(dataset_split and eval_split choose a split of a folder)")
     if not p.exists():
         raise FileNotFoundError(f"dataset_path: {p} does not exist")
     if p.suffix == ".parquet":

@@ -193,3 +193,23 @@ def test_a_stage_can_scale_a_batch_field_set_on_the_command_line():
         parse_args(base + ["--stages", '[{"steps_per_generation": "2x"}]'])
     with pytest.raises(ValueError, match=r"stages\[0\]: .* must be positive integers"):
         parse_args(base + ["--stages", '[{"steps_per_generation": 0}]'])
+
+
+def test_a_split_of_a_dataset_file_is_refused(tmp_path, capsys):
+    """dataset_path a .jsonl/.parquet file has no heldout split: eval_split (or dataset_split) heldout is an error.
+    Before: the file's rows were read for it, so the run evaluated (and reset_on_plateau judged) on its training
+    rows, silently."""
+    from prorl.train import file_dataset
+
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps({"env": "math", "prompt": [{"role": "user", "content": f"{i} + 1?"}],
+                                        "reference": {"answer": str(i + 1)}}) + "\n" for i in range(4)))
+    assert len(file_dataset(str(path))) == 4
+    with pytest.raises(ValueError, match=r"rows.jsonl is a file, not a `prorl data build` folder: it has no "
+                                         r"'heldout' split"):
+        file_dataset(str(path), "heldout")
+    base = ["--config", str(ROOT / "configs" / "tiny-cpu.yaml"), "--output_dir", str(tmp_path / "out"),
+            "--model_name_or_path", str(tmp_path / "model"), "--dataset_path", str(path)]
+    for flag in ("--eval_split", "--dataset_split"):
+        assert main(base + [flag, "heldout"]) == 2
+        assert "it has no 'heldout' split" in capsys.readouterr().err
