@@ -57,6 +57,10 @@ class TrainScriptArguments:
             raise ValueError("model_name_or_path is required (a local model directory)")
         if isinstance(self.env_kwargs, str):
             self.env_kwargs = json.loads(self.env_kwargs)
+        if self.env_kwargs is not None and not (isinstance(self.env_kwargs, dict) and all(
+                isinstance(k, dict) for k in self.env_kwargs.values())):
+            raise ValueError(f"env_kwargs must map environment ids to keyword arguments, e.g. "
+                             f"{{\"math\": {{\"require_boxed\": false}}}}, got {self.env_kwargs!r}")
         if (self.dataset_path is None) == (not self.gym_envs):
             raise ValueError("set exactly one of dataset_path and gym_envs")
         if self.eval_split and not self.dataset_path:
@@ -179,6 +183,13 @@ def setup(argv: list[str]):
         train_dataset = file_dataset(script.dataset_path, script.dataset_split)
     eval_dataset = file_dataset(script.dataset_path, script.eval_split) if script.eval_split else None
     reward = EnvReward(workers=config.reward_workers, timeout_s=config.reward_timeout_s, env_kwargs=script.env_kwargs)
+    for env_id in script.env_kwargs or {}:  # built now (and kept): an unknown id or argument is an input mistake
+        try:
+            reward.env(env_id)
+        except KeyError as exc:
+            raise KeyError(f"env_kwargs: {exc.args[0]}") from None
+        except TypeError as exc:
+            raise ValueError(f"env_kwargs[{env_id!r}]: {exc}") from None
     trainer = ProRLTrainer(model_path, reward_funcs=reward, args=config, train_dataset=train_dataset,
                            eval_dataset=eval_dataset)
     return trainer, config

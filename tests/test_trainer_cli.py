@@ -213,3 +213,18 @@ def test_a_split_of_a_dataset_file_is_refused(tmp_path, capsys):
     for flag in ("--eval_split", "--dataset_split"):
         assert main(base + [flag, "heldout"]) == 2
         assert "it has no 'heldout' split" in capsys.readouterr().err
+
+
+def test_env_kwargs_mistakes_are_one_line_errors(tmp_path, capsys):
+    """--env_kwargs naming an unknown argument, an unknown environment, or not a mapping of mappings: exit 2 with a
+    message naming env_kwargs, before the trainer is built. Before: a TypeError traceback from inside ProRLTrainer
+    (argument typo, a non-mapping value) and an unknown id silently ignored."""
+    base = ["--config", str(ROOT / "configs" / "tiny-cpu.yaml"), "--output_dir", str(tmp_path / "out"),
+            "--model_name_or_path", str(tmp_path / "model"), "--max_steps", "1"]
+    for kwargs, message in ((
+            '{"logic/chain_sum": {"sed": 1}}', "env_kwargs['logic/chain_sum']: LogicTaskEnv got unknown arguments: ['sed']"),
+            ('{"logic/chain_summ": {}}', "env_kwargs: unknown environment 'logic/chain_summ'"),
+            ('{"logic/chain_sum": 1}', "env_kwargs must map environment ids to keyword arguments")):
+        assert main(base + ["--env_kwargs", kwargs]) == 2
+        err = capsys.readouterr().err
+        assert f"prorl train: error: {message}" in err and "Traceback" not in err
