@@ -1,6 +1,7 @@
 """ProRLTrainer on a tiny local Qwen2 (CPU): dynamic sampling, the generation budget, config validation and the
 mixture view (resets and stages: test_trainer_resets.py)."""
 
+import json
 import logging
 import re
 
@@ -371,6 +372,18 @@ def test_mixture_view_follows_env_weights():
         mixture_view(ds, {"z": 1.0})
     with pytest.raises(ValueError, match=r"stages\[0\].env_weights\['a'\] must be a number >= 0"):
         fast_config("/tmp/unused", stages=[{"env_weights": {"a": -1}}])
+
+
+def test_env_weights_must_be_finite_numbers(tmp_path):
+    """NaN (JSON on the command line reads it), infinity and a YAML `yes` are refused when the config is parsed.
+    Before: accepted; NaN and infinity failed when the trainer was built, with 'cannot convert float NaN to integer'
+    (naming no field), and `yes` weighed as 1."""
+    for weights, shown in (('{"a": NaN, "b": 1}', "nan"), ('{"a": Infinity}', "inf"), ({"a": True, "b": 1}, "True")):
+        with pytest.raises(ValueError, match=rf"env_weights\['a'\] must be a number >= 0, got {shown}"):
+            fast_config(tmp_path, env_weights=weights)
+        with pytest.raises(ValueError, match=rf"stages\[0\]\.env_weights\['a'\] must be a number >= 0"):
+            fast_config(tmp_path, stages=[{"env_weights": json.loads(weights) if isinstance(weights, str) else weights}])
+    assert fast_config(tmp_path, env_weights='{"a": 0.4, "b": 0}').env_weights == {"a": 0.4, "b": 0}
 
 
 def test_env_reward_is_attached_to_the_tokenizer_and_the_dataset(tiny_model, tmp_path):

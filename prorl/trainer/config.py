@@ -354,7 +354,7 @@ def _check_env_weights(weights: Any, name: str) -> None:
     if not isinstance(weights, dict) or not weights:
         raise ValueError(f"{name} must be a non-empty mapping of env id -> weight, got {weights!r}")
     for env, w in weights.items():
-        if not isinstance(w, (int, float)) or w < 0:
+        if not isinstance(w, (int, float)) or isinstance(w, bool) or not 0 <= w < float("inf"):  # NaN too
             raise ValueError(f"{name}[{env!r}] must be a number >= 0, got {w!r}")
     if sum(weights.values()) <= 0:
         raise ValueError(f"{name}: the weights sum to 0")
