@@ -228,3 +228,18 @@ def test_env_kwargs_mistakes_are_one_line_errors(tmp_path, capsys):
         assert main(base + ["--env_kwargs", kwargs]) == 2
         err = capsys.readouterr().err
         assert f"prorl train: error: {message}" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("line,message", [("gym_tasks_per_env: 0", "gym_tasks_per_env must be >= 1, got 0"),
+                                          ("gym_tasks_per_env: 2.5", "gym_tasks_per_env must be an integer, got 2.5"),
+                                          ("gym_seed: [1]", "gym_seed must be an integer, got [1]")])
+def test_gym_task_counts_are_checked(tmp_path, capsys, line, message):
+    """Before: 0 tasks failed when the trainer was built with 'the dataset has no 'env' column', and a YAML 2.5 or
+    [1] was a TypeError traceback from range()/random.Random()."""
+    config = tmp_path / "c.yaml"
+    config.write_text((ROOT / "configs" / "tiny-cpu.yaml").read_text() + line + "\n")
+    assert main(["--config", str(config), "--output_dir", str(tmp_path / "out"),
+                 "--model_name_or_path", str(tmp_path / "model"), "--max_steps", "1"]) == 2
+    assert f"prorl train: error: {message}" in capsys.readouterr().err
+    config.write_text((ROOT / "configs" / "tiny-cpu.yaml").read_text() + "gym_tasks_per_env: 8.0\n")
+    assert parse_args(["--config", str(config)])[0].gym_tasks_per_env == 8
