@@ -355,6 +355,19 @@ def test_stage_values_get_the_configs_range_checks(tmp_path):
     assert args.stages[1] == {"dynamic_sampling_accuracy_window": [0.0, 1.0]}
 
 
+def test_a_plateau_of_an_eval_metric_needs_evaluation(tmp_path):
+    """reset_on_plateau on an eval_ metric with eval_strategy 'no' (TrainingArguments' default) is refused, in the
+    config or a stage. Before: accepted; the metric was never logged, so the plateau reset silently never came."""
+    for kwargs in ({"reset_on_plateau": "eval_reward"}, {"stages": [{}, {"reset_on_plateau": "eval_reward"}]}):
+        with pytest.raises(ValueError, match=r"reset_on_plateau 'eval_reward' is an evaluation metric: it needs "
+                                             r"eval_strategy 'steps' or 'epoch'"):
+            fast_config(tmp_path, **kwargs)
+    assert fast_config(tmp_path, reset_on_plateau="reward").reset_on_plateau == "reward"
+    args = fast_config(tmp_path, reset_on_plateau="eval_reward", eval_strategy="steps", eval_steps=1,
+                       per_device_eval_batch_size=8)
+    assert args.reset_on_plateau == "eval_reward"
+
+
 def test_mixture_view_follows_env_weights():
     from collections import Counter
 

@@ -322,24 +322,28 @@ class ProRLConfig(GRPOConfig):
 
 LENGTH_GROUPING_LOSSES = ("dapo", "grpo", "dr_grpo", "cispo")
 _STAGE_CHECKED = ("dynamic_sampling_std_tol", "dynamic_sampling_max_rounds", "dynamic_sampling_refill",
-                  "reset_every_steps", "reset_plateau_patience", "reset_on_kl", "beta", "reset_min_interval")
+                  "reset_every_steps", "reset_plateau_patience", "reset_on_kl", "beta", "reset_min_interval",
+                  "reset_on_plateau", "eval_strategy")
 
 
 def _check_stage_values(v: dict[str, Any], where: str) -> None:
     """Range checks of fields that stages may change, on the values in force (`where`: 'stages[i]: ' or '')."""
-    def require(ok: bool, name: str, message: str) -> None:
-        _require(ok, f"{where}{name}", message)
-
-    require(v["dynamic_sampling_std_tol"] >= 0, "dynamic_sampling_std_tol", "must be >= 0")
-    require(v["dynamic_sampling_max_rounds"] >= 0, "dynamic_sampling_max_rounds", "must be >= 0")
-    require(v["dynamic_sampling_refill"] in ("full", "adaptive"), "dynamic_sampling_refill",
-            "must be 'full' or 'adaptive'")
-    require(v["reset_every_steps"] is None or v["reset_every_steps"] > 0, "reset_every_steps", "must be > 0")
-    require(v["reset_plateau_patience"] >= 1, "reset_plateau_patience", "must be >= 1")
-    require(v["reset_on_kl"] is None or v["reset_on_kl"] > 0, "reset_on_kl", "must be > 0")
-    require(v["reset_on_kl"] is None or v["beta"] > 0, "reset_on_kl",
-            "needs beta > 0 (with beta = 0 there is no reference model and no KL)")
-    require(v["reset_min_interval"] >= 0, "reset_min_interval", "must be >= 0")
+    plateau = str(v["reset_on_plateau"] or "")
+    for ok, name, message in (
+            (v["dynamic_sampling_std_tol"] >= 0, "dynamic_sampling_std_tol", "must be >= 0"),
+            (v["dynamic_sampling_max_rounds"] >= 0, "dynamic_sampling_max_rounds", "must be >= 0"),
+            (v["dynamic_sampling_refill"] in ("full", "adaptive"), "dynamic_sampling_refill",
+             "must be 'full' or 'adaptive'"),
+            (v["reset_every_steps"] is None or v["reset_every_steps"] > 0, "reset_every_steps", "must be > 0"),
+            (v["reset_plateau_patience"] >= 1, "reset_plateau_patience", "must be >= 1"),
+            (v["reset_on_kl"] is None or v["reset_on_kl"] > 0, "reset_on_kl", "must be > 0"),
+            (v["reset_on_kl"] is None or v["beta"] > 0, "reset_on_kl",
+             "needs beta > 0 (with beta = 0 there is no reference model and no KL)"),
+            (v["reset_min_interval"] >= 0, "reset_min_interval", "must be >= 0"),
+            (not plateau.startswith("eval_") or v["eval_strategy"] != "no", "reset_on_plateau",
+             f"{plateau!r} is an evaluation metric: it needs eval_strategy 'steps' or 'epoch' (with 'no' it is "
+             "never logged and the reset never happens)")):
+        _require(ok, where + name, message)
 
 
 def _accuracy_window(window: Any, name: str) -> list[float]:
