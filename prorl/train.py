@@ -173,12 +173,28 @@ def parse_args(argv: list[str]):
     return Parser((TrainScriptArguments, ProRLConfig)).parse_args_and_config(args=list(argv))
 
 
+def resume_checkpoint(config) -> str | None:
+    """The checkpoint `resume_from_checkpoint` names: a path, true/last (the newest complete one of output_dir) or
+    false/none (a fresh run, e.g. on the command line over a config file's true); a missing one is an error now."""
+    from prorl.trainer.trainer import latest_complete_checkpoint
+
+    resume = config.resume_from_checkpoint
+    if isinstance(resume, str) and resume.strip().lower() in ("true", "last", "false", "none", ""):
+        resume = resume.strip().lower() in ("true", "last")
+    if resume is True:
+        return latest_complete_checkpoint(config.output_dir)
+    if resume and not (Path(resume) / "trainer_state.json").exists():
+        raise FileNotFoundError(f"resume_from_checkpoint: {resume} is not a checkpoint folder (no trainer_state.json)")
+    return resume or None
+
+
 def setup(argv: list[str]):
     """Parse the arguments, build (or find) the model and the datasets, and make the trainer: every error in the
     user's input (config, flags, data, model folder) surfaces here, before training. Returns (trainer, config)."""
     from prorl.trainer import EnvReward, ProRLTrainer
 
     script, config = parse_args(argv)
+    config.resume_from_checkpoint = resume_checkpoint(config)
     model_path = prepare_model(script)
     if config.model_init_kwargs is None:
         config.model_init_kwargs = {}
@@ -215,10 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"prorl train: error: {message}", file=sys.stderr)
         return 2
-    resume = config.resume_from_checkpoint
-    if isinstance(resume, str) and resume.lower() in ("true", "last"):
-        resume = True
-    trainer.train(resume_from_checkpoint=resume or None)
+    trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     trainer.save_model(config.output_dir)
     trainer.save_state()  # output_dir/trainer_state.json: the whole log_history
     # every rank done with the collectives above before the process group goes (gloo ranks left to tear it down

@@ -243,3 +243,22 @@ def test_gym_task_counts_are_checked(tmp_path, capsys, line, message):
     assert f"prorl train: error: {message}" in capsys.readouterr().err
     config.write_text((ROOT / "configs" / "tiny-cpu.yaml").read_text() + "gym_tasks_per_env: 8.0\n")
     assert parse_args(["--config", str(config)])[0].gym_tasks_per_env == 8
+
+
+def test_resume_from_checkpoint_is_resolved_before_the_trainer_is_built(tmp_path, capsys):
+    """`--resume_from_checkpoint true` with no checkpoint in output_dir, or a path that is no checkpoint, is a one-line
+    error (exit 2); `false` on the command line overrides a config file's `true` and starts afresh. Before: the first
+    two were ValueError / FileNotFoundError tracebacks from trainer.train(), after the model was loaded, and `false`
+    was taken for a checkpoint path (a traceback)."""
+    config = tmp_path / "c.yaml"
+    config.write_text((ROOT / "configs" / "tiny-cpu.yaml").read_text() + "resume_from_checkpoint: true\n")
+    out = tmp_path / "out"
+    base = ["--config", str(config), "--output_dir", str(out), "--model_name_or_path", str(tmp_path / "model"),
+            "--max_steps", "1", "--save_strategy", "no", "--stages", "[]", "--reset_every_steps", "100"]
+    assert main(base) == 2
+    assert f"prorl train: error: no complete checkpoint in output_dir {out} to resume from" in capsys.readouterr().err
+    assert main(base + ["--resume_from_checkpoint", str(tmp_path / "nope")]) == 2
+    assert "nope is not a checkpoint folder (no trainer_state.json)" in capsys.readouterr().err
+    assert main(base + ["--resume_from_checkpoint", "false"]) == 0
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    assert [h["step"] for h in history if "loss" in h] == [1]
