@@ -262,3 +262,17 @@ def test_resume_from_checkpoint_is_resolved_before_the_trainer_is_built(tmp_path
     assert main(base + ["--resume_from_checkpoint", "false"]) == 0
     history = json.loads((out / "trainer_state.json").read_text())["log_history"]
     assert [h["step"] for h in history if "loss" in h] == [1]
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/training.md"])
+def test_documented_vllm_server_fits_the_paper_configs_longest_stage(doc):
+    """The `trl vllm-serve --max_model_len N` command for configs/prorl-1.5b.yaml holds its longest completion (the
+    last stage's 16384) plus 1024 prompt tokens. Before: 9216 (the first stage's 8192 + 1024), so from the 16k stage
+    on every request TRL 1.16 sends to `vllm serve` asks for more tokens than the server's model length (which
+    vLLM's OpenAI server refuses; not run here: no vLLM on this machine)."""
+    _, config = parse_args(["--config", str(ROOT / "configs" / "prorl-1.5b.yaml"), "--bf16", "false",
+                            "--use_cpu", "true"])
+    longest = max([config.max_completion_length] + [s["max_completion_length"] for s in config.stages
+                                                    if "max_completion_length" in s])
+    lengths = [int(n) for n in re.findall(r"trl vllm-serve .*--max_model_len (\d+)", (ROOT / doc).read_text())]
+    assert lengths and all(n >= longest + 1024 for n in lengths), (lengths, longest)
