@@ -82,6 +82,19 @@ def test_option_and_gold_formats():
     assert "bad task" in env.score("Answer: E", {**MC, "answer": "E"}).details["error"]
 
 
+def test_an_mmlu_row_with_choices_is_multiple_choice():
+    """cais/mmlu rows name their options `choices` and their gold a 0-based index. Before: read as a free-form
+    question whose gold was the text "2", the options left out of the prompt, so the right letter scored 0
+    (format_error) and only \\boxed{2} scored 1."""
+    row = {"question": "Which gas is a noble gas?", "subject": "chemistry",
+           "choices": ["Oxygen", "Nitrogen", "Neon", "Iron"], "answer": 2}
+    env = make("stem")
+    task = env.task_from_dict(row)
+    assert task.reference == {"answer": "C", "options": {"A": "Oxygen", "B": "Nitrogen", "C": "Neon", "D": "Iron"}}
+    assert "C. Neon" in task.prompt[0]["content"] and task.metadata == {"subject": "chemistry"}
+    assert [env.score(c, row).reward for c in ("Answer: C", "\\boxed{C}", "Answer: Neon", "\\boxed{2}")] == [1, 1, 1, 0]
+
+
 def test_free_form_answers_use_the_math_grader():
     env = make("stem")
     task = {"question": "A 2 kg mass accelerates at 3 m/s^2. Force in N?", "answer": "6"}

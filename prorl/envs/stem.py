@@ -1,7 +1,7 @@
 """STEM questions: multiple choice (options A-J, the model's final letter) or free-form answers via math-verify.
 
 Task rows: `{"question" (or "problem"), "answer", "options"?}`. With `options` (a list, or a dict keyed by
-letters A-J) the task is multiple choice: the gold is a letter (or an index, or the text of an option) and the
+letters A-J; MMLU's `choices` list counts as `options`) the task is multiple choice: the gold is a letter (or an index, or the text of an option) and the
 model's final choice is read from, by priority: the last `\\boxed{C}` (or a boxed option text), the last
 "answer is/Answer: C" (or an option's text), and otherwise the last standalone "(C)" on the last line; letters
 that are not options never count. Without `options` the answer is graded like `math`
@@ -99,10 +99,12 @@ class StemEnv(Env):
         question = row.get("question", row.get("problem"))
         task_id = str(row.get("id", ""))
         meta = {k: row[k] for k in ("subject", "source", "category") if k in row}
-        if row.get("options") is not None:
+        # MMLU (cais/mmlu) names them `choices` (its answer a 0-based index): the same multiple choice, not free form
+        choices = row.get("options") if row.get("options") is not None else row.get("choices")
+        if choices is not None:
             if "answer" not in row:
                 raise KeyError("answer")
-            options = normalize_options(row["options"])
+            options = normalize_options(choices)
             gold = gold_letter(row["answer"], options)
             listing = "\n".join(f"{k}. {v}" for k, v in options.items())
             prompt = [{"role": "user", "content": f"{question}\n\n{listing}\n\n{MC_SUFFIX}"}] if question else []
