@@ -110,7 +110,8 @@ def test_bad_arguments_are_refused_before_the_output_is_touched(tmp_path, capsys
     inp = write_lines(tmp_path / "in.jsonl", GOOD[:1])
     out = write_lines(tmp_path / "out.jsonl", ["kept"])
     for extra, message in ((["--workers", "-1"], "--workers must be >= 0"),
-                           (["--chunk-size", "0"], "--chunk-size must be >= 1")):
+                           (["--chunk-size", "0"], "--chunk-size must be >= 1"),
+                           (["--timeout", "-1"], "--timeout must be > 0 seconds")):  # was: every line a timeout
         assert main(["score", str(inp), "-o", str(out), *extra]) == 2
         assert message in capsys.readouterr().err
     assert out.read_text() == "kept\n"

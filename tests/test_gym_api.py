@@ -309,3 +309,13 @@ def test_reset_and_sample_tasks_take_tasks_as_score_does():
         for rows in ([task], [task.to_dict()]):
             assert make(env_id, dataset=rows).sample_tasks(2) == [task, task]
             assert make(env_id, dataset=rows, seed=0).reset()[1]["task"] == task
+
+
+def test_a_timeout_or_worker_count_that_cannot_score_is_refused():
+    """score_batch(timeout_s=-1) (or 0, or NaN) and workers=-1 are errors. Before: every sample came back a masked
+    `timeout` after 0 s (-1), or a ValueError from the thread pool naming max_workers (-1)."""
+    env = make("math")
+    for kwargs in ({"timeout_s": -1}, {"timeout_s": 0}, {"timeout_s": float("nan")}, {"workers": -1}):
+        with pytest.raises(ValueError, match=r"score_many: workers must be >= 0 and timeout_s > 0 \(or None\)"):
+            env.score_batch(["\\boxed{5}"], [{"answer": "5"}], **{"workers": 1, **kwargs})
+    assert env.score_batch(["\\boxed{5}"], [{"answer": "5"}], workers=1, timeout_s=5)[0].status == "ok"

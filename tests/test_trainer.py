@@ -368,6 +368,20 @@ def test_a_plateau_of_an_eval_metric_needs_evaluation(tmp_path):
     assert args.reset_on_plateau == "eval_reward"
 
 
+def test_reward_workers_and_timeout_are_checked(tmp_path):
+    """reward_timeout_s <= 0 and reward_workers < 0 are refused when the config is parsed. Before: accepted; with a
+    negative timeout every completion was scored `timeout` and masked (the run trained on nothing), with -1 workers
+    the first reward call raised, after the model was loaded and the first batch generated."""
+    for kwargs, message in (({"reward_timeout_s": -1.0}, "reward_timeout_s must be > 0"),
+                            ({"reward_timeout_s": 0.0}, "reward_timeout_s must be > 0"),
+                            ({"reward_workers": -1}, "reward_workers must be >= 0"),
+                            ({"reward_workers": 1.5}, "reward_workers must be an integer, got 1.5")):
+        with pytest.raises(ValueError, match=message):
+            fast_config(tmp_path, **kwargs)
+    args = fast_config(tmp_path, reward_workers=2.0, reward_timeout_s=0.5)
+    assert (args.reward_workers, args.reward_timeout_s) == (2, 0.5) and isinstance(args.reward_workers, int)
+
+
 def test_mixture_view_follows_env_weights():
     from collections import Counter
 

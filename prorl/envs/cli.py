@@ -190,6 +190,9 @@ def score_command(args: argparse.Namespace) -> int:
     if args.workers is not None and args.workers < 0:
         err.print(f"[red]prorl score: --workers must be >= 0 (0: score in this process), got {args.workers}")
         return 2
+    if args.timeout is not None and not args.timeout > 0:
+        err.print(f"[red]prorl score: --timeout must be > 0 seconds, got {args.timeout}")
+        return 2
     if args.chunk_size < 1:
         err.print(f"[red]prorl score: --chunk-size must be >= 1, got {args.chunk_size}")
         return 2

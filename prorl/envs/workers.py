@@ -229,6 +229,8 @@ def score_many(envs: Sequence[Env], completions: Sequence[str], tasks: Sequence[
     if not (len(envs) == len(tasks) == n):
         raise ValueError(f"score_many: {len(envs)} envs, {n} completions, {len(tasks)} tasks")
     workers = default_workers() if workers is None else workers
+    if workers < 0 or (timeout_s is not None and not timeout_s > 0):  # <= 0 (or NaN): every sample a timeout
+        raise ValueError(f"score_many: workers must be >= 0 and timeout_s > 0 (or None), got {workers}, {timeout_s}")
     if workers == 0:
         return [_safe_score(e, c, t) for e, c, t in zip(envs, completions, tasks)]
     results: list[Score | None] = [None] * n

@@ -239,8 +239,7 @@ class ProRLConfig(GRPOConfig):
                      "gradient_accumulation_steps (an optimizer step must not span two generations)")
         # A YAML value is set as given (argparse converts only strings): a count written 2.5 would be used as is.
         for name in ("dynamic_sampling_max_rounds", "max_generated_tokens", "reset_every_steps",
-                     "reset_plateau_patience", "reset_min_interval",
-                     "padding_free_max_tokens"):
+                     "reset_plateau_patience", "reset_min_interval", "padding_free_max_tokens", "reward_workers"):
             value = getattr(self, name)
             if isinstance(value, float) and value.is_integer():
                 setattr(self, name, int(value))  # 2.0e+6
@@ -256,6 +255,9 @@ class ProRLConfig(GRPOConfig):
         _require(self.reset_plateau_mode in ("max", "min"), "reset_plateau_mode", "must be 'max' or 'min'")
         _require(self.max_generated_tokens is None or self.max_generated_tokens > 0, "max_generated_tokens",
                  "must be > 0")
+        _require(self.reward_workers is None or self.reward_workers >= 0, "reward_workers", "must be >= 0")
+        _require(self.reward_timeout_s is None or self.reward_timeout_s > 0, "reward_timeout_s",
+                 "must be > 0 (None: each environment's own); at <= 0 every sample would time out and be masked")
         if self.env_weights is not None:
             _check_env_weights(self.env_weights, "env_weights")
         if self.stages is None:
