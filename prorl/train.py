@@ -61,6 +61,8 @@ class TrainScriptArguments:
                 isinstance(k, dict) for k in self.env_kwargs.values())):
             raise ValueError(f"env_kwargs must map environment ids to keyword arguments, e.g. "
                              f"{{\"math\": {{\"require_boxed\": false}}}}, got {self.env_kwargs!r}")
+        if isinstance(self.gym_envs, str):  # YAML `gym_envs: logic/chain_sum` (one id, not a list)
+            self.gym_envs = [self.gym_envs]
         if (self.dataset_path is None) == (not self.gym_envs):
             raise ValueError("set exactly one of dataset_path and gym_envs")
         if self.eval_split and not self.dataset_path:

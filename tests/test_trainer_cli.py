@@ -276,3 +276,16 @@ def test_documented_vllm_server_fits_the_paper_configs_longest_stage(doc):
                                                     if "max_completion_length" in s])
     lengths = [int(n) for n in re.findall(r"trl vllm-serve .*--max_model_len (\d+)", (ROOT / doc).read_text())]
     assert lengths and all(n >= longest + 1024 for n in lengths), (lengths, longest)
+
+
+def test_one_gym_env_written_as_a_string_in_yaml(tmp_path):
+    """`gym_envs: logic/chain_sum` (YAML, no list) is that one environment. Before: the string was iterated, so the
+    set-up failed with "unknown environment 'l'"."""
+    from prorl.train import gym_dataset
+
+    config = tmp_path / "c.yaml"
+    config.write_text(re.sub(r"(?m)^gym_envs: .*$", "gym_envs: logic/chain_sum",
+                             (ROOT / "configs" / "tiny-cpu.yaml").read_text()))
+    script, _ = parse_args(["--config", str(config)])
+    assert script.gym_envs == ["logic/chain_sum"]
+    assert set(gym_dataset(script.gym_envs, 2)["env"]) == {"logic/chain_sum"}
