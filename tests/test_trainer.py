@@ -401,6 +401,21 @@ def test_mixture_view_follows_env_weights():
         fast_config("/tmp/unused", stages=[{"env_weights": {"a": -1}}])
 
 
+def test_env_weights_of_a_stage_naming_no_rows_fail_when_the_trainer_is_built(tiny_model, tmp_path):
+    """A stage's env_weights naming an environment the dataset has no rows of (a typo) is an error when the trainer
+    is built. Before: the trainer was built and trained; the error came at the reset that applies the stage (its
+    in-process restart, hours in)."""
+    from datasets import Dataset
+
+    ds = Dataset.from_dict({"prompt": prompt_dataset()["prompt"], "env": ["a"] * 4 + ["b"] * 4})
+    args = fast_config(tmp_path, stages=[{"env_weights": {"a": 1.0, "bb": 1.0}}])
+    with pytest.raises(ValueError, match=r"stages\[0\]\.env_weights: no rows for \['bb'\] in the train dataset \(it "
+                                         r"has \['a', 'b'\]\)"):
+        ProRLTrainer(tiny_model, reward_funcs=constant_reward, args=args, train_dataset=ds)
+    args = fast_config(tmp_path, stages=[{"env_weights": {"a": 1.0, "b": 1.0}}])
+    assert ProRLTrainer(tiny_model, reward_funcs=constant_reward, args=args, train_dataset=ds).source_dataset is ds
+
+
 def test_env_weights_must_be_finite_numbers(tmp_path):
     """NaN (JSON on the command line reads it), infinity and a YAML `yes` are refused when the config is parsed.
     Before: accepted; NaN and infinity failed when the trainer was built, with 'cannot convert float NaN to integer'
