@@ -24,6 +24,20 @@ def test_math_verify_regressions(case):
     assert score.status in ("ok", "wrong")
 
 
+def test_unboxed_answers_get_the_same_guards_under_require_boxed_false():
+    """make("math", require_boxed=False) grades the answer math-verify extracts from unboxed text as a boxed one is.
+    Before: by math-verify's bare verify, so "The final answer is $\\frac{1}{2^{98}}$" scored 1 against 1/2^99 (4
+    false positives of the regression file, and 5 false negatives such as `pi/2` for \\dfrac{\\pi}{2}). Sequences
+    with an ellipsis are left out: math-verify's extracted text drops `\\ldots`, so they cannot match literally."""
+    lenient = make("math", require_boxed=False)
+    cases = [c for c in REGRESSIONS if not any(e in c["gold"] + c["answer"] for e in ("dots", "..."))]
+    verdicts = [(c["gold"], c["answer"], lenient.score(f"The final answer is ${c['answer']}$.", {"answer": c["gold"]}))
+                for c in cases]
+    assert [(g, a, s.status) for (g, a, s), c in zip(verdicts, cases) if s.reward != c["expected_reward"]] == []
+    assert all(s.details["unboxed"] for *_, s in verdicts)
+    assert len(cases) >= 30
+
+
 def test_regression_file_covers_the_reported_issues():
     issues = {c["issue"] for c in REGRESSIONS}
     assert {"huggingface/Math-Verify#14", "huggingface/Math-Verify#37", "huggingface/Math-Verify#60",

@@ -3,7 +3,8 @@
 Scoring rule, in order (each step is decisive when it applies):
   1. The answer is the content of the LAST `\\boxed{...}` (or `\\fbox{...}`) after the think block. With no box the
      completion is a `format_error` (reward 0): a bare answer never outscores a worked, boxed solution. Pass
-     `require_boxed=False` to fall back to math-verify's own extraction (`$...$`, "final answer is ...") instead.
+     `require_boxed=False` to fall back to math-verify's own extraction (`$...$`, "final answer is ...") instead;
+     the text it extracts is then graded by the steps below, as a boxed answer is.
   2. Identical answers after whitespace/LaTeX-spacing normalisation are `ok` without calling math-verify.
   3. When gold and answer are both plain numbers (`-12`, `3.50`, `1,234`) they are compared exactly as decimals.
   4. Otherwise math-verify decides, gold first: `verify(parse(gold), parse(answer))`, with its signal timeouts
@@ -231,12 +232,14 @@ class MathEnv(Env):
 
     @staticmethod
     def _grade_unboxed(gold: str, text: str) -> Score:
-        from math_verify import parse, verify
+        from math_verify import parse
 
         _extraction_config()  # silences math-verify's logging
         pred = parse(text, parsing_timeout=None)
-        if not pred:
+        if not pred or not isinstance(pred[-1], str) or not pred[-1].strip():
             return Score(0.0, "format_error", {"gold": gold, "error": "no answer found"})
-        extracted = str(pred[-1])[:200]
-        ok = verify(_parse_gold(gold), pred, timeout_seconds=None)
-        return Score(float(ok), "ok" if ok else "wrong", {"gold": gold, "extracted": extracted, "match": "unboxed"})
+        # the text math-verify found, graded as a boxed answer is: the same fast paths and guards against its false
+        # positives (its bare verify on `1/2^{98}` said it equals `1/2^{99}`)
+        score = grade(gold, pred[-1])
+        score.details["unboxed"] = True
+        return score
