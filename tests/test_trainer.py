@@ -423,8 +423,9 @@ def test_env_weights_must_be_finite_numbers(tmp_path):
     for weights, shown in (('{"a": NaN, "b": 1}', "nan"), ('{"a": Infinity}', "inf"), ({"a": True, "b": 1}, "True")):
         with pytest.raises(ValueError, match=rf"env_weights\['a'\] must be a number >= 0, got {shown}"):
             fast_config(tmp_path, env_weights=weights)
-        with pytest.raises(ValueError, match=rf"stages\[0\]\.env_weights\['a'\] must be a number >= 0"):
-            fast_config(tmp_path, stages=[{"env_weights": json.loads(weights) if isinstance(weights, str) else weights}])
+        stage = {"env_weights": json.loads(weights) if isinstance(weights, str) else weights}
+        with pytest.raises(ValueError, match=r"stages\[0\]\.env_weights\['a'\] must be a number >= 0"):
+            fast_config(tmp_path, stages=[stage])
     assert fast_config(tmp_path, env_weights='{"a": 0.4, "b": 0}').env_weights == {"a": 0.4, "b": 0}
 
 

@@ -221,8 +221,9 @@ def test_env_kwargs_mistakes_are_one_line_errors(tmp_path, capsys):
     (argument typo, a non-mapping value) and an unknown id silently ignored."""
     base = ["--config", str(ROOT / "configs" / "tiny-cpu.yaml"), "--output_dir", str(tmp_path / "out"),
             "--model_name_or_path", str(tmp_path / "model"), "--max_steps", "1"]
-    for kwargs, message in ((
-            '{"logic/chain_sum": {"sed": 1}}', "env_kwargs['logic/chain_sum']: LogicTaskEnv got unknown arguments: ['sed']"),
+    for kwargs, message in (
+            ('{"logic/chain_sum": {"sed": 1}}',
+             "env_kwargs['logic/chain_sum']: LogicTaskEnv got unknown arguments: ['sed']"),
             ('{"logic/chain_summ": {}}', "env_kwargs: unknown environment 'logic/chain_summ'"),
             ('{"logic/chain_sum": 1}', "env_kwargs must map environment ids to keyword arguments")):
         assert main(base + ["--env_kwargs", kwargs]) == 2

@@ -1,10 +1,10 @@
 """STEM questions: multiple choice (options A-J, the model's final letter) or free-form answers via math-verify.
 
 Task rows: `{"question" (or "problem"), "answer", "options"?}`. With `options` (a list, or a dict keyed by
-letters A-J; MMLU's `choices` list counts as `options`) the task is multiple choice: the gold is a letter (or an index, or the text of an option) and the
-model's final choice is read from, by priority: the last `\\boxed{C}` (or a boxed option text), the last
-"answer is/Answer: C" (or an option's text), and otherwise the last standalone "(C)" on the last line; letters
-that are not options never count. Without `options` the answer is graded like `math`
+letters A-J; MMLU's `choices` list counts as `options`) the task is multiple choice: the gold is a letter (or an
+index, or the text of an option) and the model's final choice is read from, by priority: the last `\\boxed{C}` (or
+a boxed option text), the last "answer is/Answer: C" (or an option's text), and otherwise the last standalone
+"(C)" on the last line; letters that are not options never count. Without `options` the answer is graded like `math`
 (last `\\boxed{}`, math-verify with our guards). Binary reward.
 """
 

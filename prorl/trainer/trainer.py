@@ -77,8 +77,9 @@ class ProRLTrainer(DynamicSamplingMixin, PaddingFreeMixin, SkipEmptyUpdatesMixin
             raise NotImplementedError("resets with a PEFT model are not supported (its reference is the base "
                                       "model with adapters disabled); train without peft_config")
         self.source_dataset = train_dataset  # env_weights resample it into self.train_dataset
-        mixtures = [("env_weights", args.env_weights)] + [(f"stages[{i}].env_weights", stage["env_weights"])
-                                                          for i, stage in enumerate(args.stages) if "env_weights" in stage]
+        mixtures = [("env_weights", args.env_weights)] + [
+            (f"stages[{i}].env_weights", stage["env_weights"]) for i, stage in enumerate(args.stages)
+            if "env_weights" in stage]
         map_style = train_dataset is not None and not isinstance(train_dataset, IterableDataset)
         for name, weights in mixtures if map_style else []:  # checked now, not at the restart that applies them
             have = set(train_dataset["env"]) if weights and "env" in train_dataset.column_names else set()
