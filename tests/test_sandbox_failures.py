@@ -31,6 +31,17 @@ def interrupt_main_thread() -> None:
     os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C in a notebook or a terminal: KeyboardInterrupt in the main thread
 
 
+@pytest.fixture
+def ctrl_c_raises():
+    """Python's own SIGINT handler (KeyboardInterrupt) for the test. A process started in the background by a
+    non-interactive shell (`make test &`, `nohup`, some CI runners) inherits SIGINT ignored, and Python then installs
+    no handler: the signal would be dropped and the interrupt tests fail with 'DID NOT RAISE' (seen in a CI run
+    started with `nohup ... &`)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def in_thread(fn, timeout: float):
     """fn() in a daemon thread: (finished within timeout, its result)."""
     out = {}
@@ -142,7 +153,7 @@ def test_a_broken_exec_stream_is_retried_not_charged_to_the_program(tmp_path):
         relay.close()
 
 
-def test_interrupting_a_call_leaves_the_pool_whole_and_answers_in_order():
+def test_interrupting_a_call_leaves_the_pool_whole_and_answers_in_order(ctrl_c_raises):
     """Ctrl-C during a run: the slot (whose stream may still carry that run's answer) is replaced, so the next
     call gets its own output, and no slot is lost (a lost one made every later call wait forever)."""
     require_engine()
@@ -184,7 +195,7 @@ def test_closing_the_sandbox_under_its_callers_answers_them():
     assert all({r.status for r in res} <= {"ok", "infra_error"} for res in results.values()), results
 
 
-def test_local_sandbox_interrupted_then_its_worker_killed_from_outside():
+def test_local_sandbox_interrupted_then_its_worker_killed_from_outside(ctrl_c_raises):
     with LocalSandbox(workers=1, timeout_s=5.0) as sb:
         if not sb.namespaced:
             pytest.skip("unshare is not usable on this machine")
