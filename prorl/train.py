@@ -67,12 +67,10 @@ class TrainScriptArguments:
             raise ValueError("set exactly one of dataset_path and gym_envs")
         if self.eval_split and not self.dataset_path:
             raise ValueError("eval_split needs dataset_path (a `prorl data build` folder)")
+        from prorl.trainer.values import whole_number
+
         for name in ("gym_tasks_per_env", "gym_seed"):  # YAML values reach here unconverted: 64.0, 2.5, "x"
-            value = getattr(self, name)
-            if isinstance(value, float) and value.is_integer():
-                setattr(self, name, int(value))
-            elif isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"{name} must be an integer, got {value!r}")
+            setattr(self, name, whole_number(name, getattr(self, name)))
         if self.gym_tasks_per_env < 1:
             raise ValueError(f"gym_tasks_per_env must be >= 1, got {self.gym_tasks_per_env}")
         if self.model_dtype not in ("auto", "bfloat16", "float16", "float32"):

@@ -161,7 +161,8 @@ def rl_dataset(rows: list[dict]):
 # -- steps ---------------------------------------------------------------------------------------------------------
 def rl_config(recipe: dict[str, Any], output_dir: str | Path):
     from prorl.trainer import ProRLConfig
-    from prorl.trainer.config import field_types, field_value
+    from prorl.trainer.config import field_types
+    from prorl.trainer.values import field_value
 
     types = field_types()
     unknown = sorted(set(recipe["rl"]) - set(types))

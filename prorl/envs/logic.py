@@ -39,11 +39,15 @@ COMPOSITE_DEFAULT = {"datasets": [
 _TUPLE_BOARD_TASKS = ("arc_agi", "rearc")
 
 
-def task_names() -> list[str]:
-    """Every task registered in reasoning-gym, sorted."""
+def _registry() -> dict:
     from reasoning_gym.factory import DATASETS
 
-    return sorted(DATASETS)
+    return DATASETS
+
+
+def task_names() -> list[str]:
+    """Every task registered in reasoning-gym, sorted."""
+    return sorted(_registry())
 
 
 def system_prompt() -> str:
@@ -126,9 +130,8 @@ class LogicTaskEnv(Env):
         meta = dict(row.get("metadata") or {})
         meta.setdefault("source_dataset", self.task)
         name = meta["source_dataset"]
-        known = task_names()
-        if not isinstance(name, str) or name not in known:  # else every sample of it scores infra_error
-            close = difflib.get_close_matches(str(name), known, n=1)
+        if not isinstance(name, str) or name not in _registry():  # else every sample of it scores infra_error
+            close = difflib.get_close_matches(str(name), task_names(), n=1)
             raise ValueError(f"field 'metadata.source_dataset': {name!r} is not a reasoning-gym task"
                              + (f" (did you mean {close[0]!r}?)" if close else ""))
         answer = row["answer"]

@@ -18,6 +18,8 @@ from typing import Any
 
 from trl import GRPOConfig
 
+from prorl.trainer.values import field_value, whole_number
+
 # Stage overrides applied in place, at the reset that starts the stage (no restart needed).
 LIVE_STAGE_FIELDS = frozenset({
     "max_completion_length", "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "no_eos_penalty",
@@ -237,14 +239,10 @@ class ProRLConfig(GRPOConfig):
             _require(self.steps_per_generation % self.gradient_accumulation_steps == 0,
                      "group_micro_batches_by_length", "needs steps_per_generation a multiple of "
                      "gradient_accumulation_steps (an optimizer step must not span two generations)")
-        # A YAML value is set as given (argparse converts only strings): a count written 2.5 would be used as is.
         for name in ("dynamic_sampling_max_rounds", "max_generated_tokens", "reset_every_steps",
                      "reset_plateau_patience", "reset_min_interval", "padding_free_max_tokens", "reward_workers"):
-            value = getattr(self, name)
-            if isinstance(value, float) and value.is_integer():
-                setattr(self, name, int(value))  # 2.0e+6
-            elif value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-                raise ValueError(f"{name} must be an integer, got {value!r}")
+            if getattr(self, name) is not None:
+                setattr(self, name, whole_number(name, getattr(self, name)))
         if self.dynamic_sampling_accuracy_window is not None:
             self.dynamic_sampling_accuracy_window = _accuracy_window(self.dynamic_sampling_accuracy_window,
                                                                      "dynamic_sampling_accuracy_window")
@@ -369,40 +367,6 @@ def _check_env_weights(weights: Any, name: str) -> None:
 @lru_cache(maxsize=1)
 def field_types() -> dict[str, Any]:
     return typing.get_type_hints(ProRLConfig)
-
-
-def field_value(name: str, value: Any, hint: Any, multiple_ok: bool = False) -> Any:
-    """`value` converted to the scalar type `hint` of a ProRLConfig field, as argparse converts flags; `name` (e.g.
-    `stages[1].learning_rate`) is named in the error. For values that bypass argparse: stage overrides (YAML reads
-    5e-6 as a string, which would otherwise fail at the reset applying the stage, hours into the run) and the
-    demo recipe's `rl` section."""
-    allowed = set(typing.get_args(hint)) or {hint}
-    if value is None:
-        if type(None) in allowed:
-            return None
-        raise ValueError(f"{name} cannot be null")
-    if bool in allowed:
-        if isinstance(value, bool):
-            return value
-        raise ValueError(f"{name} must be true or false, got {value!r}")
-    if int in allowed and not isinstance(value, bool):
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if multiple_ok and isinstance(value, str) and re.fullmatch(r"\s*x\s*\d+\s*", value):
-            return value  # "x2": a multiple of the value before the stage (batch-shape fields)
-        if isinstance(value, str) and re.fullmatch(r"\s*[-+]?\d+\s*", value):
-            return int(value)
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    if float in allowed and not isinstance(value, bool):
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"{name} must be a number, got {value!r}") from None
-    if str in allowed and not isinstance(value, str) and not (dict in {typing.get_origin(a) for a in allowed}):
-        raise ValueError(f"{name} must be a string, got {value!r}")
-    return value
 
 
 def _require(ok: bool, name: str, message: str) -> None:

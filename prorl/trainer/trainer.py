@@ -80,11 +80,13 @@ class ProRLTrainer(DynamicSamplingMixin, PaddingFreeMixin, SkipEmptyUpdatesMixin
         mixtures = [("env_weights", args.env_weights)] + [
             (f"stages[{i}].env_weights", stage["env_weights"]) for i, stage in enumerate(args.stages)
             if "env_weights" in stage]
-        map_style = train_dataset is not None and not isinstance(train_dataset, IterableDataset)
-        for name, weights in mixtures if map_style else []:  # checked now, not at the restart that applies them
-            have = set(train_dataset["env"]) if weights and "env" in train_dataset.column_names else set()
-            if weights and (missing := sorted(set(weights) - have)):
-                raise ValueError(f"{name}: no rows for {missing} in the train dataset (it has {sorted(have)})")
+        mixtures = [(name, weights) for name, weights in mixtures if weights]
+        if mixtures and train_dataset is not None and not isinstance(train_dataset, IterableDataset):
+            # checked now, not at the restart that applies them; the env column is read once for all of them
+            have = set(train_dataset["env"]) if "env" in train_dataset.column_names else set()
+            for name, weights in mixtures:
+                if missing := sorted(set(weights) - have):
+                    raise ValueError(f"{name}: no rows for {missing} in the train dataset (it has {sorted(have)})")
         for func in self.reward_funcs:  # unknown envs fail now; an R1-style template's open <think> is read
             if isinstance(func, EnvReward):
                 func.attach(self.processing_class, None if isinstance(train_dataset, IterableDataset) else train_dataset)
