@@ -1,4 +1,5 @@
-"""`build(recipe)`: read every source, normalise each row to one schema, validate, de-duplicate, mix, save.
+"""`build(recipe)`: read every source, normalise each row to one schema (prorl.data.rows), validate, de-duplicate,
+mix, save.
 
 The schema (one row per prompt), read by the trainer's reward function and by `prorl eval`:
 
@@ -15,7 +16,6 @@ any generation, as missing files and unknown tasks do); duplicates and filtered 
 
 from __future__ import annotations
 
-import json
 import random
 import re
 import unicodedata
@@ -24,14 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from prorl.data.adapters import ADAPTERS, FieldError, get_dotted
+from prorl.data.adapters import FieldError, get_dotted
 from prorl.data.recipe import Recipe, RecipeError, SourceConfig
+from prorl.data.rows import Candidate, normalize_row
 from prorl.data.sources import DataError, RawRow, check_generator, generated_rows, read_file, source_files
-from prorl.envs import Env, Task, make
-
-ROLES = ("system", "user", "assistant")
-QUESTION_FIELDS = ("question", "problem", "prompt")
-_PLACEHOLDER = re.compile(r"\{(\w+)\}")
+from prorl.envs import Env, make
 
 
 @dataclass
@@ -64,14 +61,6 @@ class SourceStats:
 
 
 @dataclass
-class Candidate:
-    row: dict[str, Any]
-    question: str
-    where: str
-    stratum: str | None = None
-
-
-@dataclass
 class BuildResult:
     recipe: Recipe
     train: list[dict[str, Any]]
@@ -82,7 +71,7 @@ class BuildResult:
     options: dict[str, Any]
 
 
-# -- normalisation ---------------------------------------------------------------------------------------------
+# -- de-duplication keys ---------------------------------------------------------------------------------------
 _SPACE_AROUND_SYMBOL = re.compile(r"\s*([^\w\s])\s*")
 
 
@@ -101,83 +90,6 @@ def is_prose(text: str) -> bool:
     if sum(c.isalnum() for c in visible) < 0.5 * len(visible):
         return False
     return not any("   " in line.strip() for line in text.splitlines())
-
-
-def _fill(template: str, values: dict[str, Any]) -> str:
-    def sub(match: re.Match) -> str:
-        name = match.group(1)
-        if name not in values or values[name] is None:
-            raise FieldError(name, f"the template's {{{name}}} has no value in this row")
-        return str(values[name])
-
-    return _PLACEHOLDER.sub(sub, template)
-
-
-def _question_text(data: dict, source: SourceConfig, task: Task) -> str:
-    if source.question_field:
-        value = get_dotted(data, source.question_field)
-        if not isinstance(value, str) or not value.strip():
-            raise FieldError(source.question_field, "must be a non-empty string (the question text)")
-        return value
-    for key in QUESTION_FIELDS:
-        if isinstance(data.get(key), str) and data[key].strip():
-            return data[key]
-    users = [m["content"] for m in task.prompt if isinstance(m, dict) and m.get("role") == "user"]
-    if users and isinstance(users[-1], str):
-        return users[-1]
-    raise FieldError("question", f"no question text: none of {QUESTION_FIELDS} is a string (set question_field)")
-
-
-def _check_messages(prompt: Any) -> list[dict[str, str]]:
-    if not isinstance(prompt, list) or not prompt:
-        raise FieldError("prompt", "the environment built no prompt (is the question field empty?)")
-    for i, m in enumerate(prompt):
-        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
-            raise FieldError(f"prompt[{i}]", f"must be {{'role': one of {ROLES}, 'content': str}}, got {m!r:.80}")
-    if prompt[-1]["role"] != "user" or not prompt[-1]["content"].strip():
-        raise FieldError("prompt", "must end with a non-empty user message")
-    return [{"role": m["role"], "content": m["content"]} for m in prompt]
-
-
-def _json_safe(value: Any, name: str) -> Any:
-    try:
-        return json.loads(json.dumps(value, allow_nan=False))
-    except (TypeError, ValueError) as exc:
-        raise FieldError(name, f"is not JSON-serialisable: {exc}") from None
-
-
-def normalize_row(raw: RawRow, source: SourceConfig, env: Env) -> Candidate:
-    """One raw row -> a schema row (+ its question text). Raises FieldError for a bad row."""
-    if raw.data is None:
-        raise FieldError(None, raw.error or "unreadable row")
-    data = dict(raw.data)
-    for new, column in source.columns.items():
-        data[new] = get_dotted(raw.data, column)
-        if data[new] is None:
-            raise FieldError(column, "missing")
-    if source.adapter:
-        data = ADAPTERS[source.adapter](data)
-    try:
-        task = env.task_from_dict(data)
-    except KeyError as exc:
-        name = exc.args[0] if exc.args and isinstance(exc.args[0], str) and " " not in exc.args[0] else None
-        raise FieldError(name, "missing" if name else str(exc)) from None
-    except (ValueError, TypeError) as exc:
-        raise FieldError(None, f"{source.env} rejected the row: {exc}") from None
-    question = _question_text(data, source, task)
-    prompt = task.prompt
-    if source.template:
-        prompt = [{"role": "user", "content": _fill(source.template, {**data, "question": question})}]
-        prompt = [m for m in task.prompt if m.get("role") == "system"] + prompt
-    if source.system_prompt:
-        prompt = [{"role": "system", "content": source.system_prompt}] + [m for m in prompt if m.get("role") != "system"]
-    if not isinstance(task.reference, dict):
-        raise FieldError("reference", f"must be a dict, got {type(task.reference).__name__}")
-    metadata = {**(task.metadata or {}), **source.metadata, "source": source.name, "origin": raw.where}
-    row = {"id": f"{source.name}/{task.id}" if str(task.id).strip() else "", "env": source.env,
-           "source": source.name, "prompt": _check_messages(prompt),
-           "reference": _json_safe(task.reference, "reference"), "metadata": _json_safe(metadata, "metadata")}
-    return Candidate(row, question, raw.where, raw.stratum)
 
 
 # -- reading ---------------------------------------------------------------------------------------------------
