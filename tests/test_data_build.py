@@ -229,6 +229,46 @@ def test_shortfall_error_names_the_short_sources(tmp_path):
         build(recipe)
 
 
+def test_rows_left_over_by_an_even_split_go_to_tasks_drawn_with_the_seed():
+    """7 rows over 3 tasks of 10: 2 each and 1 left over, which goes to a task drawn with the seeded rng. Before the
+    fix it always went to the first task listed. A task with 1 row gives the rest of its share to the others."""
+    from random import Random
+
+    from prorl.data.build import _pick
+    from prorl.data.rows import Candidate
+
+    pool = [Candidate({}, f"q{t}{i}", f"w{t}{i}", stratum=t) for t in ("a", "b", "c") for i in range(10)]
+    short = [Candidate({}, "q", "w", stratum="s")] + pool
+    got_leftover = {"a": 0, "b": 0, "c": 0}
+    for seed in range(300):
+        picked = _pick(pool, 7, Random(seed))
+        assert picked == _pick(pool, 7, Random(seed))  # the same seed, the same rows
+        counts = {t: sum(pool[i].stratum == t for i in picked) for t in got_leftover}
+        assert sorted(counts.values()) == [2, 2, 3]
+        got_leftover[max(counts, key=counts.get)] += 1
+        counts = {t: sum(short[i].stratum == t for i in _pick(short, 9, Random(seed))) for t in "sabc"}
+        assert counts["s"] == 1 and sorted(counts[t] for t in "abc") == [2, 3, 3]
+    assert all(70 <= n <= 130 for n in got_leftover.values()), got_leftover  # about 100 each (sd 8)
+
+
+def test_a_generated_source_gives_its_leftover_row_to_any_task_and_the_same_seed_the_same_mixture(tmp_path):
+    """Size 4 over 3 tasks, built with 60 recipe seeds: each task gets the leftover row about 20 times. Before the
+    fix the first task always got it (and the generator made one row too few of the last task for it to get one)."""
+    def built(seed):
+        return build(recipe_of(tmp_path, name="g", seed=seed, sources={"logic": {"env": "logic", "size": 4,
+                     "generate": {"tasks": ["chain_sum", "basic_arithmetic", "word_sorting"], "seed": 1}}}))
+
+    got_leftover = {"chain_sum": 0, "basic_arithmetic": 0, "word_sorting": 0}
+    for seed in range(60):
+        per_task = built(seed).stats["logic"].per_task
+        assert sorted(per_task.values()) == [1, 1, 2]
+        got_leftover[max(per_task, key=per_task.get)] += 1
+    assert all(n >= 8 for n in got_leftover.values()), got_leftover
+    first, again = built(7), built(7)
+    assert [r["id"] for r in first.train] == [r["id"] for r in again.train]
+    assert first.stats["logic"].per_task == again.stats["logic"].per_task
+
+
 # -- generated sources and held-out rows -----------------------------------------------------------------------
 def test_generated_logic_source_holds_out_the_first_entries_of_each_task(tmp_path):
     spec = dict(name="g", seed=3, sources={"logic": {"env": "logic", "size": 30, "generate": {

@@ -291,8 +291,12 @@ def _targets(recipe: Recipe, wanted: dict[str, int], pools: dict[str, list], sta
 
 
 def _pick(pool: list[Candidate], target: int, rng: random.Random) -> list[int]:
-    """Indices of `target` rows drawn at random; rows of a generated source are drawn evenly across its tasks
-    (a task with too few rows gives its share to the others)."""
+    """Indices of `target` rows drawn at random with `rng` (the build seeds one per source).
+
+    Rows of a generated source are drawn evenly across its tasks: every task gets the same share, a task with too
+    few rows gives what it lacks to the others, and the rows left over when the count does not divide evenly (fewer
+    than the tasks that still have rows) go one each to tasks drawn with `rng`, not to the first tasks listed. The
+    counts are the same for a seed, and over seeds every task is equally likely to get a leftover row."""
     groups: dict[str | None, list[int]] = {}
     for i, c in enumerate(pool):
         groups.setdefault(c.stratum, []).append(i)
@@ -302,8 +306,13 @@ def _pick(pool: list[Candidate], target: int, rng: random.Random) -> list[int]:
         open_groups = [g for g in groups if quota[g] < len(groups[g])]
         if not open_groups:
             break
-        for g in open_groups[:left] if left < len(open_groups) else open_groups:
-            quota[g] += 1
+        share = left // len(open_groups)
+        if share == 0:  # the leftover: each open group has room for one more
+            for g in rng.sample(open_groups, left):
+                quota[g] += 1
+            break
+        for g in open_groups:
+            quota[g] += min(share, len(groups[g]) - quota[g])
         left = target - sum(quota.values())
     return sorted(i for g, idx in groups.items() for i in rng.sample(idx, quota[g]))
 

@@ -36,7 +36,8 @@ class GenerateConfig:
     or (`generator: env`) by the source environment's own `generate()`, e.g. ifeval's procedural tasks."""
 
     tasks: list[str] = field(default_factory=list, metadata={
-        "help": "reasoning-gym task names; the source's size is split evenly (not used by generator env)"})
+        "help": "reasoning-gym task names; the source's size is split evenly, rows left over going to tasks drawn "
+                "with the recipe's seed (not used by generator env)"})
     seed: int = field(default=0, metadata={"help": "base seed; task t uses seed + crc32(t) so tasks differ"})
     holdout_per_task: int = field(
         default=0, metadata={"help": "entries per task kept out of training (the first ones generated), saved as "

@@ -238,9 +238,12 @@ def generate_reasoning_gym(gen: GenerateConfig, size: int, margin: float = 0.05,
                            progress: Callable[[str, int, int], None] | None = None) -> list[RawRow]:
     """Held-out and training entries of every task, generated with fixed seeds.
 
-    The first `holdout_per_task` entries of each task are held out; they do not change with `size`. `size` training entries (plus `margin` to absorb later
-    de-duplication) are split evenly over the tasks; training questions are distinct within a task and from its
-    held-out ones. A task with too few distinct questions leaves its shortfall to the others, spread evenly.
+    The first `holdout_per_task` entries of each task are held out; they do not change with `size`. `size` training
+    entries (plus `margin` to absorb later de-duplication) are split evenly over the tasks, each task generating the
+    rounded-up share (a few rows more than asked, so that any task can take a leftover row when the mixture is
+    drawn; see build._pick); training questions are distinct within a task and from its held-out ones. A task with
+    too few distinct questions leaves its shortfall to the others, spread evenly (each gets the rounded-up share of
+    it, not the first tasks listed).
     """
     check_generator(gen, "generate")
     want = math.ceil(size * (1 + margin)) if size else 0
@@ -250,7 +253,7 @@ def generate_reasoning_gym(gen: GenerateConfig, size: int, margin: float = 0.05,
     for i, task in enumerate(gen.tasks):
         if progress:
             progress(task, i, n)
-        quota = want // n + (i < want % n)
+        quota = -(-want // n)
         stream = _TaskStream(task, task_seed(gen.seed, task), gen.holdout_per_task, quota)
         rows += stream.heldout_rows()
         rows += stream.take(quota)
@@ -260,8 +263,9 @@ def generate_reasoning_gym(gen: GenerateConfig, size: int, margin: float = 0.05,
         active = [s for s in streams if not s.exhausted]
         if not active:
             break
-        for stream in active[:missing]:
-            got = stream.take(1)
+        share = -(-missing // len(active))
+        for stream in active:
+            got = stream.take(share)
             rows += got
             missing -= len(got)
     return rows
