@@ -60,6 +60,34 @@ def test_a_recipe_that_is_not_a_mapping_is_named_also_with_overrides(tmp_path, t
         load_recipe(tmp_path / "r.yaml", ["seed=1"])
 
 
+def test_a_key_given_twice_anywhere_in_a_recipe_is_an_error_naming_the_file_key_and_lines(tmp_path):
+    """Before the fix the last one won without a word: here the second `math` source replaced the first."""
+    path = tmp_path / "r.yaml"
+    path.write_text("name: r\nsources:\n  math: {env: math, path: a.jsonl, size: 5}\n"
+                    "  code: {env: code, path: c.jsonl, size: 5}\n  math: {env: math, path: b.jsonl, size: 9}\n")
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path)
+    assert str(info.value) == (f"{path}: not valid YAML: key 'math' is given twice in the same mapping, at lines 3 "
+                               f"and 5 (rename or remove one)")
+    path.write_text("name: r\nsources:\n  math:\n    env: math\n    path: a.jsonl\n    size: 5\n    size: 9\n")
+    with pytest.raises(RecipeError, match=r"r\.yaml: not valid YAML: key 'size' is given twice .* lines 6 and 7"):
+        load_recipe(path)
+    path.write_text("name: r\nsources:\n  math: {env: math, path: a.jsonl, size: 5}\n")
+    with pytest.raises(RecipeError, match=r"--set 'sources.math.columns=\{q: a, q: b\}': the value is not valid "
+                                          r"YAML: key 'q' is given twice in the same mapping, on line 1"):
+        load_recipe(path, ["sources.math.columns={q: a, q: b}"])
+    with pytest.raises(RecipeError, match=r"--set 'seed=\[1': the value is not valid YAML"):
+        load_recipe(path, ["seed=[1"])  # before: yaml's own ParserError, uncaught by the CLI
+
+
+def test_merge_keys_still_merge_and_override(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("name: r\nsources:\n  a: &base {env: math, path: a.jsonl, size: 5}\n"
+                    "  b:\n    <<: *base\n    path: b.jsonl\n")
+    recipe = load_recipe(path)
+    assert [(s.name, s.path, s.size) for s in recipe.sources] == [("a", "a.jsonl", 5), ("b", "b.jsonl", 5)]
+
+
 def test_paths_expand_variables_and_explain_an_unset_one(tmp_path, monkeypatch):
     monkeypatch.setenv("PRORL_DATA", "/data")
     assert expand_path("${PRORL_DATA}/a.json", tmp_path, "w") == "/data/a.json"
