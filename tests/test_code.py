@@ -105,6 +105,26 @@ def test_task_formats_and_errors():
     assert env.score("```python\nprint(1)\n```", {"question": "q"}).status == "format_error"
 
 
+def test_humaneval_rows_need_an_entry_point_a_prompt_and_a_test():
+    """check(<entry_point>) is the row's only test: before the fix a null or non-name entry point was kept and
+    every completion scored `wrong`. A row with a `test` beside MBPP's `test_list` and no entry point (MBPP+) is
+    still MBPP; with neither it is a HumanEval row missing its entry point."""
+    env = CodeEnv()
+    he = {"task_id": "HE/0", "prompt": "def f():\n", "test": "def check(c): pass", "entry_point": "f"}
+    assert env.task_from_dict({**he, "entry_point": "Solution.f"}).reference["entry_point"] == "Solution.f"
+    for row in ({**he, "entry_point": None}, {k: v for k, v in he.items() if k != "entry_point"}):
+        with pytest.raises(KeyError, match="entry_point"):
+            env.task_from_dict(row)
+    for value in ("", " f", "f()", 3, ["f"]):
+        with pytest.raises(ValueError, match=r"field 'entry_point' must be the name of the function"):
+            env.task_from_dict({**he, "entry_point": value})
+    for key, value in (("test", None), ("test", " "), ("prompt", [{"role": "user", "content": "q"}])):
+        with pytest.raises(ValueError, match=rf"field '{key}' must be a non-empty string"):
+            env.task_from_dict({**he, key: value})
+    mbpp_plus = {"prompt": "Write f.", "test": "assert f() == 1", "test_list": ["assert f() == 1"], "entry_point": None}
+    assert env.task_from_dict(mbpp_plus).reference["kind"] == "mbpp"
+
+
 def test_syntax_error_and_empty_code_score_zero_without_running():
     env = CodeEnv(sandbox="local")  # never started: nothing is run for these
     bad = env.score(reply("def f(:\n    pass"), STDIO_ROW)

@@ -168,6 +168,30 @@ def test_a_logic_row_naming_an_unknown_reasoning_gym_task_is_a_bad_row(tmp_path)
     assert "'chain-sum' is not a reasoning-gym task (did you mean 'chain_sum'?)" in str(result.issues[0])
 
 
+def test_a_humaneval_row_without_a_usable_entry_point_is_a_bad_row_naming_the_field(tmp_path):
+    """The test of a HumanEval row calls check(<entry_point>). Before the fix a null, missing, empty or non-string
+    entry point was kept (a row without one was 'no known code task format', naming no field), and every completion
+    of the others then scored `wrong` (check(None) passes no candidate)."""
+    good = {"task_id": "HE/0", "prompt": "def inc(x):\n", "test": "def check(c):\n    assert c(1) == 2\n",
+            "entry_point": "inc"}
+    rows = [good, {**good, "task_id": "HE/1", "entry_point": None},
+            {k: v for k, v in {**good, "task_id": "HE/2"}.items() if k != "entry_point"},
+            {**good, "task_id": "HE/3", "entry_point": ""}, {**good, "task_id": "HE/4", "entry_point": 7},
+            {**good, "task_id": "HE/5", "entry_point": "inc(x)"}]
+    path = tmp_path / "he.jsonl"
+    path.write_text("".join(json.dumps({**r, "prompt": f"{r['prompt']}    # {i}\n"}) + "\n"  # distinct questions
+                            for i, r in enumerate(rows)))
+    result = build(recipe_of(tmp_path, {"code": {"env": "code", "path": "he.jsonl", "size": 6}}))
+    assert [r["id"] for r in result.train] == ["code/HE/0"]
+    must = ("code rejected the row: field 'entry_point' must be the name of the function the test's check() is "
+            "called with")
+    assert [str(i) for i in result.issues] == [
+        f"{path}:2: field 'entry_point': missing", f"{path}:3: field 'entry_point': missing",
+        f"{path}:4: {must}, got ''", f"{path}:5: {must}, got 7", f"{path}:6: {must}, got 'inc(x)'"]
+    with pytest.raises(DataError, match=rf"{path}:2: field 'entry_point': missing \(on_error=fail"):
+        build(recipe_of(tmp_path, {"code": {"env": "code", "path": "he.jsonl", "size": 6}}, on_error="fail"))
+
+
 def test_load_rows_reads_gzipped_json_lines_and_arrays(tmp_path):
     """`prorl eval --data HumanEval.jsonl.gz --env code`: public files ship gzipped, and the builder reads them.
     Before the fix load_rows read the compressed bytes as text: 'not valid UTF-8 (byte 0x8b at column 2)'."""

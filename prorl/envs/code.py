@@ -6,7 +6,8 @@ Task formats, accepted unchanged:
     normalised). TACO-style `{"input_output": {"inputs": [...], "outputs": [...]}}` (dict or JSON string) and
     Eurus-2-RL rows (chat `prompt`, the same object in `reward_model.ground_truth`) too.
   - HumanEval rows `{"prompt", "test", "entry_point"}`: program = prompt + extracted code (a full function or
-    the body continuing the prompt); one test, `check(entry_point)`.
+    the body continuing the prompt); one test, `check(entry_point)`. A row whose entry_point is missing, null or
+    not a (dotted) name is refused: its test could pass no completion.
   - MBPP rows `{"test_list": [...], "test_setup_code"}` (and sanitized MBPP's `test_imports`): each assert is a test,
     run after the program and the setup code.
 
@@ -42,6 +43,9 @@ STDIO_INSTRUCTION = ("Write a Python 3 program that reads from standard input an
                      "Put the complete program in one ```python code block at the end of your answer.")
 FUNCTION_INSTRUCTION = "Put the complete code in one ```python code block at the end of your answer."
 
+# A row with "prompt" and "test" is HumanEval's unless it has one of these and no entry point (MBPP+ rows have a
+# "test" too); a HumanEval row without its entry point is refused, not read as another format.
+_OTHER_FORMATS = {"test_list", "tests", "input_output", "reward_model"}
 _SHARED: dict[str, Sandbox] = {}
 _SHARED_LOCK = threading.Lock()
 
@@ -126,6 +130,22 @@ def _stdio_tests(row: dict[str, Any]) -> list[dict[str, str]]:
     return [{"input": join(i), "output": join(o)} for i, o in zip(ins, outs)]
 
 
+def _humaneval(row: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(prompt text, reference) of a HumanEval row; its test calls `check(<entry_point>)`, so a row whose entry
+    point is not a name would score every completion `wrong`: refused, as is a prompt or test that is no string."""
+    entry = row.get("entry_point")
+    if entry is None:
+        raise KeyError("entry_point")
+    if not isinstance(entry, str) or not all(part.isidentifier() for part in entry.split(".")):
+        raise ValueError(f"field 'entry_point' must be the name of the function the test's check() is called with, "
+                         f"got {entry!r:.80}")
+    for key in ("prompt", "test"):
+        if not isinstance(row[key], str) or not row[key].strip():
+            raise ValueError(f"field {key!r} must be a non-empty string, got {row[key]!r:.80}")
+    text = f"Complete the following Python function.\n\n```python\n{row['prompt']}```\n\n{FUNCTION_INSTRUCTION}"
+    return text, {"kind": "humaneval", "prompt": row["prompt"], "test": row["test"], "entry_point": entry}
+
+
 class CodeEnv(Env):
     """Python programs run in the sandbox; reward = fraction of tests passed."""
 
@@ -159,9 +179,9 @@ class CodeEnv(Env):
         if not isinstance(row, dict):
             raise TypeError(f"code task must be a dict, got {type(row).__name__}")
         task_id = str(row.get("task_id", row.get("id", "")))
-        if {"prompt", "test", "entry_point"} <= row.keys():
-            text = f"Complete the following Python function.\n\n```python\n{row['prompt']}```\n\n{FUNCTION_INSTRUCTION}"
-            ref = {"kind": "humaneval", "prompt": row["prompt"], "test": row["test"], "entry_point": row["entry_point"]}
+        if {"prompt", "test"} <= row.keys() and (row.get("entry_point") is not None
+                                                 or not _OTHER_FORMATS & row.keys()):
+            text, ref = _humaneval(row)
         elif "test_list" in row:
             tests = row["test_list"]
             if not isinstance(tests, list) or not tests or not all(isinstance(t, str) for t in tests):
