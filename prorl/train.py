@@ -110,12 +110,12 @@ def file_dataset(path: str, split: str = "train"):
     if p.suffix == ".parquet":
         ds = Dataset.from_parquet(str(p))
     elif p.suffix == ".jsonl":
-        from prorl.data.card import read_jsonl
+        from prorl.envs.jsonl import read_jsonl
 
         # Per-row dicts (a reference per environment) as JSON text, which the reward decodes: Arrow would otherwise
         # merge them into one struct, filling other rows' keys with nulls, or refuse keys of clashing types.
         rows = [{k: json.dumps(v) if k in _JSON_COLUMNS and isinstance(v, (dict, list)) else v for k, v in r.items()}
-                for r in read_jsonl(p)]
+                for _, r in read_jsonl(p)]
         try:
             ds = Dataset.from_list(rows)
         except (ValueError, TypeError) as exc:  # pyarrow's ArrowInvalid / ArrowTypeError are ValueError/TypeError

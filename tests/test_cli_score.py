@@ -77,8 +77,8 @@ def test_malformed_lines_are_named_and_the_rest_scores(tmp_path, capsys):
     out = tmp_path / "out.jsonl"
     assert main(["score", str(inp), "-o", str(out), "--workers", "2"]) == 1
     err = capsys.readouterr().err
-    assert "in.jsonl:2: invalid JSON" in err
-    assert "in.jsonl:3: expected a JSON object" in err
+    assert "in.jsonl:2: not valid JSON (Expecting property name enclosed in double quotes at column 2)" in err
+    assert "in.jsonl:3: a row must be a JSON object, got list" in err
     assert "in.jsonl:4: field 'completion'" in err
     assert "in.jsonl:5: unknown environment 'nope'" in err
     assert "in.jsonl:6: task for 'math' is missing field 'answer'" in err

@@ -122,15 +122,13 @@ def test_an_output_path_that_is_a_file_fails_before_generating(tmp_path, capsys)
     assert "generating" not in captured.out
 
 
-def test_read_jsonl_names_the_line_that_is_not_utf8(tmp_path):
-    from prorl.data.card import read_jsonl
-
+def test_load_rows_names_the_jsonl_line_that_is_not_utf8(tmp_path):
     path = tmp_path / "rows.jsonl"
     path.write_bytes(b'{"a": 1}\n\n{"b": "caf\xe9"}\n')
     with pytest.raises(ValueError, match=r"rows\.jsonl:3: not valid UTF-8 \(byte 0xe9 at column 11\)"):
-        read_jsonl(path)
+        load_rows(path)
     path.write_bytes(b'{"a": 1}\n\n{"b": "caf\xc3\xa9"}\n')
-    assert read_jsonl(path) == [{"a": 1}, {"b": "café"}]
+    assert load_rows(path) == [{"a": 1}, {"b": "café"}]
 
 
 @pytest.mark.parametrize("suffix", [".json", ".json.gz"])

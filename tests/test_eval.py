@@ -242,7 +242,7 @@ def test_load_eval_rows_names_the_row_and_field_of_a_bad_public_row(tmp_path):
     with pytest.raises(ValueError, match=r"row 0 \(math\): field 'answer' must be"):
         load_eval_rows(str(data), env="math")
     data.write_text(json.dumps([1, 2]) + "\n")
-    with pytest.raises(ValueError, match="row 0 is a list"):
+    with pytest.raises(ValueError, match=r"public\.jsonl:1: a row must be a JSON object, got list"):
         load_eval_rows(str(data), env="math")
 
 

@@ -13,13 +13,14 @@ Layout of an output folder:
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
+
+from prorl.envs.jsonl import open_bytes, read_jsonl
 
 JSON_COLUMNS = ("reference", "metadata")
 
@@ -151,35 +152,9 @@ def load_rows(path: str | Path, split: str = "train") -> list[dict[str, Any]]:
         if bad is not None:
             raise ValueError(f"{path}: element {bad} of the array is not an object (got {type(rows[bad]).__name__})")
         return rows
-    return read_jsonl(path)
-
-
-def _open(path: str | Path):
-    """A file for reading bytes; gunzipped when its name ends in .gz (HumanEval ships as HumanEval.jsonl.gz)."""
-    return gzip.open(path, "rb") if str(path).endswith(".gz") else open(path, "rb")
+    return [row for _, row in read_jsonl(path)]
 
 
 def _bytes(path: str | Path) -> bytes:
-    with _open(path) as f:
+    with open_bytes(path) as f:
         return f.read()
-
-
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """The objects of a JSONL file, gzipped or not (blank lines skipped); a bad line is an error naming
-    `file:line`."""
-    rows = []
-    with _open(path) as f:
-        for lineno, data in enumerate(f, start=1):
-            try:
-                line = data.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise ValueError(f"{path}:{lineno}: not valid UTF-8 (byte 0x{data[exc.start]:02x} at column "
-                                 f"{exc.start + 1})") from None
-            if lineno == 1:
-                line = line.removeprefix("\ufeff")  # a byte-order mark, as prorl data build reads it
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{path}:{lineno}: not valid JSON: {exc.msg}") from None
-    return rows

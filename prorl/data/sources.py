@@ -1,7 +1,7 @@
 """Reading the rows of a source: local files through Hugging Face `datasets`, or reasoning-gym generation.
 
 Every row comes with its location, so a bad row is reported as `file:line` (JSON Lines) or `file row N` (a JSON
-array or a Parquet file, 0-based). JSON Lines are read line by line and parsed here rather than by the `json`
+array or a Parquet file, 0-based). JSON Lines are read line by line by `prorl.envs.jsonl` rather than by the `json`
 builder: a malformed line (bad JSON, or bytes that are not UTF-8) is then one bad row with its line number instead
 of a failed file, and heterogeneous rows (IFEval kwargs, reasoning-gym metadata) keep exactly their own keys
 instead of being unified into one Arrow schema with nulls. A JSON array or Parquet file that cannot be read at all
@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from prorl.data.recipe import GenerateConfig, Recipe, RecipeError, SourceConfig, expand_path
+from prorl.envs.jsonl import read_jsonl
 
 
 class DataError(ValueError):
@@ -130,27 +131,16 @@ def read_file(path: str) -> Iterator[RawRow]:
             yield RawRow(row if ok else None, f"{shown} row {i}",
                          None if ok else f"a row must be a JSON object, got {type(row).__name__}")
         return
-    with _open(path) as f:
-        for lineno, data in enumerate(f, start=1):
-            where = f"{shown}:{lineno}"
-            try:
-                line = data.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                yield RawRow(None, where, f"not valid UTF-8 (byte 0x{data[exc.start]:02x} at column {exc.start + 1})")
-                continue
-            if lineno == 1:
-                line = line.removeprefix("\ufeff")  # a byte-order mark
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield RawRow(None, where, f"not valid JSON ({exc.msg} at column {exc.colno})")
-                continue
-            if not isinstance(row, dict):
-                yield RawRow(None, where, f"a row must be a JSON object, got {type(row).__name__}")
-                continue
-            yield RawRow(row, where)
+    bad: list[RawRow] = []  # the bad lines read before the next good one: rows stay in file order
+
+    def bad_line(lineno: int, message: str) -> None:
+        bad.append(RawRow(None, f"{shown}:{lineno}", message))
+
+    for lineno, row in read_jsonl(path, on_error=bad_line):
+        yield from bad
+        bad.clear()
+        yield RawRow(row, f"{shown}:{lineno}")
+    yield from bad
 
 
 def task_seed(base: int, task: str) -> int:

@@ -9,6 +9,8 @@ import json
 from pathlib import Path
 from typing import Sequence
 
+from prorl.envs.jsonl import read_jsonl
+
 
 def load_history(run_dir: str | Path) -> tuple[list[dict], list[dict]]:
     """(per-step training logs, reset events) of a run folder."""
@@ -18,7 +20,7 @@ def load_history(run_dir: str | Path) -> tuple[list[dict], list[dict]]:
         raise FileNotFoundError(f"{state} does not exist: is {run_dir} a finished ProRL run?")
     logs = [h for h in json.loads(state.read_text())["log_history"] if "step" in h and "reward" in h]
     resets_file = run_dir / "resets.jsonl"
-    resets = [json.loads(x) for x in resets_file.read_text().splitlines() if x.strip()] if resets_file.exists() else []
+    resets = [row for _, row in read_jsonl(resets_file)] if resets_file.exists() else []
     return logs, resets
 
 

@@ -179,6 +179,7 @@ def train_rl(model_dir: str, rows: list[dict], output_dir: Path, recipe: dict[st
     """ProRL from the SFT model; returns {"steps", "resets"} and leaves the model in output_dir."""
     from transformers import AutoTokenizer
 
+    from prorl.envs.jsonl import read_jsonl
     from prorl.trainer import ProRLTrainer
 
     config = rl_config(recipe, output_dir)
@@ -188,8 +189,8 @@ def train_rl(model_dir: str, rows: list[dict], output_dir: Path, recipe: dict[st
     trainer.save_model(str(output_dir))
     tokenizer.save_pretrained(str(output_dir))
     trainer.save_state()
-    resets = _read_jsonl(output_dir / "resets.jsonl")
-    return {"steps": trainer.state.global_step, "resets": len(resets)}
+    resets = output_dir / "resets.jsonl"  # one line per reset; none when no reset happened
+    return {"steps": trainer.state.global_step, "resets": sum(1 for _ in read_jsonl(resets)) if resets.exists() else 0}
 
 
 def eval_sampling(recipe: dict[str, Any], seed: int):
@@ -214,12 +215,6 @@ def evaluate_model(model_dir: str, rows: list[dict], recipe: dict[str, Any], see
         "reward_workers", 1) or 1))
     report.pop("per_prompt", None)
     return report
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _load_json(path: Path) -> dict | None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from prorl.envs.base import Env, Task
+from prorl.envs.jsonl import is_blank, open_bytes, read_jsonl
 
 
 def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
@@ -96,18 +97,7 @@ class LineParser:
                 raise BadLine(f"environment {env_id!r} failed to build: {exc!r}") from None
         return self.envs[env_id]
 
-    def parse(self, raw: str | bytes) -> tuple[dict, Env, Task]:
-        if isinstance(raw, bytes):
-            try:
-                raw = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise BadLine(f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})") from None
-        try:
-            row = json.loads(raw)
-        except ValueError as exc:
-            raise BadLine(f"invalid JSON ({exc})") from None
-        if not isinstance(row, dict):
-            raise BadLine(f"expected a JSON object, got {type(row).__name__}")
+    def parse(self, row: dict) -> tuple[Env, Task]:
         if not isinstance(row.get("completion"), str):
             raise BadLine("field 'completion' is missing or not a string")
         env_id = self.env_id or row.get("env")
@@ -120,18 +110,17 @@ class LineParser:
             raise BadLine(f"task for {env_id!r} is missing field {exc.args[0]!r}") from None
         except (TypeError, ValueError) as exc:
             raise BadLine(f"bad task for {env_id!r}: {exc}") from None
-        return row, env, task
+        return env, task
 
     def lines(self, path: Path, wanted: set[int],
               on_error: Callable[[int, str], None]) -> Iterator[tuple[int, dict, Env, Task]]:
-        """The parsed lines of `path` whose numbers are in `wanted`; malformed ones go to `on_error`."""
-        with path.open("rb") as f:  # bytes: a line that is not UTF-8 is one bad line, not the end of the file
-            for i, raw in enumerate(f, 1):
-                if i in wanted:
-                    try:
-                        yield (i, *self.parse(raw.removeprefix(b"\xef\xbb\xbf") if i == 1 else raw))  # a BOM
-                    except BadLine as exc:
-                        on_error(i, str(exc))
+        """The parsed lines of `path` whose numbers are in `wanted` (the others are not decoded); malformed ones go
+        to `on_error`."""
+        for i, row in read_jsonl(path, on_error=on_error, only=wanted):
+            try:
+                yield (i, row, *self.parse(row))
+            except BadLine as exc:
+                on_error(i, str(exc))
 
 
 def _chunks(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
@@ -201,8 +190,8 @@ def score_command(args: argparse.Namespace) -> int:
     summary = Summary()
     for row in previous:
         summary.add(args.env or str(row.get("env")), row["reward"], row["status"])
-    with args.input.open("rb") as f:
-        todo = {i for i, raw in enumerate(f, 1) if raw.strip() and i not in done}
+    with open_bytes(args.input) as f:
+        todo = {i for i, raw in enumerate(f, 1) if not is_blank(raw, i) and i not in done}
     bad: list[int] = []
 
     columns = (TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())

@@ -22,6 +22,7 @@ from typing import Any, Iterable
 from prorl.envs.base import split_think
 from prorl.envs.ifeval.checker import InstructionError, build_checkers
 from prorl.envs.ifeval.env import check_all
+from prorl.envs.jsonl import read_jsonl
 
 
 @dataclass
@@ -58,29 +59,6 @@ class IFEvalReport:
                     row["strict"] += strict
                     row["loose"] += loose
         return dict(table)
-
-
-def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
-    rows = []
-    with open(path, "rb") as f:
-        for number, data in enumerate(f, 1):
-            try:
-                line = data.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise ValueError(f"{path}:{number}: not valid UTF-8 (byte 0x{data[exc.start]:02x} at column "
-                                 f"{exc.start + 1})") from None
-            if number == 1:
-                line = line.removeprefix("\ufeff")  # a byte-order mark, as prorl data build reads it
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
-            rows.append((number, row))
-    return rows
 
 
 def _response_text(row: dict, where: str) -> str:
@@ -121,7 +99,7 @@ def evaluate_rows(tasks: Iterable[tuple[str, dict]], responses: dict[str, str] |
 
 
 def evaluate_files(responses_path: Path, input_data: Path | None = None) -> IFEvalReport:
-    response_rows = _read_jsonl(responses_path)
+    response_rows = list(read_jsonl(responses_path))
     if input_data is None:
         return evaluate_rows((f"{responses_path}:{n}", row) for n, row in response_rows)
     responses = {}
@@ -130,7 +108,7 @@ def evaluate_files(responses_path: Path, input_data: Path | None = None) -> IFEv
         if not isinstance(row.get("prompt"), str):
             raise ValueError(f"{where}: no string field 'prompt' to pair the response with {input_data}")
         responses[row["prompt"]] = _response_text(row, where)
-    return evaluate_rows(((f"{input_data}:{n}", row) for n, row in _read_jsonl(input_data)), responses)
+    return evaluate_rows(((f"{input_data}:{n}", row) for n, row in read_jsonl(input_data)), responses)
 
 
 def format_report(report: IFEvalReport) -> str:
