@@ -145,6 +145,50 @@ def test_resume_skips_scored_lines_and_repairs_a_partial_tail(tmp_path, capsys):
     assert read_rows(out) == full
 
 
+def test_resume_scores_timeouts_and_infra_errors_again_in_place(tmp_path, capsys):
+    """Before: --resume skipped every line already in OUT, so a line that had timed out or met an infra error (no
+    verdict on the completion) stayed unscored for good."""
+    inp = write_lines(tmp_path / "in.jsonl", [GOOD[0], GOOD[4], GOOD[1], GOOD[2]])  # line 2: the LaTeX bomb
+    out = tmp_path / "out.jsonl"
+    assert main(["score", str(inp), "-o", str(out), "--workers", "2", "--timeout", "2"]) == 0
+    first = out.read_bytes().splitlines(keepends=True)
+    assert [json.loads(x)["status"] for x in first] == ["ok", "timeout", "wrong", "ok"]
+    # line 3 met an infra error in that run, as a scoring worker that died twice writes it
+    first[2] = (json.dumps({**GOOD[1], "reward": 0.0, "status": "infra_error", "details": {
+        "error": "scoring worker died: EOFError()", "input_line": 3}}) + "\n").encode()
+    out.write_bytes(b"".join(first))
+    capsys.readouterr()
+    assert main(["score", str(inp), "-o", str(out), "--workers", "2", "--timeout", "3", "--resume"]) == 0
+    printed = capsys.readouterr().out
+    assert "resumed: 2 lines" in printed and "re-scored: 2 lines whose earlier result was timeout or infra_error" \
+        in printed
+    again = out.read_bytes().splitlines(keepends=True)
+    assert [json.loads(x)["details"]["input_line"] for x in again] == [1, 2, 3, 4]  # one record per line, in place
+    assert again[0] == first[0] and again[3] == first[3]  # the scored lines are kept byte for byte
+    bomb, wrong = json.loads(again[1]), json.loads(again[2])
+    assert (bomb["status"], bomb["details"]["timeout_s"]) == ("timeout", 3.0)  # scored again, with this run's budget
+    assert (wrong["status"], wrong["reward"], {k: wrong[k] for k in GOOD[1]}) == ("wrong", 0.0, GOOD[1])
+    assert "timeouts" in printed and not (tmp_path / "out.jsonl.tmp").exists()
+
+
+def test_a_resume_interrupted_while_scoring_again_loses_nothing(tmp_path, capsys):
+    """A resume killed after appending a new record for a timed-out line leaves both records in OUT: the next resume
+    keeps the new one, in the old one's place, and scores nothing again."""
+    inp = write_lines(tmp_path / "in.jsonl", GOOD[:3])
+    out = tmp_path / "out.jsonl"
+    assert main(["score", str(inp), "-o", str(out), "--workers", "0"]) == 0
+    full = out.read_bytes()
+    lines = full.splitlines(keepends=True)
+    timed_out = (json.dumps({**GOOD[1], "reward": 0.0, "status": "timeout", "details": {
+        "timeout_s": 10.0, "elapsed_s": 10.004, "input_line": 2}}) + "\n").encode()
+    out.write_bytes(lines[0] + timed_out + lines[2] + lines[1] + lines[0][:30])  # and a partial tail
+    capsys.readouterr()
+    assert main(["score", str(inp), "-o", str(out), "--workers", "0", "--resume"]) == 0
+    assert out.read_bytes() == full
+    printed = capsys.readouterr().out
+    assert "resumed: 3 lines" in printed and "re-scored" not in printed
+
+
 def test_sample_completions_score_cleanly(tmp_path):
     out = tmp_path / "scored.jsonl"
     assert main(["score", str(SAMPLES), "-o", str(out), "--workers", "2"]) == 0

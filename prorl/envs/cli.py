@@ -6,6 +6,8 @@ Each input line is a task dict in its public format plus `"completion"` (and `"e
 Each output line is the input plus `reward`, `status` and `details` (`details.input_line` is the 1-based input
 line number, which `--resume` uses to skip lines already scored). Lines are scored in chunks through the
 killable worker pool and appended to OUT as each chunk finishes, so an interrupted run loses at most one chunk.
+`--resume` scores again the lines whose result was `timeout` or `infra_error` (not a verdict on the completion):
+the new record is appended, then takes the old one's place when the run ends, so OUT holds one record per line.
 A malformed line is reported with its line number and skipped; the others still score (exit status 1).
 """
 
@@ -17,7 +19,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from prorl.envs.base import Env, Task
+from prorl.envs.base import UNSCORED_STATUSES, Env, Task
 from prorl.envs.jsonl import is_blank, open_bytes, read_jsonl
 
 
@@ -29,7 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("-o", "--output", type=Path, required=True, help="JSONL with reward, status, details")
     parser.add_argument("--env", default=None, help="environment id for every line (else each line's 'env')")
     parser.add_argument("--workers", type=int, default=None, help="scoring processes (default: CPU count)")
-    parser.add_argument("--resume", action="store_true", help="keep OUT and skip the input lines already in it")
+    parser.add_argument("--resume", action="store_true", help="keep OUT and skip the input lines already in it, "
+                        "except those whose result was timeout or infra_error: they are scored again")
     parser.add_argument("--timeout", type=float, default=None, help="per-sample timeout in seconds "
                         "(default: each environment's own)")
     parser.add_argument("--chunk-size", type=int, default=256, help="lines scored (and written) per batch")
@@ -60,22 +63,24 @@ class BadLine(ValueError):
     """An input line that cannot be scored (the message names the problem)."""
 
 
-def _read_done(path: Path) -> tuple[set[int], list[dict]]:
-    """Input line numbers already in OUT, and its rows. Rewrites OUT without a partial/corrupt tail line."""
-    rows, kept = [], []
-    for raw in path.read_text().splitlines():
+def _previous(path: Path) -> dict[int, dict]:
+    """The records of an earlier run's OUT by input line number, OUT rewritten (a temporary file renamed over it) to
+    hold one record per line: a partial or corrupt line (a killed run's tail) is dropped, and a line scored again
+    (an earlier timeout or infra_error) keeps the place of its first record with its last one. The lines kept are
+    written back byte for byte."""
+    records: dict[int, tuple[bytes, dict]] = {}
+    for raw in path.read_bytes().split(b"\n"):
         try:
             row = json.loads(raw)
             line = row["details"]["input_line"]
         except (ValueError, KeyError, TypeError):
             continue
         if isinstance(line, int):
-            rows.append(row)
-            kept.append(raw)
+            records[line] = (raw, row)  # a key seen before keeps its place in the dict
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text("".join(r + "\n" for r in kept))
+    tmp.write_bytes(b"".join(raw + b"\n" for raw, _ in records.values()))
     tmp.replace(path)
-    return {r["details"]["input_line"] for r in rows}, rows
+    return {line: row for line, (_, row) in records.items()}
 
 
 class LineParser:
@@ -186,13 +191,16 @@ def score_command(args: argparse.Namespace) -> int:
         err.print(f"[red]prorl score: --chunk-size must be >= 1, got {args.chunk_size}")
         return 2
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    done, previous = _read_done(args.output) if args.resume and args.output.exists() else (set(), [])
+    previous = _previous(args.output) if args.resume and args.output.exists() else {}
+    retry = {i for i, row in previous.items() if row.get("status") in UNSCORED_STATUSES}  # not really scored
+    done = set(previous) - retry
     summary = Summary()
-    for row in previous:
-        summary.add(args.env or str(row.get("env")), row["reward"], row["status"])
+    for i in done:
+        summary.add(args.env or str(previous[i].get("env")), previous[i]["reward"], previous[i]["status"])
     with open_bytes(args.input) as f:
         todo = {i for i, raw in enumerate(f, 1) if not is_blank(raw, i) and i not in done}
     bad: list[int] = []
+    rescored = 0
 
     columns = (TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=err) as progress, args.output.open("a" if args.resume else "w") as out:
@@ -212,11 +220,16 @@ def score_command(args: argparse.Namespace) -> int:
                        "details": {**score.details, "input_line": i}}
                 out.write(json.dumps(res, default=str) + "\n")
                 summary.add(env.id, score.reward, score.status)
+                rescored += i in retry
             out.flush()  # a finished chunk is on disk: an interrupted run resumes after it
             progress.advance(bar, len(chunk))
+    if rescored:  # the new records take the place of the old ones (appended meanwhile: nothing lost if interrupted)
+        _previous(args.output)
     out_console.print(summary.table())
     if done:
         out_console.print(f"resumed: {len(done)} lines were already in {args.output}")
+    if rescored:
+        out_console.print(f"re-scored: {rescored} lines whose earlier result was {' or '.join(UNSCORED_STATUSES)}")
     if bad:
         err.print(f"[red]{len(bad)} malformed line(s) skipped: {', '.join(map(str, bad[:20]))}"
                   + (" ..." if len(bad) > 20 else ""))
