@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from prorl.data.sampling import SamplingConfig
-from prorl.envs import Score, Task
+from prorl.envs import Env, Score, Task
 
 # -- pass@k ------------------------------------------------------------------------------------------------------
 
@@ -69,12 +69,14 @@ def aggregate(per_prompt: Sequence[dict[str, Any]], ks: Sequence[int]) -> dict[s
 # -- evaluation --------------------------------------------------------------------------------------------------
 def evaluate(model_dir: str, rows: Sequence[dict[str, Any]], n: int = 16, ks: Sequence[int] = (1, 4, 16), *,
              sampling: SamplingConfig | None = None, workers: int | None = None, timeout_s: float | None = None,
-             keep_completions: bool = False, progress: bool = False) -> dict[str, Any]:
+             keep_completions: bool = False, progress: bool = False, envs: dict[str, Env] | None = None
+             ) -> dict[str, Any]:
     """Sample `n` completions per row with the model in `model_dir`, score them, and return the report:
 
     {"model", "n", "ks", "sampling", "wall_s", "overall": {...}, "per_env": {env: {...}}, "per_prompt": [...]}
     where each summary holds prompts, samples, masked, format_error, mean_reward, pass@1 and pass@k.
     Rows are schema rows ({"id", "env", "prompt", "reference", ...}, see prorl.data.build) or `prorl.Task`s.
+    `envs`: environments already built, by id (as `load_eval_rows` fills it); the missing ones are built and added.
     """
     from prorl.data.sampling import Sampler, render
     from prorl.envs import make, split_think
@@ -87,7 +89,9 @@ def evaluate(model_dir: str, rows: Sequence[dict[str, Any]], n: int = 16, ks: Se
         raise ValueError("no prompts to evaluate")
     rows = [r.to_dict() if isinstance(r, Task) else r for r in rows]
     sampling = sampling or SamplingConfig()
-    envs = {e: make(e) for e in sorted({r["env"] for r in rows})}  # an unknown env fails before hours of sampling
+    envs = {} if envs is None else envs
+    for env_id in sorted({r["env"] for r in rows} - set(envs)):  # an unknown env fails before hours of sampling
+        envs[env_id] = make(env_id)
     t0 = time.monotonic()
     sampler = Sampler(model_dir, sampling)
     bar = _progress_bar(len(rows) * n, f"sampling {Path(model_dir).name}") if progress else None
@@ -127,9 +131,10 @@ def _progress_bar(total: int, label: str):
 
 # -- data --------------------------------------------------------------------------------------------------------
 def load_eval_rows(spec: str, split: str | None = None, env: str | None = None, sample_data: bool = False,
-                   limit: int | None = None) -> list[dict[str, Any]]:
+                   limit: int | None = None, envs: dict[str, Env] | None = None) -> list[dict[str, Any]]:
     """Schema rows from a build folder, a .parquet/.jsonl file or a recipe; public rows are converted with
-    `--env`'s task_from_dict. `limit` keeps the first N prompts of each env."""
+    `--env`'s task_from_dict. `limit` keeps the first N prompts of each env. The environments the rows name are
+    built to check them; pass `envs` (a dict) to get them back, by id, for `evaluate(..., envs=envs)`."""
     from prorl.data import build, load_recipe, load_rows
     from prorl.envs import make
 
@@ -145,7 +150,7 @@ def load_eval_rows(spec: str, split: str | None = None, env: str | None = None, 
         rows = load_rows(path, split)
     else:
         rows = load_rows(path)
-    out, envs = [], {}
+    out, envs = [], {} if envs is None else envs
     for i, row in enumerate(rows):
         if not isinstance(row, dict):
             raise ValueError(f"{spec}: row {i} is a {type(row).__name__}, not an object")
@@ -294,7 +299,8 @@ def run(args: argparse.Namespace, name: str) -> int:
         for flag, model in (("--model", args.model), ("--compare", args.compare)):
             if model and not (Path(model) / "config.json").is_file():  # else transformers looks it up on the Hub
                 raise FileNotFoundError(f"{flag} {model}: not a local model folder (no config.json)")
-        rows = load_eval_rows(args.data, args.split, args.env, args.sample_data, args.limit)
+        envs: dict[str, Env] = {}  # built once: to check the rows, then to score every model's samples
+        rows = load_eval_rows(args.data, args.split, args.env, args.sample_data, args.limit, envs)
         if args.output:  # an unusable output folder fails before the sampling, not after it
             Path(args.output).mkdir(parents=True, exist_ok=True)
     except (ValueError, OSError, KeyError) as exc:
@@ -304,7 +310,7 @@ def run(args: argparse.Namespace, name: str) -> int:
     results = []
     for model in [args.model] + ([args.compare] if args.compare else []):
         results.append(evaluate(model, rows, args.n, ks, sampling=sampling, workers=args.workers,
-                                keep_completions=bool(args.output), progress=True))
+                                keep_completions=bool(args.output), progress=True, envs=envs))
     console.print(report_table(results))
     if args.output:
         out = Path(args.output)

@@ -232,6 +232,20 @@ def test_load_eval_rows_reads_public_rows_with_env_and_limits_per_env(tmp_path):
         load_eval_rows(str(array), env="test/echo")
 
 
+def test_the_envs_that_checked_the_rows_score_the_samples(models, tmp_path):
+    """`prorl eval` builds each environment once: load_eval_rows hands the ones it built to evaluate(), which
+    builds only those missing (before, each evaluate() call built every env again)."""
+    data = tmp_path / "public.jsonl"
+    data.write_text("".join(json.dumps({"q": f"say q{i}", "answer": a}) + "\n" for i, a in enumerate("79")))
+    envs = {}
+    rows = load_eval_rows(str(data), env="test/echo", envs=envs)
+    built = dict(envs)
+    assert list(built) == ["test/echo"]
+    res = evaluate(models["seven"], rows + echo_rows(["7"], env="test/echo_b"), n=2, ks=[1], workers=0, envs=envs)
+    assert envs["test/echo"] is built["test/echo"] and sorted(envs) == ["test/echo", "test/echo_b"]
+    assert res["per_env"]["test/echo"]["pass@1"] == 0.5 and res["per_env"]["test/echo_b"]["pass@1"] == 1.0
+
+
 def test_load_eval_rows_names_the_row_and_field_of_a_bad_public_row(tmp_path):
     data = tmp_path / "public.jsonl"
     data.write_text(json.dumps({"problem": "1+1", "answer": "2"}) + "\n" + json.dumps({"problem": "x", "answr": "3"})
