@@ -147,15 +147,38 @@ DATA_SOURCES = ("dataset_path", "gym_envs")
 def parse_args(argv: list[str]):
     """(TrainScriptArguments, ProRLConfig) from `--config FILE` and the flags, which override the file. A data source
     given by a flag replaces the file's other one (`--dataset_path` the file's `gym_envs`, and back): the two
-    exclude each other, and no flag could unset the file's."""
+    exclude each other, and no flag could unset the file's. The file's `eval_split` goes with its `dataset_path`
+    (a split of that dataset), unless `--eval_split` is given too."""
     from trl import TrlParser
 
     from prorl.trainer import ProRLConfig
+    from prorl.trainer.values import load_yaml
 
     def on_cli(name: str) -> bool:
         return any(a.split("=", 1)[0] in (f"--{name}", f"--{name.replace('_', '-')}") for a in argv)
 
     class Parser(TrlParser):
+        def parse_args_and_config(self, args, **kwargs):
+            """TRL's, with the config file read by `load_yaml` (TRL's `yaml.safe_load` reads `1e-1` as a string)
+            and handed to `set_defaults_with_config` as TRL hands it (its `env` mapping set in os.environ first)."""
+            args = list(args)
+            if "--config" in args:
+                at = args.index("--config")
+                if at + 1 == len(args):
+                    raise ValueError("--config needs the path of a YAML file")
+                path = args[at + 1]
+                del args[at:at + 2]
+                with open(path) as f:
+                    config = load_yaml(f)
+                if not isinstance(config, dict):
+                    raise ValueError(f"--config: {path} must contain a YAML mapping of field: value")
+                env = config.pop("env", {})
+                if not isinstance(env, dict):
+                    raise ValueError(f"--config: {path}: `env` must be a mapping of variable: value, got {env!r}")
+                os.environ.update({key: str(value) for key, value in env.items()})
+                self.set_defaults_with_config(**config)
+            return super().parse_args_and_config(args, **kwargs)
+
         def set_defaults_with_config(self, **config):
             known = {action.dest for action in self._actions}
             unknown = [key for key in config if key not in known]
@@ -167,7 +190,11 @@ def parse_args(argv: list[str]):
                                  "`prorl train --help`")
             given = [name for name in DATA_SOURCES if on_cli(name)]
             if len(given) == 1:
-                config = {k: v for k, v in config.items() if k not in DATA_SOURCES or k == given[0]}
+                replaced = [k for k in DATA_SOURCES if k in config and k != given[0]]
+                config = {k: v for k, v in config.items() if k not in replaced}
+                if "dataset_path" in replaced and config.get("eval_split") is not None and not on_cli("eval_split"):
+                    log.info("--%s replaces the config file's dataset_path, and its eval_split %r (a split of that "
+                             "dataset) with it: no evaluation set", given[0], config.pop("eval_split"))
             return super().set_defaults_with_config(**config)
 
     return Parser((TrainScriptArguments, ProRLConfig)).parse_args_and_config(args=list(argv))

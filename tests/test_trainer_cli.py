@@ -80,14 +80,50 @@ def test_config_mistakes_are_one_line_errors(tmp_path, capsys):
         assert "prorl train: error:" in err and message in err and "Traceback" not in err, err
 
 
-def test_a_data_source_flag_replaces_the_config_files_other_one():
+def test_a_data_source_flag_replaces_the_config_files_other_one(caplog):
     """`--dataset_path` overrides a config that generates its tasks (`gym_envs`, which no flag could unset), and
-    `--gym_envs` a config that reads a dataset."""
+    `--gym_envs` a config that reads a dataset, whose `eval_split` (a split of that dataset) goes with it, said in
+    one log line. Before: `--gym_envs` over configs/prorl-1.5b.yaml failed with 'eval_split needs dataset_path'
+    unless `--eval_split ""` was added."""
     script, _ = parse_args(["--config", str(ROOT / "configs" / "tiny-cpu.yaml"), "--dataset-path=runs/data/sample"])
     assert (script.dataset_path, script.gym_envs) == ("runs/data/sample", None)
-    script, _ = parse_args(["--config", str(ROOT / "configs" / "prorl-1.5b.yaml"), "--bf16", "false", "--use_cpu",
-                            "true", "--gym_envs", "logic/chain_sum", "--eval_split", ""])
-    assert (script.dataset_path, script.gym_envs) == (None, ["logic/chain_sum"])
+    paper = ["--config", str(ROOT / "configs" / "prorl-1.5b.yaml"), "--bf16", "false", "--use_cpu", "true"]
+    with caplog.at_level("INFO", logger="prorl.train"):
+        script, _ = parse_args(paper + ["--gym-envs", "logic/chain_sum"])
+    assert (script.dataset_path, script.gym_envs, script.eval_split) == (None, ["logic/chain_sum"], None)
+    said = [r.getMessage() for r in caplog.records if "eval_split" in r.getMessage()]
+    assert said == ["--gym_envs replaces the config file's dataset_path, and its eval_split 'heldout' (a split of "
+                    "that dataset) with it: no evaluation set"]
+    # an eval_split on the command line is the user's: kept, and refused without a dataset as before
+    with pytest.raises(ValueError, match="eval_split needs dataset_path"):
+        parse_args(paper + ["--gym_envs", "logic/chain_sum", "--eval_split", "heldout"])
+    script, _ = parse_args(paper + ["--gym_envs", "logic/chain_sum", "--eval_split", ""])
+    assert not script.eval_split
+    script, _ = parse_args(paper + ["--dataset_path", "runs/data/other"])  # a dataset for a dataset: split kept
+    assert (script.dataset_path, script.eval_split) == ("runs/data/other", "heldout")
+
+
+def test_yaml_numbers_without_a_dot_are_floats(tmp_path):
+    """PyYAML reads YAML 1.1, where a float needs a dot: `1e-1` and `2e-6` were strings, so a config's
+    `dynamic_sampling_accuracy_window: [0, 1e-1]` (or a stage's) was refused as not [low, high] and a learning rate
+    `2e-6` relied on argparse converting it. Configs are read with YAML 1.2's float rule; ints, quoted strings and
+    YAML 1.1 floats are unchanged."""
+    from prorl.trainer.values import load_yaml
+
+    doc = load_yaml("a: 2e-6\nb: [0, 1e-1]\nc: '1e-1'\nd: 10\ne: -.5E+3\nf: 1.0e-5\ng: .inf\nh: 1_000\ni: 1e\n")
+    assert doc == {"a": 2e-6, "b": [0, 0.1], "c": "1e-1", "d": 10, "e": -500.0, "f": 1e-5, "g": float("inf"),
+                   "h": 1000, "i": "1e"}
+    assert [type(doc[k]) for k in "acdeg"] == [float, str, int, float, float]
+    tiny = (ROOT / "configs" / "tiny-cpu.yaml").read_text()
+    config = tmp_path / "c.yaml"
+    stage = "{num_generations: 8, dynamic_sampling_accuracy_window: [0, 5e-1]}"
+    tiny = tiny.replace("learning_rate: 1.0e-5", "learning_rate: 2e-6").replace("{num_generations: 8}", stage)
+    config.write_text(tiny + "dynamic_sampling_accuracy_window: [0, 1e-1]\nreset_on_kl: 5e-1\nrun_name: '1e5'\n")
+    _, args = parse_args(["--config", str(config)])
+    assert args.dynamic_sampling_accuracy_window == [0.0, 0.1]
+    assert args.stages[1] == {"num_generations": 8, "dynamic_sampling_accuracy_window": [0.0, 0.5]}
+    assert (args.learning_rate, args.reset_on_kl, args.run_name) == (2e-6, 0.5, "1e5")
+    assert isinstance(args.learning_rate, float)
 
 
 def test_paper_config_parses():
