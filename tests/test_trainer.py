@@ -355,6 +355,39 @@ def test_stage_values_get_the_configs_range_checks(tmp_path):
     assert args.stages[1] == {"dynamic_sampling_accuracy_window": [0.0, 1.0]}
 
 
+@pytest.mark.parametrize("field,value,message", [
+    ("temperature", 0, "must be > 0 (completions are sampled at it, their log-probs divided by it), got 0.0"),
+    ("learning_rate", -1e-6, "must be >= 0, got -1e-06"),
+    ("beta", -0.1, "must be >= 0 (0: no KL penalty), got -0.1"),
+    ("max_completion_length", 0, "must be >= 1, got 0"),
+    ("top_p", 1.5, "must be in (0, 1], got 1.5"),
+    ("top_k", -1, "must be >= 0 (0: no top-k filtering), got -1"),
+    ("repetition_penalty", 0.0, "must be > 0, got 0.0"),
+    ("no_eos_penalty", float("nan"), "must be a finite number, got nan"),
+])
+def test_sampling_and_loss_values_are_refused_in_the_config_and_in_a_stage_alike(tmp_path, field, value, message):
+    """A value the config refuses is refused in a stage too, naming the stage, when the config is parsed. Before:
+    both accepted (neither TRL nor prorl checked these); a temperature of 0 or a top_p of 1.5 raised in
+    transformers' generation, for a stage after the reset applying it, hours into the run; a stage's negative
+    learning rate (set on the optimizer's groups, past AdamW's own check) or negative beta trained the wrong way
+    without an error."""
+    with pytest.raises(ValueError) as info:
+        fast_config(tmp_path, **{field: value})
+    assert str(info.value) == f"{field} {message}"
+    with pytest.raises(ValueError) as info:
+        fast_config(tmp_path, stages=[{"temperature": 1.0}, {field: value}])
+    assert str(info.value) == f"stages[1]: {field} {message}"
+
+
+def test_a_stage_of_fewer_than_two_generations_is_refused_as_the_config_is(tmp_path):
+    """num_generations 1 (TRL refuses it in the config: GRPO's advantages compare a prompt's completions) in a
+    stage, where 1 divides every batch. Before: accepted; the run restarted at that stage with groups of one."""
+    with pytest.raises(ValueError, match="GRPO requires at least 2 generations per prompt"):
+        fast_config(tmp_path, num_generations=1)
+    with pytest.raises(ValueError, match=r"^stages\[0\]: num_generations must be >= 2 .*got 1$"):
+        fast_config(tmp_path, stages=[{"num_generations": 1}])
+
+
 def test_a_plateau_of_an_eval_metric_needs_evaluation(tmp_path):
     """reset_on_plateau on an eval_ metric with eval_strategy 'no' (TrainingArguments' default) is refused, in the
     config or a stage. Before: accepted; the metric was never logged, so the plateau reset silently never came."""

@@ -18,7 +18,7 @@ from typing import Any
 
 from trl import GRPOConfig
 
-from prorl.trainer.values import field_value, whole_number
+from prorl.trainer.values import NUMBER_RULES, RANGE_CHECKED, check_ranges, field_value, require, whole_number
 
 # Stage overrides applied in place, at the reset that starts the stage (no restart needed).
 LIVE_STAGE_FIELDS = frozenset({
@@ -226,36 +226,37 @@ class ProRLConfig(GRPOConfig):
         self._validate_prorl()
 
     def _validate_prorl(self) -> None:
-        _require(self.generation_backend in ("hf", "static"), "generation_backend", "must be 'hf' or 'static'")
+        require(self.generation_backend in ("hf", "static"), "generation_backend", "must be 'hf' or 'static'")
         if self.group_micro_batches_by_length:
-            _require(self.loss_type in LENGTH_GROUPING_LOSSES, "group_micro_batches_by_length",
-                     f"needs loss_type in {LENGTH_GROUPING_LOSSES} (per-micro-batch normalisers of "
-                     f"{self.loss_type!r} would change the update)")
-            _require(self.top_entropy_quantile == 1.0, "group_micro_batches_by_length",
-                     "needs top_entropy_quantile 1.0 (the entropy quantile is taken per micro-batch)")
-            _require(self.entropy_coef == 0 and not self.use_adaptive_entropy, "group_micro_batches_by_length",
-                     "needs entropy_coef 0 and use_adaptive_entropy off (the entropy bonus is a per-micro-batch "
-                     "token mean)")
-            _require(self.steps_per_generation % self.gradient_accumulation_steps == 0,
-                     "group_micro_batches_by_length", "needs steps_per_generation a multiple of "
-                     "gradient_accumulation_steps (an optimizer step must not span two generations)")
-        for name in ("dynamic_sampling_max_rounds", "max_generated_tokens", "reset_every_steps",
-                     "reset_plateau_patience", "reset_min_interval", "padding_free_max_tokens", "reward_workers"):
+            require(self.loss_type in LENGTH_GROUPING_LOSSES, "group_micro_batches_by_length",
+                    f"needs loss_type in {LENGTH_GROUPING_LOSSES} (per-micro-batch normalisers of "
+                    f"{self.loss_type!r} would change the update)")
+            require(self.top_entropy_quantile == 1.0, "group_micro_batches_by_length",
+                    "needs top_entropy_quantile 1.0 (the entropy quantile is taken per micro-batch)")
+            require(self.entropy_coef == 0 and not self.use_adaptive_entropy, "group_micro_batches_by_length",
+                    "needs entropy_coef 0 and use_adaptive_entropy off (the entropy bonus is a per-micro-batch "
+                    "token mean)")
+            require(self.steps_per_generation % self.gradient_accumulation_steps == 0,
+                    "group_micro_batches_by_length", "needs steps_per_generation a multiple of "
+                    "gradient_accumulation_steps (an optimizer step must not span two generations)")
+        for name in ("max_generated_tokens", "padding_free_max_tokens", "reward_workers"):
             if getattr(self, name) is not None:
                 setattr(self, name, whole_number(name, getattr(self, name)))
+        for name in NUMBER_RULES:  # typed as stage values are (YAML values reach here unconverted: [1], 2.5, "x")
+            setattr(self, name, field_value(name, getattr(self, name), field_types()[name]))
         if self.dynamic_sampling_accuracy_window is not None:
             self.dynamic_sampling_accuracy_window = _accuracy_window(self.dynamic_sampling_accuracy_window,
                                                                      "dynamic_sampling_accuracy_window")
-        _require(self.padding_free_max_tokens is None or self.padding_free_max_tokens >= 1,
-                 "padding_free_max_tokens", "must be >= 1 (or None: the micro-batch's padded width)")
-        in_force = {name: getattr(self, name) for name in _STAGE_CHECKED}
-        _check_stage_values(in_force, "")
-        _require(self.reset_plateau_mode in ("max", "min"), "reset_plateau_mode", "must be 'max' or 'min'")
-        _require(self.max_generated_tokens is None or self.max_generated_tokens > 0, "max_generated_tokens",
-                 "must be > 0")
-        _require(self.reward_workers is None or self.reward_workers >= 0, "reward_workers", "must be >= 0")
-        _require(self.reward_timeout_s is None or self.reward_timeout_s > 0, "reward_timeout_s",
-                 "must be > 0 (None: each environment's own); at <= 0 every sample would time out and be masked")
+        require(self.padding_free_max_tokens is None or self.padding_free_max_tokens >= 1,
+                "padding_free_max_tokens", "must be >= 1 (or None: the micro-batch's padded width)")
+        in_force = {name: getattr(self, name) for name in RANGE_CHECKED}
+        check_ranges(in_force, "")
+        require(self.reset_plateau_mode in ("max", "min"), "reset_plateau_mode", "must be 'max' or 'min'")
+        require(self.max_generated_tokens is None or self.max_generated_tokens > 0, "max_generated_tokens",
+                "must be > 0")
+        require(self.reward_workers is None or self.reward_workers >= 0, "reward_workers", "must be >= 0")
+        require(self.reward_timeout_s is None or self.reward_timeout_s > 0, "reward_timeout_s",
+                "must be > 0 (None: each environment's own); at <= 0 every sample would time out and be masked")
         if self.env_weights is not None:
             _check_env_weights(self.env_weights, "env_weights")
         if self.stages is None:
@@ -284,7 +285,7 @@ class ProRLConfig(GRPOConfig):
                     stage["dynamic_sampling_accuracy_window"], f"stages[{i}].dynamic_sampling_accuracy_window")
             # the values in force from this stage on get the checks the config's own got (not at the reset, hours in)
             in_force.update((k, v) for k, v in stage.items() if k in in_force)
-            _check_stage_values(in_force, f"stages[{i}]: ")
+            check_ranges(in_force, f"stages[{i}]: ")
             if "beta" in stage and self.beta == 0 and stage["beta"] != 0:
                 raise ValueError(f"stages[{i}]: beta cannot become non-zero when the run starts with beta = 0 "
                                  "(no reference model is built)")
@@ -303,6 +304,9 @@ class ProRLConfig(GRPOConfig):
             shape.update((k, v) for k, v in stage.items() if k in shape)
             if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape.values()):
                 raise ValueError(f"stages[{i}]: {sorted(shape)} must be positive integers, got {shape}")
+            if shape["num_generations"] < 2:  # TRL's rule for the config's own (GRPOConfig.__post_init__)
+                raise ValueError(f"stages[{i}]: num_generations must be >= 2 (GRPO's advantages compare the "
+                                 f"completions of a prompt), got {shape['num_generations']}")
             rollouts = shape["per_device_train_batch_size"] * self.world_size * shape["steps_per_generation"]
             if rollouts % shape["num_generations"]:
                 raise ValueError(f"stages[{i}]: its generation batch of {rollouts} rollouts "
@@ -321,29 +325,6 @@ class ProRLConfig(GRPOConfig):
 
 
 LENGTH_GROUPING_LOSSES = ("dapo", "grpo", "dr_grpo", "cispo")
-_STAGE_CHECKED = ("dynamic_sampling_std_tol", "dynamic_sampling_max_rounds", "dynamic_sampling_refill",
-                  "reset_every_steps", "reset_plateau_patience", "reset_on_kl", "beta", "reset_min_interval",
-                  "reset_on_plateau", "eval_strategy")
-
-
-def _check_stage_values(v: dict[str, Any], where: str) -> None:
-    """Range checks of fields that stages may change, on the values in force (`where`: 'stages[i]: ' or '')."""
-    plateau = str(v["reset_on_plateau"] or "")
-    for ok, name, message in (
-            (v["dynamic_sampling_std_tol"] >= 0, "dynamic_sampling_std_tol", "must be >= 0"),
-            (v["dynamic_sampling_max_rounds"] >= 0, "dynamic_sampling_max_rounds", "must be >= 0"),
-            (v["dynamic_sampling_refill"] in ("full", "adaptive"), "dynamic_sampling_refill",
-             "must be 'full' or 'adaptive'"),
-            (v["reset_every_steps"] is None or v["reset_every_steps"] > 0, "reset_every_steps", "must be > 0"),
-            (v["reset_plateau_patience"] >= 1, "reset_plateau_patience", "must be >= 1"),
-            (v["reset_on_kl"] is None or v["reset_on_kl"] > 0, "reset_on_kl", "must be > 0"),
-            (v["reset_on_kl"] is None or v["beta"] > 0, "reset_on_kl",
-             "needs beta > 0 (with beta = 0 there is no reference model and no KL)"),
-            (v["reset_min_interval"] >= 0, "reset_min_interval", "must be >= 0"),
-            (not plateau.startswith("eval_") or v["eval_strategy"] != "no", "reset_on_plateau",
-             f"{plateau!r} is an evaluation metric: it needs eval_strategy 'steps' or 'epoch' (with 'no' it is "
-             "never logged and the reset never happens)")):
-        _require(ok, where + name, message)
 
 
 def _accuracy_window(window: Any, name: str) -> list[float]:
@@ -367,8 +348,3 @@ def _check_env_weights(weights: Any, name: str) -> None:
 @lru_cache(maxsize=1)
 def field_types() -> dict[str, Any]:
     return typing.get_type_hints(ProRLConfig)
-
-
-def _require(ok: bool, name: str, message: str) -> None:
-    if not ok:
-        raise ValueError(f"{name} {message}")

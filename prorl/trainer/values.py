@@ -1,8 +1,10 @@
 """Values of ProRLConfig fields that bypass argparse (YAML values, stage overrides, the demo recipe's `rl` section),
-converted as argparse converts flags, with errors that name the field; and the YAML loader of `prorl train` configs."""
+converted as argparse converts flags, with errors that name the field; the range checks of the fields stages may
+change; and the YAML loader of `prorl train` configs."""
 
 from __future__ import annotations
 
+import math
 import re
 import typing
 from typing import IO, Any
@@ -70,3 +72,50 @@ def field_value(name: str, value: Any, hint: Any, multiple_ok: bool = False) -> 
     if str in allowed and not isinstance(value, str) and not (dict in {typing.get_origin(a) for a in allowed}):
         raise ValueError(f"{name} must be a string, got {value!r}")
     return value
+
+
+# Ranges of the numeric fields that stages may change: checked on the config's own values and, from each stage on,
+# on the values in force, so that a stage is refused when the config would refuse the same value (TRL checks none of
+# these; generation raised on a temperature 0 or top_p 1.5, hours into the run for a stage). None: not set.
+NUMBER_RULES = {
+    "temperature": (lambda x: x > 0, "must be > 0 (completions are sampled at it, their log-probs divided by it)"),
+    "top_p": (lambda x: 0 < x <= 1, "must be in (0, 1]"),
+    "top_k": (lambda x: x >= 0, "must be >= 0 (0: no top-k filtering)"),
+    "min_p": (lambda x: 0 <= x <= 1, "must be in [0, 1]"),
+    "repetition_penalty": (lambda x: x > 0, "must be > 0"),
+    "max_completion_length": (lambda x: x >= 1, "must be >= 1"),
+    "learning_rate": (lambda x: x >= 0, "must be >= 0"),
+    "beta": (lambda x: x >= 0, "must be >= 0 (0: no KL penalty)"),
+    "epsilon": (lambda x: x >= 0, "must be >= 0"),
+    "epsilon_high": (lambda x: x >= 0, "must be >= 0"),
+    "no_eos_penalty": (math.isfinite, "must be a finite number"),
+    "dynamic_sampling_std_tol": (lambda x: x >= 0, "must be >= 0"),
+    "dynamic_sampling_max_rounds": (lambda x: x >= 0, "must be >= 0"),
+    "reset_every_steps": (lambda x: x > 0, "must be > 0"),
+    "reset_plateau_patience": (lambda x: x >= 1, "must be >= 1"),
+    "reset_on_kl": (lambda x: x > 0, "must be > 0"),
+    "reset_min_interval": (lambda x: x >= 0, "must be >= 0"),
+}
+RANGE_CHECKED = (*NUMBER_RULES, "dynamic_sampling_refill", "reset_on_plateau", "eval_strategy")
+
+
+def check_ranges(v: dict[str, Any], where: str) -> None:
+    """The range checks of the fields stages may change (RANGE_CHECKED), on values converted by `field_value`: the
+    config's own (`where` '') or those in force from a stage on (`where` 'stages[i]: ')."""
+    for name, (ok, message) in NUMBER_RULES.items():
+        require(v[name] is None or ok(v[name]), where + name, f"{message}, got {v[name]!r}")
+    plateau = str(v["reset_on_plateau"] or "")
+    for ok, name, message in (
+            (v["dynamic_sampling_refill"] in ("full", "adaptive"), "dynamic_sampling_refill",
+             "must be 'full' or 'adaptive'"),
+            (v["reset_on_kl"] is None or v["beta"] > 0, "reset_on_kl",
+             "needs beta > 0 (with beta = 0 there is no reference model and no KL)"),
+            (not plateau.startswith("eval_") or v["eval_strategy"] != "no", "reset_on_plateau",
+             f"{plateau!r} is an evaluation metric: it needs eval_strategy 'steps' or 'epoch' (with 'no' it is "
+             "never logged and the reset never happens)")):
+        require(ok, where + name, message)
+
+
+def require(ok: bool, name: str, message: str) -> None:
+    if not ok:
+        raise ValueError(f"{name} {message}")
