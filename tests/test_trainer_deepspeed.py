@@ -5,6 +5,7 @@ the checkpoint and restored on resume, a stage that reshapes the batch stopping 
 init (g++ needed; cached in ~/.cache/torch_extensions)."""
 
 import importlib.util
+import json
 import os
 from pathlib import Path
 
@@ -152,3 +153,39 @@ def test_partial_offload_backup_optimizer_is_reset_and_guarded(tmp_path):
         assert cpu_adam["moments"] > 0 and cpu_adam["steps"] == [2] and backup["moments"] > 0 and backup["steps"] == [1]
         assert r["after_skipped_step"] == r["trained"] and not r["skipped_step_changed_weights"]
         assert all(s["moments"] == 0 and s["n"] > 0 and s["steps"] == [0] for s in r["after_reset"]), r["after_reset"]
+
+
+@pytest.mark.parametrize("how", ["deepspeed", "accelerate"])
+def test_zenflow_is_refused_before_training(tmp_path, monkeypatch, capsys, how):
+    """DeepSpeed's ZenFlow (zero_optimization.zenflow; its CPU Adam steps in a separate process with overlap_step,
+    its selective AdamW outside the `.optimizer` chain) is out of reach of the hard reset and the empty-update
+    guard: `prorl train` refuses it when the config is built, naming the key, whether the DeepSpeed config comes
+    from `--deepspeed` or from `accelerate launch` (ACCELERATE_DEEPSPEED_CONFIG_FILE); before the model is built.
+    Before: accepted; the reset zeroed ZenFlowCPUAdam's state only. Without `zenflow` the same config parses."""
+    from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
+    from sharded_main import deepspeed_config
+
+    from prorl.train import main, parse_args
+
+    config = deepspeed_config(2)
+    config["zero_optimization"].update(offload_optimizer={"device": "cpu"},
+                                       zenflow={"topk_ratio": 0.05, "update_interval": 4, "overlap_step": True})
+    assert DeepSpeedZeroConfig(**config["zero_optimization"]).zenflow.overlap_step  # what DeepSpeed itself reads
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps(config))
+    argv = ["--config", str(Path(__file__).resolve().parents[1] / "configs" / "tiny-cpu.yaml"),
+            "--output_dir", str(tmp_path / "out"), "--model_name_or_path", str(tmp_path / "model")]
+    if how == "deepspeed":
+        argv += ["--deepspeed", str(path)]
+    else:  # what `accelerate launch --config_file` with a deepspeed_config_file sets
+        monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+        monkeypatch.setenv("ACCELERATE_DEEPSPEED_CONFIG_FILE", str(path))
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("prorl train: error: deepspeed: zero_optimization.zenflow is not supported: ZenFlow steps "
+                          "the optimizer outside the torch optimizer that a hard reset re-initialises"), err
+    assert "remove `zenflow` from the DeepSpeed config" in err and not (tmp_path / "model").exists()
+    del config["zero_optimization"]["zenflow"]
+    path.write_text(json.dumps(config))
+    _, args = parse_args(argv)
+    assert args.deepspeed_plugin.deepspeed_config["zero_optimization"]["offload_optimizer"]["device"] == "cpu"

@@ -227,6 +227,14 @@ class ProRLConfig(GRPOConfig):
 
     def _validate_prorl(self) -> None:
         require(self.generation_backend in ("hf", "static"), "generation_backend", "must be 'hf' or 'static'")
+        deepspeed = self.deepspeed_plugin.deepspeed_config if self.deepspeed_plugin is not None else {}
+        if (deepspeed.get("zero_optimization") or {}).get("zenflow") is not None:  # `deepspeed` or accelerate's file
+            raise ValueError(
+                "deepspeed: zero_optimization.zenflow is not supported: ZenFlow steps the optimizer outside the torch "
+                "optimizer that a hard reset re-initialises and that an empty update skips (with overlap_step its "
+                "CPU Adam and that Adam's state live in a separate process; its selective AdamW, outside the "
+                "`.optimizer` chain, keeps moments of its own), so a reset could not clear the optimizer state and a "
+                "skipped update would still move the weights; remove `zenflow` from the DeepSpeed config")
         if self.group_micro_batches_by_length:
             require(self.loss_type in LENGTH_GROUPING_LOSSES, "group_micro_batches_by_length",
                     f"needs loss_type in {LENGTH_GROUPING_LOSSES} (per-micro-batch normalisers of "
