@@ -152,7 +152,7 @@ def parse_args(argv: list[str]):
     from trl import TrlParser
 
     from prorl.trainer import ProRLConfig
-    from prorl.trainer.values import load_yaml
+    from prorl.yaml_io import load_yaml
 
     def on_cli(name: str) -> bool:
         return any(a.split("=", 1)[0] in (f"--{name}", f"--{name.replace('_', '-')}") for a in argv)

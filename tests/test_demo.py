@@ -68,6 +68,13 @@ def test_recipe_overrides_and_errors(tmp_path):
         load_recipe(_default_recipe(), ["rl.output_dir=/tmp/x"])
     with pytest.raises(ValueError, match="section.key=value"):
         load_recipe(_default_recipe(), ["no-equals-sign"])
+    assert load_recipe(_default_recipe(), ["sft.learning_rate=2e-4"])["sft"]["learning_rate"] == 2e-4  # YAML 1.2
+    with pytest.raises(ValueError, match=r"--set 'seed=\[1': the value is not valid YAML"):
+        load_recipe(_default_recipe(), ["seed=[1"])
+    twice = tmp_path / "twice.yaml"
+    twice.write_text(_default_recipe().read_text() + "seed: 1\nseed: 2\n")
+    with pytest.raises(ValueError, match=r"twice\.yaml: not valid YAML: key 'seed' is given twice"):
+        load_recipe(twice)
 
 
 def test_recipe_mistakes_are_reported_before_any_work(tmp_path, capsys):

@@ -8,10 +8,21 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from prorl.train import main, parse_args
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_config_with(path: Path, *lines: str) -> Path:
+    """configs/tiny-cpu.yaml with `lines` (`field: value`) written at its end, each replacing the file's own line for
+    that field (prorl's YAML loader refuses a field given twice)."""
+    keys = {line.split(":")[0] for line in lines}
+    kept = [kept for kept in (ROOT / "configs" / "tiny-cpu.yaml").read_text().splitlines()
+            if kept.split(":")[0] not in keys]
+    path.write_text("\n".join(kept + list(lines)) + "\n")
+    return path
 # Every metric the trainer issue names (completion_length and clip_ratio under their /mean, /max, /low, /high keys).
 METRICS = ["reward", "reward/logic/basic_arithmetic", "reward/logic/chain_sum", "entropy", "kl",
            "completion_length/mean", "completion_length/max", "clip_ratio/low", "clip_ratio/high",
@@ -53,7 +64,7 @@ def test_missing_model_is_a_clear_error(tmp_path, capsys):
 
 def test_dataset_choice_is_validated(tmp_path, capsys):
     config = tmp_path / "both.yaml"
-    config.write_text((ROOT / "configs" / "tiny-cpu.yaml").read_text() + "dataset_path: data\n")
+    tiny_config_with(config, "dataset_path: data")
     assert main(["--config", str(config), "--output_dir", str(tmp_path)]) == 2
     assert "prorl train: error: set exactly one of dataset_path and gym_envs" in capsys.readouterr().err
     with pytest.raises(ValueError, match="exactly one of dataset_path and gym_envs"):
@@ -108,7 +119,7 @@ def test_yaml_numbers_without_a_dot_are_floats(tmp_path):
     `dynamic_sampling_accuracy_window: [0, 1e-1]` (or a stage's) was refused as not [low, high] and a learning rate
     `2e-6` relied on argparse converting it. Configs are read with YAML 1.2's float rule; ints, quoted strings and
     YAML 1.1 floats are unchanged."""
-    from prorl.trainer.values import load_yaml
+    from prorl.yaml_io import load_yaml
 
     doc = load_yaml("a: 2e-6\nb: [0, 1e-1]\nc: '1e-1'\nd: 10\ne: -.5E+3\nf: 1.0e-5\ng: .inf\nh: 1_000\ni: 1e\n")
     assert doc == {"a": 2e-6, "b": [0, 0.1], "c": "1e-1", "d": 10, "e": -500.0, "f": 1e-5, "g": float("inf"),
@@ -124,6 +135,17 @@ def test_yaml_numbers_without_a_dot_are_floats(tmp_path):
     assert args.stages[1] == {"num_generations": 8, "dynamic_sampling_accuracy_window": [0.0, 0.5]}
     assert (args.learning_rate, args.reset_on_kl, args.run_name) == (2e-6, 0.5, "1e5")
     assert isinstance(args.learning_rate, float)
+
+
+def test_a_config_that_gives_a_field_twice_is_refused(tmp_path):
+    """TRL's yaml.safe_load kept the last of two `learning_rate:` lines without a word; prorl's loader names both."""
+    config = tmp_path / "c.yaml"
+    config.write_text((ROOT / "configs" / "tiny-cpu.yaml").read_text() + "beta: 0.5\nbeta: 0.0\n")
+    lines = config.read_text().splitlines()
+    first, second = [i for i, line in enumerate(lines, 1) if line.startswith("beta:")][:2]
+    with pytest.raises(yaml.YAMLError, match=rf"key 'beta' is given twice in the same mapping, at lines {first} and "
+                                             rf"{second}"):
+        parse_args(["--config", str(config)])
 
 
 def test_paper_config_parses():
@@ -191,7 +213,7 @@ def test_jsonl_dataset_of_mixed_envs_keeps_each_rows_own_reference(tmp_path):
 def test_a_wrongly_typed_yaml_value_is_an_error_naming_the_field(tmp_path, line, message):
     """YAML values reach the config unconverted (argparse converts only strings): checked, naming the field."""
     config = tmp_path / "c.yaml"
-    config.write_text((ROOT / "configs" / "tiny-cpu.yaml").read_text() + line + "\n")
+    tiny_config_with(config, line)
     with pytest.raises(ValueError) as info:
         parse_args(["--config", str(config)])
     assert message in str(info.value)
@@ -199,7 +221,7 @@ def test_a_wrongly_typed_yaml_value_is_an_error_naming_the_field(tmp_path, line,
 
 def test_a_whole_float_count_in_yaml_is_an_integer(tmp_path):
     config = tmp_path / "c.yaml"
-    config.write_text((ROOT / "configs" / "tiny-cpu.yaml").read_text() + "max_generated_tokens: 2.0e+6\n")
+    tiny_config_with(config, "max_generated_tokens: 2.0e+6")
     _, args = parse_args(["--config", str(config)])
     assert args.max_generated_tokens == 2_000_000 and isinstance(args.max_generated_tokens, int)
 
@@ -274,11 +296,11 @@ def test_gym_task_counts_are_checked(tmp_path, capsys, line, message):
     """Before: 0 tasks failed when the trainer was built with 'the dataset has no 'env' column', and a YAML 2.5 or
     [1] was a TypeError traceback from range()/random.Random()."""
     config = tmp_path / "c.yaml"
-    config.write_text((ROOT / "configs" / "tiny-cpu.yaml").read_text() + line + "\n")
+    tiny_config_with(config, line)
     assert main(["--config", str(config), "--output_dir", str(tmp_path / "out"),
                  "--model_name_or_path", str(tmp_path / "model"), "--max_steps", "1"]) == 2
     assert f"prorl train: error: {message}" in capsys.readouterr().err
-    config.write_text((ROOT / "configs" / "tiny-cpu.yaml").read_text() + "gym_tasks_per_env: 8.0\n")
+    tiny_config_with(config, "gym_tasks_per_env: 8.0")
     assert parse_args(["--config", str(config)])[0].gym_tasks_per_env == 8
 
 
@@ -288,7 +310,7 @@ def test_resume_from_checkpoint_is_resolved_before_the_trainer_is_built(tmp_path
     two were ValueError / FileNotFoundError tracebacks from trainer.train(), after the model was loaded, and `false`
     was taken for a checkpoint path (a traceback)."""
     config = tmp_path / "c.yaml"
-    config.write_text((ROOT / "configs" / "tiny-cpu.yaml").read_text() + "resume_from_checkpoint: true\n")
+    tiny_config_with(config, "resume_from_checkpoint: true")
     out = tmp_path / "out"
     base = ["--config", str(config), "--output_dir", str(out), "--model_name_or_path", str(tmp_path / "model"),
             "--max_steps", "1", "--save_strategy", "no", "--stages", "[]", "--reset_every_steps", "100"]

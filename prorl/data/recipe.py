@@ -6,7 +6,7 @@ source fails in a second, not after an hour of generation. Every error names the
     datasets/prorl-mix.yaml: sources.math.size: must be a positive integer, got -3
 
 `load_recipe(path, overrides=["sources.math.path=/data/deepscaler.json"])` applies `--set` style overrides (dotted
-keys, YAML-parsed values) before validation. The file and the values are read with `UniqueKeyLoader`: a key given
+keys, YAML-parsed values) before validation. The file and the values are read with `prorl.yaml_io.load_yaml`: a key given
 twice in one mapping (two sources of one name) is an error naming both lines, not the last one silently winning.
 """
 
@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from prorl.yaml_io import load_yaml
 
 ON_ERROR = ("skip", "fail")
 DEDUP = ("none", "exact", "normalized")
@@ -277,37 +279,6 @@ def _parse_source(name, spec, where: str, fail) -> SourceConfig:
 
 
 # -- loading ---------------------------------------------------------------------------------------------------
-class DuplicateKeyError(yaml.YAMLError):
-    """A YAML mapping that gives a key twice: PyYAML would keep the last value without a word (a second source
-    named like the first replacing it), where the YAML spec requires the keys of a mapping to be unique."""
-
-    def __init__(self, key: Any, first: yaml.Mark, second: yaml.Mark):
-        lines = (f"on line {first.line + 1}" if first.line == second.line
-                 else f"at lines {first.line + 1} and {second.line + 1}")
-        super().__init__(f"key {key!r} is given twice in the same mapping, {lines} (rename or remove one)")
-        self.key, self.lines = key, (first.line + 1, second.line + 1)
-
-
-class UniqueKeyLoader(yaml.SafeLoader):
-    """`yaml.SafeLoader` that raises DuplicateKeyError for a mapping, at any depth, that gives a key twice. Merge
-    keys (`<<: *defaults`) still merge: only the mapping's own keys are compared."""
-
-    def construct_mapping(self, node, deep=False):
-        if isinstance(node, yaml.MappingNode):
-            seen: dict[Any, yaml.Mark] = {}
-            for key_node, _ in node.value:
-                if key_node.tag == "tag:yaml.org,2002:merge":
-                    continue
-                key = self.construct_object(key_node, deep=True)
-                try:
-                    first = seen.setdefault(key, key_node.start_mark)
-                except TypeError:  # an unhashable key: SafeLoader's own error says so
-                    continue
-                if first is not key_node.start_mark:
-                    raise DuplicateKeyError(key, first, key_node.start_mark)
-        return super().construct_mapping(node, deep=deep)
-
-
 def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> dict:
     """Apply `a.b.c=value` overrides (value parsed as YAML) to a raw recipe dict, creating mappings as needed."""
     for item in overrides:
@@ -324,7 +295,7 @@ def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> dict:
                 raise RecipeError(f"--set {item!r}: {part!r} is not a mapping")
             node = child
         try:
-            node[parts[-1]] = yaml.load(value, Loader=UniqueKeyLoader) if value.strip() else None
+            node[parts[-1]] = load_yaml(value) if value.strip() else None
         except yaml.YAMLError as exc:
             raise RecipeError(f"--set {item!r}: the value is not valid YAML: {exc}") from None
     return raw
@@ -334,7 +305,7 @@ def load_recipe(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
     """Read, override and validate a recipe file."""
     path = Path(path)
     try:
-        raw = yaml.load(path.read_text(), Loader=UniqueKeyLoader)
+        raw = load_yaml(path.read_text())
     except FileNotFoundError:
         raise RecipeError(f"{path}: no such recipe file") from None
     except yaml.YAMLError as exc:

@@ -29,6 +29,8 @@ from typing import Any
 
 import yaml
 
+from prorl.yaml_io import load_yaml
+
 log = logging.getLogger("prorl.demo")
 
 DEFAULT_RECIPE = Path(__file__).resolve().parents[2] / "datasets" / "tiny.yaml"
@@ -52,7 +54,10 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> dict[str, Any]:
     if not path.is_file():
         raise RecipeError(f"recipe {path} does not exist (the default is datasets/tiny.yaml of the repository; "
                                 f"pass --recipe PATH)")
-    recipe = yaml.safe_load(path.read_text()) or {}
+    try:
+        recipe = load_yaml(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(recipe, dict):
         raise RecipeError(f"{path}: the recipe must be a mapping, got {type(recipe).__name__}")
     for item in overrides:
@@ -65,7 +70,10 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> dict[str, Any]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise RecipeError(f"--set {item!r}: {part!r} is not a section")
-        node[leaf] = _parse_value(value)
+        try:
+            node[leaf] = load_yaml(value)
+        except yaml.YAMLError as exc:
+            raise RecipeError(f"--set {item!r}: the value is not valid YAML: {exc}") from None
     unknown = set(recipe) - SECTIONS
     if unknown:
         raise RecipeError(f"{path}: unknown recipe section(s) {sorted(unknown)} (known: {sorted(SECTIONS)})")
@@ -108,17 +116,6 @@ def check_recipe(recipe: dict[str, Any]) -> None:
         raise ValueError(f"sft.teacher_error must be in [0, 1], got {recipe['sft']['teacher_error']}")
     eval_sampling(recipe, int(recipe["seed"]))
     rl_config(recipe, "unused")  # ProRLConfig's own checks (unknown fields, batch shapes)
-
-
-def _parse_value(text: str) -> Any:
-    """A YAML value, with numbers like `2e-4` read as floats (YAML 1.1 wants `2.0e-4`)."""
-    value = yaml.safe_load(text)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    return value
 
 
 def recipe_hash(recipe: dict[str, Any]) -> str:

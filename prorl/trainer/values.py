@@ -1,33 +1,13 @@
 """Values of ProRLConfig fields that bypass argparse (YAML values, stage overrides, the demo recipe's `rl` section),
 converted as argparse converts flags, with errors that name the field; the range checks of the fields stages may
-change; and the YAML loader of `prorl train` configs."""
+change."""
 
 from __future__ import annotations
 
 import math
 import re
 import typing
-from typing import IO, Any
-
-import yaml
-
-
-class Yaml12FloatLoader(yaml.SafeLoader):
-    """PyYAML's safe loader with YAML 1.2's float rule added: PyYAML follows YAML 1.1, whose floats need a dot, so
-    `1e-1` or `2e-6` were strings (a list value such as `dynamic_sampling_accuracy_window: [0, 1e-1]` refused, a
-    learning rate left to argparse to convert). Ints, YAML 1.1 floats and quoted scalars resolve as before."""
-
-
-Yaml12FloatLoader.add_implicit_resolver(  # tried after PyYAML's own int and float rules, for the same first characters
-    "tag:yaml.org,2002:float",
-    re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
-               r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
-    list("-+0123456789."))
-
-
-def load_yaml(stream: str | IO[str]) -> Any:
-    """A YAML document read with `Yaml12FloatLoader` (safe: plain data only)."""
-    return yaml.load(stream, Loader=Yaml12FloatLoader)
+from typing import Any
 
 
 def whole_number(name: str, value: Any) -> int:
