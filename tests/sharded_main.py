@@ -140,13 +140,14 @@ def _deepspeed_main(argv: list[str], stage: int) -> None:
     """Under `torch.distributed.run --nproc_per_node 2` with DS_ACCELERATOR=cpu: DeepSpeed ZeRO-`stage` (gloo), as
     `ddp` (6 rows per process, groups of 4, a reward constant on even prompts, beta 0.1), a reset after step 2 and a
     checkpoint every 2 steps. Flags: `--resume CKPT` goes on from a checkpoint; `--restart-stage`: 4 steps of a
-    cosine schedule and a stage at the reset that doubles the rows and halves the base rate (DeepSpeed does not
-    restart in process: the run stops at the reset's checkpoint); `--padding-free`; `--static-generation` (prorl's
-    decode loop, its calls counted); `--buffered` (steps_per_generation=3); `--empty-step-2` (2 steps, the second
-    with no loss token: its update is skipped; with `--accumulate` 3 steps of 2 micro-batches, a linear schedule,
-    steps 2 and 3 skipped). Writes OUT/<phase>-rank<N>.json (phase:
-    train or resume) with the Adam state around the reset, and at the reset the policy's full weights to
-    OUT/policy-at-reset.safetensors."""
+    cosine schedule and a stage at the reset that raises the rows per process from 6 to 8 and halves the base rate
+    (DeepSpeed does not restart in process: the run stops at the reset's checkpoint); `--padding-free`;
+    `--static-generation` (prorl's decode loop, its calls counted); `--buffered` (steps_per_generation=3);
+    `--empty-step-2` (2 steps, the second with no loss token: its update is skipped); `--accumulate` (2 micro-batches
+    per optimizer step; with `--empty-step-2` 3 steps of a linear schedule, steps 2 and 3 skipped). Writes
+    OUT/<phase>-rank<N>.json (phase: train or resume) with the Adam state around the reset, the engine's batch
+    geometry when training begins and its optimizer steps (and samples) after each micro-batch, and at the reset the
+    policy's full weights to OUT/policy-at-reset.safetensors."""
     import re
 
     from safetensors.torch import load_file, save_file
@@ -169,7 +170,7 @@ def _deepspeed_main(argv: list[str], stage: int) -> None:
     phase = "resume" if resume else "train"
     record: dict = {"trained": [], "opt": {}, "ref_vs_policy_at_reset": None,
                     "restored_ref_vs_policy_at_reset": None, "lr": [], "static_generations": 0,
-                    "step_weights": []}
+                    "step_weights": [], "engine_steps": [], "engine_substeps": []}
 
     class Recording(ProRLTrainer):
         def _generate_and_score_completions(self, inputs):
@@ -189,6 +190,15 @@ def _deepspeed_main(argv: list[str], stage: int) -> None:
     class Probe(ResetCallback):
         def on_train_begin(self, args, state, control, **kwargs):
             record["opt"][f"begin@{state.global_step}"] = adam_state(trainer)
+            engine = trainer.model_wrapped  # the DeepSpeedEngine built for this train()
+            record["geometry"] = {
+                "engine_micro_batch": engine.train_micro_batch_size_per_gpu(),
+                "engine_train_batch": engine.train_batch_size(), "engine_gas": engine.gradient_accumulation_steps(),
+                "accelerator_gas": trainer.accelerator.gradient_accumulation_steps,
+                "per_device_train_batch_size": args.per_device_train_batch_size,
+                "gradient_accumulation_steps": args.gradient_accumulation_steps,
+                "trainer_batch": trainer._train_batch_size, "generation_batch_size": args.generation_batch_size,
+                "config_from": "accelerate" if args.deepspeed is None else "deepspeed"}
             if resume:  # the reference restored from the checkpoint vs the policy saved at the reset
                 ref = gathered(trainer.ref_model)
                 if trainer.accelerator.is_main_process:
@@ -198,8 +208,13 @@ def _deepspeed_main(argv: list[str], stage: int) -> None:
         def on_step_begin(self, args, state, control, **kwargs):
             record["lr"].append(trainer.optimizer.param_groups[0]["lr"])
 
+        def on_substep_end(self, args, state, control, **kwargs):  # a micro-batch before the update's last one
+            record["engine_substeps"].append([state.global_step, trainer.model_wrapped.global_steps])
+
         def on_step_end(self, args, state, control, **kwargs):  # before ResetController's: before a reset
             record["opt"][f"end@{state.global_step}"] = adam_state(trainer)
+            engine = trainer.model_wrapped  # its optimizer steps and samples so far (restored from a checkpoint)
+            record["engine_steps"].append([state.global_step, engine.global_steps, engine.global_samples])
             weights = full_weights(trainer.accelerator.unwrap_model(trainer.model))
             record["step_weights"].append(sum(float(t.double().sum()) for t in weights.values()))
 
@@ -215,7 +230,7 @@ def _deepspeed_main(argv: list[str], stage: int) -> None:
     more = {"generation_backend": "static"} if "--static-generation" in argv else {}
     if "--buffered" in argv:  # one generation for 3 steps: the reset after step 2 refreshes step 3's reference logps
         more.update(steps_per_generation=3)
-    if "--restart-stage" in argv:  # 4 steps of a cosine schedule; the reset doubles the rows and halves the base rate
+    if "--restart-stage" in argv:  # 4 steps of a cosine schedule; the reset gives 8 rows and halves the base rate
         more.update(stages=[{"per_device_train_batch_size": 8, "learning_rate": 5e-4}], max_steps=4,
                     lr_scheduler_type="cosine")
     reward = half_constant_reward
@@ -227,11 +242,23 @@ def _deepspeed_main(argv: list[str], stage: int) -> None:
             return text_hash_reward(prompts, completions) if len(calls) == 1 else [1.0] * len(completions)
 
         more.update(max_steps=2, dynamic_sampling_max_rounds=1, reset_every_steps=None)
-    if "--accumulate" in argv:  # with --empty-step-2: 3 steps of a linear schedule, 2 micro-batches each
-        more.update(gradient_accumulation_steps=2, max_steps=3, lr_scheduler_type="linear")
+    if "--accumulate" in argv:  # 2 micro-batches per optimizer step; with --empty-step-2: 3 steps, a linear schedule
+        more.update(gradient_accumulation_steps=2)
+        if "--empty-step-2" in argv:
+            more.update(max_steps=3, lr_scheduler_type="linear")
+    deepspeed = deepspeed_config(stage)
+    if "--explicit-batch" in argv:  # the base config's batch as numbers, not "auto"
+        gas = more.get("gradient_accumulation_steps", 1)
+        deepspeed.update(train_micro_batch_size_per_gpu=6, gradient_accumulation_steps=gas, train_batch_size=12 * gas)
+    if "--accelerate-config" in argv:  # the DeepSpeed config as `accelerate launch` passes a deepspeed_config_file
+        path = Path(out, f"deepspeed-rank{os.environ['RANK']}.json")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(deepspeed))
+        os.environ.update(ACCELERATE_USE_DEEPSPEED="true", ACCELERATE_DEEPSPEED_CONFIG_FILE=str(path))
+        deepspeed = None
     args = fast_config(out, **{"per_device_train_batch_size": 6, "beta": 0.1, "reset_every_steps": 2,
                                "save_strategy": "steps", "save_steps": 2, "use_cpu": False,
-                               "deepspeed": deepspeed_config(stage), "padding_free": "--padding-free" in argv,
+                               "deepspeed": deepspeed, "padding_free": "--padding-free" in argv,
                                "accelerator_config": {"use_configured_state": True}, **more})
     trainer = Recording(model, reward_funcs=reward, args=args, train_dataset=prompt_dataset(12), callbacks=[Probe()])
     trainer.train(resume_from_checkpoint=resume)

@@ -379,6 +379,17 @@ def test_sampling_and_loss_values_are_refused_in_the_config_and_in_a_stage_alike
     assert str(info.value) == f"stages[1]: {field} {message}"
 
 
+def test_gradient_accumulation_is_no_stage_field(tmp_path):
+    """gradient_accumulation_steps decides when the optimizer steps (the Trainer's loop; under DeepSpeed also the
+    engine's and accelerate's accumulation, set up once per launch) and how TRL scales each micro-batch's loss. A
+    stage may not change it: refused when the config is parsed, naming the stage. Pinned, as of the three DeepSpeed
+    batch keys only the micro-batch and train batch size follow a stage (per_device_train_batch_size; see
+    tests/test_trainer_deepspeed.py)."""
+    with pytest.raises(ValueError, match=r"^stages\[1\]: 'gradient_accumulation_steps' cannot change during a run; "
+                                         r"stage keys are \["):
+        fast_config(tmp_path, stages=[{}, {"gradient_accumulation_steps": 2}])
+
+
 def test_a_stage_of_fewer_than_two_generations_is_refused_as_the_config_is(tmp_path):
     """num_generations 1 (TRL refuses it in the config: GRPO's advantages compare a prompt's completions) in a
     stage, where 1 divides every batch. Before: accepted; the run restarted at that stage with groups of one."""

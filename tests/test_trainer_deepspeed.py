@@ -76,15 +76,30 @@ def test_zero3_dynamic_sampling_reset_checkpoint_and_resume(tiny_model, tmp_path
     assert resumed[0]["restored_ref_vs_policy_at_reset"] == 0.0
 
 
+def _check_engine_batch(r: dict, rows: int, accumulation: int) -> None:
+    """The DeepSpeed engine that trained this phase was built for `rows` rows per process and micro-batch (2
+    processes), and the engine and accelerate accumulate `accumulation` micro-batches, as the trainer does."""
+    geometry = {k: v for k, v in r["geometry"].items() if k != "config_from"}
+    assert geometry == {"engine_micro_batch": rows, "engine_train_batch": 2 * rows * accumulation,
+                        "engine_gas": accumulation, "accelerator_gas": accumulation,
+                        "per_device_train_batch_size": rows, "gradient_accumulation_steps": accumulation,
+                        "trainer_batch": rows, "generation_batch_size": 2 * rows * accumulation}, geometry
+
+
 def test_zero2_restart_stage_stops_and_a_relaunch_goes_on(tiny_model, tmp_path):
-    """ZeRO-2: a stage at the reset that doubles the rows per process and halves the base rate of a cosine schedule
-    cannot restart in process under DeepSpeed: the run stops at checkpoint-2; a relaunch resumes with 8 rows per
-    process, the halved rate and the reference of the reset."""
+    """ZeRO-2: a stage at the reset that raises the rows per process from 6 to 8 and halves the base rate of a
+    cosine schedule cannot restart in process under DeepSpeed: the run stops at checkpoint-2; a relaunch resumes with
+    8 rows per process, the halved rate, the reference of the reset and a DeepSpeed engine built for 8 rows. Before:
+    the engine of the relaunch kept the micro-batch (6) and train batch size (12) that transformers had filled in
+    from the base config, and counted 12 samples per step (global_samples 36, 48), measured."""
     out = tmp_path / "run"
     ranks = _launch(2, tiny_model, out, "--restart-stage")
     for r in ranks:
         assert not r["zero3"] and r["engine"] == "DeepSpeedEngine" and r["zero_stage"] == 2
         assert r["step"] == 2 and [len(batch) for batch in r["trained"]] == [6, 6]
+        assert r["geometry"]["config_from"] == "deepspeed"  # TrainingArguments(deepspeed=...), "auto" batch keys
+        _check_engine_batch(r, rows=6, accumulation=1)
+        assert r["engine_steps"] == [[1, 1, 12], [2, 2, 24]]  # [step, the engine's optimizer steps, its samples]
         assert all(q % 2 == 1 for batch in r["trained"] for q in batch), r["trained"]
         assert r["resets"] == 1 and r["kl"][1] > 1e-4
         _check_optimizer_reset(r["opt"], "DeepSpeedZeroOptimizer")
@@ -95,11 +110,40 @@ def test_zero2_restart_stage_stops_and_a_relaunch_goes_on(tiny_model, tmp_path):
     resumed = _launch(2, tiny_model, out, "--restart-stage", "--resume", str(out / "checkpoint-2"))
     for r in resumed:
         assert r["step"] == 4 and [len(batch) for batch in r["trained"]] == [8, 8] and r["resets"] == 2
+        _check_engine_batch(r, rows=8, accumulation=1)
+        assert r["engine_steps"] == [[3, 3, 40], [4, 4, 56]]  # 24 samples restored from checkpoint-2, then 16 a step
         assert r["opt"]["begin@2"]["moments"] == 0
         assert r["kl"][2] < 1e-6 < r["kl"][3], r["kl"]
         # cosine over 4 steps from 1e-3, the base halved from step 3 on: 0.5 * 1e-3 * (1 + cos(pi * t / 4)) / 2
         assert r["lr"] == pytest.approx([2.5e-4, 7.3223e-5], rel=1e-4)
         assert r["logged_lr"] == pytest.approx([1e-3, 8.5355e-4, 2.5e-4, 7.3223e-5], rel=1e-4)
+    assert resumed[0]["restored_ref_vs_policy_at_reset"] == 0.0 and resumed[0]["weights"] == resumed[1]["weights"]
+
+
+def test_zero3_restart_stage_with_accumulation_from_an_accelerate_config(tiny_model, tmp_path):
+    """ZeRO-3, 2 micro-batches per optimizer step, the DeepSpeed config as `accelerate launch` passes it (a
+    deepspeed_config_file) with the base batch as numbers, not "auto": the stage's 8 rows per process reach the engine
+    of the relaunch (micro-batch 8, train batch 32), whose accumulation stays the trainer's. The engine steps the
+    optimizer at the end of each update only (after its first micro-batch its step count is still the previous
+    step's), once per trainer step as without DeepSpeed: AdamW counts 1 and 2 steps after the reset. Before: micro-batch
+    6 and train batch 24 after the stage, samples counted 72, 96 (measured)."""
+    out, flags = tmp_path / "run", ("--restart-stage", "--accumulate", "--explicit-batch", "--accelerate-config")
+    ranks = _launch(3, tiny_model, out, *flags)
+    for r in ranks:
+        assert r["zero3"] and r["zero_stage"] == 3 and r["geometry"]["config_from"] == "accelerate"
+        assert r["step"] == 2 and [len(batch) for batch in r["trained"]] == [12, 12]  # a generation per update
+        _check_engine_batch(r, rows=6, accumulation=2)
+        assert r["engine_steps"] == [[1, 1, 24], [2, 2, 48]] and r["engine_substeps"] == [[0, 0], [1, 1]]
+        _check_optimizer_reset(r["opt"], "DeepSpeedZeroOptimizer_Stage3")
+
+    resumed = _launch(3, tiny_model, out, *flags, "--resume", str(out / "checkpoint-2"))
+    for r in resumed:
+        assert r["step"] == 4 and [len(batch) for batch in r["trained"]] == [16, 16] and r["resets"] == 2
+        _check_engine_batch(r, rows=8, accumulation=2)
+        assert r["engine_steps"] == [[3, 3, 80], [4, 4, 112]] and r["engine_substeps"] == [[2, 2], [3, 3]]
+        assert [set(r["opt"][k]["steps"]) for k in ("begin@2", "end@3", "end@4")] == [{0}, {1}, {2}]
+        assert r["kl"][2] < 1e-6 < r["kl"][3], r["kl"]
+        assert r["lr"] == pytest.approx([2.5e-4, 7.3223e-5], rel=1e-4)  # the halved cosine, one value per update
     assert resumed[0]["restored_ref_vs_policy_at_reset"] == 0.0 and resumed[0]["weights"] == resumed[1]["weights"]
 
 

@@ -30,7 +30,7 @@ from trl.trainer.utils import add_fused_lm_head
 from prorl.trainer.callbacks import ResetController, copy_weights_, full_weights, load_weights_, truncate_jsonl
 from prorl.trainer.checkpointing import keep_selective_checkpointing
 from prorl.trainer.generation import trainer_generate
-from prorl.trainer.config import LIVE_STAGE_FIELDS, RESTART_STAGE_FIELDS, ProRLConfig
+from prorl.trainer.config import LIVE_STAGE_FIELDS, RESTART_STAGE_FIELDS, ProRLConfig, deepspeed_batch_
 from prorl.trainer.dynamic_sampling import DynamicSamplingMixin
 from prorl.trainer.packing import PaddingFreeMixin
 from prorl.trainer.rewards import EnvReward
@@ -234,6 +234,8 @@ class ProRLTrainer(DynamicSamplingMixin, PaddingFreeMixin, SkipEmptyUpdatesMixin
         self.num_generations = args.num_generations
         self._train_batch_size = args.per_device_train_batch_size
         args.generation_batch_size = args.per_device_train_batch_size * args.world_size * args.steps_per_generation
+        if self.is_deepspeed_enabled:  # before training builds the engine from that config
+            deepspeed_batch_(self.accelerator.state.deepspeed_plugin, args)
         if args.generation_batch_size % args.num_generations:
             raise ValueError(f"stage: generation_batch_size {args.generation_batch_size} is not divisible by "
                              f"num_generations {args.num_generations}")
