@@ -16,7 +16,7 @@ import json
 import statistics
 from pathlib import Path
 
-from prorl.data.card import read_jsonl
+from prorl.envs.jsonl import read_jsonl
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TRAINED = ("math", "logic/aiw", "ifeval")
@@ -38,7 +38,7 @@ CLAIMS = {
 
 
 def _jsonl(path: Path) -> list[dict]:
-    return read_jsonl(path) if path.exists() else []  # a run without resets has no resets.jsonl
+    return [row for _, row in read_jsonl(path)] if path.exists() else []  # a run without resets has no resets.jsonl
 
 
 def load_runs(runs: Path) -> dict[tuple[int, str], dict]:
