@@ -20,7 +20,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from prorl.envs.jsonl import open_bytes, read_jsonl
+from prorl.envs.jsonl import BOM, open_bytes, read_jsonl
 
 JSON_COLUMNS = ("reference", "metadata")
 
@@ -143,18 +143,17 @@ def load_rows(path: str | Path, split: str = "train") -> list[dict[str, Any]]:
         for row in rows:  # JSON text since this version; a Json() column (older builds) is read as objects already
             row.update((k, json.loads(row[k])) for k in JSON_COLUMNS if isinstance(row.get(k), str))
         return rows
-    if path.name.endswith((".json", ".json.gz")) and _bytes(path).removeprefix(b"\xef\xbb\xbf").lstrip()[:1] == b"[":
-        try:
-            rows = json.loads(_bytes(path).decode("utf-8-sig"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ValueError(f"{path}: not a valid JSON array ({exc})") from None
-        bad = next((i for i, row in enumerate(rows) if not isinstance(row, dict)), None)
-        if bad is not None:
-            raise ValueError(f"{path}: element {bad} of the array is not an object (got {type(rows[bad]).__name__})")
-        return rows
+    if path.name.endswith((".json", ".json.gz")):
+        with open_bytes(path) as f:
+            data = f.read().removeprefix(BOM)
+        if data.lstrip()[:1] == b"[":  # else JSON Lines in a .json file
+            try:
+                rows = json.loads(data.decode("utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise ValueError(f"{path}: not a valid JSON array ({exc})") from None
+            bad = next((i for i, row in enumerate(rows) if not isinstance(row, dict)), None)
+            if bad is not None:
+                raise ValueError(f"{path}: element {bad} of the array is not an object (got "
+                                 f"{type(rows[bad]).__name__})")
+            return rows
     return [row for _, row in read_jsonl(path)]
-
-
-def _bytes(path: str | Path) -> bytes:
-    with open_bytes(path) as f:
-        return f.read()

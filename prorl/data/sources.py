@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from prorl.data.recipe import GenerateConfig, Recipe, RecipeError, SourceConfig, expand_path
-from prorl.envs.jsonl import read_jsonl
+from prorl.envs.jsonl import open_bytes, read_jsonl
 
 
 class DataError(ValueError):
@@ -73,14 +73,14 @@ def source_files(source: SourceConfig, recipe: Recipe, sample_data: bool, root: 
     return files
 
 
-def _open(path: str, mode: str = "rb"):
+def _open_text(path: str):
     opener = gzip.open if path.endswith(".gz") else open
     # utf-8-sig: a byte-order mark is not text (else it hides the '[' of a JSON array from _first_char)
-    return opener(path, mode, **({"encoding": "utf-8-sig", "errors": "replace"} if "t" in mode else {}))
+    return opener(path, "rt", encoding="utf-8-sig", errors="replace")
 
 
 def _first_char(path: str) -> str:
-    with _open(path, "rt") as f:
+    with _open_text(path) as f:
         while True:
             chunk = f.read(4096)
             if not chunk:
@@ -98,7 +98,7 @@ def _table(path: str, shown: str, load: Callable):
     except Exception as exc:  # datasets wraps the parser's error in DatasetGenerationError; pyarrow raises its own
         if not path.endswith(PARQUET_SUFFIXES):
             try:
-                with _open(path, "rt") as f:
+                with _open_text(path) as f:
                     json.load(f)
             except json.JSONDecodeError as bad:
                 raise DataError(f"{shown}:{bad.lineno}: not valid JSON ({bad.msg} at column {bad.colno})") from None
@@ -119,7 +119,7 @@ def read_file(path: str) -> Iterator[RawRow]:
         return
     if _first_char(path) == "[":  # a JSON array (deepscaler.json), parsed as JSON: Arrow would merge a column of
         try:                      # ints and floats into float64 (answer 12 -> "12.0", 2**60 - 1 rounded)
-            with _open(path) as f:
+            with open_bytes(path) as f:
                 rows = json.load(f)
         except json.JSONDecodeError as bad:
             raise DataError(f"{shown}:{bad.lineno}: not valid JSON ({bad.msg} at column {bad.colno})") from None
