@@ -335,18 +335,6 @@ class ProRLConfig(GRPOConfig):
 LENGTH_GROUPING_LOSSES = ("dapo", "grpo", "dr_grpo", "cispo")
 
 
-def deepspeed_batch_(deepspeed_plugin: Any, args: ProRLConfig) -> None:
-    """The batch of the DeepSpeed config that the engine is built from, set to a stage's per_device_train_batch_size
-    (applied at the relaunch that resumes it, before training builds the engine). transformers filled these keys
-    from the base config's value when it was parsed, so the engine kept the base micro-batch and train batch size: its
-    samples count (global_samples, in its checkpoints and monitors) and throughput were those of the old batch.
-    Gradient accumulation, which sets the engine's optimizer steps, is no stage field."""
-    batch = {"train_micro_batch_size_per_gpu": args.per_device_train_batch_size,  # transformers' own formula
-             "train_batch_size": args.world_size * args.per_device_train_batch_size * args.gradient_accumulation_steps}
-    for config in (deepspeed_plugin.deepspeed_config, deepspeed_plugin.hf_ds_config.config):  # one dict, as built
-        config.update(batch)
-
-
 def _accuracy_window(window: Any, name: str) -> list[float]:
     if (not isinstance(window, (list, tuple)) or len(window) != 2
             or not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in window)

@@ -11,6 +11,7 @@ Extension points used (all methods of `GRPOTrainer`/`Trainer`, called with `supe
     (prorl/trainer/update_guard.py).
   - `log`: the ProRL metrics, and `output_dir/metrics.jsonl`.
   - `_save_checkpoint` / `train`: the reset state travels with checkpoints and is restored on resume.
+Resets' reference sync and stages' overrides: prorl/trainer/stages.py.
 """
 
 from __future__ import annotations
@@ -18,23 +19,22 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Any
 
 import torch
 from accelerate.utils import gather, is_peft_model
 from datasets import IterableDataset
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
-from trl.trainer.utils import add_fused_lm_head
 
-from prorl.trainer.callbacks import ResetController, copy_weights_, full_weights, load_weights_, truncate_jsonl
+from prorl.trainer.callbacks import ResetController, full_weights, load_weights_, truncate_jsonl
 from prorl.trainer.checkpointing import keep_selective_checkpointing
 from prorl.trainer.generation import trainer_generate
-from prorl.trainer.config import LIVE_STAGE_FIELDS, RESTART_STAGE_FIELDS, ProRLConfig, deepspeed_batch_
+from prorl.trainer.config import ProRLConfig
 from prorl.trainer.dynamic_sampling import DynamicSamplingMixin
 from prorl.trainer.packing import PaddingFreeMixin
 from prorl.trainer.rewards import EnvReward
 from prorl.trainer.sampling import mixture_view
+from prorl.trainer.stages import StagesMixin
 from prorl.trainer.update_guard import SkipEmptyUpdatesMixin
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ METRIC_ALIASES = {
 }
 
 
-class ProRLTrainer(DynamicSamplingMixin, PaddingFreeMixin, SkipEmptyUpdatesMixin, GRPOTrainer):
+class ProRLTrainer(StagesMixin, DynamicSamplingMixin, PaddingFreeMixin, SkipEmptyUpdatesMixin, GRPOTrainer):
     """GRPO with the ProRL recipe. `reward_funcs` defaults to `EnvReward` (route each row to its `env`)."""
 
     _tag_names = ["trl", "grpo", "prorl"]
@@ -115,6 +115,17 @@ class ProRLTrainer(DynamicSamplingMixin, PaddingFreeMixin, SkipEmptyUpdatesMixin
                                           **(self.args.generation_backend_kwargs or {}))
         return completion_ids, None
 
+    def _prepare_inputs(self, generation_batch):
+        if self._pending_temperature is not None and self.model.training and not self._mid_generation_buffer():
+            value, self._pending_temperature = self._pending_temperature, None
+            self._set_sampling("temperature", value)
+        fresh = self.model.training and not self._mid_generation_buffer()  # TRL generates in this call
+        inputs = super()._prepare_inputs(generation_batch)
+        if fresh and self.args.group_micro_batches_by_length:
+            self._regroup_buffer()
+            inputs = self._buffered_inputs[self._step % self.args.steps_per_generation]
+        return inputs
+
     # -- Rewards ---------------------------------------------------------------------------------------------
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
@@ -134,125 +145,11 @@ class ProRLTrainer(DynamicSamplingMixin, PaddingFreeMixin, SkipEmptyUpdatesMixin
         self._round_rewards = rewards_per_func
         return rewards_per_func
 
-    # -- Resets and stages -----------------------------------------------------------------------------------
-    def sync_reference_to_policy(self) -> None:
-        """Reference model := a copy of the current policy weights (no-op when beta = 0: there is none)."""
-        if self.ref_model is None:
-            return
-        copy_weights_(self.accelerator.unwrap_model(self.model), self.accelerator.unwrap_model(self.ref_model))
-        self._refresh_buffered_reference_logps()
-
-    def _refresh_buffered_reference_logps(self) -> None:
-        """Generation batches already buffered for the next steps (steps_per_generation > gradient accumulation,
-        or num_iterations > 1) carry log-probs of the old reference: recompute them with the new one."""
-        if self.beta == 0 or not self._mid_generation_buffer():
-            return
-        # only the batches still to be trained on (TRL takes batch _step % steps_per_generation for each micro-batch
-        # until the next generation), also those sampled while a stage had beta = 0 (no reference log-probs yet)
-        spg, generate_every = self.args.steps_per_generation, self.args.steps_per_generation * self.num_iterations
-        for index in sorted({(self._step + i) % spg for i in range(generate_every - self._step % generate_every)}):
-            batch = self._buffered_inputs[index]
-            batch["ref_per_token_logps"] = self._batch_logps(self.ref_model, batch)
-
-    def apply_stage(self, overrides: dict[str, Any], live: bool) -> bool:
-        """Apply a stage's overrides to `args` and the trainer. With `live=True` (at a reset, mid-run) the fields
-        that reshape the generation batch are left for the restart; returns True if there are any."""
-        restart = {k: v for k, v in overrides.items() if k in RESTART_STAGE_FIELDS}
-        previous_lr = self.args.learning_rate
-        for key, value in overrides.items():
-            if key in LIVE_STAGE_FIELDS or not live:
-                setattr(self.args, key, value)
-        if restart and not live:
-            self._apply_batch_shape()
-        for key in ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "max_completion_length"):
-            if key not in overrides:
-                continue
-            if key == "temperature" and live and self._mid_generation_buffer():
-                # buffered batches were sampled, and their old log-probs computed, at the current temperature:
-                # the new one starts with the next generation (so does its use in the loss)
-                self._pending_temperature = self.args.temperature
-            else:
-                if key == "temperature":  # an earlier stage's deferred temperature must not come back later
-                    self._pending_temperature = None
-                self._set_sampling(key, getattr(self.args, key))
-        if "beta" in overrides:
-            self.beta = self.args.beta
-        if "epsilon" in overrides:
-            self.epsilon_low = self.args.epsilon
-        if "epsilon_high" in overrides or "epsilon" in overrides:
-            self.epsilon_high = self.args.epsilon_high if self.args.epsilon_high is not None else self.args.epsilon
-        if "mask_truncated_completions" in overrides:
-            self.mask_truncated_completions = self.args.mask_truncated_completions
-        if "learning_rate" in overrides and self.optimizer is not None and self.args.learning_rate != previous_lr:
-            # every group's base rate scales by new / old, so groups built at other rates (LoRA+, no decay at 10x)
-            # keep their ratios; the schedule's factor for the next step (already in the groups) is kept
-            scale = self.args.learning_rate / previous_lr if previous_lr else None  # from 0: no ratio to keep
-            bases = list(getattr(self.lr_scheduler, "base_lrs", None) or [])
-            for i, group in enumerate(self.optimizer.param_groups):
-                old = bases[i] if i < len(bases) else group.get("initial_lr", group["lr"])
-                new = self.args.learning_rate if scale is None else old * scale
-                group["lr"] = new * group["lr"] / old if old else new
-                if "initial_lr" in group:
-                    group["initial_lr"] = new
-                if i < len(bases):
-                    bases[i] = new
-            if bases:
-                self.lr_scheduler.base_lrs = bases
-            if hasattr(self.lr_scheduler, "_last_lr"):  # what Trainer logs as this step's learning_rate
-                self.lr_scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
-        return bool(restart) and live
-
-    def _set_sampling(self, key: str, value: Any) -> None:
-        setattr(self, key, value)
-        gen_key = "max_new_tokens" if key == "max_completion_length" else key
-        if self.use_vllm:
-            setattr(self.vllm_generation, key, value)
-        else:
-            self.generation_kwargs[gen_key] = value
-            setattr(self.generation_config, gen_key, value)
-        if key == "temperature":  # the fused LM head divides the logits by the temperature
-            self._patch_fused_heads()
-
-    def _mid_generation_buffer(self) -> bool:
-        """Whether the next training steps still consume batches generated before now."""
-        generate_every = self.args.steps_per_generation * self.num_iterations
-        return self._buffered_inputs is not None and self._step % generate_every != 0
-
-    def _prepare_inputs(self, generation_batch):
-        if self._pending_temperature is not None and self.model.training and not self._mid_generation_buffer():
-            value, self._pending_temperature = self._pending_temperature, None
-            self._set_sampling("temperature", value)
-        fresh = self.model.training and not self._mid_generation_buffer()  # TRL generates in this call
-        inputs = super()._prepare_inputs(generation_batch)
-        if fresh and self.args.group_micro_batches_by_length:
-            self._regroup_buffer()
-            inputs = self._buffered_inputs[self._step % self.args.steps_per_generation]
-        return inputs
-
-    def _apply_batch_shape(self) -> None:
-        args = self.args
-        self.num_generations = args.num_generations
-        self._train_batch_size = args.per_device_train_batch_size
-        args.generation_batch_size = args.per_device_train_batch_size * args.world_size * args.steps_per_generation
-        if self.is_deepspeed_enabled:  # before training builds the engine from that config
-            deepspeed_batch_(self.accelerator.state.deepspeed_plugin, args)
-        if args.generation_batch_size % args.num_generations:
-            raise ValueError(f"stage: generation_batch_size {args.generation_batch_size} is not divisible by "
-                             f"num_generations {args.num_generations}")
-
     def _check_fsdp(self) -> None:
         if self.args.fsdp and not self.is_fsdp_enabled:  # accelerate shards only on accelerators (MULTI_CPU: DDP)
             log.warning("fsdp is set but accelerate did not enable FSDP on %s (%s): every process holds a whole "
                         "replica of the policy, the reference and the optimizer state", self.accelerator.device,
                         self.accelerator.distributed_type)
-
-    def _patch_fused_heads(self) -> None:
-        policy = self.accelerator.unwrap_model(self.model)
-        add_fused_lm_head(policy.get_base_model() if is_peft_model(policy) else policy, temperature=self.temperature,
-                          cast_lm_head_to_fp32=self.args.cast_lm_head_to_fp32, outputs=("log_probs", "entropy"))
-        if self.ref_model is not None:
-            add_fused_lm_head(self.accelerator.unwrap_model(self.ref_model), temperature=self.temperature,
-                              cast_lm_head_to_fp32=self.args.cast_lm_head_to_fp32)
 
     def step_metric(self, name: str) -> float | None:
         """A train metric of the latest optimizer step (None if not logged): a metric of the generation (reward,
