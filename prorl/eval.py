@@ -26,6 +26,7 @@ from typing import Any, Sequence
 
 from prorl.data.sampling import SamplingConfig
 from prorl.envs import Env, Score, Task
+from prorl.envs.base import key_error_message
 
 # -- pass@k ------------------------------------------------------------------------------------------------------
 
@@ -169,7 +170,7 @@ def load_eval_rows(spec: str, split: str | None = None, env: str | None = None, 
             try:
                 task = envs[row_env].task_from_dict(row)
             except KeyError as exc:
-                raise ValueError(f"{spec}: row {i} ({row_env}) is missing field {exc.args[0]!r}") from None
+                raise ValueError(f"{spec}: row {i} ({row_env}){key_error_message(exc)}") from None
             except (TypeError, ValueError) as exc:
                 raise ValueError(f"{spec}: row {i} ({row_env}): {exc}") from None
             row = {"id": task.id or str(i), "env": row_env, "prompt": task.prompt, "reference": task.reference,

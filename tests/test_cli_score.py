@@ -86,6 +86,22 @@ def test_malformed_lines_are_named_and_the_rest_scores(tmp_path, capsys):
     assert [r["details"]["input_line"] for r in read_rows(out)] == [1, 9]
 
 
+def test_a_task_error_that_is_a_sentence_is_not_printed_as_a_field_name(tmp_path, capsys):
+    """Before: every KeyError from an env's task_from_dict was printed as a field name, so a row in no known code
+    format read `task for 'code' is missing field "no known code task format: ..."` and an ifeval row without its
+    instruction list `... is missing field "ifeval task is missing field 'instruction_id_list' (have [...])"`."""
+    lines = [{"env": "code", "task_id": 1, "completion": "x"}, {"env": "ifeval", "prompt": "hi", "completion": "x"},
+             GOOD[0]]
+    inp = write_lines(tmp_path / "in.jsonl", lines)
+    out = tmp_path / "out.jsonl"
+    assert main(["score", str(inp), "-o", str(out), "--workers", "0"]) == 1
+    err = " ".join(capsys.readouterr().err.split())  # rich wraps long lines
+    assert "in.jsonl:1: task for 'code': no known code task format: need 'tests'" in err
+    assert "in.jsonl:2: task for 'ifeval': ifeval task is missing field 'instruction_id_list'" in err
+    assert "missing field \"" not in err
+    assert [r["details"]["input_line"] for r in read_rows(out)] == [3]
+
+
 def test_a_line_that_is_not_utf8_is_one_bad_line(tmp_path, capsys):
     inp = write_lines(tmp_path / "in.jsonl", GOOD[:3])
     lines = inp.read_bytes().splitlines(keepends=True)

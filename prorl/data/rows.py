@@ -18,6 +18,7 @@ from prorl.data.adapters import ADAPTERS, FieldError, get_dotted
 from prorl.data.recipe import SourceConfig
 from prorl.data.sources import RawRow
 from prorl.envs import Env, Task
+from prorl.envs.base import missing_field
 
 ROLES = ("system", "user", "assistant")
 QUESTION_FIELDS = ("question", "problem", "prompt")
@@ -91,8 +92,8 @@ def normalize_row(raw: RawRow, source: SourceConfig, env: Env) -> Candidate:
     try:
         task = env.task_from_dict(data)
     except KeyError as exc:
-        name = exc.args[0] if exc.args and isinstance(exc.args[0], str) and " " not in exc.args[0] else None
-        raise FieldError(name, "missing" if name else str(exc)) from None
+        name = missing_field(exc)
+        raise FieldError(name, "missing" if name else str(exc.args[0] if exc.args else exc)) from None
     except (ValueError, TypeError) as exc:
         raise FieldError(None, f"{source.env} rejected the row: {exc}") from None
     question = _question_text(data, source, task)

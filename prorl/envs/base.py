@@ -64,6 +64,20 @@ class Score:
         return cls(reward, "ok" if reward >= 1.0 else "wrong", details)
 
 
+def missing_field(exc: KeyError) -> str | None:
+    """The field a KeyError from `task_from_dict` names, or None when it carries a sentence instead (the code env's
+    "no known code task format: ...", ifeval's "ifeval task is missing field ... (have ...)"): callers print that
+    sentence as it is rather than as a field name."""
+    arg = exc.args[0] if exc.args else None
+    return arg if isinstance(arg, str) and arg and " " not in arg else None
+
+
+def key_error_message(exc: KeyError) -> str:
+    """`is missing field 'x'` for a KeyError naming a field, else `: <its sentence>`, to follow a row's name."""
+    field = missing_field(exc)
+    return f" is missing field {field!r}" if field else f": {exc.args[0] if exc.args else 'missing field'}"
+
+
 _THINK_OPEN = re.compile(r"<think>", re.IGNORECASE)
 _THINK_CLOSE = re.compile(r"</think>", re.IGNORECASE)
 

@@ -19,7 +19,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from prorl.envs.base import UNSCORED_STATUSES, Env, Task
+from prorl.envs.base import UNSCORED_STATUSES, Env, Task, key_error_message
 from prorl.envs.jsonl import is_blank, open_bytes, read_jsonl
 
 
@@ -112,7 +112,7 @@ class LineParser:
         try:
             task = env.as_task(row)
         except KeyError as exc:
-            raise BadLine(f"task for {env_id!r} is missing field {exc.args[0]!r}") from None
+            raise BadLine(f"task for {env_id!r}{key_error_message(exc)}") from None
         except (TypeError, ValueError) as exc:
             raise BadLine(f"bad task for {env_id!r}: {exc}") from None
         return env, task

@@ -29,6 +29,7 @@ import logging
 from typing import Any, Callable, Sequence
 
 from prorl.envs import UNSCORED_STATUSES, Env, Score, make, split_think
+from prorl.envs.base import key_error_message
 from prorl.envs.workers import score_many
 
 log = logging.getLogger(__name__)
@@ -154,7 +155,7 @@ class EnvReward:
             try:
                 env.as_task(row_task(row))
             except KeyError as exc:
-                raise ValueError(f"EnvReward: {where} ({env.id}) is missing field {exc.args[0]!r}") from None
+                raise ValueError(f"EnvReward: {where} ({env.id}){key_error_message(exc)}") from None
             except (TypeError, ValueError) as exc:
                 raise ValueError(f"EnvReward: {where} ({env.id}): {exc}") from None
 
