@@ -122,6 +122,19 @@ def test_a_byte_order_mark_before_the_first_line_is_not_a_bad_line(tmp_path):
     assert [r["status"] for r in read_rows(out)] == ["ok", "wrong"]
 
 
+def test_an_empty_input_is_an_error_and_keeps_an_earlier_output(tmp_path, capsys):
+    """Before: an empty (or blank, or BOM-only) input printed an empty table, exited 0 and truncated OUT."""
+    out = tmp_path / "scored.jsonl"
+    inp = write_lines(tmp_path / "in.jsonl", GOOD[:2])
+    assert main(["score", str(inp), "-o", str(out), "--workers", "0"]) == 0
+    kept = out.read_bytes()
+    for content in (b"", b"\n \r\n\n", b"\xef\xbb\xbf\r\n"):
+        inp.write_bytes(content)
+        assert main(["score", str(inp), "-o", str(out), "--workers", "0"]) == 1
+        assert "in.jsonl: no lines to score" in capsys.readouterr().err
+        assert out.read_bytes() == kept
+
+
 def test_bad_arguments_are_refused_before_the_output_is_touched(tmp_path, capsys):
     inp = write_lines(tmp_path / "in.jsonl", GOOD[:1])
     out = write_lines(tmp_path / "out.jsonl", ["kept"])

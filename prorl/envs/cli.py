@@ -8,7 +8,8 @@ line number, which `--resume` uses to skip lines already scored). Lines are scor
 killable worker pool and appended to OUT as each chunk finishes, so an interrupted run loses at most one chunk.
 `--resume` scores again the lines whose result was `timeout` or `infra_error` (not a verdict on the completion):
 the new record is appended, then takes the old one's place when the run ends, so OUT holds one record per line.
-A malformed line is reported with its line number and skipped; the others still score (exit status 1).
+A malformed line is reported with its line number and skipped; the others still score (exit status 1). An input with
+no line to score (empty or blank) is an error too (exit status 1), and OUT is not touched.
 """
 
 from __future__ import annotations
@@ -190,6 +191,11 @@ def score_command(args: argparse.Namespace) -> int:
     if args.chunk_size < 1:
         err.print(f"[red]prorl score: --chunk-size must be >= 1, got {args.chunk_size}")
         return 2
+    with open_bytes(args.input) as f:
+        lines = {i for i, raw in enumerate(f, 1) if not is_blank(raw, i)}
+    if not lines:  # a failed export or the wrong path: say so, and leave an earlier OUT as it is
+        err.print(f"[red]prorl score: {args.input}: no lines to score (the file is empty or blank)")
+        return 1
     args.output.parent.mkdir(parents=True, exist_ok=True)
     previous = _previous(args.output) if args.resume and args.output.exists() else {}
     retry = {i for i, row in previous.items() if row.get("status") in UNSCORED_STATUSES}  # not really scored
@@ -197,8 +203,7 @@ def score_command(args: argparse.Namespace) -> int:
     summary = Summary()
     for i in done:
         summary.add(args.env or str(previous[i].get("env")), previous[i]["reward"], previous[i]["status"])
-    with open_bytes(args.input) as f:
-        todo = {i for i, raw in enumerate(f, 1) if not is_blank(raw, i) and i not in done}
+    todo = lines - done
     bad: list[int] = []
     rescored = 0
 
