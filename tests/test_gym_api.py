@@ -1,6 +1,8 @@
 """The gym API: registry (direct, decorator, entry-point plugins), reset/step/score/score_batch, think-stripping,
 killable timeouts from a worker thread, and infrastructure errors reported as such."""
 
+import contextlib
+import sys
 import textwrap
 import threading
 import time
@@ -291,6 +293,50 @@ def test_env_defined_in_a_user_script_scores_in_workers(tmp_path):
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "['ok', 'wrong']"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux only")
+def test_workers_inside_a_hung_verifier_die_with_a_killed_caller(tmp_path):
+    """Before: a SIGTERM or SIGKILL of the scoring process (`prorl score` stopped with `kill`, a preempted training
+    job) runs no atexit hook, and each worker inside a hung verifier (a LaTeX bomb) spun on, orphaned, for as long as
+    the verifier took. Each worker now dies with its parent."""
+    import signal
+    import subprocess
+
+    psutil = pytest.importorskip("psutil")  # installed with accelerate
+
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    script = tmp_path / "user_script.py"
+    script.write_text(
+        "import os, pathlib, prorl\n"
+        "@prorl.register('user/spin')\n"
+        "class Spin(prorl.Env):\n"
+        "    def task_from_dict(self, row):\n"
+        "        return prorl.Task(id='t', env=self.id, prompt=[], reference={})\n"
+        "    def verify(self, answer, task):\n"
+        f"        pathlib.Path({str(busy)!r}, str(os.getpid())).touch()\n"
+        "        while True:\n"
+        "            pass\n"
+        "prorl.make('user/spin').score_batch(['a', 'b'], [{}] * 2, workers=2, timeout_s=600)\n"
+    )
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers = []
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(busy.iterdir())) < 2 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        workers = [psutil.Process(int(p.name)) for p in busy.iterdir()]
+        assert len(workers) == 2 and all(w.ppid() == proc.pid for w in workers)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+        _, alive = psutil.wait_procs(workers, timeout=15)
+        assert not alive, f"workers outlived their parent: {alive}"
+    finally:
+        proc.kill()
+        for w in workers:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                w.kill()
 
 
 def test_reset_and_sample_tasks_take_tasks_as_score_does():

@@ -5,7 +5,9 @@ the main thread. Here every sample is scored in a worker *process*; the parent w
 when the deadline passes, kills the worker (SIGKILL), reports `timeout` for that sample and starts a fresh worker.
 This works from any thread of the caller. Workers are started once per process and reused across calls; each keeps
 the environments it was sent (the latest `_KEEP_ENVS`), keyed by their pickled content: an environment changed since
-the previous call (an attribute set, a new dataset) is sent again.
+the previous call (an attribute set, a new dataset) is sent again. On Linux a worker is killed with the process that
+started it, however that process ends (SIGTERM and SIGKILL run no atexit hook): a worker inside a hung verifier would
+otherwise spin on, orphaned.
 """
 
 from __future__ import annotations
@@ -46,8 +48,23 @@ def _remember(cache: OrderedDict, key: str, value) -> None:
         cache.popitem(last=False)
 
 
-def _worker_main(rfd: int, wfd: int) -> None:
+def _die_with_parent(parent_pid: int) -> None:
+    """SIGKILL this worker when its parent (the thread that started it: a pool thread, which lives as long as the
+    pool) ends (Linux PR_SET_PDEATHSIG); exit now if it has already ended."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+        except (OSError, AttributeError) as exc:
+            log.debug("PR_SET_PDEATHSIG unavailable: %r", exc)
+    if parent_pid and os.getppid() != parent_pid:  # the parent died before the call above
+        os._exit(0)
+
+
+def _worker_main(rfd: int, wfd: int, parent_pid: int = 0) -> None:
     """Loop of a scoring worker process: receive (env key, pickled env or None, completion, task), send a Score."""
+    _die_with_parent(parent_pid)
     import prorl.envs  # noqa: F401  (registers the built-in environments before any env is unpickled)
 
     conn_in, conn_out = Connection(rfd, writable=False), Connection(wfd, readable=False)
@@ -94,7 +111,7 @@ class _Worker:
         r_parent, w_child = os.pipe()
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "prorl.envs.workers", str(r_child), str(w_child)],
+            [sys.executable, "-m", "prorl.envs.workers", str(r_child), str(w_child), str(os.getpid())],
             pass_fds=(r_child, w_child), env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             start_new_session=True,
         )
@@ -272,4 +289,4 @@ def score_many(envs: Sequence[Env], completions: Sequence[str], tasks: Sequence[
 
 
 if __name__ == "__main__":
-    _worker_main(int(sys.argv[1]), int(sys.argv[2]))
+    _worker_main(*map(int, sys.argv[1:4]))
