@@ -236,25 +236,11 @@ def _safe_score(env: Env, completion, task) -> Score:
         return Score(0.0, "infra_error", {"error": repr(exc), "env": env.id})
 
 
-def _with_budget(env: Env, timeout_s: float | None) -> Env:
-    """`env` as it scores in a thread under `timeout_s`. An environment that enforces its own time (the code sandbox,
-    `score_in_subprocess = False`) reads its `timeout_s` attribute: a shallow copy carries the caller's budget (the
-    copy shares the original's state, its sandbox included; the original is left as it was)."""
-    if timeout_s is None or env.score_in_subprocess or env.timeout_s == timeout_s:
-        return env
-    clone = object.__new__(type(env))
-    clone.__dict__.update(env.__dict__)
-    clone.timeout_s = timeout_s
-    return clone
-
-
 def score_many(envs: Sequence[Env], completions: Sequence[str], tasks: Sequence[Task | dict],
                workers: int | None = None, timeout_s: float | None = None) -> list[Score]:
     """Score `completions[i]` against `tasks[i]` with `envs[i]`, in parallel, keeping order.
 
-    `timeout_s` (None: each environment's own) is the budget of every sample, also for environments that time
-    their own work in threads (the code sandbox's budget). `workers=0` scores inline in the calling thread (no
-    timeout: for debugging).
+    `workers=0` scores inline in the calling thread (no timeout: for debugging).
     """
     n = len(completions)
     if not (len(envs) == len(tasks) == n):
@@ -262,8 +248,6 @@ def score_many(envs: Sequence[Env], completions: Sequence[str], tasks: Sequence[
     workers = default_workers() if workers is None else workers
     if workers < 0 or (timeout_s is not None and not timeout_s > 0):  # <= 0 (or NaN): every sample a timeout
         raise ValueError(f"score_many: workers must be >= 0 and timeout_s > 0 (or None), got {workers}, {timeout_s}")
-    budgeted = {id(e): _with_budget(e, timeout_s) for e in envs}  # one copy per env object
-    envs = [budgeted[id(e)] for e in envs]
     if workers == 0:
         return [_safe_score(e, c, t) for e, c, t in zip(envs, completions, tasks)]
     results: list[Score | None] = [None] * n
