@@ -186,6 +186,23 @@ def test_mbpp_style_and_budget(env):
     assert not slow.masked  # an infinite loop is the model's fault, not an unscored sample
 
 
+def test_a_callers_timeout_leaves_the_sandbox_budget(env, tmp_path, monkeypatch):
+    """A caller's timeout (score_batch's timeout_s, `prorl score --timeout`, the trainer's reward_timeout_s, which
+    configs/prorl-1.5b.yaml sets to 10) is the kill deadline of a verifier: the code sandbox's budget is part of the
+    reward (the paper's 5 s, 0 past it) and stays the env's own, so a 1 s timeout does not fail a 2 s program."""
+    from prorl.cli import main
+
+    slow = reply("import time\ndef add(a, b):\n    time.sleep(2)\n    return a + b")
+    row = {**MBPP_ROW, "test_list": MBPP_ROW["test_list"][:1]}
+    scored = env.score_batch([slow], [row], timeout_s=1)[0]
+    assert (scored.reward, scored.status) == (1.0, "ok")
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    inp.write_text(json.dumps({**row, "env": "code", "completion": slow}) + "\n")
+    monkeypatch.setenv("COLUMNS", "200")
+    assert main(["score", str(inp), "-o", str(out), "--workers", "1", "--timeout", "1"]) == 0
+    assert json.loads(out.read_text())["reward"] == 1.0
+
+
 def test_main_guard_runs_only_for_stdio_programs(env):
     """As in the HumanEval/MBPP harnesses, a function under assertion tests is not __main__: its demo block
     (input(), unittest.main()) does not run. A stdin/stdout program is __main__."""

@@ -209,7 +209,9 @@ class Env:
 
     def score_batch(self, completions: Sequence[str], tasks: Sequence[Task | dict], workers: int | None = None,
                     timeout_s: float | None = None) -> list[Score]:
-        """Score many completions in parallel; a sample over `timeout_s` gets status `timeout`."""
+        """Score many completions in parallel; a sample whose verifier runs past `timeout_s` (None: the env's own) is
+        killed and gets status `timeout`. An env that times its own work (`score_in_subprocess = False`: the code
+        sandbox, whose budget is part of its reward) keeps its own `timeout_s`."""
         from prorl.envs.workers import score_many
 
         if len(completions) != len(tasks):

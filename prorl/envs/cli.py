@@ -35,7 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--resume", action="store_true", help="keep OUT and skip the input lines already in it, "
                         "except those whose result was timeout or infra_error: they are scored again")
     parser.add_argument("--timeout", type=float, default=None, help="per-sample timeout in seconds "
-                        "(default: each environment's own)")
+                        "of a verifier (default: each environment's own); a sample past it is reported as timeout. "
+                        "code keeps its sandbox budget (5 s, the paper's: a program past it scores 0); another budget "
+                        "is make('code', timeout_s=...) in Python")
     parser.add_argument("--chunk-size", type=int, default=256, help="lines scored (and written) per batch")
 
 

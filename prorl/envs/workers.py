@@ -240,7 +240,10 @@ def score_many(envs: Sequence[Env], completions: Sequence[str], tasks: Sequence[
                workers: int | None = None, timeout_s: float | None = None) -> list[Score]:
     """Score `completions[i]` against `tasks[i]` with `envs[i]`, in parallel, keeping order.
 
-    `workers=0` scores inline in the calling thread (no timeout: for debugging).
+    `timeout_s` (None: each environment's own) is the kill deadline of a verifier in a worker process. Environments
+    that time their own work in threads (`score_in_subprocess = False`: the code sandbox, whose budget is part of its
+    reward, 0 past it) keep their own `timeout_s`. `workers=0` scores inline in the calling thread (no timeout: for
+    debugging).
     """
     n = len(completions)
     if not (len(envs) == len(tasks) == n):

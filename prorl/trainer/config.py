@@ -157,8 +157,9 @@ class ProRLConfig(GRPOConfig):
                           "number of CPUs)."})
     reward_timeout_s: float | None = field(
         default=None,
-        metadata={"help": "Per-sample scoring timeout in seconds (None: each environment's own). A timed-out sample "
-                          "is masked: neither rewarded nor penalised."})
+        metadata={"help": "Per-sample scoring timeout in seconds (None: each environment's own): a verifier past it is "
+                          "killed and the sample masked, neither rewarded nor penalised. The code sandbox keeps its "
+                          "own budget (5 s, the paper's; a program past it scores 0)."})
 
     # -- Generation ------------------------------------------------------------------------------------------
     generation_backend: str = field(
