@@ -2,7 +2,12 @@
 others score, incremental output and --resume."""
 
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -216,6 +221,31 @@ def test_a_resume_interrupted_while_scoring_again_loses_nothing(tmp_path, capsys
     assert out.read_bytes() == full
     printed = capsys.readouterr().out
     assert "resumed: 3 lines" in printed and "re-scored" not in printed
+
+
+def test_ctrl_c_says_how_to_go_on_and_resume_finishes(tmp_path):
+    """Before: Ctrl-C printed a KeyboardInterrupt traceback. Now the lines scored so far stay in OUT, the message says
+    how many and to rerun with --resume (exit status 130), and the resume scores the rest, each line once."""
+    inp = write_lines(tmp_path / "in.jsonl", [GOOD[0], GOOD[1], GOOD[4], GOOD[2], GOOD[3]])  # line 3: a LaTeX bomb
+    out = tmp_path / "out.jsonl"
+    env = dict(os.environ, PYTHONPATH=str(REPO), COLUMNS="200")
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; from prorl.cli import main; sys.exit(main())",
+                             "score", str(inp), "-o", str(out), "--workers", "1", "--chunk-size", "1",
+                             "--timeout", "20"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (not out.exists() or len(out.read_text().splitlines()) < 2):
+        time.sleep(0.1)  # lines 1-2 are scored; the worker is now stuck in the bomb of line 3
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert "interrupted; 2 lines scored in this run" in stderr and "rerun with --resume" in stderr
+    assert [r["details"]["input_line"] for r in read_rows(out)] == [1, 2]
+    assert main(["score", str(inp), "-o", str(out), "--workers", "1", "--timeout", "2", "--resume"]) == 0
+    rows = read_rows(out)
+    assert [r["details"]["input_line"] for r in rows] == [1, 2, 3, 4, 5]
+    assert [r["status"] for r in rows] == ["ok", "wrong", "timeout", "ok", "format_error"]
 
 
 def test_sample_completions_score_cleanly(tmp_path):

@@ -172,7 +172,7 @@ def score_command(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from prorl.envs.workers import score_many
+    from prorl.envs.workers import close_pools, score_many
 
     out_console, err = Console(), Console(stderr=True)
     if not args.input.is_file():
@@ -207,7 +207,7 @@ def score_command(args: argparse.Namespace) -> int:
         summary.add(args.env or str(previous[i].get("env")), previous[i]["reward"], previous[i]["status"])
     todo = lines - done
     bad: list[int] = []
-    rescored = 0
+    rescored = written = 0
 
     columns = (TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=err) as progress, args.output.open("a" if args.resume else "w") as out:
@@ -219,17 +219,25 @@ def score_command(args: argparse.Namespace) -> int:
             progress.advance(bar)
 
         parsed = LineParser(args.env).lines(args.input, todo, malformed)
-        for chunk in _chunks(parsed, max(1, args.chunk_size)):
-            scores = score_many([c[2] for c in chunk], [c[1]["completion"] for c in chunk], [c[3] for c in chunk],
-                                workers=args.workers, timeout_s=args.timeout)
-            for (i, row, env, _task), score in zip(chunk, scores):
-                res = {**row, "reward": score.reward, "status": score.status,
-                       "details": {**score.details, "input_line": i}}
-                out.write(json.dumps(res, default=str) + "\n")
-                summary.add(env.id, score.reward, score.status)
-                rescored += i in retry
-            out.flush()  # a finished chunk is on disk: an interrupted run resumes after it
-            progress.advance(bar, len(chunk))
+        try:
+            for chunk in _chunks(parsed, max(1, args.chunk_size)):
+                scores = score_many([c[2] for c in chunk], [c[1]["completion"] for c in chunk],
+                                    [c[3] for c in chunk], workers=args.workers, timeout_s=args.timeout)
+                for (i, row, env, _task), score in zip(chunk, scores):
+                    res = {**row, "reward": score.reward, "status": score.status,
+                           "details": {**score.details, "input_line": i}}
+                    out.write(json.dumps(res, default=str) + "\n")
+                    summary.add(env.id, score.reward, score.status)
+                    rescored += i in retry
+                    written += 1
+                out.flush()  # a finished chunk is on disk: an interrupted run resumes after it
+                progress.advance(bar, len(chunk))
+        except KeyboardInterrupt:  # Ctrl-C: what finished is in OUT; say how to go on instead of a traceback
+            progress.stop()
+            close_pools()  # a worker stuck in a verifier would hold the exit until its timeout
+            err.print(f"[yellow]prorl score: interrupted; {written} lines scored in this run are "
+                      f"in {args.output}: rerun with --resume to score the rest")
+            return 130
     if rescored:  # the new records take the place of the old ones (appended meanwhile: nothing lost if interrupted)
         _previous(args.output)
     out_console.print(summary.table())

@@ -204,7 +204,8 @@ def get_pool(workers: int) -> ScoringPool:
 
 
 @atexit.register
-def _close_pools() -> None:
+def close_pools() -> None:
+    """Kill every scoring worker (a verifier still running included); the next call starts fresh ones."""
     for pool in _POOLS.values():
         pool.close()
     _POOLS.clear()
