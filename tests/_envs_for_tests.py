@@ -54,3 +54,13 @@ class OutageEcho(EchoEnv):
 
     def verify(self, answer, task):
         return Score(0.0, "infra_error", {"error": "sandbox unreachable (test)"})
+
+
+class MatchDetailsEcho(EchoEnv):
+    """Keeps the `re.Match` of the answer in the score's details: a value that cannot be pickled."""
+
+    def verify(self, answer, task):
+        import re
+
+        match = re.fullmatch(re.escape(task.reference["answer"]), answer.strip())
+        return Score.graded(float(match is not None), match=match, answer=answer.strip())

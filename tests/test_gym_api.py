@@ -13,7 +13,7 @@ import prorl
 from prorl.envs import Score, Task, list_envs, make, register, reload_plugins, split_think
 from prorl.envs.registry import spec
 
-from _envs_for_tests import EchoEnv, ThreadEcho
+from _envs_for_tests import EchoEnv, MatchDetailsEcho, ThreadEcho
 
 
 @pytest.fixture(scope="module")
@@ -171,6 +171,20 @@ def test_score_batch_keeps_order_and_reports_failures_as_such(echo_id):
     assert [s.status for s in env.score_batch(["1", "2"], tasks[1:3], workers=2)] == ["ok", "ok"]
     with pytest.raises(ValueError):
         env.score_batch(["1"], tasks, workers=2)
+
+
+def test_a_verdict_whose_details_cannot_be_pickled_comes_back_from_the_worker():
+    """A verifier keeping a `re.Match` in `details` scores in workers as it does inline: the verdict stands, the value
+    comes back as its repr. Before: the worker died sending it, was restarted, died again, and the sample was an
+    `infra_error` ("scoring worker died: EOFError()")."""
+    env = MatchDetailsEcho()
+    tasks = [{"q": "say 1", "answer": "1"}, {"q": "say 2", "answer": "2"}]
+    inline = env.score_batch(["1", "x"], tasks, workers=0)
+    scores = env.score_batch(["1", "x"], tasks, workers=1, timeout_s=30)
+    assert [(s.reward, s.status) for s in scores] == [(s.reward, s.status) for s in inline] == [(1.0, "ok"),
+                                                                                                (0.0, "wrong")]
+    assert scores[0].details == {"match": repr(inline[0].details["match"]), "answer": "1"}
+    assert scores[1].details == {"match": None, "answer": "x"}
 
 
 def test_inline_and_thread_scoring_paths():

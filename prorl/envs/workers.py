@@ -91,9 +91,28 @@ def _worker_main(rfd: int, wfd: int, parent_pid: int = 0) -> None:
         except Exception as exc:  # a verifier bug must not kill the worker or the batch
             score = Score(0.0, "infra_error", {"error": repr(exc), "traceback": traceback.format_exc(limit=4)})
         try:
-            conn_out.send(score)
+            try:
+                conn_out.send(score)
+            except (BrokenPipeError, OSError):
+                raise
+            except Exception:  # details the parent cannot unpickle (a re.Match...): the verdict, details as text
+                conn_out.send(Score(score.reward, score.status, _picklable_details(score.details)))
         except (BrokenPipeError, OSError):
             return
+
+
+def _picklable_details(details) -> dict:
+    """`details` with each value that cannot be pickled replaced by its repr (the worker sends Scores by pickle)."""
+    if not isinstance(details, dict):
+        return {"details": repr(details)}
+    out = {}
+    for key, value in details.items():
+        try:
+            pickle.dumps(value)
+            out[str(key)] = value
+        except Exception:
+            out[str(key)] = repr(value)
+    return out
 
 
 class _Worker:
