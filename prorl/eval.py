@@ -173,6 +173,8 @@ def load_eval_rows(spec: str, split: str | None = None, env: str | None = None, 
                 raise ValueError(f"{spec}: row {i} ({row_env}){key_error_message(exc)}") from None
             except (TypeError, ValueError) as exc:
                 raise ValueError(f"{spec}: row {i} ({row_env}): {exc}") from None
+            except Exception as exc:  # any other error of the environment's task_from_dict, named with the row
+                raise ValueError(f"{spec}: row {i} ({row_env}): {exc!r}") from exc
             row = {"id": task.id or str(i), "env": row_env, "prompt": task.prompt, "reference": task.reference,
                    "metadata": task.metadata}
         out.append({**row, "env": row_env})

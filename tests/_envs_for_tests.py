@@ -64,3 +64,12 @@ class MatchDetailsEcho(EchoEnv):
 
         match = re.fullmatch(re.escape(task.reference["answer"]), answer.strip())
         return Score.graded(float(match is not None), match=match, answer=answer.strip())
+
+
+class SloppyEcho(EchoEnv):
+    """Reads `answer` as text without checking it, as a quick custom env may: a number is an AttributeError."""
+
+    def task_from_dict(self, row):
+        task = super().task_from_dict(row)
+        task.reference["answer"] = row["answer"].strip()
+        return task

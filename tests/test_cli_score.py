@@ -107,6 +107,22 @@ def test_a_task_error_that_is_a_sentence_is_not_printed_as_a_field_name(tmp_path
     assert [r["details"]["input_line"] for r in read_rows(out)] == [3]
 
 
+def test_a_task_from_dict_that_raises_anything_is_one_bad_line(tmp_path, capsys):
+    """A custom environment whose task_from_dict raises an AttributeError on one line (`row["answer"].strip()` on a
+    number). Before: the run stopped with a traceback naming no line, the chunk read so far and the later lines
+    unscored."""
+    from prorl.envs import register
+
+    register("test/sloppy", "_envs_for_tests:SloppyEcho", override=True)
+    rows = [{"env": "test/sloppy", "q": "say 1", "answer": a, "completion": "1"} for a in ("1", 1, "1", "2")]
+    inp = write_lines(tmp_path / "in.jsonl", rows)
+    out = tmp_path / "out.jsonl"
+    assert main(["score", str(inp), "-o", str(out), "--workers", "1", "--chunk-size", "2"]) == 1
+    err = capsys.readouterr().err
+    assert "in.jsonl:2: bad task for 'test/sloppy': AttributeError(" in err
+    assert [(r["details"]["input_line"], r["status"]) for r in read_rows(out)] == [(1, "ok"), (3, "ok"), (4, "wrong")]
+
+
 def test_a_line_that_is_not_utf8_is_one_bad_line(tmp_path, capsys):
     inp = write_lines(tmp_path / "in.jsonl", GOOD[:3])
     lines = inp.read_bytes().splitlines(keepends=True)

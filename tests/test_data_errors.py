@@ -166,6 +166,20 @@ def test_a_logic_row_naming_an_unknown_reasoning_gym_task_is_a_bad_row(tmp_path)
     assert "'chain-sum' is not a reasoning-gym task (did you mean 'chain_sum'?)" in str(result.issues[0])
 
 
+def test_a_task_from_dict_that_raises_anything_is_a_bad_row_named_by_file_and_line(tmp_path):
+    """A custom environment whose task_from_dict raises an AttributeError on one row. Before: the build stopped
+    with a traceback from inside the environment, naming no file or line."""
+    from prorl.envs import register
+
+    register("test/data-sloppy", "_envs_for_tests:SloppyEcho", override=True)
+    rows = [{"q": f"say {i}", "answer": a} for i, a in enumerate(["1", 2, "3"])]
+    (tmp_path / "l.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = build(recipe_of(tmp_path, {"s": {"env": "test/data-sloppy", "path": "l.jsonl", "size": 2}}))
+    assert len(result.train) == 2 and [i.reason for i in result.issues] == ["invalid"]
+    assert str(result.issues[0]).startswith(f"{tmp_path / 'l.jsonl'}:2: test/data-sloppy rejected the row: "
+                                            "AttributeError(")
+
+
 def test_a_humaneval_row_without_a_usable_entry_point_is_a_bad_row_naming_the_field(tmp_path):
     """The test of a HumanEval row calls check(<entry_point>). Before the fix a null, missing, empty or non-string
     entry point was kept (a row without one was 'no known code task format', naming no field), and every completion

@@ -258,6 +258,10 @@ def test_load_eval_rows_names_the_row_and_field_of_a_bad_public_row(tmp_path):
     data.write_text(json.dumps([1, 2]) + "\n")
     with pytest.raises(ValueError, match=r"public\.jsonl:1: a row must be a JSON object, got list"):
         load_eval_rows(str(data), env="math")
+    prorl.register("test/sloppy", "_envs_for_tests:SloppyEcho", override=True)  # task_from_dict: AttributeError
+    data.write_text(json.dumps({"q": "say 1", "answer": "1"}) + "\n" + json.dumps({"q": "say 1", "answer": 1}) + "\n")
+    with pytest.raises(ValueError, match=r"public\.jsonl: row 1 \(test/sloppy\): AttributeError\("):  # was: traceback
+        load_eval_rows(str(data), env="test/sloppy")
 
 
 def test_eval_data_from_a_recipe_uses_its_held_out_split(models, tmp_path):

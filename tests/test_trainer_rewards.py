@@ -113,6 +113,19 @@ def test_unknown_or_missing_env_is_named_with_its_row_before_training():
         reward([[]], ["3"], env=[None], task=[_task("3")])
 
 
+def test_a_task_from_dict_that_raises_anything_is_named_with_its_row_before_training():
+    """A custom environment whose task_from_dict raises an AttributeError on one row. Before: `prorl train` ended
+    in a traceback from inside the environment naming no row (only KeyError/TypeError/ValueError were named)."""
+    import pytest
+
+    register("test/trainer-sloppy", "_envs_for_tests:SloppyEcho", override=True)
+    rows = [{"id": f"r{i}", "env": "test/trainer-sloppy", "q": "say 1", "answer": a} for i, a in enumerate(["1", 1])]
+    reward = EnvReward(workers=0)
+    reward.check_dataset(rows[:1])
+    with pytest.raises(ValueError, match=r"row 1 \(id 'r1'\) \(test/trainer-sloppy\): AttributeError\("):
+        reward.check_dataset(rows)
+
+
 def test_a_prompt_that_opens_think_makes_an_unclosed_completion_answer_nothing():
     """R1-distill templates end the prompt with `<think>\\n`: a completion cut off while reasoning has no `</think>`
     and was scored as an answer (its last \\boxed{} of a passing thought won), unlike the same text with the

@@ -96,6 +96,8 @@ def normalize_row(raw: RawRow, source: SourceConfig, env: Env) -> Candidate:
         raise FieldError(name, "missing" if name else str(exc.args[0] if exc.args else exc)) from None
     except (ValueError, TypeError) as exc:
         raise FieldError(None, f"{source.env} rejected the row: {exc}") from None
+    except Exception as exc:  # any other error of the environment's task_from_dict: this row, not the build
+        raise FieldError(None, f"{source.env} rejected the row: {exc!r}") from None
     question = _question_text(data, source, task)
     prompt = task.prompt
     if source.template:

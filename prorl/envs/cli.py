@@ -118,6 +118,8 @@ class LineParser:
             raise BadLine(f"task for {env_id!r}{key_error_message(exc)}") from None
         except (TypeError, ValueError) as exc:
             raise BadLine(f"bad task for {env_id!r}: {exc}") from None
+        except Exception as exc:  # any other error of the environment's task_from_dict: this line, not the run
+            raise BadLine(f"bad task for {env_id!r}: {exc!r}") from None
         return env, task
 
     def lines(self, path: Path, wanted: set[int],

@@ -158,6 +158,8 @@ class EnvReward:
                 raise ValueError(f"EnvReward: {where} ({env.id}){key_error_message(exc)}") from None
             except (TypeError, ValueError) as exc:
                 raise ValueError(f"EnvReward: {where} ({env.id}): {exc}") from None
+            except Exception as exc:  # any other error of the environment's task_from_dict, named with the row
+                raise ValueError(f"EnvReward: {where} ({env.id}): {exc!r}") from exc
 
     def score(self, prompts: Sequence[Any], completions: Sequence[Any], columns: dict[str, list]) -> list[Score]:
         """Score a batch. `columns` maps dataset column names to per-sample values (TRL's reward kwargs)."""
