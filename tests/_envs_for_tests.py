@@ -73,3 +73,10 @@ class SloppyEcho(EchoEnv):
         task = super().task_from_dict(row)
         task.reference["answer"] = row["answer"].strip()
         return task
+
+
+class BrokenGeneratorEcho(EchoEnv):
+    """A generator that forgets a field its task_from_dict reads (a bug in a custom env): KeyError 'answer'."""
+
+    def generate(self, rng):
+        return {"q": "say 1"}

@@ -348,3 +348,41 @@ def test_one_gym_env_written_as_a_string_in_yaml(tmp_path):
     script, _ = parse_args(["--config", str(config)])
     assert script.gym_envs == ["logic/chain_sum"]
     assert set(gym_dataset(script.gym_envs, 2)["env"]) == {"logic/chain_sum"}
+
+
+def test_gym_tasks_are_generated_by_the_env_as_env_kwargs_configure_it(tmp_path):
+    """`--gym_envs ifeval --env_kwargs '{"ifeval": {"instructions": [1, 1]}}'` trains on tasks of one instruction,
+    the tasks the reward's environment is built for. Before: gym_dataset built its environments without
+    env_kwargs, so the tasks were drawn with the defaults (1-3 instructions) and a custom env's arguments were
+    ignored for the training set."""
+    from prorl.train import gym_dataset, setup
+
+    kwargs = {"ifeval": {"instructions": [1, 1]}}
+    tasks = [json.loads(t) for t in gym_dataset(["ifeval"], 6, env_kwargs=kwargs)["task"]]
+    assert [len(t["reference"]["instruction_id_list"]) for t in tasks] == [1] * 6
+    assert {len(json.loads(t)["reference"]["instruction_id_list"]) for t in gym_dataset(["ifeval"], 6)["task"]} != {1}
+    trainer, _ = setup(["--config", str(ROOT / "configs" / "tiny-cpu.yaml"), "--output_dir", str(tmp_path / "out"),
+                        "--model_name_or_path", str(tmp_path / "model"), "--gym_envs", "ifeval",
+                        "--gym_tasks_per_env", "6", "--env_kwargs", json.dumps(kwargs)])
+    assert [len(json.loads(t)["reference"]["instruction_id_list"]) for t in trainer.train_dataset["task"]] == [1] * 6
+
+
+def test_a_gym_env_that_cannot_generate_its_tasks_is_named(tmp_path, capsys):
+    """`--gym_envs math` (no generator): a one-line error saying what to do (before: a NotImplementedError traceback
+    telling to `pass dataset=[...] to make()`). A custom env whose generator has a bug: an error naming the env
+    (before: a KeyError that `prorl train` printed as `error: 'answer'`)."""
+    from prorl.envs import register
+    from prorl.train import gym_dataset
+
+    base = ["--config", str(ROOT / "configs" / "tiny-cpu.yaml"), "--output_dir", str(tmp_path / "out"),
+            "--model_name_or_path", str(tmp_path / "model"), "--max_steps", "1"]
+    assert main(base + ["--gym_envs", "math"]) == 2
+    err = capsys.readouterr().err
+    assert "prorl train: error: gym_envs: 'math' cannot generate tasks" in err and "Traceback" not in err
+    assert main(base + ["--gym_envs", "math", "--env_kwargs", '{"math": {"dataset": []}}']) == 2
+    assert "prorl train: error: gym_envs: 'math': math: the dataset given to the environment is empty" in \
+        capsys.readouterr().err  # was: ZeroDivisionError
+    register("test/broken-gen", "_envs_for_tests:BrokenGeneratorEcho", override=True)
+    with pytest.raises(RuntimeError, match=r"gym_envs: 'test/broken-gen' failed to generate its tasks: "
+                                           r"KeyError\('answer'\)"):
+        gym_dataset(["test/broken-gen"], 2)

@@ -159,6 +159,8 @@ class Env:
         """`n` tasks from the dataset (cycled) or the generator, deterministic for a seed."""
         rng = random.Random(seed)
         if self.dataset is not None:
+            if not self.dataset and n > 0:
+                raise ValueError(f"{self.id}: the dataset given to the environment is empty")
             return [self.as_task(self.dataset[i % len(self.dataset)]) for i in range(n)]
         return [self.task_from_dict(self.generate(rng)) for _ in range(n)]
 
