@@ -282,6 +282,31 @@ def test_a_plugin_whose_registration_raises_breaks_neither_make_nor_other_plugin
     assert "plugin/after-broken" in list_envs()
 
 
+def test_a_plugin_whose_id_is_taken_is_reported_not_dropped_silently(tmp_path, monkeypatch, caplog):
+    """An entry point `math = pkg:Env` cannot replace the built-in `math`: it is left out with a warning naming both.
+    Before: left out without a word (`prorl envs` showed the built-in's description). A package that registers its
+    own class at import under the entry point's name (as "module:attr") is not warned about."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "prorl_taken_plugin.py").write_text(textwrap.dedent('''
+        import prorl
+        from _envs_for_tests import EchoEnv
+
+        class Mine(EchoEnv):
+            """test plugin"""
+
+        prorl.register("plugin/self-registered", "prorl_taken_plugin:Mine", override=True)
+    '''))
+    _install_dist(site, "prorl_taken_plugin",
+                  "math = prorl_taken_plugin:Mine\nplugin/self-registered = prorl_taken_plugin:Mine")
+    monkeypatch.syspath_prepend(str(site))
+    with caplog.at_level("WARNING", logger="prorl.envs.registry"):
+        reload_plugins()
+    warnings = [r.getMessage() for r in caplog.records]
+    assert warnings == ["prorl.envs plugin 'math' (prorl_taken_plugin.Mine) is not registered: the id is already "
+                        "taken by 'prorl.envs.math:MathEnv'"]
+    assert type(make("math")).__name__ == "MathEnv" and type(make("plugin/self-registered")).__name__ == "Mine"
+
 def test_top_level_api_is_exported():
     assert prorl.make is make and prorl.register is register and prorl.list_envs is list_envs
 

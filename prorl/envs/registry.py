@@ -81,6 +81,17 @@ def _same_definition(old: Any, new: Any) -> bool:
         (getattr(new, "__module__", None), getattr(new, "__qualname__", None)) and hasattr(new, "__qualname__")
 
 
+def _registered_as(env_id: str, obj: Any) -> bool:
+    """Whether `env_id` is registered with `obj` (directly, or as the "module:attr" string that names it)."""
+    entry = _REGISTRY[env_id].entry_point
+    if _same_definition(entry, obj):
+        return True
+    try:
+        return isinstance(entry, str) and _REGISTRY[env_id].load() is obj
+    except Exception:
+        return False
+
+
 def _first_line(text: str) -> str:
     return text.strip().splitlines()[0].strip() if text.strip() else ""
 
@@ -104,6 +115,9 @@ def _load_plugins() -> None:
         if isinstance(obj, type):
             if ep.name not in _REGISTRY:
                 register(ep.name, obj)
+            elif not _registered_as(ep.name, obj):  # the id is taken (a built-in, another plugin): say so
+                log.warning("prorl.envs plugin %r (%s.%s) is not registered: the id is already taken by %r", ep.name,
+                            obj.__module__, obj.__qualname__, _REGISTRY[ep.name].entry_point)
         elif callable(obj):
             try:
                 obj()
