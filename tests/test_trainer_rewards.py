@@ -29,7 +29,7 @@ def test_row_schemas():
     assert completion_text([{"role": "assistant", "content": "hi"}]) == "hi" and completion_text("hi") == "hi"
 
 
-def test_env_reward_masks_timeouts_and_infra_errors():
+def test_env_reward_masks_timeouts_and_infra_errors(caplog):
     logged, extra = {}, {}
     reward = EnvReward(workers=2, timeout_s=2.0)
     completions = [[{"role": "assistant", "content": c}] for c in ("3", "4", "SLEEP", "RAISE", "<think>x</think>5")]
@@ -48,6 +48,11 @@ def test_env_reward_masks_timeouts_and_infra_errors():
     assert extra["status"] == ["ok", "wrong", "timeout", "infra_error", "ok"]
     assert {k: sum(v) / len(v) for k, v in logged.items()} == {
         "reward/test/trainer-echo": 2 / 3, "masked/timeout": 0.2, "masked/infra_error": 0.2}
+    # the verifier's error is shown once (before: only counted, so a broken verifier masked a whole run unseen)
+    assert [r.getMessage() for r in caplog.records if r.name == "prorl.trainer.rewards"] == [
+        "EnvReward: test/trainer-echo could not score a sample (infra_error, masked): RuntimeError('verifier bug')"]
+    reward(prompts[3:4], completions[3:4], **{k: v[3:4] for k, v in rows.items()})
+    assert len([r for r in caplog.records if r.name == "prorl.trainer.rewards"]) == 1
 
 
 def test_per_env_metrics_weigh_every_sample_alike_across_processes():

@@ -107,6 +107,7 @@ class EnvReward:
         self.env_column = env_column
         self._envs: dict[str, Env] = {}
         self.last_scores: list[Score] = []  # the scores of the latest call, for inspection
+        self._warned: set[tuple[str, str]] = set()  # (env, error) of the infra errors already logged
 
     def env(self, env_id: str) -> Env:
         if env_id not in self._envs:
@@ -177,7 +178,21 @@ class EnvReward:
                 opens = split_think(prompt)[0] is None if isinstance(prompt, str) else self.template_opens_think
             if opens:
                 texts[i] = "<think>" + text
-        return score_many(envs, texts, tasks, workers=self.workers, timeout_s=self.timeout_s)
+        scores = score_many(envs, texts, tasks, workers=self.workers, timeout_s=self.timeout_s)
+        self._warn_infra_errors(envs, scores)
+        return scores
+
+    def _warn_infra_errors(self, envs: Sequence[Env], scores: Sequence[Score]) -> None:
+        """Log each distinct error behind `infra_error` verdicts once (the first 20): masked samples are only
+        counted in `masked/infra_error`, and a verifier bug (an exception, a non-Score return) would otherwise
+        mask every sample of a run without its message ever being shown."""
+        for env, s in zip(envs, scores):
+            if s.status != "infra_error" or len(self._warned) >= 20:
+                continue
+            key = (env.id, str(s.details.get("error", s.details) if isinstance(s.details, dict) else s.details))
+            if key not in self._warned:
+                self._warned.add(key)
+                log.warning("EnvReward: %s could not score a sample (infra_error, masked): %.500s", *key)
 
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], log_metric: Callable | None = None,
                  log_extra: Callable | None = None, **kwargs) -> list[float | None]:
