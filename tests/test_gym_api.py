@@ -55,6 +55,16 @@ def test_register_as_decorator_and_duplicate_ids():
     assert type(make("test/decorated")) is EchoEnv
 
 
+def test_an_entry_point_that_names_nothing_is_refused_when_registered():
+    """Before: `register("x", "json")` was accepted and `make` failed with "module 'json' has no attribute ''" (and
+    `register("x", 5)` with "'int' object is not callable")."""
+    for bad in ("json", ":Env", "json:", 5):
+        with pytest.raises(ValueError, match=r"'test/bad-ep': the entry point must be an Env class, a function "
+                                             r"returning an Env or a 'module:attr' string, got"):
+            register("test/bad-ep", bad)
+    assert "test/bad-ep" not in list_envs()
+
+
 def test_registering_the_same_class_again_replaces_it():
     """A notebook cell or a module run twice defines a new class object of the same name: it replaces the old one
     instead of raising (a different class under the same id still raises)."""

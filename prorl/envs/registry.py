@@ -59,6 +59,9 @@ def register(env_id: str, entry_point: Any = None, *, description: str = "", ove
         raise ValueError(f"env_id must be a non-empty string, got {env_id!r}")
 
     def _do(ep):
+        if isinstance(ep, str) and not all(ep.partition(":")[::2]) or not isinstance(ep, str) and not callable(ep):
+            raise ValueError(f"{env_id!r}: the entry point must be an Env class, a function returning an Env or a "
+                             f"'module:attr' string, got {ep!r}")
         if env_id in _REGISTRY and not override and not _same_definition(_REGISTRY[env_id].entry_point, ep):
             raise ValueError(f"environment {env_id!r} is already registered (pass override=True to replace it)")
         desc = description or (_first_line(getattr(ep, "description", "") or getattr(ep, "__doc__", "") or "")
