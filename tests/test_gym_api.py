@@ -65,6 +65,26 @@ def test_an_entry_point_that_names_nothing_is_refused_when_registered():
     assert "test/bad-ep" not in list_envs()
 
 
+def test_a_key_error_inside_an_env_constructor_is_not_an_unknown_environment(tmp_path, capsys, monkeypatch):
+    """An env whose __init__ looks up a missing key (LEVELS[level]). Before: make() let the KeyError out, which every
+    caller reads as "unknown environment": `prorl score` printed `in.jsonl:1: 3`, `prorl train` `error: 3`."""
+    from prorl.cli import main
+
+    class Levels(EchoEnv):
+        def __init__(self, level=3, **kwargs):
+            super().__init__(**kwargs)
+            self.length = {1: 3, 2: 5}[level]
+
+    register("test/levels", Levels, override=True)
+    assert make("test/levels", level=1).length == 3
+    with pytest.raises(RuntimeError, match=r"environment 'test/levels' failed to build: KeyError\(3\)"):
+        make("test/levels")
+    monkeypatch.setenv("COLUMNS", "300")  # rich wraps the error line at the terminal width
+    (tmp_path / "in.jsonl").write_text('{"env": "test/levels", "q": "say 1", "answer": "1", "completion": "1"}\n')
+    assert main(["score", str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "out.jsonl"), "--workers", "0"]) == 1
+    assert "in.jsonl:1: environment 'test/levels' failed to build: RuntimeError(" in capsys.readouterr().err
+
+
 def test_registering_the_same_class_again_replaces_it():
     """A notebook cell or a module run twice defines a new class object of the same name: it replaces the old one
     instead of raising (a different class under the same id still raises)."""

@@ -147,7 +147,10 @@ def spec(env_id: str) -> EnvSpec:
 def make(env_id: str, **kwargs):
     """Build the environment registered as `env_id`; keyword arguments override the registered defaults."""
     s = spec(env_id)
-    env = s.load()(**{**s.kwargs, **kwargs})
+    try:
+        env = s.load()(**{**s.kwargs, **kwargs})
+    except KeyError as exc:  # not "unknown environment": callers read a KeyError from make() as that
+        raise RuntimeError(f"environment {env_id!r} failed to build: {exc!r}") from exc
     env.id = env_id
     return env
 
