@@ -187,6 +187,12 @@ def test_score_validates_reward_and_status():
         Score(0.5, "partial")
     assert Score(0, "timeout").masked and not Score(0, "wrong").masked
     assert Score.graded(0.5).status == "wrong" and Score.graded(1.0).status == "ok"
+    # a reward summed from fractions rounds just past a bound: clipped, not refused (before: infra_error, masked)
+    full, none = Score.graded(0.2 + 0.4 + 0.3 + 0.1), Score.graded(0.3 - 0.1 - 0.2)  # 1 + 2e-16, -3e-17
+    assert (full.reward, full.status, none.reward, none.status) == (1.0, "ok", 0.0, "wrong")
+    for bad in (1.0001, -0.0001, float("nan")):
+        with pytest.raises(ValueError, match="must be in"):
+            Score(bad, "wrong")
 
 
 def test_score_batch_keeps_order_and_reports_failures_as_such(echo_id):

@@ -34,6 +34,9 @@ class Task:
         return asdict(self)
 
 
+_REWARD_SLACK = 1e-9  # floating-point rounding of a reward computed as a sum, clipped to [0, 1]
+
+
 @dataclass
 class Score:
     """The verdict on one completion. `reward` is in [0, 1]; `status` is one of `STATUSES`."""
@@ -46,9 +49,9 @@ class Score:
         if self.status not in STATUSES:
             raise ValueError(f"Score.status must be one of {STATUSES}, got {self.status!r}")
         reward = float(self.reward)
-        if not 0.0 <= reward <= 1.0 or reward != reward:
+        if not -_REWARD_SLACK <= reward <= 1.0 + _REWARD_SLACK or reward != reward:
             raise ValueError(f"Score.reward must be in [0, 1], got {self.reward!r}")
-        self.reward = reward
+        self.reward = min(max(reward, 0.0), 1.0)  # a sum of fractions (0.2 + 0.4 + 0.3 + 0.1) may round just past 1
 
     @property
     def masked(self) -> bool:
