@@ -42,8 +42,14 @@ def test_generation_is_deterministic_and_bounded():
     assert generate_task(random.Random(7)) != generate_task(random.Random(8))
     rng = random.Random(1)
     assert all(len(generate_task(rng, (2, 2))["instruction_id_list"]) == 2 for _ in range(200))
+    # before: a first pick that combines with few others (json_format: keywords only) stopped the draw short, so
+    # (3, 3) gave 2 instructions in 9% of the tasks
+    assert all(len(generate_task(rng, (3, 3))["instruction_id_list"]) == 3 for _ in range(500))
+    assert len(prorl.make("ifeval", instructions=(6, 6)).sample_tasks(1, seed=0)[0].reference["kwargs"]) == 6
     with pytest.raises(ValueError, match="instructions must be"):
         prorl.make("ifeval", instructions=(0, 2))
+    with pytest.raises(ValueError, match=r"most <= 6 \(one instruction per group\), got \(1, 7\)"):
+        prorl.make("ifeval", instructions=(1, 7))
     env = prorl.make("ifeval", seed=5)
     first = env.reset()[0]
     assert env.reset(seed=5)[0] == first and env.reset(seed=5)[0] == prorl.make("ifeval").reset(seed=5)[0]

@@ -229,19 +229,27 @@ def compatible(instruction_id: str, chosen: list[str]) -> bool:
     return not any(frozenset((instruction_id, i)) in CONFLICTS for i in chosen)
 
 
+MOST_INSTRUCTIONS = len(set(GROUP.values()) - {"whole"})  # one per group; "whole" combines with keywords only
+
+
 def generate_task(rng: random.Random, instructions: tuple[int, int] = (1, 3)) -> dict[str, Any]:
     """One IFEval-style row with between instructions[0] and instructions[1] compatible instructions."""
     low, high = instructions
     if not 1 <= low <= high:
         raise ValueError(f"instructions must be (low, high) with 1 <= low <= high, got {instructions!r}")
+    if high > MOST_INSTRUCTIONS:
+        raise ValueError(f"instructions: at most {MOST_INSTRUCTIONS} compatible instructions fit in one task (one per "
+                         f"group), got {instructions!r}")
     request = rng.choice(REQUESTS)
     want = rng.randint(low, high)
     ids: list[str] = []
-    for instruction_id in rng.sample(sorted(DESCRIBE), len(DESCRIBE)):
-        if len(ids) == want:
-            break
-        if compatible(instruction_id, ids):
-            ids.append(instruction_id)
+    while len(ids) < want:  # a first pick that combines with few others (json_format) can fall short: draw again
+        ids = []
+        for instruction_id in rng.sample(sorted(DESCRIBE), len(DESCRIBE)):
+            if len(ids) == want:
+                break
+            if compatible(instruction_id, ids):
+                ids.append(instruction_id)
     kwargs, texts = zip(*(DESCRIBE[i](rng, request) for i in ids))
     return {"key": f"gen-{rng.getrandbits(48):012x}", "prompt": " ".join((request, *texts)),
             "instruction_id_list": ids, "kwargs": list(kwargs)}
