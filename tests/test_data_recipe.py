@@ -43,6 +43,17 @@ def test_invalid_recipes_name_the_file_and_field(raw, message, tmp_path):
     assert message in str(info.value)
 
 
+@pytest.mark.parametrize("weight", [".nan", ".inf", "1e400", "-.inf", "two", "'2'"])
+def test_a_weight_that_is_not_a_finite_number_is_an_error_naming_the_field(tmp_path, weight):
+    """Before the fix YAML's .nan / .inf (and 1e400, read as inf) passed the `weight > 0` check and the build failed
+    in Recipe.wanted() with a bare 'cannot convert float NaN to integer', naming neither the file nor the field."""
+    path = tmp_path / "my.yaml"
+    path.write_text(f"name: r\ntotal: 10\nsources:\n  a: {{env: math, path: a.jsonl, weight: {weight}}}\n"
+                    f"  b: {{env: math, path: b.jsonl, weight: 1}}\n")
+    with pytest.raises(RecipeError, match=rf"^{path}: sources\.a\.weight: must be a positive number, got "):
+        load_recipe(path)
+
+
 def test_overrides_set_nested_fields_and_drop_sources(tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text("name: r\nsources:\n  a: {env: math, path: a.jsonl, size: 5}\n  b: {env: math, path: b.jsonl, size: 5}\n")

@@ -13,6 +13,7 @@ twice in one mapping (two sources of one name) is an error naming both lines, no
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
 from dataclasses import MISSING, dataclass, field, fields
@@ -255,7 +256,8 @@ def _parse_source(name, spec, where: str, fail) -> SourceConfig:
     if not isinstance(where_, dict) or not all(isinstance(k, str) for k in where_):
         fail(f"{where}.where", "must be a mapping {column: value}")
     weight = spec.get("weight")
-    if weight is not None and (isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight <= 0):
+    if weight is not None and (isinstance(weight, bool) or not isinstance(weight, (int, float))
+                               or not math.isfinite(weight) or weight <= 0):  # YAML's .nan, .inf, 1e400
         fail(f"{where}.weight", f"must be a positive number, got {weight!r}")
     adapter = _str(spec.get("adapter"), f"{where}.adapter", fail)
     if adapter is not None:
