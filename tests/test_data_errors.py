@@ -212,3 +212,33 @@ def test_load_rows_reads_gzipped_json_lines_and_arrays(tmp_path):
     (tmp_path / "a.json.gz").write_bytes(gzip.compress(json.dumps(rows, indent=1).encode()))
     assert load_rows(tmp_path / "l.jsonl.gz") == rows
     assert load_rows(tmp_path / "a.json.gz") == rows
+
+
+def test_a_source_with_no_usable_row_is_named_when_it_empties_the_mixture(tmp_path, capsys):
+    """With shortfall=scale one source with no usable row scales every source to 0 rows. Before the fix the error
+    named no source and counted no `where:` drop: 'no training rows in the mixture (rows dropped: none)', while the
+    card's table said the source dropped every row it read and its 'Rows dropped' table said '(none)'."""
+    (tmp_path / "m.jsonl").write_bytes(b"\n".join(math_lines(4)) + b"\n")
+    rows = [{"ability": "math", "question": f"Print {i}.", "tests": [{"input": "", "output": str(i)}]} for i in range(3)]
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    recipe_of(tmp_path, {"math": {"env": "math", "path": "m.jsonl", "size": 2},
+                         "code": {"env": "code", "path": "c.jsonl", "size": 2, "where": {"ability": "code"}}},
+              shortfall="scale")
+    assert cli_main(["data", "build", str(tmp_path / "recipe.yaml"), "-o", str(tmp_path / "out"), "-q"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert ("no training rows in the mixture (rows dropped: not_selected: 3); sources.code has no usable row (3 read, "
+            "not_selected: 3) and shortfall=scale scales every source down with it") in err, err
+    card = json.loads((tmp_path / "out" / "card.json").read_text())
+    assert card["dropped"] == {"not_selected": 3} == card["sources"]["code"]["dropped"]
+    assert card["sources"]["math"]["available"] == 4 and card["rows"]["train"] == 0
+    assert "| not_selected | 3 |" in (tmp_path / "out" / "card.md").read_text()
+    assert (tmp_path / "out" / "dropped.jsonl").read_text() == ""  # not errors: counted, not listed
+
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps({**r, "ability": "code"}) + "\n" for r in rows))
+    recipe_of(tmp_path, {"math": {"env": "math", "path": "m.jsonl", "size": 2},
+                         "code": {"env": "code", "path": "c.jsonl", "size": 2, "columns": {"question": "questn"}}},
+              shortfall="scale")  # a wrong column mapping: every row invalid
+    assert cli_main(["data", "build", str(tmp_path / "recipe.yaml"), "-o", str(tmp_path / "out"), "-q"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"{tmp_path / 'c.jsonl'}:1: field 'questn': missing" in err
+    assert "(rows dropped: invalid: 3); sources.code has no usable row (3 read, invalid: 3) and shortfall" in err, err

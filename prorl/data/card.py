@@ -64,7 +64,9 @@ def card_dict(result) -> dict[str, Any]:
             "recipe_share": round(wanted[s.name] / wanted_total, 4),
             "per_task": dict(sorted(st.per_task.items())) if len(st.per_task) > 1 else None,
         }
-    dropped = Counter(i.reason for i in result.issues)
+    # per source, so rows a `where:` filter left out (`not_selected`: counted, not listed in dropped.jsonl) are in
+    # the total as they are in each source's `dropped`
+    dropped = sum((Counter(result.stats[s.name].dropped) for s in recipe.sources), Counter())
     return {
         "name": recipe.name, "description": recipe.description,
         "recipe": str(recipe.path) if recipe.path else None,

@@ -117,7 +117,12 @@ def run(args: argparse.Namespace, name: str) -> int:
         console.print(card_table(card_dict(result)))
     if not result.train:  # saved all the same: the card and dropped.jsonl say why
         dropped = ", ".join(f"{k}: {v}" for k, v in sorted(card_dict(result)["dropped"].items())) or "none"
-        err.print(f"[bold red]error:[/] no training rows in the mixture (rows dropped: {dropped}); see "
+        empty = [s for s in result.stats.values() if s.available == 0]
+        why = "".join(f"; sources.{s.name} has no usable row ({s.read} read"
+                      + "".join(f", {k}: {v}" for k, v in sorted(s.dropped.items())) + ")" for s in empty)
+        if empty and result.recipe.shortfall == "scale" and len(empty) < len(result.stats):
+            why += " and shortfall=scale scales every source down with it (fix or remove it)"
+        err.print(f"[bold red]error:[/] no training rows in the mixture (rows dropped: {dropped}){why}; see "
                   f"{args.output}/card.md and dropped.jsonl", markup=True, highlight=False, soft_wrap=True)
         return 2
     console.print(f"wrote {args.output}/train.parquet ({len(result.train)} rows)"
