@@ -64,6 +64,20 @@ def test_overrides_set_nested_fields_and_drop_sources(tmp_path):
         apply_overrides({}, ["seed"])
 
 
+def test_leaving_out_a_source_the_recipe_does_not_have_is_an_error(tmp_path):
+    """`--set sources.NAME=null` leaves a source out. Before the fix a misspelt NAME was accepted without a word and
+    the source meant to be left out stayed in the mixture."""
+    path = tmp_path / "r.yaml"
+    path.write_text("name: r\nsources:\n  gsm8k: {env: math, path: a.jsonl, size: 5}\n"
+                    "  mbpp: {env: code, path: b.jsonl, size: 5}\n")
+    with pytest.raises(RecipeError, match=r"^--set 'sources.gsm8=null': the recipe has no source 'gsm8' to leave "
+                                          r"out \(did you mean 'gsm8k'\?\)"):
+        load_recipe(path, ["sources.gsm8=null"])
+    with pytest.raises(RecipeError, match=r"no source 'x' to leave out; sources: \['gsm8k', 'mbpp'\]"):
+        load_recipe(path, ["sources.x="])
+    assert [s.name for s in load_recipe(path, ["sources.gsm8k=null", "sources.gsm8k=null"]).sources] == ["mbpp"]
+
+
 @pytest.mark.parametrize("text,kind", [("", "NoneType"), ("- a\n- b\n", "list")])
 def test_a_recipe_that_is_not_a_mapping_is_named_also_with_overrides(tmp_path, text, kind):
     (tmp_path / "r.yaml").write_text(text)

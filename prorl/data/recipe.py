@@ -297,9 +297,14 @@ def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> dict:
                 raise RecipeError(f"--set {item!r}: {part!r} is not a mapping")
             node = child
         try:
-            node[parts[-1]] = load_yaml(value) if value.strip() else None
+            parsed = load_yaml(value) if value.strip() else None
         except yaml.YAMLError as exc:
             raise RecipeError(f"--set {item!r}: the value is not valid YAML: {exc}") from None
+        if parsed is None and parts[:-1] == ["sources"] and parts[-1] not in node:  # else a typo leaves it in
+            close = difflib.get_close_matches(parts[-1], [str(k) for k in node], n=1)
+            raise RecipeError(f"--set {item!r}: the recipe has no source {parts[-1]!r} to leave out"
+                              + (f" (did you mean {close[0]!r}?)" if close else f"; sources: {sorted(map(str, node))}"))
+        node[parts[-1]] = parsed
     return raw
 
 
