@@ -306,6 +306,29 @@ def test_dynamic_sampling_drops_groups_with_nothing_to_train_on(tiny_model, tmp_
     assert _history(trainer, "dynamic_sampling/dropped_groups")[0] > 0
 
 
+def test_dynamic_sampling_filters_on_what_normalize_then_sum_advantages_see(tiny_model, tmp_path):
+    """Two reward functions that trade off (weights 2 and 1, 0/1 and 2/0 by turn) have a constant weighted total,
+    but under multi_objective_aggregation='normalize_then_sum' TRL normalises each within the group first, and the
+    group has advantages of +-0.94: it is kept. A group where each function is constant is still dropped."""
+    def correct(prompts, completions, qid, **kwargs):
+        return [0.0 if q % 2 == 0 else float(i % 2) for i, q in enumerate(qid)]
+
+    def concise(prompts, completions, qid, **kwargs):
+        return [1.0 if q % 2 == 0 else 2.0 * (1 - i % 2) for i, q in enumerate(qid)]
+
+    args = fast_config(tmp_path, max_steps=1, reward_weights=[2.0, 1.0], dynamic_sampling_max_rounds=0,
+                       multi_objective_aggregation="normalize_then_sum")
+    trainer = RecordingTrainer(tiny_model, reward_funcs=[correct, concise], args=args,
+                               train_dataset=prompt_dataset(2))  # q0 (constant), q1 (trade-off)
+    trainer.train()
+    assert _history(trainer, "dynamic_sampling/kept_groups") == [1.0]
+    assert _history(trainer, "dynamic_sampling/dropped_groups") == [1.0]
+    batch = trainer.trained[0]
+    trained = (batch["completion_mask"].sum(dim=1) > 0).view(-1, 4).any(dim=1)
+    assert trained.sum() == 1  # the trade-off group trains, the filler rows of q0 do not
+    assert batch["advantages"].view(-1, 4)[trained].abs().min() > 0.9
+
+
 # -- Configuration and the mixture ------------------------------------------------------------------------------
 def test_config_rejects_bad_fields(tmp_path):
     with pytest.raises(ValueError, match="accuracy_window"):

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from accelerate.utils import gather
 from trl.models.utils import disable_gradient_checkpointing
-from trl.trainer.utils import RepeatSampler
+from trl.trainer.utils import RepeatSampler, nanstd
 
 from prorl.trainer.sampling import concat_rows, group_by_length, group_keep_mask, num_rows, select_rows
 
@@ -45,6 +45,18 @@ class DynamicSamplingMixin:
         total[torch.isnan(rewards_per_func).all(dim=1)] = torch.nan
         return total
 
+    def _advantage_rewards(self, rewards_per_func: torch.Tensor) -> torch.Tensor:
+        """Per-completion rewards whose spread within a group is what TRL's advantages see: the weighted total,
+        or under `multi_objective_aggregation='normalize_then_sum'` the weighted sum of each function's rewards
+        normalised within the group (two functions can trade off to a constant total whose normalised sum still
+        varies, and TRL then trains on the group)."""
+        if self.multi_objective_aggregation != "normalize_then_sum":
+            return self._total_rewards(rewards_per_func)
+        grouped = rewards_per_func.view(-1, self.num_generations, rewards_per_func.size(1))
+        normalized = (grouped - torch.nanmean(grouped, dim=1, keepdim=True)) / (nanstd(grouped, dim=1, keepdim=True)
+                                                                                 + 1e-4)  # as TRL
+        return self._total_rewards(normalized.view_as(rewards_per_func))
+
     def _generate_and_score_completions(self, inputs):
         if not self.model.training:
             return super()._generate_and_score_completions(inputs)
@@ -71,7 +83,7 @@ class DynamicSamplingMixin:
         while True:
             rounds += 1
             out, deferred = self._generate_round(batch)
-            keep = group_keep_mask(self._total_rewards(self._round_rewards), self.num_generations,
+            keep = group_keep_mask(self._advantage_rewards(self._round_rewards), self.num_generations,
                                    self.args.dynamic_sampling_accuracy_window, self.args.dynamic_sampling_std_tol,
                                    accuracy=self._round_verdicts)
             keep &= self._trainable_groups(out).to(keep.device)
