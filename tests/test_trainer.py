@@ -538,3 +538,16 @@ def test_fsdp_that_accelerate_does_not_enable_is_said(tiny_model, tmp_path, capl
         trainer._check_fsdp()
     assert not trainer.is_fsdp_enabled
     assert any("fsdp is set but accelerate did not enable FSDP" in r.getMessage() for r in caplog.records)
+
+
+def test_positional_arguments_are_grpo_trainers():
+    """A GRPOTrainer call switched to ProRLTrainer passes each positional argument to the same parameter: before,
+    reward_processing_classes (7th) landed in callbacks, and failed only when training called the first hook."""
+    import inspect
+
+    from trl import GRPOTrainer
+
+    ours = list(inspect.signature(ProRLTrainer.__init__).parameters)
+    theirs = list(inspect.signature(GRPOTrainer.__init__).parameters)
+    positional = ours[:ours.index("callbacks") + 1]
+    assert positional == theirs[:len(positional)]

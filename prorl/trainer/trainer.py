@@ -56,7 +56,8 @@ class ProRLTrainer(StagesMixin, DynamicSamplingMixin, PaddingFreeMixin, SkipEmpt
     _tag_names = ["trl", "grpo", "prorl"]
 
     def __init__(self, model, reward_funcs=None, args: ProRLConfig | None = None, train_dataset=None,
-                 eval_dataset=None, processing_class=None, callbacks=None, **kwargs):
+                 eval_dataset=None, processing_class=None, reward_processing_classes=None, callbacks=None, **kwargs):
+        # GRPOTrainer's order of arguments, so that a call written for it passes each one to the same parameter
         if not isinstance(args, ProRLConfig):
             raise TypeError(f"ProRLTrainer needs a ProRLConfig, got {type(args).__name__}")
         if reward_funcs is None:
@@ -68,7 +69,8 @@ class ProRLTrainer(StagesMixin, DynamicSamplingMixin, PaddingFreeMixin, SkipEmpt
                         "dropped groups included, so merged rows from different rounds carry differently scaled "
                         "advantages; 'group' or 'none' do not have this problem")
         super().__init__(model, reward_funcs, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-                         processing_class=processing_class, callbacks=callbacks, **kwargs)
+                         processing_class=processing_class, reward_processing_classes=reward_processing_classes,
+                         callbacks=callbacks, **kwargs)
         self._check_fsdp()
         keep_selective_checkpointing(self.model)  # every_n_layers survives TRL's re-enable after each generation
         self._check_length_grouping()
