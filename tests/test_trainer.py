@@ -339,6 +339,12 @@ def test_config_rejects_bad_fields(tmp_path):
         fast_config(tmp_path, stages=[{}, {"tempreature": 1.0}])
     with pytest.raises(ValueError, match="reset_on_kl needs beta > 0"):
         fast_config(tmp_path, beta=0.0, reset_on_kl=0.1)
+    # each reward function gets penalty / sum of weights: with weights summing to 0 the penalty would vanish
+    with pytest.raises(ValueError, match=r"no_eos_penalty: reward_weights \[1.0, -1.0\] sum to 0"):
+        fast_config(tmp_path, reward_weights=[1.0, -1.0], no_eos_penalty=-1.0)
+    with pytest.raises(ValueError, match="no_eos_penalty: reward_weights"):
+        fast_config(tmp_path, reward_weights=[1.0, -1.0], stages=[{"no_eos_penalty": 0.0}])
+    assert fast_config(tmp_path, reward_weights=[1.0, -0.5], no_eos_penalty=-1.0).no_eos_penalty == -1.0
     args = fast_config(tmp_path, stages='[{"temperature": 1.0}]')
     assert args.stages == [{"temperature": 1.0}]
     # stage values get their field's type now, as argparse gives top-level ones (YAML reads 5e-6 as a string)

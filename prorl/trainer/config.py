@@ -299,6 +299,11 @@ class ProRLConfig(GRPOConfig):
                 raise ValueError(f"stages[{i}]: beta cannot become non-zero when the run starts with beta = 0 "
                                  "(no reference model is built)")
         self._check_stage_batch_shapes()
+        penalties = [self.no_eos_penalty] + [stage.get("no_eos_penalty") for stage in self.stages]
+        if self.reward_weights and sum(self.reward_weights) == 0 and any(p is not None for p in penalties):
+            raise ValueError(f"no_eos_penalty: reward_weights {self.reward_weights} sum to 0, so no reward per "
+                             "function gives a weighted total equal to the penalty (each function gets penalty / "
+                             "sum of weights); rescale reward_weights or leave no_eos_penalty None")
 
     def _check_stage_batch_shapes(self) -> None:
         """Each batch shape the stages reach (they apply in turn) holds whole groups: checked now rather than at
