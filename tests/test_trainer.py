@@ -527,6 +527,13 @@ def test_env_reward_is_attached_to_the_tokenizer_and_the_dataset(tiny_model, tmp
     cut, done = "so maybe \\boxed{3}. Wait, let me", "1 + 2 = 3.\n</think>\n\\boxed{3}"
     assert reward([rows[0]["prompt"]] * 2, [[{"role": "assistant", "content": c}] for c in (cut, done)],
                   env=["math"] * 2, reference=[rows[0]["reference"]] * 2) == [0.0, 1.0]
+    # an EnvReward built by the caller (mixed with a function of theirs) takes the config's scoring settings
+    # unless it set its own
+    mine, set_own = EnvReward(), EnvReward(workers=2, timeout_s=3.0)
+    mixed = ProRLTrainer(tiny_model, [mine, text_hash_reward, set_own], train_dataset=Dataset.from_list(rows),
+                         args=fast_config(tmp_path / "d", reward_workers=0, reward_timeout_s=7.0))
+    assert mixed.reward_funcs[0] is mine and (mine.workers, mine.timeout_s) == (0, 7.0)
+    assert (set_own.workers, set_own.timeout_s) == (2, 3.0)
     rows[3]["env"] = "mathh"
     with pytest.raises(KeyError, match=r"row 3 \(id 'r3'\): unknown environment 'mathh'"):
         ProRLTrainer(tiny_model, args=fast_config(tmp_path / "c"), train_dataset=Dataset.from_list(rows),

@@ -91,6 +91,9 @@ class ProRLTrainer(StagesMixin, DynamicSamplingMixin, PaddingFreeMixin, SkipEmpt
                     raise ValueError(f"{name}: no rows for {missing} in the train dataset (it has {sorted(have)})")
         for func in self.reward_funcs:  # unknown envs fail now; an R1-style template's open <think> is read
             if isinstance(func, EnvReward):
+                # one built by the caller without these takes the config's reward_workers / reward_timeout_s
+                func.workers = args.reward_workers if func.workers is None else func.workers
+                func.timeout_s = args.reward_timeout_s if func.timeout_s is None else func.timeout_s
                 func.attach(self.processing_class, None if isinstance(train_dataset, IterableDataset) else train_dataset)
         self.resets = ResetController(self)
         self.add_callback(self.resets)
