@@ -68,7 +68,10 @@ def _worker_main(rfd: int, wfd: int, parent_pid: int = 0) -> None:
     import prorl.envs  # noqa: F401  (registers the built-in environments before any env is unpickled)
 
     conn_in, conn_out = Connection(rfd, writable=False), Connection(wfd, readable=False)
-    conn_out.send("ready")
+    try:
+        conn_out.send("ready")
+    except (BrokenPipeError, OSError):  # the parent has gone (closed its pool, or exited) while this one started
+        return
     envs: OrderedDict[str, Env] = OrderedDict()
     while True:
         try:
@@ -124,6 +127,7 @@ class _Worker:
         self.send_conn = self.recv_conn = None
         self.known: OrderedDict[str, None] = OrderedDict()  # mirrors the worker's kept environments
         self.ready = False
+        self.closed = False  # set by ScoringPool.close: no replacement is started after that
 
     def _start(self) -> None:
         r_child, w_parent = os.pipe()
@@ -141,44 +145,52 @@ class _Worker:
         self.known = OrderedDict()
         self.ready = False
 
-    def _wait_ready(self) -> None:
+    def _wait_ready(self, recv: Connection) -> None:
         if not self.ready:
-            if not self.recv_conn.poll(_STARTUP_TIMEOUT_S) or self.recv_conn.recv() != "ready":
+            if not recv.poll(_STARTUP_TIMEOUT_S) or recv.recv() != "ready":
                 raise OSError("scoring worker did not start")
             self.ready = True
 
     def kill(self) -> None:
-        if self.proc is not None:
+        # read once: ScoringPool.close may kill a worker while its pool thread, woken by the closed pipe, does too
+        proc, conns = self.proc, (self.send_conn, self.recv_conn)
+        self.proc = self.send_conn = self.recv_conn = None
+        if proc is not None:
             try:
-                os.killpg(self.proc.pid, signal.SIGKILL)  # the verifier may have started children of its own
+                os.killpg(proc.pid, signal.SIGKILL)  # the verifier may have started children of its own
             except (ProcessLookupError, PermissionError):
                 pass
-            self.proc.wait(timeout=10)
-        for conn in (self.send_conn, self.recv_conn):
+            proc.wait(timeout=10)
+        for conn in conns:
             if conn is not None:
                 conn.close()
-        self.proc = self.send_conn = self.recv_conn = None
 
     def score(self, key: str, blob: bytes, completion, task, timeout_s: float) -> Score:
         for attempt in (1, 2):  # a dead worker is replaced once before the sample is an infra error
+            if self.closed:
+                return Score(0.0, "infra_error", {"error": "the scoring pool was closed"})
             if self.proc is None or self.proc.poll() is not None:
                 self.kill()
                 self._start()
             send_blob = None if key in self.known else blob
+            send, recv = self.send_conn, self.recv_conn  # None once the pool is closed from another thread
             try:
-                self._wait_ready()
+                if send is None or recv is None:
+                    raise OSError("the scoring pool was closed")
+                self._wait_ready(recv)
                 t0 = time.monotonic()
-                self.send_conn.send((key, send_blob, completion, task))
+                send.send((key, send_blob, completion, task))
                 _remember(self.known, key, None)
-                if self.recv_conn.poll(timeout_s):
-                    return self.recv_conn.recv()
+                if recv.poll(timeout_s):
+                    return recv.recv()
             except (EOFError, OSError) as exc:
                 self.kill()
                 if attempt == 2:
                     return Score(0.0, "infra_error", {"error": f"scoring worker died: {exc!r}"})
                 continue
             self.kill()
-            self._start()  # start the replacement now: its import overlaps with other work
+            if not self.closed:
+                self._start()  # start the replacement now: its import overlaps with other work
             return Score(0.0, "timeout", {"timeout_s": timeout_s, "elapsed_s": round(time.monotonic() - t0, 3)})
         raise AssertionError("unreachable")
 
@@ -207,6 +219,7 @@ class ScoringPool:
     def close(self) -> None:
         self._threads.shutdown(wait=False, cancel_futures=True)
         for w in self._all:
+            w.closed = True
             w.kill()
 
 
