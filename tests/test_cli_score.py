@@ -264,6 +264,24 @@ def test_ctrl_c_says_how_to_go_on_and_resume_finishes(tmp_path):
     assert [r["status"] for r in rows] == ["ok", "wrong", "timeout", "ok", "format_error"]
 
 
+def test_resume_against_an_output_of_another_input_is_refused(tmp_path, capsys):
+    """Before: --resume trusted OUT's line numbers, so resuming with another input (or an edited one) kept results
+    of completions that are not in it and scored only the lines beyond them: a silent mix of two files."""
+    out = tmp_path / "out.jsonl"
+    assert main(["score", str(write_lines(tmp_path / "a.jsonl", GOOD[:3])), "-o", str(out), "--workers", "0"]) == 0
+    before = out.read_bytes()
+    edited = write_lines(tmp_path / "b.jsonl", [GOOD[0], {**GOOD[1], "completion": r"so \boxed{3}"}, GOOD[2], GOOD[3]])
+    shorter = write_lines(tmp_path / "c.jsonl", GOOD[:2])
+    capsys.readouterr()
+    for other, why in ((edited, "line 2 of"), (shorter, "OUT has a record of line 3, which is not a line of")):
+        assert main(["score", str(other), "-o", str(out), "--workers", "0", "--resume"]) == 2
+        assert why in " ".join(capsys.readouterr().err.split())
+        assert out.read_bytes() == before
+    longer = write_lines(tmp_path / "d.jsonl", GOOD[:4])  # the same lines and more: a resume
+    assert main(["score", str(longer), "-o", str(out), "--workers", "0", "--resume"]) == 0
+    assert [r["details"]["input_line"] for r in read_rows(out)] == [1, 2, 3, 4]
+
+
 def test_sample_completions_score_cleanly(tmp_path):
     out = tmp_path / "scored.jsonl"
     assert main(["score", str(SAMPLES), "-o", str(out), "--workers", "2"]) == 0

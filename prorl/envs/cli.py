@@ -86,6 +86,17 @@ def _previous(path: Path) -> dict[int, dict]:
     return {line: row for line, (_, row) in records.items()}
 
 
+def _other_input(path: Path, previous: dict[int, dict], lines: set[int]) -> str | None:
+    """Why the records of an earlier OUT cannot come from `path` as it is now (a line number it lacks, a line whose
+    completion differs from the record's), or None: resuming would otherwise mix the results of two inputs."""
+    if beyond := sorted(set(previous) - lines):
+        return f"OUT has a record of line {beyond[0]}, which is not a line of {path}"
+    for i, row in read_jsonl(path, on_error=lambda *_: None, only=set(previous)):
+        if row.get("completion") != previous[i].get("completion"):
+            return f"line {i} of {path} has another completion than OUT's record of it"
+    return None
+
+
 class LineParser:
     """Turns input lines into (line number, row, env, Task); environments are built once per id."""
 
@@ -202,6 +213,10 @@ def score_command(args: argparse.Namespace) -> int:
         return 1
     args.output.parent.mkdir(parents=True, exist_ok=True)
     previous = _previous(args.output) if args.resume and args.output.exists() else {}
+    if previous and (why := _other_input(args.input, previous, lines)):
+        err.print(f"[red]prorl score: --resume: {why}: OUT was written from another input (or the input changed); "
+                  "score into a new OUT, or without --resume to overwrite it")
+        return 2
     retry = {i for i, row in previous.items() if row.get("status") in UNSCORED_STATUSES}  # not really scored
     done = set(previous) - retry
     summary = Summary()
