@@ -2,7 +2,11 @@
 trip, scores 1), the weighted mixture, and generator/scorer failures reported with the task's name."""
 
 import json
+import os
+import subprocess
+import sys
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +22,27 @@ def test_every_reasoning_gym_task_is_registered():
     assert len(names) == 106
     envs = list_envs()
     assert all(f"logic/{n}" in envs and envs[f"logic/{n}"] for n in names)
+
+
+def test_the_task_list_is_cached_so_make_math_does_not_import_reasoning_gym(tmp_path):
+    """Before: the first make() or spec() of any env imported reasoning_gym whole to list its tasks (2.3 s and ~100
+    MB for make("math")). The list is now cached per installed reasoning-gym; a bad or stale file is rebuilt."""
+    probe = ("import json, sys, prorl; prorl.make('math'); ids = sorted(prorl.list_envs()); "
+             "print(json.dumps(['reasoning_gym' in sys.modules, ids, prorl.list_envs()['logic/chain_sum']]))")
+    env = dict(os.environ, PRORL_CACHE_DIR=str(tmp_path), PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+
+    def run():
+        out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+        return json.loads(out.stdout.splitlines()[-1])
+
+    imported, ids, desc = run()
+    assert imported and len([i for i in ids if i.startswith("logic/")]) == len(task_names())
+    cache = tmp_path / "reasoning-gym-tasks.json"
+    assert run() == [False, ids, desc]  # from the cache: the same ids and descriptions, reasoning_gym not imported
+    for bad in ("{not json", json.dumps({**json.loads(cache.read_text()), "stamp": "0.0.1|elsewhere|0"})):
+        cache.write_text(bad)
+        assert run() == [True, ids, desc]  # rebuilt, and written again
+        assert json.loads(cache.read_text())["stamp"] != "0.0.1|elsewhere|0"
 
 
 def test_every_task_scores_its_own_answer_after_a_json_round_trip():

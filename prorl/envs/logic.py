@@ -236,9 +236,43 @@ def _describe(cls: type) -> str:
 
 def register_reasoning_gym_tasks() -> None:
     """Register `logic/<task>` for every reasoning-gym task (called lazily by the registry)."""
+    for name, desc in task_index():
+        register(f"logic/{name}", LogicTaskEnv, description=desc, override=True, task=name)
+
+
+def task_index() -> list[tuple[str, str]]:
+    """(name, one-line description) of every reasoning-gym task. Listing them imports reasoning_gym whole (about 2 s
+    and 100 MB: sympy, matplotlib...), which `make("math")` should not pay for: the list is kept in
+    `$PRORL_CACHE_DIR` (default `~/.cache/prorl`) per installed reasoning-gym (its version and the path and mtime of
+    its package), and built again when that changes or the file is unreadable."""
+    import importlib.metadata
+    import importlib.util
+    import os
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("reasoning_gym")  # finds the package without running it
+    if spec is None or not spec.origin:
+        raise ImportError("reasoning_gym is not installed: the logic environments need it (pip install reasoning-gym)")
+    stamp = f"{importlib.metadata.version('reasoning_gym')}|{spec.origin}|{os.stat(spec.origin).st_mtime_ns}"
+    folder = Path(os.environ.get("PRORL_CACHE_DIR") or Path.home() / ".cache" / "prorl")
+    path = folder / "reasoning-gym-tasks.json"
+    try:
+        cached = json.loads(path.read_text())
+        if cached["stamp"] == stamp and all(isinstance(n, str) and isinstance(d, str) for n, d in cached["tasks"]):
+            return [(n, d) for n, d in cached["tasks"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
     from reasoning_gym.factory import DATASETS
 
+    tasks = []
     for name, (dataset_cls, _config_cls) in sorted(DATASETS.items()):
         desc = _describe(dataset_cls)
-        desc = f"reasoning-gym: {desc}" if desc else f"reasoning-gym task {name}"
-        register(f"logic/{name}", LogicTaskEnv, description=desc, override=True, task=name)
+        tasks.append((name, f"reasoning-gym: {desc}" if desc else f"reasoning-gym task {name}"))
+    try:  # written whole, then renamed: a reader never sees half a file
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"stamp": stamp, "tasks": tasks}))
+        tmp.replace(path)
+    except OSError as exc:  # a read-only home: list them again next time
+        log.debug("could not cache the reasoning-gym task list in %s: %r", folder, exc)
+    return tasks
