@@ -259,6 +259,27 @@ def test_local_sandbox_runs_and_contains():
         assert sb.run("print(2)").stdout == "2\n"
 
 
+def test_local_sandbox_caps_processes_and_keeps_system_v_ipc_off_the_host():
+    """Before: a segment a program made lived on in the host's IPC namespace after the sandbox closed, and nothing
+    capped the number of processes (a fork bomb reached the host's limits)."""
+    from prorl.sandbox.local import LocalSandbox
+
+    host_keys = lambda: {line.split()[0] for line in Path("/proc/sysvipc/shm").read_text().splitlines()[1:]}  # noqa: E731
+    with LocalSandbox(workers=1, timeout_s=3.0) as sb:
+        if not sb.namespaced:
+            pytest.skip("unshare is not usable on this machine")
+        shm = sb.run("import ctypes\nprint(ctypes.CDLL(None).shmget(0x5eed, 4096, 0o1600) >= 0)")
+        assert shm.stdout == "True\n", shm
+        assert str(0x5eed) not in host_keys()
+        assert sb.run("print(len(open('/proc/sysvipc/shm').read().splitlines()))").stdout == "1\n"
+        forks = sb.run("import os, time\nn = 0\ntry:\n    for _ in range(200):\n        if os.fork() == 0:\n"
+                       "            time.sleep(2)\n            os._exit(0)\n        n += 1\nexcept OSError as e:\n"
+                       "    print(e.errno)\nprint(n)")
+        errno_, count = forks.stdout.split()
+        assert errno_ == "11" and int(count) < sb.max_procs, forks
+        assert sb.run("print(2)").stdout == "2\n"
+
+
 def test_threads_may_call_run_at_once(sandbox):
     errors = []
 

@@ -250,3 +250,23 @@ def test_a_tree_too_deep_to_wipe_keeps_the_results_and_replaces_the_container(si
     assert single.recycled == before + 1
     wait_healthy(single)
     assert timed(single, "import os\nprint(len(os.listdir('/sandbox')))").stdout == "1\n"
+
+
+SYSV_AND_MQUEUE = ("import ctypes, os\nlibc = ctypes.CDLL(None)\nlibc.shmat.restype = ctypes.c_void_p\n"
+                   "libc.shmat.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]\nsize = 300 * 2**20\n"
+                   "shmid = libc.shmget(KEY, ctypes.c_size_t(size), 0o1600)\naddr = libc.shmat(shmid, None, 0)\n"
+                   "ctypes.memset(addr, 1, size)\nlibc.shmdt(ctypes.c_void_p(addr))\n"
+                   "q = ctypes.CDLL('librt.so.1').mq_open(b'/left%d' % KEY, os.O_CREAT | os.O_RDWR, 0o600, None)\n"
+                   "print(shmid >= 0, q >= 0)")
+
+
+def test_system_v_ipc_and_message_queues_do_not_outlive_the_program(single):
+    """A System V segment outlives its process: two programs that each left 300 MB in the warm container made the
+    next program's honest 250 MB allocation get OOM-killed (runtime_error), and its contents (like a POSIX message
+    queue's) reached the next programs."""
+    for key in (1, 2):
+        res = timed(single, f"KEY = {key}\n" + SYSV_AND_MQUEUE)
+        assert (res.status, res.stdout) == ("ok", "True True\n"), res
+    after = timed(single, "import os\nprint(len(open('/proc/sysvipc/shm').read().splitlines()), "
+                          "os.listdir('/dev/mqueue'))\nx = bytearray(250 * 2**20)\nprint('allocated')")
+    assert (after.status, after.stdout) == ("ok", "1 []\nallocated\n"), after

@@ -43,6 +43,8 @@ def run_program(program: str, test_code, limits: dict, workdir: str, fds: dict) 
     for res, soft, hard in ((resource.RLIMIT_AS, mem, mem), (resource.RLIMIT_CPU, cpu, cpu + 1),
                             (resource.RLIMIT_CORE, 0, 0), (resource.RLIMIT_NOFILE, 256, 256)):
         resource.setrlimit(res, (soft, hard))
+    if limits.get("max_procs"):  # LocalSandbox: no pids cgroup caps a fork bomb there
+        resource.setrlimit(resource.RLIMIT_NPROC, (int(limits["max_procs"]),) * 2)
     os.environ.update(HOME=workdir, TMPDIR=workdir)  # the rest was set once by serve()
     result_fd, nonce_fd = limits.get("result_fd"), limits.get("nonce_fd")
     # Bind what the epilogue needs now: the program may patch os, sys or builtins.

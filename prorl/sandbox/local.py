@@ -1,10 +1,11 @@
 """`LocalSandbox`: the same runner without Docker, in Linux namespaces. WEAKER isolation than `DockerSandbox`.
 
-Each worker is `unshare --net --pid --mount --mount-proc --fork [--user --map-root-user | --setuid nobody]
+Each worker is `unshare --net --pid --ipc --mount --mount-proc --fork [--user --map-root-user | --setuid nobody]
 python3 runner.py serve ROOT`: no network but a down `lo`, its own PID namespace (the runner is its PID 1 and kills
-every stray process after each program), rlimits and a process-group kill per program. Unlike the container, the
-program can READ the host's world-readable files and write wherever the worker's user may; there is no cgroup
-memory/pids/CPU cap (only rlimits) and no seccomp filter. Use it only where no Docker engine is reachable (the
+every stray process after each program), its own System V IPC, rlimits (RLIMIT_NPROC = `max_procs` for a pids
+cgroup) and a process-group kill per program. Unlike the container, the program can READ the host's world-readable
+files and write wherever the worker's user may; there is no cgroup memory/pids/CPU cap (only rlimits) and no seccomp
+filter. Use it only where no Docker engine is reachable (the
 `make_sandbox` helper does that with a warning) or when asked explicitly. Without a usable `unshare` the worker
 runs with rlimits and process-group kills only (warned), as nobody via `setpriv` when the caller is root (never as
 root). Bubblewrap is not used.
@@ -41,7 +42,9 @@ def _namespace_prefix() -> list[str]:
     unshare = shutil.which("unshare")
     if unshare is None:
         return _drop_root_prefix()
-    base = [unshare, "--net", "--pid", "--fork", "--kill-child", "--mount", "--mount-proc"]
+    # --ipc: System V IPC objects would otherwise live in the host's namespace, past the sandbox (runner.py
+    # removes them after each program only in a namespace of its own)
+    base = [unshare, "--net", "--pid", "--ipc", "--fork", "--kill-child", "--mount", "--mount-proc"]
     if os.geteuid() == 0:  # never run untrusted code as root: drop to nobody inside the namespaces
         prefix = base + ["--setuid", str(_NOBODY), "--setgid", str(_NOBODY)]
     else:
@@ -120,8 +123,10 @@ class LocalSandbox(Sandbox):
     name = "local"
 
     def __init__(self, workers: int = 2, timeout_s: float = DEFAULT_TIMEOUT_S, memory_mb: int = DEFAULT_MEMORY_MB,
-                 output_limit: int = DEFAULT_OUTPUT_LIMIT, python: str | None = None):
+                 output_limit: int = DEFAULT_OUTPUT_LIMIT, python: str | None = None, max_procs: int = 64):
         super().__init__(timeout_s, memory_mb, output_limit)
+        # Processes of the worker's user (as root: of `nobody`, host-wide) a program may reach: a fork bomb's cap.
+        self.max_procs = max_procs
         self.prefix = _namespace_prefix()
         self.namespaced = bool(self.prefix) and "unshare" in os.path.basename(self.prefix[0])
         if not self.namespaced:
@@ -169,7 +174,7 @@ class LocalSandbox(Sandbox):
                     worker = None
                     return infra_answers(n, f"local runner failed to start: {exc!r}")
             try:
-                worker.send(request)
+                worker.send(dict(request, max_procs=self.max_procs))
             except OSError as exc:
                 self._retire(worker)
                 worker = None

@@ -10,12 +10,13 @@ Modes:
                      UTF-8 JSON object.
 
 Request: {"program": str, "tests": [{"stdin": str|null, "code": str|null}], "timeout_s": float (total budget of
-all tests), "memory_mb": int, "output_limit": int (bytes per stream)}. The runner answers one frame per test,
+all tests), "memory_mb": int, "output_limit": int (bytes per stream), "max_procs": int (optional RLIMIT_NPROC)}. The runner answers one frame per test,
 {"index", "status", "exit_code", "stdout", "stderr", "wall_s", "passed"}, then {"done": true, "recycle": bool}.
 
 Every test runs in a fresh forked process with its own empty workdir, rlimits, its own session, restored signal
 handlers and only fds 0-2 (plus two private pipes for assertion tests). Tests share one deadline and never stop at
-the first failure. After each test every other process of the sandbox is killed and the scratch area wiped.
+the first failure. After each test every other process of the sandbox is killed, the scratch area wiped and every
+System V IPC object removed (they outlive their processes: memory of the container's cap, data for the next program).
 
 Assertion tests (`code` set) are fail-closed: the runner writes a random nonce (made after the fork, so never in
 the child's memory) into a private pipe; the child's epilogue, bound before the program runs, reads it only after
@@ -116,8 +117,8 @@ class Server:
         os.makedirs(root, exist_ok=True)
         self.root_mode = os.stat(root).st_mode & 0o7777
         self.dirty = False  # scratch that cleanup could not wipe: the done frame asks the host for a new sandbox
-        # /dev/shm is the container's own only under our init; LocalSandbox shares the host's (never wipe that).
-        self.scratch = (root, "/dev/shm") if _is_prorl_init(1) else (root,)
+        # /dev/shm and /dev/mqueue are the container's own only under our init; LocalSandbox sees the host's.
+        self.scratch = (root, "/dev/shm", "/dev/mqueue") if _is_prorl_init(1) else (root,)
 
     def cleanup(self) -> None:
         if self.own_pidns:
@@ -130,6 +131,8 @@ class Server:
                 if not _others_alive():
                     break
                 time.sleep(0.001)
+            if not _remove_sysv_ipc():  # our own IPC namespace too (LocalSandbox unshares it with the PID one)
+                self.dirty = True
         try:  # a program may have made the root unlistable (same uid): the next mkdir would fail
             os.chmod(self.root, self.root_mode)
         except OSError:
@@ -274,7 +277,7 @@ class Server:
         program = request["program"]
         tests = request.get("tests") or [{}]
         limits = {"memory_mb": int(request.get("memory_mb", 512)),
-                  "output_limit": int(request.get("output_limit", 1 << 20))}
+                  "output_limit": int(request.get("output_limit", 1 << 20)), "max_procs": request.get("max_procs")}
         deadline = time.monotonic() + float(request.get("timeout_s", 5.0))
         for index, test in enumerate(tests):
             if time.monotonic() >= deadline:
@@ -305,6 +308,22 @@ def _others_alive() -> bool:
     """Whether a process other than PID 1 and this one is alive in our PID namespace."""
     me = os.getpid()
     return any(pid not in (1, me) for pid, _ in _live_procs())
+
+
+def _remove_sysv_ipc() -> bool:
+    """IPC_RMID every System V shared memory segment, message queue and semaphore set of this IPC namespace (they
+    outlive their processes, all dead by now, so a segment's memory is freed at once). True when none is left."""
+    try:
+        import ctypes
+
+        libc, left = ctypes.CDLL(None, use_errno=True), False
+        for kind in ("shm", "msg", "sem"):
+            with open(f"/proc/sysvipc/{kind}") as fh:  # shmctl/msgctl(id, IPC_RMID = 0, NULL), semctl(id, 0, 0)
+                left |= not all([getattr(libc, f"{kind}ctl")(int(line.split()[1]), 0, 0) == 0
+                                 for line in fh.read().splitlines()[1:]])
+        return not left
+    except (OSError, ValueError, IndexError, AttributeError):  # no SysV IPC here, or no libc: a fresh sandbox
+        return False
 
 
 def _make_listable(top: str) -> None:
