@@ -280,6 +280,29 @@ def test_local_sandbox_caps_processes_and_keeps_system_v_ipc_off_the_host():
         assert sb.run("print(2)").stdout == "2\n"
 
 
+def test_local_sandbox_workers_cannot_reach_each_others_workdirs():
+    """Workers run as one uid: a program used to read (and plant files in) a concurrent program's workdir through
+    /tmp/prorl-sandbox-*. Each namespaced worker now holds its workdirs on a private tmpfs."""
+    from prorl.sandbox.local import LocalSandbox
+
+    spy = ("import glob, os, time\nend = time.monotonic() + 2.5\nfound = []\n"
+           "while not found and time.monotonic() < end:\n"
+           "    found = [p for p in glob.glob('/tmp/prorl-sandbox-*/run*/secret') if not p.startswith(os.getcwd())]\n"
+           "    time.sleep(0.05)\nfor p in found:\n    print(open(p).read())\n"
+           "    open(os.path.join(os.path.dirname(p), 'planted'), 'w').close()\nprint(len(found))")
+    victim = "import os, time\nopen('secret', 'w').write('SECRET')\ntime.sleep(3)\nprint(sorted(os.listdir('.')))"
+    with LocalSandbox(workers=2, timeout_s=5.0) as sb:
+        if not sb.namespaced:
+            pytest.skip("unshare is not usable on this machine")
+        with ThreadPoolExecutor(1) as ex:
+            first = ex.submit(sb.run, victim)
+            while not sb._all and not first.done():
+                time.sleep(0.05)
+            res = sb.run(spy)
+            assert (res.status, res.stdout) == ("ok", "0\n"), res
+            assert first.result().stdout == "['secret']\n", first.result()
+
+
 def test_threads_may_call_run_at_once(sandbox):
     errors = []
 

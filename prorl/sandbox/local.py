@@ -19,6 +19,7 @@ import logging
 import os
 import queue
 import select
+import shlex
 import shutil
 import subprocess
 import sys
@@ -35,21 +36,27 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 RUNNER_FILES = ("runner.py", "child.py")  # the runner and what runs in each forked process
 _NOBODY = 65534
 _GRACE_S = 0.7
+_TMPFS_MB = 64  # the private tmpfs holding a namespaced worker's workdirs (the container's tmpfs_mb)
 
 
 def _namespace_prefix() -> list[str]:
-    """The `unshare` command line for this user, or [] when namespaces are unavailable."""
+    """The `unshare` command line for this user, or [] when namespaces are unavailable. A namespaced worker's command
+    is this prefix, its root, then the runner's command line: inside the namespaces a private tmpfs is mounted on
+    the root (other workers, same uid, used to read and write its programs' workdirs through /tmp; capped as in the
+    container), then the runner starts (as root: as nobody)."""
     unshare = shutil.which("unshare")
     if unshare is None:
         return _drop_root_prefix()
     # --ipc: System V IPC objects would otherwise live in the host's namespace, past the sandbox (runner.py
     # removes them after each program only in a namespace of its own)
     base = [unshare, "--net", "--pid", "--ipc", "--fork", "--kill-child", "--mount", "--mount-proc"]
-    if os.geteuid() == 0:  # never run untrusted code as root: drop to nobody inside the namespaces
-        prefix = base + ["--setuid", str(_NOBODY), "--setgid", str(_NOBODY)]
-    else:
-        prefix = base + ["--user", "--map-root-user"]
-    probe = subprocess.run(prefix + ["true"], capture_output=True, timeout=30)
+    uid, drop = (_NOBODY, _drop_root_prefix()) if os.geteuid() == 0 else (0, [])
+    if not drop:
+        base += ["--user", "--map-root-user"]
+    mount = f"mount -t tmpfs -o size={_TMPFS_MB}m,mode=0700,uid={uid},gid={uid},nosuid,nodev prorl-sandbox \"$0\""
+    prefix = base + ["/bin/sh", "-c", f"{mount} && exec {shlex.join(drop)} \"$@\""]
+    with tempfile.TemporaryDirectory(prefix="prorl-probe-") as probe_root:
+        probe = subprocess.run(prefix + [probe_root, "true"], capture_output=True, timeout=30)
     if probe.returncode == 0:
         return prefix
     log.warning("unshare is not usable here (%s): LocalSandbox runs with rlimits only",
@@ -73,7 +80,8 @@ class _Worker:
         if os.geteuid() == 0:  # the runner runs as nobody (see _namespace_prefix)
             os.chown(self.root, _NOBODY, _NOBODY)
         os.chmod(self.root, 0o700)
-        self.proc = subprocess.Popen(prefix + [python, "-I", "-S", runner, "serve", self.root],
+        ns_root = [self.root] if prefix and os.path.basename(prefix[0]) == "unshare" else []  # see _namespace_prefix
+        self.proc = subprocess.Popen(prefix + ns_root + [python, "-I", "-S", runner, "serve", self.root],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                      start_new_session=True, cwd=self.root)
         self._raw = b""
