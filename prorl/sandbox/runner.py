@@ -1,7 +1,8 @@
 """The in-sandbox runner: a fork server that runs one untrusted Python program per fresh process.
 
-Standard library only, Python >= 3.9: this file and child.py (what runs in each forked process) are copied into the
-sandbox image (`/opt/prorl/`); runner.py is also imported on the host for the framing helpers.
+Standard library only, Python >= 3.9: this file, child.py (what runs in each forked process) and cleanup.py (what
+is undone after each) are copied into the sandbox image (`/opt/prorl/`); runner.py is also imported on the host for
+the framing helpers.
 
 Modes:
   `runner.py init`   PID 1 of a container: ignores every signal, lets the kernel reap orphans, exits once the
@@ -10,8 +11,9 @@ Modes:
                      UTF-8 JSON object.
 
 Request: {"program": str, "tests": [{"stdin": str|null, "code": str|null}], "timeout_s": float (total budget of
-all tests), "memory_mb": int, "output_limit": int (bytes per stream), "max_procs": int (optional RLIMIT_NPROC)}. The runner answers one frame per test,
-{"index", "status", "exit_code", "stdout", "stderr", "wall_s", "passed"}, then {"done": true, "recycle": bool}.
+all tests), "memory_mb": int, "output_limit": int (bytes per stream), "max_procs": int (optional RLIMIT_NPROC)}.
+The runner answers one frame per test, {"index", "status", "exit_code", "stdout", "stderr", "wall_s", "passed"},
+then {"done": true, "recycle": bool}.
 
 Every test runs in a fresh forked process with its own empty workdir, rlimits, its own session, restored signal
 handlers and only fds 0-2 (plus two private pipes for assertion tests). Tests share one deadline and never stop at
@@ -33,7 +35,6 @@ import json
 import os
 import random
 import select
-import shutil
 import signal
 import struct
 import sys
@@ -41,9 +42,11 @@ import time
 
 if __package__:  # imported on the host (prorl.sandbox.runner) for the framing helpers
     from prorl.sandbox.child import MEMORY_MARK, SERVER_IGNORES, run_program
+    from prorl.sandbox.cleanup import live_procs, others_alive, remove_sysv_ipc, wipe
 else:  # run as a script in the sandbox, child.py beside it (`python -I` leaves the script's folder off sys.path)
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from child import MEMORY_MARK, SERVER_IGNORES, run_program
+    from cleanup import live_procs, others_alive, remove_sysv_ipc, wipe
     del sys.path[0]
 
 HEADER = struct.Struct(">I")
@@ -128,30 +131,16 @@ class Server:
                     os.kill(-1, signal.SIGKILL)
                 except ProcessLookupError:
                     break
-                if not _others_alive():
+                if not others_alive():
                     break
                 time.sleep(0.001)
-            if not _remove_sysv_ipc():  # our own IPC namespace too (LocalSandbox unshares it with the PID one)
+            if not remove_sysv_ipc():  # our own IPC namespace too (LocalSandbox unshares it with the PID one)
                 self.dirty = True
         try:  # a program may have made the root unlistable (same uid): the next mkdir would fail
             os.chmod(self.root, self.root_mode)
         except OSError:
             pass
-        try:
-            for base in self.scratch:
-                _make_listable(base)
-                for name in os.listdir(base):
-                    path = os.path.join(base, name)
-                    try:
-                        if os.path.isdir(path) and not os.path.islink(path):
-                            shutil.rmtree(path, ignore_errors=True)
-                        else:
-                            os.unlink(path)
-                    except OSError:
-                        pass
-        except OSError:
-            pass
-        except RecursionError:  # a tree deeper than os.walk/rmtree can recurse: ask the host to replace us
+        if not wipe(self.scratch):
             self.dirty = True
 
     def run_test(self, program: str, test: dict, limits: dict, deadline: float) -> dict:
@@ -290,60 +279,10 @@ class Server:
         send({"done": True, "recycle": self.dirty})
 
 
-def _live_procs():
-    """(pid, parent pid) of every live process (zombies left out) visible in /proc."""
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as fh:
-                state, ppid = fh.read().rsplit(b")", 1)[1].split()[:2]
-        except (OSError, IndexError, ValueError):
-            continue
-        if state not in (b"Z", b"X"):
-            yield int(name), int(ppid)
-
-
-def _others_alive() -> bool:
-    """Whether a process other than PID 1 and this one is alive in our PID namespace."""
-    me = os.getpid()
-    return any(pid not in (1, me) for pid, _ in _live_procs())
-
-
-def _remove_sysv_ipc() -> bool:
-    """IPC_RMID every System V shared memory segment, message queue and semaphore set of this IPC namespace (they
-    outlive their processes, all dead by now, so a segment's memory is freed at once). True when none is left."""
-    try:
-        import ctypes
-
-        libc, left = ctypes.CDLL(None, use_errno=True), False
-        for kind in ("shm", "msg", "sem"):
-            with open(f"/proc/sysvipc/{kind}") as fh:  # shmctl/msgctl(id, IPC_RMID = 0, NULL), semctl(id, 0, 0)
-                left |= not all([getattr(libc, f"{kind}ctl")(int(line.split()[1]), 0, 0) == 0
-                                 for line in fh.read().splitlines()[1:]])
-        return not left
-    except (OSError, ValueError, IndexError, AttributeError):  # no SysV IPC here, or no libc: a fresh sandbox
-        return False
-
-
-def _make_listable(top: str) -> None:
-    """chmod the directories a program left under `top` to 0o700 (top-down, so each is listable before it is
-    walked): rmtree cannot empty a directory of mode 0 or 0o500, and its files would fill the tmpfs for the next
-    programs. Symlinks are skipped (chmod would follow them)."""
-    for path, dirs, _ in os.walk(top):
-        for name in dirs:
-            sub = os.path.join(path, name)
-            if not os.path.islink(sub):
-                try:
-                    os.chmod(sub, 0o700)
-                except OSError:
-                    pass
-
-
 def _server_alive() -> bool:
     """Whether a process `docker exec` started (PPid 0: its parent is outside the container), i.e. a server, is
     alive besides this PID 1. Forked programs have a parent inside, so they never count."""
-    return any(pid != 1 and ppid == 0 for pid, ppid in _live_procs())
+    return any(pid != 1 and ppid == 0 for pid, ppid in live_procs())
 
 
 def _is_prorl_init(pid: int) -> bool:
