@@ -283,6 +283,20 @@ def test_a_plateau_of_an_eval_metric_records_the_steps_kl_and_entropy(tiny_model
     assert events[0]["metrics"]["kl"] == pytest.approx(_history(trainer, "kl")[1])
 
 
+def test_the_no_eos_penalty_shapes_training_not_evaluation(tiny_model, tmp_path):
+    """Before: evaluation applied the penalty too, so eval_reward (and a reset_on_plateau on it) tracked the shaped
+    reward of truncated completions rather than the environments' verdict."""
+    args = fast_config(tmp_path, max_steps=1, dynamic_sampling=False, no_eos_penalty=-1.0,
+                       per_device_eval_batch_size=8)
+    trainer = ProRLTrainer(tiny_model, reward_funcs=text_hash_reward, args=args, train_dataset=prompt_dataset(),
+                           eval_dataset=prompt_dataset(4, "e"))
+    trainer.train()
+    train = [h for h in trainer.state.log_history if "no_eos_fraction" in h][0]
+    assert train["no_eos_fraction"] > 0 and train["reward"] < 0  # 8-token completions: most never reach EOS
+    metrics = trainer.evaluate()
+    assert metrics["eval_no_eos_fraction"] > 0 and 0 <= metrics["eval_reward"] < 1
+
+
 def test_scheduled_resets_count_from_the_previous_reset(tiny_model, tmp_path):
     """reset_every_steps=3 after another reset at step 1: the next scheduled one is at step 4, not at step 3 (two
     resets two steps apart)."""

@@ -150,7 +150,8 @@ class ProRLConfig(GRPOConfig):
         default=None,
         metadata={"help": "Reward given to a completion cut at `max_completion_length` without an EOS token, in "
                           "place of its environment reward (ProRL penalises such runaway completions; the paper "
-                          "gives no value). None: no penalty."})
+                          "gives no value). In training only: evaluation reports the environment reward. None: "
+                          "no penalty."})
     reward_workers: int | None = field(
         default=None,
         metadata={"help": "Scoring worker processes for the environment reward (None: PRORL_SCORE_WORKERS or the "

@@ -144,7 +144,8 @@ class ProRLTrainer(StagesMixin, DynamicSamplingMixin, PaddingFreeMixin, SkipEmpt
             self.resets.state.generated_tokens += int(gather(torch.tensor(
                 [sum(len(ids) for ids in completion_ids_list)], device=device)).sum().item())
         self._round_verdicts = self._total_rewards(rewards_per_func)  # before shaping: dynamic sampling's accuracy
-        if self.args.no_eos_penalty is not None:  # every function the same value, so the weighted total == penalty
+        # training shapes the reward; evaluation (eval_reward, a reset_on_plateau trigger) reports the env's verdict
+        if self.args.no_eos_penalty is not None and mode == "train":  # every function the same value: total == it
             total_weight = float(self.reward_weights.sum())
             rewards_per_func[no_eos] = float(self.args.no_eos_penalty) / (total_weight or 1.0)
         self._round_rewards = rewards_per_func
