@@ -26,7 +26,7 @@ from typing import Any, Sequence
 
 from prorl.data.sampling import SamplingConfig
 from prorl.envs import Env, Score, Task
-from prorl.envs.base import key_error_message
+from prorl.envs.base import task_error
 
 # -- pass@k ------------------------------------------------------------------------------------------------------
 
@@ -169,12 +169,8 @@ def load_eval_rows(spec: str, split: str | None = None, env: str | None = None, 
         if not (isinstance(row.get("prompt"), list) and isinstance(row.get("reference"), dict)):
             try:
                 task = envs[row_env].task_from_dict(row)
-            except KeyError as exc:
-                raise ValueError(f"{spec}: row {i} ({row_env}){key_error_message(exc)}") from None
-            except (TypeError, ValueError) as exc:
-                raise ValueError(f"{spec}: row {i} ({row_env}): {exc}") from None
-            except Exception as exc:  # any other error of the environment's task_from_dict, named with the row
-                raise ValueError(f"{spec}: row {i} ({row_env}): {exc!r}") from exc
+            except Exception as exc:  # any error of the environment's task_from_dict, named with the row
+                raise ValueError(f"{spec}: row {i} ({row_env}){task_error(exc)}") from exc
             row = {"id": task.id or str(i), "env": row_env, "prompt": task.prompt, "reference": task.reference,
                    "metadata": task.metadata}
         out.append({**row, "env": row_env})

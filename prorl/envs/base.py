@@ -81,6 +81,15 @@ def key_error_message(exc: KeyError) -> str:
     return f" is missing field {field!r}" if field else f": {exc.args[0] if exc.args else 'missing field'}"
 
 
+def task_error(exc: Exception) -> str:
+    """What follows a row's name when `task_from_dict` raised `exc`: the missing field or the env's sentence (a
+    KeyError), the message (TypeError, ValueError), else the exception's repr (a bug in the env: its type says
+    more than its text)."""
+    if isinstance(exc, KeyError):
+        return key_error_message(exc)
+    return f": {exc}" if isinstance(exc, (TypeError, ValueError)) else f": {exc!r}"
+
+
 _THINK_OPEN = re.compile(r"<think>", re.IGNORECASE)
 _THINK_CLOSE = re.compile(r"</think>", re.IGNORECASE)
 

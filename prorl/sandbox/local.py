@@ -1,14 +1,14 @@
 """`LocalSandbox`: the same runner without Docker, in Linux namespaces. WEAKER isolation than `DockerSandbox`.
 
-Each worker is `unshare --net --pid --ipc --mount --mount-proc --fork [--user --map-root-user | --setuid nobody]
-python3 runner.py serve ROOT`: no network but a down `lo`, its own PID namespace (the runner is its PID 1 and kills
-every stray process after each program), its own System V IPC, rlimits (RLIMIT_NPROC = `max_procs` for a pids
-cgroup) and a process-group kill per program. Unlike the container, the program can READ the host's world-readable
-files and write wherever the worker's user may; there is no cgroup memory/pids/CPU cap (only rlimits) and no seccomp
-filter. Use it only where no Docker engine is reachable (the
-`make_sandbox` helper does that with a warning) or when asked explicitly. Without a usable `unshare` the worker
-runs with rlimits and process-group kills only (warned), as nobody via `setpriv` when the caller is root (never as
-root). Bubblewrap is not used.
+Each worker is `unshare --net --pid --ipc --mount --mount-proc --fork [--user --map-root-user]`, then a private
+tmpfs mounted on its root, then (as root: `setpriv` to nobody) `python3 runner.py serve ROOT`: no network but a
+down `lo`, its own PID namespace (the runner is its PID 1 and kills every stray process after each program), its own
+System V IPC, workdirs other workers cannot see, rlimits (RLIMIT_NPROC = `max_procs` for a pids cgroup) and a
+process-group kill per program. Unlike the container, the program can READ the host's world-readable files and
+write wherever the worker's user may; there is no cgroup memory/pids/CPU cap (only rlimits) and no seccomp filter.
+Use it only where no Docker engine is reachable (the `make_sandbox` helper does that with a warning) or when asked
+explicitly. Without a usable `unshare` the worker runs with rlimits and process-group kills only (warned), as nobody
+via `setpriv` when the caller is root (never as root). Bubblewrap is not used.
 """
 
 from __future__ import annotations
@@ -64,6 +64,11 @@ def _namespace_prefix() -> list[str]:
     return _drop_root_prefix()
 
 
+def _namespaced(prefix: list[str]) -> bool:
+    """Whether `prefix` (from _namespace_prefix) starts the worker in namespaces, not with rlimits only."""
+    return bool(prefix) and os.path.basename(prefix[0]) == "unshare"
+
+
 def _drop_root_prefix() -> list[str]:
     """Without namespaces: [] for a normal user; as root, setpriv to nobody (and refuse without setpriv)."""
     if os.geteuid() != 0:
@@ -80,7 +85,7 @@ class _Worker:
         if os.geteuid() == 0:  # the runner runs as nobody (see _namespace_prefix)
             os.chown(self.root, _NOBODY, _NOBODY)
         os.chmod(self.root, 0o700)
-        ns_root = [self.root] if prefix and os.path.basename(prefix[0]) == "unshare" else []  # see _namespace_prefix
+        ns_root = [self.root] if _namespaced(prefix) else []  # the tmpfs mount point (see _namespace_prefix)
         self.proc = subprocess.Popen(prefix + ns_root + [python, "-I", "-S", runner, "serve", self.root],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                      start_new_session=True, cwd=self.root)
@@ -136,7 +141,7 @@ class LocalSandbox(Sandbox):
         # Processes of the worker's user (as root: of `nobody`, host-wide) a program may reach: a fork bomb's cap.
         self.max_procs = max_procs
         self.prefix = _namespace_prefix()
-        self.namespaced = bool(self.prefix) and "unshare" in os.path.basename(self.prefix[0])
+        self.namespaced = _namespaced(self.prefix)
         if not self.namespaced:
             log.warning("LocalSandbox without namespaces: programs share the host's network and processes")
         # A system interpreter the dropped user can execute (not a pyenv shim or a venv under /root).

@@ -29,7 +29,7 @@ import logging
 from typing import Any, Callable, Sequence
 
 from prorl.envs import UNSCORED_STATUSES, Env, Score, make, split_think
-from prorl.envs.base import key_error_message
+from prorl.envs.base import task_error
 from prorl.envs.workers import score_many
 
 log = logging.getLogger(__name__)
@@ -155,12 +155,8 @@ class EnvReward:
             env = self.row_env(row, f"row {i}")
             try:
                 env.as_task(row_task(row))
-            except KeyError as exc:
-                raise ValueError(f"EnvReward: {where} ({env.id}){key_error_message(exc)}") from None
-            except (TypeError, ValueError) as exc:
-                raise ValueError(f"EnvReward: {where} ({env.id}): {exc}") from None
-            except Exception as exc:  # any other error of the environment's task_from_dict, named with the row
-                raise ValueError(f"EnvReward: {where} ({env.id}): {exc!r}") from exc
+            except Exception as exc:  # any error of the environment's task_from_dict, named with the row
+                raise ValueError(f"EnvReward: {where} ({env.id}){task_error(exc)}") from exc
 
     def score(self, prompts: Sequence[Any], completions: Sequence[Any], columns: dict[str, list]) -> list[Score]:
         """Score a batch. `columns` maps dataset column names to per-sample values (TRL's reward kwargs)."""
