@@ -302,3 +302,20 @@ def test_a_logic_line_naming_an_unknown_task_is_a_malformed_line(tmp_path, capsy
     assert main(["score", str(inp), "-o", str(out), "--workers", "0"]) == 1
     assert "in.jsonl:2: bad task for 'logic': " in capsys.readouterr().err
     assert [(r["details"]["input_line"], r["status"]) for r in read_rows(out)] == [(1, "ok")]
+
+
+def test_code_lines_count_their_tests_by_sandbox_status(tmp_path, capsys):
+    """The summary names every sandbox status of the code tests, `memory` included: a memory limit set too low
+    shows as many `memory` tests, not as crashes."""
+    from test_sandbox import require_engine
+
+    require_engine()
+    row = {"env": "code", "question": "Echo n.", "tests": [{"input": "1", "output": "1"}, {"input": "2", "output": "2"}]}
+    inp = write_lines(tmp_path / "in.jsonl", [
+        {**row, "completion": "```python\nprint(input())\n```"},
+        {**row, "completion": "```python\nn = input()\nif n == '2':\n    x = bytearray(10**10)\nprint(n)\n```"}])
+    assert main(["score", str(inp), "-o", str(tmp_path / "out.jsonl"), "--workers", "0"]) == 0
+    assert [r["details"]["statuses"] for r in read_rows(tmp_path / "out.jsonl")] == [["ok", "ok"], ["ok", "memory"]]
+    printed = " ".join(capsys.readouterr().out.split())
+    assert ("code tests by sandbox status: ok 3, runtime_error 0, timeout 0, memory 1, output_limit 0, "
+            "infra_error 0") in printed

@@ -156,17 +156,30 @@ def _chunks(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
 
 
 class Summary:
-    """Per-env counts for the closing table (kept as counts, not rows, so big files stay cheap)."""
+    """Per-env counts for the closing table (kept as counts, not rows, so big files stay cheap), and per-env counts
+    of sandboxed tests by sandbox status (`details.statuses` of `code`: ok, runtime_error, timeout, memory, ...)."""
 
     def __init__(self):
         self.n: Counter[str] = Counter()
         self.reward: defaultdict[str, float] = defaultdict(float)
         self.status: defaultdict[str, Counter[str]] = defaultdict(Counter)
+        self.tests: defaultdict[str, Counter[str]] = defaultdict(Counter)
 
-    def add(self, env_id: str, reward: float, status: str) -> None:
+    def add(self, env_id: str, reward: float, status: str, details: dict | None = None) -> None:
         self.n[env_id] += 1
         self.reward[env_id] += reward
         self.status[env_id][status] += 1
+        statuses = (details or {}).get("statuses")
+        if isinstance(statuses, list):
+            self.tests[env_id].update(map(str, statuses))
+
+    def test_lines(self) -> list[str]:
+        """One line per env whose samples ran sandboxed tests, every sandbox status named (0 included)."""
+        from prorl.sandbox.runner import STATUSES
+
+        return [f"{env_id} tests by sandbox status: " + ", ".join(
+                    f"{s} {counts[s]}" for s in (*STATUSES, *sorted(set(counts) - set(STATUSES))))
+                for env_id, counts in sorted(self.tests.items())]
 
     def table(self):
         from rich.table import Table
@@ -221,7 +234,8 @@ def score_command(args: argparse.Namespace) -> int:
     done = set(previous) - retry
     summary = Summary()
     for i in done:
-        summary.add(args.env or str(previous[i].get("env")), previous[i]["reward"], previous[i]["status"])
+        summary.add(args.env or str(previous[i].get("env")), previous[i]["reward"], previous[i]["status"],
+                    previous[i].get("details"))
     todo = lines - done
     bad: list[int] = []
     rescored = written = 0
@@ -244,7 +258,7 @@ def score_command(args: argparse.Namespace) -> int:
                     res = {**row, "reward": score.reward, "status": score.status,
                            "details": {**score.details, "input_line": i}}
                     out.write(json.dumps(res, default=str) + "\n")
-                    summary.add(env.id, score.reward, score.status)
+                    summary.add(env.id, score.reward, score.status, score.details)
                     rescored += i in retry
                     written += 1
                 out.flush()  # a finished chunk is on disk: an interrupted run resumes after it
@@ -258,6 +272,8 @@ def score_command(args: argparse.Namespace) -> int:
     if rescored:  # the new records take the place of the old ones (appended meanwhile: nothing lost if interrupted)
         _previous(args.output)
     out_console.print(summary.table())
+    for line in summary.test_lines():
+        out_console.print(line)
     if done:
         out_console.print(f"resumed: {len(done)} lines were already in {args.output}")
     if rescored:

@@ -21,7 +21,12 @@ _KEEP_IN_TEST_RESULT = 2000  # characters of stdout/stderr kept per TestResult
 
 @dataclass
 class ExecResult:
-    """One program run. `status` is one of `STATUSES`; `stdout`/`stderr` are capped at the output limit."""
+    """One program run. `stdout`/`stderr` are capped at the output limit. `status` is one of `STATUSES`:
+    `ok` (exit 0), `runtime_error` (any other exit or signal: an exception, `sys.exit(3)`, a segfault),
+    `timeout` (past the time budget, or CPU-time limit), `memory` (out of memory: a MemoryError at the program's
+    RLIMIT_AS of `memory_mb`, or ended by the kernel's OOM killer at a cgroup's cap: exit -9, no traceback),
+    `output_limit` (more than `output_limit` bytes on a stream) or `infra_error` (the sandbox failed, not the
+    program; `error` says why). Only `ok` can pass a test."""
 
     status: str
     exit_code: int | None = None

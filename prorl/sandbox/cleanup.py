@@ -1,6 +1,7 @@
 """What the sandbox runner undoes after each program (runner.py's `Server.cleanup`): the processes it left, the
-System V IPC objects it made (they outlive their processes) and the files in the scratch area. Standard library only:
-copied into the sandbox image beside runner.py (`/opt/prorl/`)."""
+System V IPC objects it made (they outlive their processes) and the files in the scratch area; and the kernel's
+OOM-kill counter it reads around each program (a program the OOM killer ended is reported as `memory`). Standard
+library only: copied into the sandbox image beside runner.py (`/opt/prorl/`)."""
 
 from __future__ import annotations
 
@@ -78,3 +79,22 @@ def make_listable(top: str) -> None:
                     os.chmod(sub, 0o700)
                 except OSError:
                     pass
+
+
+# Where the kernel counts OOM kills: the container's own memory cgroup (v2 with a private cgroup namespace, Docker's
+# default there; v1, where Docker mounts the container's cgroup at /sys/fs/cgroup/memory), else the host-wide count.
+CGROUP_OOM_FILES = ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control")
+HOST_OOM_FILE = "/proc/vmstat"
+
+
+def oom_kills(path: str):
+    """The `oom_kill` count in `path` (a memory.events, memory.oom_control or /proc/vmstat file); None if unreadable."""
+    try:
+        with open(path) as fh:
+            for line in fh:
+                key, _, value = line.partition(" ")
+                if key == "oom_kill":
+                    return int(value)
+    except (OSError, ValueError):
+        pass
+    return None

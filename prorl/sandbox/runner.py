@@ -42,11 +42,12 @@ import time
 
 if __package__:  # imported on the host (prorl.sandbox.runner) for the framing helpers
     from prorl.sandbox.child import MEMORY_MARK, SERVER_IGNORES, run_program
-    from prorl.sandbox.cleanup import live_procs, others_alive, remove_sysv_ipc, wipe
+    from prorl.sandbox.cleanup import (CGROUP_OOM_FILES, HOST_OOM_FILE, live_procs, oom_kills, others_alive,
+                                       remove_sysv_ipc, wipe)
 else:  # run as a script in the sandbox, child.py beside it (`python -I` leaves the script's folder off sys.path)
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from child import MEMORY_MARK, SERVER_IGNORES, run_program
-    from cleanup import live_procs, others_alive, remove_sysv_ipc, wipe
+    from cleanup import CGROUP_OOM_FILES, HOST_OOM_FILE, live_procs, oom_kills, others_alive, remove_sysv_ipc, wipe
     del sys.path[0]
 
 HEADER = struct.Struct(">I")
@@ -122,6 +123,10 @@ class Server:
         self.dirty = False  # scratch that cleanup could not wipe: the done frame asks the host for a new sandbox
         # /dev/shm and /dev/mqueue are the container's own only under our init; LocalSandbox sees the host's.
         self.scratch = (root, "/dev/shm", "/dev/mqueue") if _is_prorl_init(1) else (root,)
+        # The OOM-kill counter read around each program: the container's own memory cgroup (any rise during a
+        # program is its doing), else the host's (LocalSandbox: it counts only for a program ended by SIGKILL).
+        own = [p for p in CGROUP_OOM_FILES if oom_kills(p) is not None] if _is_prorl_init(1) else []
+        self.oom_file, self.oom_own = (own[0], True) if own else (HOST_OOM_FILE, False)
 
     def cleanup(self) -> None:
         if self.own_pidns:
@@ -165,6 +170,7 @@ class Server:
             result_fd, nonce_fd = random.sample(free, 2)
             fds.update({result_fd: res_w, nonce_fd: non_r})
             child_limits.update(result_fd=result_fd, nonce_fd=nonce_fd)
+        ooms = oom_kills(self.oom_file)
         start = time.monotonic()
         pid = os.fork()
         if pid == 0:
@@ -194,13 +200,18 @@ class Server:
         status, exit_code, stdout, stderr = outcome
         if status == "ok" and memory_mark:
             status = "memory"
-        if status == "runtime_error" and "MemoryError" in stderr[-300:]:
-            status = "memory"
+        if status == "runtime_error" and ("MemoryError" in stderr[-300:] or self._oom_killed(ooms, exit_code)):
+            status = "memory"  # MemoryError at RLIMIT_AS, or the OOM killer (the cgroup's cap) ended it or a child
         if status != "ok":
             passed = False
         self.cleanup()
         return {"status": status, "exit_code": exit_code, "stdout": stdout, "stderr": stderr,
                 "wall_s": round(wall, 4), "passed": passed}
+
+    def _oom_killed(self, before, exit_code) -> bool:
+        after = oom_kills(self.oom_file)
+        rose = before is not None and after is not None and after > before
+        return rose and (self.oom_own or exit_code == -signal.SIGKILL)
 
     def _supervise(self, pid: int, out_r: int, err_r: int, cap: int, deadline: float):
         bufs = {out_r: bytearray(), err_r: bytearray()}
