@@ -310,7 +310,8 @@ def test_code_lines_count_their_tests_by_sandbox_status(tmp_path, capsys):
     from test_sandbox import require_engine
 
     require_engine()
-    row = {"env": "code", "question": "Echo n.", "tests": [{"input": "1", "output": "1"}, {"input": "2", "output": "2"}]}
+    row = {"env": "code", "question": "Echo n.",
+           "tests": [{"input": "1", "output": "1"}, {"input": "2", "output": "2"}]}
     inp = write_lines(tmp_path / "in.jsonl", [
         {**row, "completion": "```python\nprint(input())\n```"},
         {**row, "completion": "```python\nn = input()\nif n == '2':\n    x = bytearray(10**10)\nprint(n)\n```"}])

@@ -5,6 +5,7 @@ code reward still scores such a test as failed (0 for it). Real engine, real cgr
 from __future__ import annotations
 
 import os
+import textwrap
 import time
 from pathlib import Path
 
@@ -45,7 +46,7 @@ def test_code_reward_scores_a_memory_kill_as_a_failed_test():
     with DockerSandbox(pool_size=1, timeout_s=10.0, memory_mb=128) as sb:
         env = CodeEnv(sandbox=sb, memory_mb=128)
         tests = [{"input": "1", "output": "1"}, {"input": "2", "output": "2"}]
-        program = f"n = input()\nif n == '2':\n{''.join('    ' + line + chr(10) for line in HARD_KILL.splitlines())}print(n)"
+        program = f"n = input()\nif n == '2':\n{textwrap.indent(HARD_KILL, '    ')}\nprint(n)"
         task = env.task_from_dict({"question": "Echo n.", "tests": tests})
         score = env.verify(f"```python\n{program}\n```", task)
         assert score.reward == 0.5 and score.details["statuses"] == ["ok", "memory"], score

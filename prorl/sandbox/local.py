@@ -1,16 +1,27 @@
 """`LocalSandbox`: the same runner without Docker, in Linux namespaces. WEAKER isolation than `DockerSandbox`.
 
-Each worker is `unshare --net --pid --ipc --mount --mount-proc --fork [--user --map-root-user]`, then a private
-tmpfs mounted on its root, then (as root: `setpriv` to nobody) `python3 runner.py serve ROOT`: no network but a
-down `lo`, its own PID namespace (the runner is its PID 1 and kills every stray process after each program), its own
-System V IPC, workdirs other workers cannot see, rlimits (RLIMIT_NPROC = `max_procs` for a pids cgroup) and a
-process-group kill per program. Unlike the container, the program can READ the host's world-readable files and
-write wherever the worker's user may; there is no cgroup memory/pids/CPU cap (only rlimits) and no seccomp filter.
+Each worker is `unshare --net --pid --ipc --mount --mount-proc --fork [--user --map-root-user]`, then private mounts
+(`_mount_script`), then `python3 runner.py serve ROOT` (as root: `setpriv` to nobody; otherwise root of the user
+namespace with every capability dropped): no network but a down `lo`, its own PID namespace (the runner is its PID 1
+and kills every stray process after each program), its own System V IPC, workdirs on a private 64 MB tmpfs other
+workers cannot see, a private 16 MB /dev/shm wiped after each program, empty read-only /tmp, /var/tmp and /run/lock
+(as in the container, whose root is read-only), rlimits (RLIMIT_AS = `memory_mb` per process, RLIMIT_NPROC =
+`max_procs` for a pids cgroup) and a process-group kill per program.
+
+Unlike the container, the program can READ the host's world-readable files and write wherever the worker's user may
+outside those folders (nobody owns next to nothing; an unprivileged caller's own files are writable); there is no
+seccomp filter and no cgroup of its own: no CPU cap and no memory cap across a program's processes or the workers,
+only RLIMIT_AS per process, so one program can hold up to `max_procs` x `memory_mb` plus the two tmpfs (80 MB per
+worker), all host RAM. To cap a LocalSandbox's total, run the process in a memory-capped cgroup (a systemd scope or
+slice with MemoryMax, a container): programs are the OOM killer's first choice there (oom_score_adj 1000) and a
+program it ends reads as status `memory`. A cgroup made by LocalSandbox itself (cgroup v2 delegation) is not built:
+the machines this was written on had cgroup v1 without delegation, so it could not be tested.
+
 Use it only where no Docker engine is reachable (the `make_sandbox` helper does that with a warning) or when asked
 explicitly. Without a usable `unshare` the worker runs with rlimits and process-group kills only (warned), as nobody
-via `setpriv` when the caller is root (never as root). Bubblewrap is not used.
+via `setpriv` when the caller is root (never as root): then /tmp, /var/tmp and /dev/shm are the host's, writable
+without a cap, and /dev/shm is never wiped (it holds other processes' shared memory). Bubblewrap is not used.
 """
-
 from __future__ import annotations
 
 import atexit
@@ -37,24 +48,48 @@ RUNNER_FILES = ("runner.py", "child.py", "cleanup.py")  # the runner, what runs 
 _NOBODY = 65534
 _GRACE_S = 0.7
 _TMPFS_MB = 64  # the private tmpfs holding a namespaced worker's workdirs (the container's tmpfs_mb)
+_SHM_MB = 16  # its private /dev/shm (the container's shm_size)
+# World-writable host folders a namespaced worker sees as empty and read-only, as in the container (read-only root).
+_READ_ONLY_DIRS = ("/tmp", "/var/tmp", "/run/lock")
 
 
-def _namespace_prefix() -> list[str]:
+def _mount_script(uid: int, code_dir: str) -> str:
+    """sh run inside the namespaces, with the worker's root as $0: empty read-only tmpfs over `_READ_ONLY_DIRS` (a
+    program used to write the host's /tmp and /var/tmp, and list what other processes keep there), a private
+    `_SHM_MB` /dev/shm (it used to write the host's, uncapped: RAM), the root's private tmpfs (created in the fresh
+    /tmp when it lives there) and `code_dir` (the runner), read-only at its path: bound on /dev/shm before the
+    covering, bound back after. Every tmpfs is named prorl-sandbox: the runner wipes /dev/shm when it is one."""
+    ro, code = "nosuid,nodev,noexec", shlex.quote(code_dir)
+    return (f'mount --bind {code} /dev/shm && '
+            f'ro=""; for d in {" ".join(_READ_ONLY_DIRS)}; do if [ -d "$d" ] && [ ! -L "$d" ]; then '
+            f'mount -t tmpfs -o size=1m,mode=0755,{ro} prorl-sandbox "$d" || exit 1; ro="$ro $d"; fi; done; '
+            f'mkdir -p {code} "$0" && mount --bind /dev/shm {code} && mount -o remount,bind,ro,nosuid,nodev {code} && '
+            f'mount -t tmpfs -o size={_SHM_MB}m,mode=1777,{ro} prorl-sandbox /dev/shm && '
+            f'mount -t tmpfs -o size={_TMPFS_MB}m,mode=0700,uid={uid},gid={uid},nosuid,nodev prorl-sandbox "$0" && '
+            f'for d in $ro; do mount -o remount,bind,ro,{ro} "$d" || exit 1; done')
+
+
+def _namespace_prefix(code_dir: str) -> list[str]:
     """The `unshare` command line for this user, or [] when namespaces are unavailable. A namespaced worker's command
-    is this prefix, its root, then the runner's command line: inside the namespaces a private tmpfs is mounted on
-    the root (other workers, same uid, used to read and write its programs' workdirs through /tmp; capped as in the
-    container), then the runner starts (as root: as nobody)."""
+    is this prefix, its root, then the runner's command line: inside the namespaces `_mount_script` gives it a
+    private /dev/shm, read-only empty /tmp, /var/tmp and /run/lock, and a private tmpfs on the root (other workers,
+    same uid, used to read and write its programs' workdirs through /tmp; capped as in the container), then the
+    runner starts: as root, as nobody; otherwise as root of a user namespace with every capability dropped (it
+    could otherwise unmount those tmpfs, or mount new, uncapped ones)."""
     unshare = shutil.which("unshare")
     if unshare is None:
         return _drop_root_prefix()
     # --ipc: System V IPC objects would otherwise live in the host's namespace, past the sandbox (runner.py
     # removes them after each program only in a namespace of its own)
     base = [unshare, "--net", "--pid", "--ipc", "--fork", "--kill-child", "--mount", "--mount-proc"]
-    uid, drop = (_NOBODY, _drop_root_prefix()) if os.geteuid() == 0 else (0, [])
-    if not drop:
+    if os.geteuid() == 0:
+        uid, drop = _NOBODY, _drop_root_prefix()
+    else:
+        setpriv = shutil.which("setpriv")  # without it the programs keep their user namespace's capabilities
+        caps = ["--inh-caps", "-all", "--ambient-caps", "-all", "--bounding-set", "-all"]
+        uid, drop = 0, ([setpriv, *caps] if setpriv else [])
         base += ["--user", "--map-root-user"]
-    mount = f"mount -t tmpfs -o size={_TMPFS_MB}m,mode=0700,uid={uid},gid={uid},nosuid,nodev prorl-sandbox \"$0\""
-    prefix = base + ["/bin/sh", "-c", f"{mount} && exec {shlex.join(drop)} \"$@\""]
+    prefix = base + ["/bin/sh", "-c", f"{_mount_script(uid, code_dir)} && exec {shlex.join(drop)} \"$@\""]
     with tempfile.TemporaryDirectory(prefix="prorl-probe-") as probe_root:
         probe = subprocess.run(prefix + [probe_root, "true"], capture_output=True, timeout=30)
     if probe.returncode == 0:
@@ -140,7 +175,13 @@ class LocalSandbox(Sandbox):
         super().__init__(timeout_s, memory_mb, output_limit)
         # Processes of the worker's user (as root: of `nobody`, host-wide) a program may reach: a fork bomb's cap.
         self.max_procs = max_procs
-        self.prefix = _namespace_prefix()
+        # A copy of the runner the dropped user can read (the checkout may sit under a private home directory).
+        self._code_dir = tempfile.mkdtemp(prefix="prorl-runner-")
+        os.chmod(self._code_dir, 0o755)
+        for name in RUNNER_FILES:
+            os.chmod(shutil.copy(os.path.join(_HERE, name), os.path.join(self._code_dir, name)), 0o444)
+        self._runner = os.path.join(self._code_dir, "runner.py")
+        self.prefix = _namespace_prefix(self._code_dir)
         self.namespaced = _namespaced(self.prefix)
         if not self.namespaced:
             log.warning("LocalSandbox without namespaces: programs share the host's network and processes")
@@ -148,12 +189,6 @@ class LocalSandbox(Sandbox):
         self.python = python or next((p for p in ("/usr/bin/python3", "/usr/local/bin/python3") if os.path.exists(p)),
                                      os.path.realpath(sys.executable))
         self.parallelism = workers
-        # A copy of the runner the dropped user can read (the checkout may sit under a private home directory).
-        self._code_dir = tempfile.mkdtemp(prefix="prorl-runner-")
-        os.chmod(self._code_dir, 0o755)
-        for name in RUNNER_FILES:
-            os.chmod(shutil.copy(os.path.join(_HERE, name), os.path.join(self._code_dir, name)), 0o444)
-        self._runner = os.path.join(self._code_dir, "runner.py")
         self._idle: queue.Queue[_Worker | None] = queue.Queue()
         for _ in range(workers):
             self._idle.put(None)  # started on first use

@@ -121,8 +121,10 @@ class Server:
         os.makedirs(root, exist_ok=True)
         self.root_mode = os.stat(root).st_mode & 0o7777
         self.dirty = False  # scratch that cleanup could not wipe: the done frame asks the host for a new sandbox
-        # /dev/shm and /dev/mqueue are the container's own only under our init; LocalSandbox sees the host's.
-        self.scratch = (root, "/dev/shm", "/dev/mqueue") if _is_prorl_init(1) else (root,)
+        # /dev/shm and /dev/mqueue are the container's own under our init; a namespaced LocalSandbox worker mounts a
+        # private /dev/shm (named prorl-sandbox); otherwise it is the host's, never wiped.
+        self.scratch = ((root, "/dev/shm", "/dev/mqueue") if _is_prorl_init(1)
+                        else (root, "/dev/shm") if _mounted_by_local_sandbox("/dev/shm") else (root,))
         # The OOM-kill counter read around each program: the container's own memory cgroup (any rise during a
         # program is its doing), else the host's (LocalSandbox: it counts only for a program ended by SIGKILL).
         own = [p for p in CGROUP_OOM_FILES if oom_kills(p) is not None] if _is_prorl_init(1) else []
@@ -303,6 +305,14 @@ def _is_prorl_init(pid: int) -> bool:
     except OSError:
         return False
     return any(a.endswith(b"runner.py") for a in args) and b"init" in args
+
+
+def _mounted_by_local_sandbox(path: str) -> bool:
+    try:
+        with open("/proc/self/mounts") as fh:
+            return any(line.split()[:2] == ["prorl-sandbox", path] for line in fh)
+    except OSError:
+        return False
 
 
 def _make_non_dumpable() -> bool:
