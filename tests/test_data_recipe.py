@@ -78,6 +78,25 @@ def test_leaving_out_a_source_the_recipe_does_not_have_is_an_error(tmp_path):
     assert [s.name for s in load_recipe(path, ["sources.gsm8k=null", "sources.gsm8k=null"]).sources] == ["mbpp"]
 
 
+def test_setting_a_field_of_a_source_the_recipe_does_not_have_names_that_source(tmp_path):
+    """Before the fix `--set sources.typo.path=X` created a source `typo` and the error was
+    `sources.typo.env: required field is missing`, as if the recipe lacked an env, not naming the misspelt source.
+    A source given with its env is still added."""
+    path = tmp_path / "r.yaml"
+    path.write_text("name: r\nsources:\n  gsm8k: {env: math, path: a.jsonl, size: 5}\n"
+                    "  mbpp: {env: code, path: b.jsonl, size: 5}\n")
+    with pytest.raises(RecipeError, match=r"^--set 'sources.typo.path=X': the recipe has no source 'typo'; sources: "
+                                          r"\['gsm8k', 'mbpp'\] \(to add a source, give its env too: --set "
+                                          r"sources.typo.env=ENV\)$"):
+        load_recipe(path, ["sources.typo.path=X"])
+    with pytest.raises(RecipeError, match=r"^--set 'sources.gsm8.size=3': the recipe has no source 'gsm8' \(did you "
+                                          r"mean 'gsm8k'\?\)"):
+        load_recipe(path, ["sources.gsm8.size=3", "sources.gsm8.path=c.jsonl"])
+    added = load_recipe(path, ["sources.extra.path=c.jsonl", "sources.extra.env=math", "sources.extra.size=2"])
+    assert [s.name for s in added.sources] == ["gsm8k", "mbpp", "extra"] and added.source("extra").size == 2
+    assert load_recipe(path, ["sources.extra={env: math, path: c.jsonl, size: 2}"]).source("extra").env == "math"
+
+
 @pytest.mark.parametrize("text,kind", [("", "NoneType"), ("- a\n- b\n", "list")])
 def test_a_recipe_that_is_not_a_mapping_is_named_also_with_overrides(tmp_path, text, kind):
     (tmp_path / "r.yaml").write_text(text)

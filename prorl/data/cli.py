@@ -27,7 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
                    help="read each source's `sample` file (datasets/samples/) instead of its public `path`")
     b.add_argument("--root", help="folder that relative paths in the recipe resolve against (default: its folder)")
     b.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a recipe field, e.g. --set sources.math.path=/data/deepscaler.json (repeatable)")
+                   help="override a recipe field, e.g. --set sources.math.path=/data/deepscaler.json (repeatable); "
+                        "sources.NAME=null leaves a source out, and a source the recipe lacks is added only "
+                        "with its env (--set sources.NAME.env=ENV)")
     b.add_argument("--on-error", choices=("skip", "fail"), help="a bad row: report and skip it, or stop (default: "
                                                                 "the recipe's on_error)")
     f = b.add_argument_group("difficulty filter (optional)")

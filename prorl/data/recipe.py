@@ -281,8 +281,20 @@ def _parse_source(name, spec, where: str, fail) -> SourceConfig:
 
 
 # -- loading ---------------------------------------------------------------------------------------------------
+def _unknown_source(item: str, name: str, known: list[str], what: str = "", hint: str = "") -> RecipeError:
+    close = difflib.get_close_matches(name, known, n=1)
+    return RecipeError(f"--set {item!r}: the recipe has no source {name!r}{what}"
+                       + (f" (did you mean {close[0]!r}?)" if close else "") + f"; sources: {sorted(known)}{hint}")
+
+
 def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> dict:
-    """Apply `a.b.c=value` overrides (value parsed as YAML) to a raw recipe dict, creating mappings as needed."""
+    """Apply `a.b.c=value` overrides (value parsed as YAML) to a raw recipe dict, creating mappings as needed.
+
+    A source the recipe does not have may be added (`--set sources.new.env=math --set sources.new.path=...`), but
+    one left without an `env` is taken for a misspelt name: an error naming it and the recipe's sources."""
+    srcs = raw.get("sources")
+    known = [str(k) for k in srcs] if isinstance(srcs, dict) else []
+    added: dict[str, str] = {}  # source name -> the first --set that made it
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
@@ -301,10 +313,16 @@ def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> dict:
         except yaml.YAMLError as exc:
             raise RecipeError(f"--set {item!r}: the value is not valid YAML: {exc}") from None
         if parsed is None and parts[:-1] == ["sources"] and parts[-1] not in node:  # else a typo leaves it in
-            close = difflib.get_close_matches(parts[-1], [str(k) for k in node], n=1)
-            raise RecipeError(f"--set {item!r}: the recipe has no source {parts[-1]!r} to leave out"
-                              + (f" (did you mean {close[0]!r}?)" if close else f"; sources: {sorted(map(str, node))}"))
+            raise _unknown_source(item, parts[-1], [str(k) for k in node], " to leave out")
+        if len(parts) >= 2 and parts[0] == "sources" and parts[1] not in known:
+            added.setdefault(parts[1], item)
         node[parts[-1]] = parsed
+    srcs = raw.get("sources")
+    for name, item in added.items():
+        spec = srcs.get(name) if isinstance(srcs, dict) else None
+        if isinstance(spec, dict) and "env" not in spec:  # `sources.mth.path=...`: not a new source of no env
+            raise _unknown_source(item, name, known, hint=f" (to add a source, give its env too: --set "
+                                                          f"sources.{name}.env=ENV)")
     return raw
 
 
