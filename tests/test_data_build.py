@@ -324,6 +324,13 @@ def test_file_source_holdout_is_seeded_and_disjoint(tmp_path):
     result = build(recipe)
     assert len(result.heldout) == 5 and len(result.train) == 20
     assert not {r["id"] for r in result.heldout} & {r["id"] for r in result.train}
+    # before the fix the error named neither the recipe file nor the field as other recipe errors do
+    # ("sources.a.holdout=30 leaves no training rows (30 valid rows)")
+    too_many = recipe_of(tmp_path, name="h", sources={"a": {"env": "math", "path": "a.jsonl", "size": 20,
+                                                            "holdout": 30}})
+    with pytest.raises(DataError, match=rf"^{tmp_path / 'recipe.yaml'}: sources\.a\.holdout: 30 leaves no training "
+                                        r"rows \(the source has 30 valid rows\)"):
+        build(too_many)
 
 
 def test_no_train_row_repeats_a_held_out_question_whatever_the_dedup_mode(tmp_path):

@@ -143,8 +143,8 @@ def _normalize_source(source: SourceConfig, env: Env, raws: list[RawRow], recipe
         (heldout if raw.holdout else pool).append(cand)
     if source.holdout:
         if source.holdout >= len(pool):
-            raise DataError(f"sources.{source.name}.holdout={source.holdout} leaves no training rows "
-                            f"({len(pool)} valid rows)")
+            raise DataError(f"{recipe.path or '<recipe>'}: sources.{source.name}.holdout: {source.holdout} leaves no "
+                            f"training rows (the source has {len(pool)} valid rows); hold out fewer")
         picked = set(random.Random(f"{recipe.seed}:holdout:{source.name}").sample(range(len(pool)), source.holdout))
         heldout.extend(c for i, c in enumerate(pool) if i in picked)
         pool = [c for i, c in enumerate(pool) if i not in picked]
