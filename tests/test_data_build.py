@@ -137,6 +137,22 @@ def test_root_and_set_point_sources_elsewhere(tmp_path):
     assert card["overrides"] == [override] and f"`--set {override}`" in (tmp_path / "out" / "card.md").read_text()
 
 
+def test_the_card_counts_rows_per_env_with_their_share(tmp_path):
+    """Before the fix card.md listed rows per source only: two sources of one env had to be added up by hand (the
+    per-env counts were in card.json alone)."""
+    write_jsonl(tmp_path / "a.jsonl", math_rows(6))
+    write_jsonl(tmp_path / "b.jsonl", math_rows(4, start=100))
+    write_jsonl(tmp_path / "c.jsonl", [{"q": f"say {i}", "answer": str(i)} for i in range(12)])
+    recipe = recipe_of(tmp_path, name="c", sources={
+        "a": {"env": "math", "path": "a.jsonl", "size": 6}, "b": {"env": "math", "path": "b.jsonl", "size": 4},
+        "c": {"env": "test/echo", "path": "c.jsonl", "size": 10, "holdout": 2}})
+    build(recipe, tmp_path / "out")
+    text = (tmp_path / "out" / "card.md").read_text()
+    table = text.split("## Rows per env\n\n")[1].split("\n\n")[0].splitlines()
+    assert table == ["| env | train rows | share | recipe share | held out |", "|---|---:|---:|---:|---:|",
+                     "| math | 10 | 0.500 | 0.500 | 0 |", "| test/echo | 10 | 0.500 | 0.500 | 2 |"]
+
+
 def test_parquet_and_json_array_rows_are_located_by_row_number(tmp_path):
     from datasets import Dataset
 

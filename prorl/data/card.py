@@ -4,7 +4,7 @@ Layout of an output folder:
     train.parquet    the mixture (a `datasets.Dataset`; `reference`/`metadata` are JSON text columns); none if empty
     heldout.parquet  held-out rows (generated hold-outs and `holdout:` rows of file sources), when there are any
     card.json        counts per source/env, rows dropped by reason, scale factor, options, recipe hash
-    card.md          the same for people
+    card.md          the same for people, with a table of rows per env (and its share)
     dropped.jsonl    every row left out: {"where", "reason", "field", "message"}
     pass_rates.jsonl with --filter-model: the estimated pass rates, reused by a re-run (prorl.data.filter)
 
@@ -98,6 +98,14 @@ def card_markdown(card: dict[str, Any]) -> str:
         rshare = f"{s['recipe_share']:.3f}" if s["recipe_share"] is not None else "-"
         lines.append(f"| {name} | {s['env']} | {s['read']} | {sum(s['dropped'].values())} | {s['heldout']} | "
                      f"{s['available']} | {s['recipe_size'] or '-'} | {s['selected']} | {s['share']:.3f} | {rshare} |")
+    lines += ["", "## Rows per env", "", "| env | train rows | share | recipe share | held out |",
+              "|---|---:|---:|---:|---:|"]
+    total = card["rows"]["train"]
+    for env in sorted({s["env"] for s in card["sources"].values()}):
+        n = card["per_env"].get(env, 0)
+        rshare = sum(s["recipe_share"] or 0.0 for s in card["sources"].values() if s["env"] == env)
+        lines.append(f"| {env} | {n} | {n / total if total else 0.0:.3f} | {rshare:.3f} | "
+                     f"{card['heldout_per_env'].get(env, 0)} |")
     lines += ["", "## Rows dropped", "", "| reason | rows |", "|---|---:|"]
     lines += [f"| {k} | {v} |" for k, v in card["dropped"].items()] or ["| (none) | 0 |"]
     if card["dropped_examples"]:
