@@ -285,54 +285,7 @@ def test_a_generated_source_gives_its_leftover_row_to_any_task_and_the_same_seed
     assert first.stats["logic"].per_task == again.stats["logic"].per_task
 
 
-# -- generated sources and held-out rows -----------------------------------------------------------------------
-def test_generated_logic_source_holds_out_the_first_entries_of_each_task(tmp_path):
-    spec = dict(name="g", seed=3, sources={"logic": {"env": "logic", "size": 30, "generate": {
-        "tasks": ["chain_sum", "basic_arithmetic", "word_sorting"], "seed": 5, "holdout_per_task": 4}}})
-    result = build(recipe_of(tmp_path, **spec), tmp_path / "out")
-    assert len(result.train) == 30 and len(result.heldout) == 12
-    assert dict(result.stats["logic"].per_task) == {"chain_sum": 10, "basic_arithmetic": 10, "word_sorting": 10}
-    held = {r["id"] for r in result.heldout}
-    assert {r["metadata"]["origin"].split("#")[1] for r in result.heldout} == {"h0", "h1", "h2", "h3"}
-    assert not held & {r["id"] for r in result.train}
-    held_questions = {r["prompt"][-1]["content"] for r in result.heldout}
-    assert not held_questions & {r["prompt"][-1]["content"] for r in result.train}
-    again = build(recipe_of(tmp_path, **spec))
-    assert [r["id"] for r in again.heldout] == [r["id"] for r in result.heldout]
-    assert len(load_rows(tmp_path / "out", "heldout")) == 12
-
-
-def test_env_generator_source_builds_valid_ifeval_tasks(tmp_path):
-    """`generate: {generator: env}`: the environment's own generator (ifeval's procedural tasks), seeded, with the
-    first entries held out; a task list or an env without a generator is an error naming the field."""
-    spec = dict(name="g", seed=3, sources={"if": {"env": "ifeval", "size": 40, "generate": {
-        "generator": "env", "seed": 5, "holdout_per_task": 6}}})
-    result = build(recipe_of(tmp_path, **spec), tmp_path / "out")
-    assert len(result.train) == 40 and len(result.heldout) == 6
-    assert len({json.dumps(r["prompt"]) for r in result.train + result.heldout}) == 46  # no prompt twice
-    env = prorl.make("ifeval")
-    for row in result.train[:10]:
-        assert env.score("an answer", row).status in ("ok", "wrong")  # a valid task, scored
-    again = build(recipe_of(tmp_path, **spec), tmp_path / "out2")
-    assert [r["prompt"] for r in again.heldout] == [r["prompt"] for r in result.heldout]
-    bad = dict(spec, sources={"if": {"env": "ifeval", "size": 4, "generate": {"generator": "env", "tasks": ["x"]}}})
-    with pytest.raises(prorl.data.RecipeError, match=r"sources.if.generate.tasks"):
-        recipe_of(tmp_path, **bad)
-    no_gen = dict(spec, sources={"m": {"env": "math", "size": 4, "generate": {"generator": "env"}}})
-    with pytest.raises(prorl.data.RecipeError, match="math has no generator"):
-        build(recipe_of(tmp_path, **no_gen), tmp_path / "out3")
-
-
-def test_held_out_rows_do_not_depend_on_the_recipe_size(tmp_path):
-    def held(size):
-        spec = dict(name="g", sources={"logic": {"env": "logic", "size": size, "generate": {
-            "tasks": ["acre", "chain_sum"], "seed": 1, "holdout_per_task": 3}}})
-        return [r["prompt"][-1]["content"] for r in build(recipe_of(tmp_path, **spec)).heldout]
-
-    small, large = held(4), held(40)  # acre makes all its entries up front: they depend on its dataset size
-    assert len(small) == 6 and small == large
-
-
+# -- held-out rows --------------------------------------------------------------------------------------------
 def test_file_source_holdout_is_seeded_and_disjoint(tmp_path):
     write_jsonl(tmp_path / "a.jsonl", math_rows(30))
     recipe = recipe_of(tmp_path, name="h", seed=4,

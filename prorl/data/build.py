@@ -16,6 +16,7 @@ any generation, as missing files and unknown tasks do); duplicates and filtered 
 
 from __future__ import annotations
 
+import math
 import random
 import re
 import unicodedata
@@ -58,6 +59,7 @@ class SourceStats:
     target: int = 0
     selected: int = 0
     per_task: Counter = field(default_factory=Counter)
+    needed: int | None = None  # a generated source made for this many rows, not its size (shortfall=scale)
 
 
 @dataclass
@@ -179,10 +181,22 @@ def build(recipe: Recipe, out_dir: str | Path | None = None, *, sample_data: boo
     for s in [s for s in recipe.sources if files[s.name] is None]:
         check_generator(s.generate, f"{recipe.path or '<recipe>'}: sources.{s.name}.generate", envs[s.name])
     held_by_source: dict[str, list[Candidate]] = {}
+    # With shortfall=scale no source can end above `bound` times its size: a pool only loses rows from here on
+    # (de-duplication, the filter). Generated sources, made after the file sources, are then made at that share of
+    # their size instead of in full. Not with a difficulty filter: how much of a generated source it keeps is
+    # unknown until it has run.
+    bound = 1.0
     for source in sorted(recipe.sources, key=lambda s: files[s.name] is None):
-        raws = _raw_rows(source, files[source.name], stats[source.name], wanted[source.name], log)
+        size = wanted[source.name]
+        if files[source.name] is None and bound < 1.0:
+            size = stats[source.name].needed = math.ceil(size * bound)
+            log(f"{source.name}: {size} of {wanted[source.name]} rows needed (shortfall=scale: the sources read so "
+                f"far give at most {bound:.4g} of their sizes)")
+        raws = _raw_rows(source, files[source.name], stats[source.name], size, log)
         pools[source.name], held_by_source[source.name] = _normalize_source(
             source, envs[source.name], raws, recipe, stats[source.name], issues, on_error)
+        if recipe.shortfall == "scale" and difficulty is None and wanted[source.name] > 0:
+            bound = min(bound, len(pools[source.name]) / wanted[source.name])
     pools = {s.name: pools[s.name] for s in recipe.sources}  # de-duplication: the first source listed wins
     heldout = [c for s in recipe.sources for c in held_by_source[s.name]]
     heldout = _dedup(heldout, recipe.dedup, {}, issues, stats, holdout=True)

@@ -60,7 +60,7 @@ def card_dict(result) -> dict[str, Any]:
         sources[s.name] = {
             "env": s.env, "files": st.files, "read": st.read, "heldout": st.heldout,
             "dropped": dict(st.dropped), "available": st.available, "recipe_size": s.size, "recipe_weight": s.weight,
-            "selected": st.selected, "share": round(st.selected / total, 4) if total else 0.0,
+            "needed": st.needed, "selected": st.selected, "share": round(st.selected / total, 4) if total else 0.0,
             "recipe_share": round(wanted[s.name] / wanted_total, 4),
             "per_task": dict(sorted(st.per_task.items())) if len(st.per_task) > 1 else None,
         }
@@ -98,6 +98,9 @@ def card_markdown(card: dict[str, Any]) -> str:
         rshare = f"{s['recipe_share']:.3f}" if s["recipe_share"] is not None else "-"
         lines.append(f"| {name} | {s['env']} | {s['read']} | {sum(s['dropped'].values())} | {s['heldout']} | "
                      f"{s['available']} | {s['recipe_size'] or '-'} | {s['selected']} | {s['share']:.3f} | {rshare} |")
+    lines += [f"\n{name}: generated for {s['needed']} rows, not its {s['recipe_size'] or 'share of the total'} "
+              "(shortfall=scale: the other sources could not give more)"
+              for name, s in card["sources"].items() if s.get("needed") is not None]
     lines += ["", "## Rows per env", "", "| env | train rows | share | recipe share | held out |",
               "|---|---:|---:|---:|---:|"]
     total = card["rows"]["train"]

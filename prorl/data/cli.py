@@ -119,7 +119,7 @@ def run(args: argparse.Namespace, name: str) -> int:
         console.print(card_table(card_dict(result)))
     if not result.train:  # saved all the same: the card and dropped.jsonl say why
         dropped = ", ".join(f"{k}: {v}" for k, v in sorted(card_dict(result)["dropped"].items())) or "none"
-        empty = [s for s in result.stats.values() if s.available == 0]
+        empty = [s for s in result.stats.values() if s.available == 0 and s.needed != 0]  # not: none generated
         why = "".join(f"; sources.{s.name} has no usable row ({s.read} read"
                       + "".join(f", {k}: {v}" for k, v in sorted(s.dropped.items())) + ")" for s in empty)
         if empty and result.recipe.shortfall == "scale" and len(empty) < len(result.stats):

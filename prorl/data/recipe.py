@@ -101,7 +101,8 @@ class Recipe:
                 "keeping the row; or `none`"})
     shortfall: str = field(default="scale", metadata={
         "help": "when a source has fewer valid rows than its size: `scale` every source down by the same factor "
-                "(proportions kept), `take` what there is, or `error`"})
+                "(proportions kept; generated sources are then made only for the share the file sources leave "
+                "them, unless a difficulty filter runs), `take` what there is, or `error`"})
     path: Path | None = field(default=None, metadata={"help": "the YAML file (set by load_recipe)"})
     overrides: list[str] = field(default_factory=list, metadata={
         "help": "the `--set KEY=VALUE` overrides applied to the file (set by load_recipe; the data card lists them)"})
