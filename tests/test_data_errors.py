@@ -242,3 +242,16 @@ def test_a_source_with_no_usable_row_is_named_when_it_empties_the_mixture(tmp_pa
     err = " ".join(capsys.readouterr().err.split())
     assert f"{tmp_path / 'c.jsonl'}:1: field 'questn': missing" in err
     assert "(rows dropped: invalid: 3); sources.code has no usable row (3 read, invalid: 3) and shortfall" in err, err
+
+
+def test_a_generated_source_left_no_row_to_make_is_not_blamed_for_an_empty_mixture(tmp_path, capsys):
+    """With shortfall=scale a file source with no valid row leaves a generated source nothing to make (scale 0):
+    the error names the file source only, and nothing is generated."""
+    (tmp_path / "m.jsonl").write_text('{"problem": "What is 1 + 1?"}\n')  # no answer: invalid
+    recipe_of(tmp_path, {"math": {"env": "math", "path": "m.jsonl", "size": 2}, "logic": GENERATED},
+              shortfall="scale")
+    assert cli_main(["data", "build", str(tmp_path / "recipe.yaml"), "-o", str(tmp_path / "out"), "-q"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "sources.math has no usable row (1 read, invalid: 1) and shortfall=scale" in err and "sources.logic" \
+        not in err, err
+    assert json.loads((tmp_path / "out" / "card.json").read_text())["sources"]["logic"]["read"] == 0
