@@ -282,6 +282,28 @@ def test_resume_against_an_output_of_another_input_is_refused(tmp_path, capsys):
     assert [r["details"]["input_line"] for r in read_rows(out)] == [1, 2, 3, 4]
 
 
+def test_resume_reads_the_input_once_before_scoring(tmp_path, monkeypatch):
+    """Before the fix --resume read the input three times: counting its lines, checking OUT's records against it,
+    then scoring. The check is now made while counting: two reads, as a run without --resume."""
+    import prorl.envs.cli as score_cli
+    import prorl.envs.jsonl as jsonl
+
+    inp = write_lines(tmp_path / "in.jsonl", GOOD[:4])
+    out = tmp_path / "out.jsonl"
+    assert main(["score", str(write_lines(tmp_path / "first.jsonl", GOOD[:2])), "-o", str(out), "--workers", "0"]) == 0
+    opened = []
+    for module in (score_cli, jsonl):
+        real = module.open_bytes
+        monkeypatch.setattr(module, "open_bytes", lambda path, real=real: opened.append(Path(path)) or real(path))
+    assert main(["score", str(inp), "-o", str(out), "--workers", "0", "--resume"]) == 0
+    assert opened.count(inp) == 2
+    assert [r["details"]["input_line"] for r in read_rows(out)] == [1, 2, 3, 4]
+    # a partial record alone in OUT (a run killed while writing its first line) is still dropped, not appended to
+    out.write_text(out.read_text().splitlines()[0][:30])
+    assert main(["score", str(inp), "-o", str(out), "--workers", "0", "--resume"]) == 0
+    assert [r["details"]["input_line"] for r in read_rows(out)] == [1, 2, 3, 4]
+
+
 def test_sample_completions_score_cleanly(tmp_path):
     out = tmp_path / "scored.jsonl"
     assert main(["score", str(SAMPLES), "-o", str(out), "--workers", "2"]) == 0

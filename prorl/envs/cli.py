@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from prorl.envs.base import UNSCORED_STATUSES, Env, Task, key_error_message
-from prorl.envs.jsonl import is_blank, open_bytes, read_jsonl
+from prorl.envs.jsonl import is_blank, open_bytes, parse_line, read_jsonl
 
 
 def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
@@ -66,11 +66,10 @@ class BadLine(ValueError):
     """An input line that cannot be scored (the message names the problem)."""
 
 
-def _previous(path: Path) -> dict[int, dict]:
-    """The records of an earlier run's OUT by input line number, OUT rewritten (a temporary file renamed over it) to
-    hold one record per line: a partial or corrupt line (a killed run's tail) is dropped, and a line scored again
-    (an earlier timeout or infra_error) keeps the place of its first record with its last one. The lines kept are
-    written back byte for byte."""
+def _previous(path: Path) -> dict[int, tuple[bytes, dict]]:
+    """The records of an earlier run's OUT by input line number, as (the line's bytes, the record): a partial or
+    corrupt line (a killed run's tail) is left out, and a line scored again (an earlier timeout or infra_error)
+    keeps the place of its first record with its last one."""
     records: dict[int, tuple[bytes, dict]] = {}
     for raw in path.read_bytes().split(b"\n"):
         try:
@@ -80,21 +79,38 @@ def _previous(path: Path) -> dict[int, dict]:
             continue
         if isinstance(line, int):
             records[line] = (raw, row)  # a key seen before keeps its place in the dict
+    return records
+
+
+def _rewrite(path: Path, records: dict[int, tuple[bytes, dict]]) -> None:
+    """OUT rewritten (a temporary file renamed over it) to hold `records`, one per line, byte for byte."""
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_bytes(b"".join(raw + b"\n" for raw, _ in records.values()))
     tmp.replace(path)
-    return {line: row for line, (_, row) in records.items()}
 
 
-def _other_input(path: Path, previous: dict[int, dict], lines: set[int]) -> str | None:
-    """Why the records of an earlier OUT cannot come from `path` as it is now (a line number it lacks, a line whose
-    completion differs from the record's), or None: resuming would otherwise mix the results of two inputs."""
+def _scan_input(path: Path, previous: dict[int, dict]) -> tuple[set[int], str | None]:
+    """One pass over the input: the numbers of its non-blank lines, and why the records of an earlier OUT
+    (`previous`) cannot come from it as it is now (a line number it lacks, a line whose completion differs from the
+    record's), or None: resuming would otherwise mix the results of two inputs. Only the lines in `previous` are
+    decoded."""
+    lines: set[int] = set()
+    changed = None
+    with open_bytes(path) as f:
+        for i, raw in enumerate(f, 1):
+            if is_blank(raw, i):
+                continue
+            lines.add(i)
+            if i in previous and changed is None:
+                try:
+                    row = parse_line(raw, i)
+                except ValueError:  # malformed: reported when it is scored
+                    continue
+                if row.get("completion") != previous[i].get("completion"):
+                    changed = f"line {i} of {path} has another completion than OUT's record of it"
     if beyond := sorted(set(previous) - lines):
-        return f"OUT has a record of line {beyond[0]}, which is not a line of {path}"
-    for i, row in read_jsonl(path, on_error=lambda *_: None, only=set(previous)):
-        if row.get("completion") != previous[i].get("completion"):
-            return f"line {i} of {path} has another completion than OUT's record of it"
-    return None
+        return lines, f"OUT has a record of line {beyond[0]}, which is not a line of {path}"
+    return lines, changed
 
 
 class LineParser:
@@ -219,17 +235,20 @@ def score_command(args: argparse.Namespace) -> int:
     if args.chunk_size < 1:
         err.print(f"[red]prorl score: --chunk-size must be >= 1, got {args.chunk_size}")
         return 2
-    with open_bytes(args.input) as f:
-        lines = {i for i, raw in enumerate(f, 1) if not is_blank(raw, i)}
+    resuming = args.resume and args.output.is_file()
+    records = _previous(args.output) if resuming else {}
+    previous = {line: row for line, (_, row) in records.items()}
+    lines, why = _scan_input(args.input, previous)
     if not lines:  # a failed export or the wrong path: say so, and leave an earlier OUT as it is
         err.print(f"[red]prorl score: {args.input}: no lines to score (the file is empty or blank)")
         return 1
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    previous = _previous(args.output) if args.resume and args.output.exists() else {}
-    if previous and (why := _other_input(args.input, previous, lines)):
+    if why:
         err.print(f"[red]prorl score: --resume: {why}: OUT was written from another input (or the input changed); "
                   "score into a new OUT, or without --resume to overwrite it")
         return 2
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    if resuming:
+        _rewrite(args.output, records)  # one record per line, a killed run's partial tail dropped
     retry = {i for i, row in previous.items() if row.get("status") in UNSCORED_STATUSES}  # not really scored
     done = set(previous) - retry
     summary = Summary()
@@ -270,7 +289,7 @@ def score_command(args: argparse.Namespace) -> int:
                       f"in {args.output}: rerun with --resume to score the rest")
             return 130
     if rescored:  # the new records take the place of the old ones (appended meanwhile: nothing lost if interrupted)
-        _previous(args.output)
+        _rewrite(args.output, _previous(args.output))
     out_console.print(summary.table())
     for line in summary.test_lines():
         out_console.print(line)
