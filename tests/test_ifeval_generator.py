@@ -52,6 +52,15 @@ def test_generation_is_deterministic_and_bounded():
         prorl.make("ifeval", instructions=(1, 7))
     env = prorl.make("ifeval", seed=5)
     first = env.reset()[0]
+    # one check, made by the generator and by the env when it is made: before, generate_task said "instructions:
+    # at most 6 compatible instructions fit ..." where make() said "most <= 6 (one instruction per group)", and a
+    # non-integer count passed make() (int(1.5) is 1) or failed inside the draw
+    for bad in ((1, 7), (0, 2), (3, 2), (1.5, 3), (True, 2), ("1", 3), (2,), None):
+        message = rf"^instructions must be \(fewest, most\) integers with 1 <= fewest <= most <= 6 "
+        with pytest.raises(ValueError, match=message):
+            generate_task(rng, bad)
+        with pytest.raises(ValueError, match=message):
+            prorl.make("ifeval", instructions=bad)
     assert env.reset(seed=5)[0] == first and env.reset(seed=5)[0] == prorl.make("ifeval").reset(seed=5)[0]
     assert len(env.sample_tasks(3, seed=0)) == 3
 

@@ -6,7 +6,7 @@ from typing import Any, Sequence
 
 from prorl.envs.base import Env, Score, Task
 from prorl.envs.ifeval.checker import Checker, InstructionError, build_checkers
-from prorl.envs.ifeval.generator import MOST_INSTRUCTIONS, generate_task
+from prorl.envs.ifeval.generator import generate_task, instruction_range
 
 MODES = ("strict", "loose")
 
@@ -48,13 +48,9 @@ class IFEvalEnv(Env):
         super().__init__(dataset=dataset, seed=seed)
         if mode not in MODES:
             raise ValueError(f"ifeval: mode must be one of {MODES}, got {mode!r}")
-        low, high = instructions
-        if not 1 <= low <= high <= MOST_INSTRUCTIONS:
-            raise ValueError(f"ifeval: instructions must be (fewest, most) with 1 <= fewest <= most <= "
-                             f"{MOST_INSTRUCTIONS} (one instruction per group), got {instructions!r}")
         self.mode = mode
         self.all_or_nothing = bool(all_or_nothing)
-        self.instructions = (int(low), int(high))
+        self.instructions = instruction_range(instructions)  # at make(), not at the first generate()
 
     def generate(self, rng) -> dict[str, Any]:
         return generate_task(rng, self.instructions)

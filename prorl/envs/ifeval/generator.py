@@ -12,6 +12,7 @@ and come alone or with a keyword instruction only.
 
 from __future__ import annotations
 
+import numbers
 import random
 from typing import Any, Callable
 
@@ -232,14 +233,23 @@ def compatible(instruction_id: str, chosen: list[str]) -> bool:
 MOST_INSTRUCTIONS = len(set(GROUP.values()) - {"whole"})  # one per group; "whole" combines with keywords only
 
 
+def instruction_range(instructions: tuple[int, int]) -> tuple[int, int]:
+    """`instructions` checked: (fewest, most) integers with 1 <= fewest <= most <= MOST_INSTRUCTIONS (at most one
+    instruction per group fits in a task; more would never be drawn). The ifeval env checks it when it is made."""
+    try:
+        low, high = instructions
+    except (TypeError, ValueError):
+        low = high = None
+    if not all(isinstance(n, numbers.Integral) and not isinstance(n, bool) for n in (low, high)) \
+            or not 1 <= low <= high <= MOST_INSTRUCTIONS:
+        raise ValueError(f"instructions must be (fewest, most) integers with 1 <= fewest <= most <= "
+                         f"{MOST_INSTRUCTIONS} (one instruction per group), got {instructions!r}")
+    return int(low), int(high)
+
+
 def generate_task(rng: random.Random, instructions: tuple[int, int] = (1, 3)) -> dict[str, Any]:
     """One IFEval-style row with between instructions[0] and instructions[1] compatible instructions."""
-    low, high = instructions
-    if not 1 <= low <= high:
-        raise ValueError(f"instructions must be (low, high) with 1 <= low <= high, got {instructions!r}")
-    if high > MOST_INSTRUCTIONS:
-        raise ValueError(f"instructions: at most {MOST_INSTRUCTIONS} compatible instructions fit in one task (one per "
-                         f"group), got {instructions!r}")
+    low, high = instruction_range(instructions)
     request = rng.choice(REQUESTS)
     want = rng.randint(low, high)
     ids: list[str] = []
