@@ -56,7 +56,7 @@ def test_generation_is_deterministic_and_bounded():
     # at most 6 compatible instructions fit ..." where make() said "most <= 6 (one instruction per group)", and a
     # non-integer count passed make() (int(1.5) is 1) or failed inside the draw
     for bad in ((1, 7), (0, 2), (3, 2), (1.5, 3), (True, 2), ("1", 3), (2,), None):
-        message = rf"^instructions must be \(fewest, most\) integers with 1 <= fewest <= most <= 6 "
+        message = r"^instructions must be \(fewest, most\) integers with 1 <= fewest <= most <= 6 "
         with pytest.raises(ValueError, match=message):
             generate_task(rng, bad)
         with pytest.raises(ValueError, match=message):
