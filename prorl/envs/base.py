@@ -40,9 +40,9 @@ _REWARD_SLACK = 1e-9  # floating-point rounding of a reward computed as a sum, c
 
 @dataclass
 class Score:
-    """The verdict on one completion. `reward` is a real number in [0, 1] (int, float, numpy floats; stored as a
-    float): a string ("1") or a bool (True) is a TypeError, not read as a number (a bool reward is usually a verdict
-    passed where the reward was meant: give float(ok)); `status` is one of `STATUSES`."""
+    """The verdict on one completion. `reward` is a real number in [0, 1] (int, float, bool, numpy numbers; stored
+    as a float, so `Score.graded(answer == gold)` gives 1.0 / 0.0): anything else, a string ("1") included, is a
+    TypeError; `status` is one of `STATUSES`."""
 
     reward: float
     status: str
@@ -51,10 +51,9 @@ class Score:
     def __post_init__(self):
         if self.status not in STATUSES:
             raise ValueError(f"Score.status must be one of {STATUSES}, got {self.status!r}")
-        if isinstance(self.reward, bool) or not isinstance(self.reward, numbers.Real):  # numpy's bool is not Real
-            hint = " (give float(ok) for 1.0 / 0.0)" if type(self.reward).__name__ in ("bool", "bool_") else ""
-            raise TypeError(f"Score.reward must be a real number (int or float), got {type(self.reward).__name__} "
-                            f"{self.reward!r}{hint}")
+        if not isinstance(self.reward, numbers.Real) and getattr(self.reward, "dtype", None) != bool:  # numpy bool
+            raise TypeError(f"Score.reward must be a real number (int, float or bool), got "
+                            f"{type(self.reward).__name__} {self.reward!r}")
         reward = float(self.reward)
         if not -_REWARD_SLACK <= reward <= 1.0 + _REWARD_SLACK or reward != reward:
             raise ValueError(f"Score.reward must be in [0, 1], got {self.reward!r}")
