@@ -80,3 +80,13 @@ class BrokenGeneratorEcho(EchoEnv):
 
     def generate(self, rng):
         return {"q": "say 1"}
+
+
+class CaseEcho(EchoEnv):
+    """A generator of 256 prompts that are only 2 questions written in different case: distinct to the generator,
+    duplicates to the data build's loose de-duplication."""
+
+    def generate(self, rng):
+        a, case = rng.randint(0, 1), rng.getrandbits(7)
+        words = "".join(c.upper() if case >> i & 1 else c for i, c in enumerate("please say"))
+        return {"q": f"{words} the number {a}", "answer": str(a)}

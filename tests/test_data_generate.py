@@ -92,3 +92,25 @@ def test_with_shortfall_scale_a_generated_source_is_made_only_for_the_rows_used(
 
     full = logic_rows({"math": {"env": "math", "path": "m.jsonl", "size": 5}, "logic": {**logic, "size": 12}})
     assert len(full) == 12 and full == logic_rows({"logic": {**logic, "size": 12}})
+
+
+def test_a_scaled_generated_source_that_de_duplication_shrinks_is_made_in_full(tmp_path):
+    """The bounded share of a generated source is made with a 5% margin; when its own duplicates eat more than
+    that, it would lower the scale of the whole mixture below what the file sources allow. It is then made in full,
+    as before the bound, and the mixture keeps the scale the file sources give (and the stats of one build)."""
+    from _envs_for_tests import CaseEcho
+
+    prorl.register("test/case-echo", CaseEcho, override=True)
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps({"problem": f"What is {i} + {i}?", "answer": str(2 * i)})
+                                              + "\n" for i in range(2)))
+    logged = []
+    result = build(recipe_of(tmp_path, name="s", seed=3, sources={
+        "math": {"env": "math", "path": "m.jsonl", "size": 100},
+        "echo": {"env": "test/case-echo", "size": 100, "generate": {"generator": "env", "seed": 1}}}),
+        log=lambda msg, transient=False: logged.append(msg))
+    assert "echo: 2 of 100 rows needed (shortfall=scale: the sources read so far give at most 0.02 of their " \
+           "sizes)" in logged
+    assert any(m.startswith("echo: 1 usable rows of the 2 made; making all 100") for m in logged), logged
+    assert result.scale == 0.02 and {n: s.selected for n, s in result.stats.items()} == {"math": 2, "echo": 2}
+    st = result.stats["echo"]
+    assert st.needed is None and st.read == 105  # one build's counts: the 2 rows made first are not counted

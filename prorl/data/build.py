@@ -16,6 +16,7 @@ any generation, as missing files and unknown tasks do); duplicates and filtered 
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 import re
@@ -185,18 +186,33 @@ def build(recipe: Recipe, out_dir: str | Path | None = None, *, sample_data: boo
     # (de-duplication, the filter). Generated sources, made after the file sources, are then made at that share of
     # their size instead of in full. Not with a difficulty filter: how much of a generated source it keeps is
     # unknown until it has run.
-    bound = 1.0
+    bound, bounding = 1.0, recipe.shortfall == "scale" and difficulty is None
     for source in sorted(recipe.sources, key=lambda s: files[s.name] is None):
-        size = wanted[source.name]
-        if files[source.name] is None and bound < 1.0:
-            size = stats[source.name].needed = math.ceil(size * bound)
-            log(f"{source.name}: {size} of {wanted[source.name]} rows needed (shortfall=scale: the sources read so "
-                f"far give at most {bound:.4g} of their sizes)")
-        raws = _raw_rows(source, files[source.name], stats[source.name], size, log)
-        pools[source.name], held_by_source[source.name] = _normalize_source(
-            source, envs[source.name], raws, recipe, stats[source.name], issues, on_error)
-        if recipe.shortfall == "scale" and difficulty is None and wanted[source.name] > 0:
-            bound = min(bound, len(pools[source.name]) / wanted[source.name])
+        name, size = source.name, wanted[source.name]
+        scaled = files[name] is None and bound < 1.0
+        if scaled:
+            size = math.ceil(size * bound)
+            log(f"{name}: {size} of {wanted[name]} rows needed (shortfall=scale: the sources read so far give at "
+                f"most {bound:.4g} of their sizes)")
+            before = copy.deepcopy(stats[name]), len(issues)
+        raws = _raw_rows(source, files[name], stats[name], size, log)
+        pools[name], held_by_source[name] = _normalize_source(source, envs[name], raws, recipe, stats[name], issues,
+                                                              on_error)
+        usable = _usable(pools[name], held_by_source[name], recipe.dedup) if bounding else 0
+        if scaled and usable < wanted[name] * bound:
+            # Invalid rows, duplicates or copies of held-out rows ate more than the generator's margin: the smaller
+            # source would lower the scale of the whole mixture, so it is made in full after all (as without the
+            # bound).
+            log(f"{name}: {usable} usable rows of the {size} made; making all {wanted[name]}")
+            stats[name], issues[before[1]:] = before[0], []
+            raws = _raw_rows(source, files[name], stats[name], wanted[name], log)
+            pools[name], held_by_source[name] = _normalize_source(source, envs[name], raws, recipe, stats[name],
+                                                                  issues, on_error)
+            usable = _usable(pools[name], held_by_source[name], recipe.dedup)
+        elif scaled:
+            stats[name].needed = size
+        if bounding and wanted[name] > 0:
+            bound = min(bound, usable / wanted[name])
     pools = {s.name: pools[s.name] for s in recipe.sources}  # de-duplication: the first source listed wins
     heldout = [c for s in recipe.sources for c in held_by_source[s.name]]
     heldout = _dedup(heldout, recipe.dedup, {}, issues, stats, holdout=True)
@@ -245,6 +261,21 @@ def _keys(question: str, mode: str) -> list[str]:
     if mode == "exact" or (mode != "held-out" and not is_prose(question)):
         return [exact]
     return [exact, "n:" + normalize_text(question)]
+
+
+def _usable(pool: list[Candidate], held: list[Candidate], mode: str) -> int:
+    """How many rows of one source's `pool` its own de-duplication leaves (no two with the same question, none the
+    copy of one of its `held` rows): an upper bound on what it can give the mixture."""
+    held_keys = {k for c in held for k in _keys(c.question, "held-out")}
+    seen: set[str] = set()
+    n = 0
+    for c in pool:
+        keys = _keys(c.question, mode)
+        if any(k in held_keys for k in _keys(c.question, "held-out")) or any(k in seen for k in keys):
+            continue
+        seen.update(keys)
+        n += 1
+    return n
 
 
 def _dedup(cands: list[Candidate], mode: str, seen: dict[str, str], issues: list[Issue],
