@@ -83,7 +83,9 @@ class ProRLConfig(GRPOConfig):
     dynamic_sampling_max_rounds: int = field(
         default=4,
         metadata={"help": "Most extra generation rounds per step. When reached, the step trains on the groups it "
-                          "has (the batch is completed with dropped rows whose loss is masked) and logs a warning."})
+                          "has (the batch is completed with dropped rows whose loss is masked, left out of the "
+                          "loss's normaliser whatever the loss_type: the update of the kept groups alone) and logs "
+                          "a warning."})
 
     dynamic_sampling_refill: str = field(
         default="full",

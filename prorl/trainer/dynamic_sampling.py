@@ -19,6 +19,7 @@ from accelerate.utils import gather
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import RepeatSampler, nanstd
 
+from prorl.trainer.fillers import FILLER_KEY
 from prorl.trainer.sampling import concat_rows, group_by_length, group_keep_mask, num_rows, select_rows
 
 log = logging.getLogger(__name__)
@@ -106,7 +107,8 @@ class DynamicSamplingMixin:
         filler_rows = max(0, target - kept_local)
         if filler_rows:
             # Rows that keep the batch shape but train nothing: no advantage, no loss tokens (as TRL masks
-            # truncated completions), so the step trains on exactly the groups it kept.
+            # truncated completions), marked FILLER_KEY so that the losses that count rows or micro-batches leave
+            # them out of their normalisers (fillers.py): the step trains on exactly the groups it kept.
             spare = select_rows(spare, torch.arange(min(filler_rows, num_rows(spare))))
             spare["advantages"] = torch.zeros_like(spare["advantages"])
             spare["completion_mask"] = torch.zeros_like(spare["completion_mask"])
@@ -118,6 +120,7 @@ class DynamicSamplingMixin:
                         self.args.dynamic_sampling_max_rounds, filled)
         merged = concat_rows(kept, self._tokenizer.pad_token_id, self._token_level_keys())
         merged = select_rows(merged, torch.arange(target))
+        merged[FILLER_KEY] = torch.arange(target, device=merged["advantages"].device) >= kept_local
         self._fill_logps(merged, deferred)
         loss_mask = merged["completion_mask"] * merged.get("tool_mask", 1)
         merged["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()

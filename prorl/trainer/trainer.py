@@ -4,6 +4,8 @@ environment reward. Everything else (generation, vLLM, the DAPO loss, KL, loggin
 Extension points used (all methods of `GRPOTrainer`/`Trainer`, called with `super()`):
   - `_generate_and_score_completions`: called repeatedly per step for dynamic sampling; the kept rows are merged
     (prorl/trainer/dynamic_sampling.py, which also defers the log-prob passes to the kept rows).
+  - `_compute_loss`: a step completed with dynamic sampling's filler rows is rescaled to the update of its kept
+    rows (prorl/trainer/fillers.py).
   - `_get_per_token_logps_and_entropies`: with `padding_free`, packed rows of real tokens only
     (prorl/trainer/packing.py).
   - `_calculate_rewards`: the no-EOS penalty, and the rewards that dynamic sampling filters on.
@@ -31,6 +33,7 @@ from prorl.trainer.checkpointing import keep_selective_checkpointing
 from prorl.trainer.generation import trainer_generate
 from prorl.trainer.config import ProRLConfig
 from prorl.trainer.dynamic_sampling import DynamicSamplingMixin
+from prorl.trainer.fillers import FillerScalingMixin
 from prorl.trainer.packing import PaddingFreeMixin
 from prorl.trainer.rewards import EnvReward
 from prorl.trainer.sampling import mixture_view
@@ -50,7 +53,8 @@ METRIC_ALIASES = {
 }
 
 
-class ProRLTrainer(StagesMixin, DynamicSamplingMixin, PaddingFreeMixin, SkipEmptyUpdatesMixin, GRPOTrainer):
+class ProRLTrainer(StagesMixin, DynamicSamplingMixin, FillerScalingMixin, PaddingFreeMixin, SkipEmptyUpdatesMixin,
+                   GRPOTrainer):
     """GRPO with the ProRL recipe. `reward_funcs` defaults to `EnvReward` (route each row to its `env`)."""
 
     _tag_names = ["trl", "grpo", "prorl"]
@@ -129,6 +133,8 @@ class ProRLTrainer(StagesMixin, DynamicSamplingMixin, PaddingFreeMixin, SkipEmpt
         if fresh and self.args.group_micro_batches_by_length:
             self._regroup_buffer()
             inputs = self._buffered_inputs[self._step % self.args.steps_per_generation]
+        if fresh:
+            self._scale_fillers()
         return inputs
 
     # -- Rewards ---------------------------------------------------------------------------------------------
