@@ -109,7 +109,9 @@ _JSON_COLUMNS = ("reference", "metadata", "task")  # read by prorl.trainer.rewar
 
 def file_dataset(path: str, split: str = "train"):
     """Rows written by `prorl data build` (a folder: its `split`), a .parquet file or a .jsonl file (split "train"),
-    checked for the columns the trainer needs."""
+    checked for the columns the trainer needs. Returns (the dataset, each row's name for errors): `FILE:LINE` for a
+    .jsonl file (the line an editor shows: blank lines are skipped, not counted out), else None (EnvReward names a
+    row by its 0-based index)."""
     from datasets import Dataset
 
     p = Path(path)
@@ -120,6 +122,7 @@ def file_dataset(path: str, split: str = "train"):
                          "(dataset_split and eval_split choose a split of a folder)")
     if not p.exists():
         raise FileNotFoundError(f"dataset_path: {p} does not exist")
+    names = None
     if p.suffix == ".parquet":
         ds = Dataset.from_parquet(str(p))
     elif p.suffix == ".jsonl":
@@ -127,8 +130,10 @@ def file_dataset(path: str, split: str = "train"):
 
         # Per-row dicts (a reference per environment) as JSON text, which the reward decodes: Arrow would otherwise
         # merge them into one struct, filling other rows' keys with nulls, or refuse keys of clashing types.
+        located = list(read_jsonl(p))
+        names = [f"{p}:{line}" for line, _ in located]
         rows = [{k: json.dumps(v) if k in _JSON_COLUMNS and isinstance(v, (dict, list)) else v for k, v in r.items()}
-                for _, r in read_jsonl(p)]
+                for _, r in located]
         try:
             ds = Dataset.from_list(rows)
         except (ValueError, TypeError) as exc:  # pyarrow's ArrowInvalid / ArrowTypeError are ValueError/TypeError
@@ -138,7 +143,7 @@ def file_dataset(path: str, split: str = "train"):
     missing = {"env", "prompt"} - set(ds.column_names)
     if missing:
         raise ValueError(f"{p}: missing column(s) {sorted(missing)} (have {ds.column_names})")
-    return ds
+    return ds, names
 
 
 def prepare_model(script: TrainScriptArguments) -> str:
@@ -161,7 +166,8 @@ def parse_args(argv: list[str]):
     """(TrainScriptArguments, ProRLConfig) from `--config FILE` and the flags, which override the file. A data source
     given by a flag replaces the file's other one (`--dataset_path` the file's `gym_envs`, and back): the two
     exclude each other, and no flag could unset the file's. The file's `eval_split` goes with its `dataset_path`
-    (a split of that dataset), unless `--eval_split` is given too."""
+    (a split of that dataset) when `--gym_envs` or a `--dataset_path` FILE (no splits) replaces it, said in a log
+    line, unless `--eval_split` is given too (likewise its `dataset_split` for a FILE)."""
     from trl import TrlParser
 
     from prorl.trainer import ProRLConfig
@@ -210,7 +216,17 @@ def parse_args(argv: list[str]):
                              "dataset) with it: no evaluation set", given[0], config.pop("eval_split"))
             return super().set_defaults_with_config(**config)
 
-    return Parser((TrainScriptArguments, ProRLConfig)).parse_args_and_config(args=list(argv))
+    script, config = Parser((TrainScriptArguments, ProRLConfig)).parse_args_and_config(args=list(argv))
+    if on_cli("dataset_path") and Path(script.dataset_path or "").is_file():
+        # a .jsonl/.parquet file is training rows with no splits: the config file's splits (of the dataset_path
+        # it named) go with that dataset; a split given on the command line is the user's (and refused)
+        for name, default in (("eval_split", None), ("dataset_split", "train")):
+            if getattr(script, name) not in (None, "", default) and not on_cli(name):
+                log.info("--dataset_path %s is a file of training rows, with no splits: the config file's %s %r "
+                         "(a split of its own dataset_path) is dropped%s", script.dataset_path, name,
+                         getattr(script, name), ": no evaluation set" if name == "eval_split" else "")
+                setattr(script, name, default)
+    return script, config
 
 
 def resume_checkpoint(config) -> str | None:
@@ -234,6 +250,11 @@ def setup(argv: list[str]):
     from prorl.trainer import EnvReward, ProRLTrainer
 
     script, config = parse_args(argv)
+    if config.eval_strategy != "no" and not script.eval_split:  # else Trainer's "pass an `eval_dataset`"
+        raise ValueError(f"eval_strategy {config.eval_strategy.value!r} needs an evaluation set, and there is none: "
+                         "eval_split names a split of a `prorl data build` folder given as dataset_path (a .jsonl/"
+                         ".parquet file or gym_envs has none); pass such a folder and --eval_split, or --eval_strategy "
+                         "no to train without evaluation")
     config.resume_from_checkpoint = resume_checkpoint(config)
     model_path = prepare_model(script)
     if config.model_init_kwargs is None:
@@ -252,8 +273,9 @@ def setup(argv: list[str]):
     if script.gym_envs:
         train_dataset = gym_dataset(script.gym_envs, script.gym_tasks_per_env, script.gym_seed, script.env_kwargs)
     else:
-        train_dataset = file_dataset(script.dataset_path, script.dataset_split)
-    eval_dataset = file_dataset(script.dataset_path, script.eval_split) if script.eval_split else None
+        train_dataset, row_names = file_dataset(script.dataset_path, script.dataset_split)
+        reward.check_dataset(train_dataset, row_names)  # a .jsonl's rows named by line; the trainer won't redo it
+    eval_dataset = file_dataset(script.dataset_path, script.eval_split)[0] if script.eval_split else None
     trainer = ProRLTrainer(model_path, reward_funcs=reward, args=config, train_dataset=train_dataset,
                            eval_dataset=eval_dataset)
     return trainer, config

@@ -535,7 +535,7 @@ def test_env_reward_is_attached_to_the_tokenizer_and_the_dataset(tiny_model, tmp
     assert mixed.reward_funcs[0] is mine and (mine.workers, mine.timeout_s) == (0, 7.0)
     assert (set_own.workers, set_own.timeout_s) == (2, 3.0)
     rows[3]["env"] = "mathh"
-    with pytest.raises(KeyError, match=r"row 3 \(id 'r3'\): unknown environment 'mathh'"):
+    with pytest.raises(KeyError, match=r"row 3 \(0-based\) \(id 'r3'\): unknown environment 'mathh'"):
         ProRLTrainer(tiny_model, args=fast_config(tmp_path / "c"), train_dataset=Dataset.from_list(rows),
                      processing_class=tok)
 

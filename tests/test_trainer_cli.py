@@ -196,7 +196,8 @@ def test_jsonl_dataset_of_mixed_envs_keeps_each_rows_own_reference(tmp_path):
     rows = build(load_recipe(ROOT / "datasets" / "prorl-mix.yaml"), sample_data=True).train
     path = tmp_path / "rows.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    ds = file_dataset(str(path))
+    ds, names = file_dataset(str(path))
+    assert names == [f"{path}:{i}" for i in range(1, len(rows) + 1)]  # FILE:LINE, for EnvReward's errors
     assert len(ds) == len(rows) and {r["env"] for r in rows} == {"math", "code", "stem", "logic", "ifeval"}
     for row, loaded in zip(rows, ds):
         task = row_task(dict(loaded))
@@ -262,7 +263,7 @@ def test_a_split_of_a_dataset_file_is_refused(tmp_path, capsys):
     path = tmp_path / "rows.jsonl"
     path.write_text("".join(json.dumps({"env": "math", "prompt": [{"role": "user", "content": f"{i} + 1?"}],
                                         "reference": {"answer": str(i + 1)}}) + "\n" for i in range(4)))
-    assert len(file_dataset(str(path))) == 4
+    assert len(file_dataset(str(path))[0]) == 4
     with pytest.raises(ValueError, match=r"rows.jsonl is a file, not a `prorl data build` folder: it has no "
                                          r"'heldout' split"):
         file_dataset(str(path), "heldout")
@@ -271,6 +272,56 @@ def test_a_split_of_a_dataset_file_is_refused(tmp_path, capsys):
     for flag in ("--eval_split", "--dataset_split"):
         assert main(base + [flag, "heldout"]) == 2
         assert "it has no 'heldout' split" in capsys.readouterr().err
+
+
+def _math_rows(path: Path, envs: list[str | None]) -> Path:
+    """A .jsonl of math rows, one per `envs` entry (None: a blank line)."""
+    path.write_text("".join("\n" if env is None else json.dumps({
+        "env": env, "prompt": [{"role": "user", "content": f"{i} + 1?"}], "reference": {"answer": str(i + 1)}}) + "\n"
+        for i, env in enumerate(envs)))
+    return path
+
+
+def test_a_bad_row_of_a_jsonl_dataset_is_named_by_its_line(tmp_path, capsys):
+    """The bad row is line 4 of the file (line 2 is blank). Before: 'row 2', its 0-based index among the rows read,
+    while the file's own errors ('rows.jsonl:4: not valid JSON') count lines from 1."""
+    path = _math_rows(tmp_path / "rows.jsonl", ["math", None, "math", "mathh", "math"])
+    base = ["--config", str(ROOT / "configs" / "tiny-cpu.yaml"), "--output_dir", str(tmp_path / "out"),
+            "--model_name_or_path", str(tmp_path / "model"), "--dataset_path", str(path), "--max_steps", "1"]
+    assert main(base) == 2
+    err = capsys.readouterr().err
+    assert f"prorl train: error: EnvReward: {path}:4: unknown environment 'mathh'" in err, err
+    _math_rows(path, ["math", None, "math", "math"])
+    path.write_text(path.read_text() + json.dumps({"env": "math", "problem": "1+1", "answr": "2"}) + "\n")
+    assert main(base) == 2
+    assert f"EnvReward: {path}:5 (math) is missing field 'answer'" in capsys.readouterr().err
+
+
+def test_a_dataset_file_on_the_command_line_drops_the_config_files_splits(tmp_path, caplog, capsys):
+    """`--dataset_path rows.jsonl` over configs/prorl-1.5b.yaml (a build folder with eval_split heldout): the file has
+    no splits, so the config's eval_split goes with the dataset it replaced, as for --gym_envs. Before: 'rows.jsonl
+    is a file ... it has no 'heldout' split'. The config's evaluation (eval_strategy steps) then needs a set: a
+    one-line error says what to pass (before, with the split dropped: Trainer's 'pass an `eval_dataset`')."""
+    path = _math_rows(tmp_path / "rows.jsonl", ["math"] * 4)
+    paper = ["--config", str(ROOT / "configs" / "prorl-1.5b.yaml"), "--bf16", "false", "--use_cpu", "true",
+             "--output_dir", str(tmp_path / "out"), "--model_name_or_path", str(tmp_path / "model")]
+    with caplog.at_level("INFO", logger="prorl.train"):
+        script, _ = parse_args(paper + ["--dataset_path", str(path)])
+    assert (script.dataset_path, script.eval_split, script.dataset_split) == (str(path), None, "train")
+    said = [r.getMessage() for r in caplog.records if "eval_split" in r.getMessage()]
+    assert said == [f"--dataset_path {path} is a file of training rows, with no splits: the config file's eval_split "
+                    "'heldout' (a split of its own dataset_path) is dropped: no evaluation set"]
+    assert main(paper + ["--dataset_path", str(path)]) == 2
+    assert ("prorl train: error: eval_strategy 'steps' needs an evaluation set, and there is none" in
+            capsys.readouterr().err)
+    # a split on the command line is the user's: kept, and refused when the file is read
+    script, _ = parse_args(paper + ["--dataset_path", str(path), "--eval_split", "heldout"])
+    assert script.eval_split == "heldout"
+    tiny_eval = tiny_config_with(tmp_path / "c.yaml", "eval_split: heldout", "dataset_path: runs/data/x",
+                                 "gym_envs: null")
+    with caplog.at_level("INFO", logger="prorl.train"):
+        script, _ = parse_args(["--config", str(tiny_eval), "--dataset_path", str(path)])
+    assert script.eval_split is None  # evaluation off (tiny-cpu.yaml): nothing else to say
 
 
 def test_env_kwargs_mistakes_are_one_line_errors(tmp_path, capsys):

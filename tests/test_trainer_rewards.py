@@ -97,17 +97,17 @@ def test_unknown_or_missing_env_is_named_with_its_row_before_training():
     reward = EnvReward(workers=0)
     rows = [{"id": f"r{i}", "env": "test/trainer-echo", "task": json.dumps(_task("3"))} for i in range(4)]
     rows[2]["env"] = "test/trainer-ecoh"
-    with pytest.raises(KeyError, match=r"row 2 \(id 'r2'\): unknown environment 'test/trainer-ecoh'"):
+    with pytest.raises(KeyError, match=r"row 2 \(0-based\) \(id 'r2'\): unknown environment 'test/trainer-ecoh'"):
         reward.check_dataset(Dataset.from_list(rows))
-    with pytest.raises(KeyError, match=r"row 2 \(id 'r2'\): unknown environment"):
+    with pytest.raises(KeyError, match=r"row 2 \(0-based\) \(id 'r2'\): unknown environment"):
         reward.check_dataset(rows)
     reward.check_dataset(Dataset.from_list(rows[:2]))  # every env known: no error
     # a row its environment cannot read (no answer) was scored 0 as the model's format error in every batch
     math_rows = [{"id": "m0", "env": "math", "problem": "1+1", "answer": "2"},
                  {"id": "m1", "env": "math", "problem": "2+2"}]
-    with pytest.raises(ValueError, match=r"row 1 \(id 'm1'\) \(math\) is missing field 'answer'"):
+    with pytest.raises(ValueError, match=r"row 1 \(0-based\) \(id 'm1'\) \(math\) is missing field 'answer'"):
         reward.check_dataset(Dataset.from_list(math_rows))
-    with pytest.raises(ValueError, match=r"row 0 \(stem\): field 'answer' 'E' is not one of the options"):
+    with pytest.raises(ValueError, match=r"row 0 \(0-based\) \(stem\): field 'answer' 'E' is not one of the options"):
         reward.check_dataset([{"env": "stem", "question": "q", "options": ["a", "b"], "answer": "E"}])
     with pytest.raises(KeyError, match="has no 'env' column"):
         reward.check_dataset(Dataset.from_list([{"id": "x", "task": "{}"}]))
@@ -127,7 +127,7 @@ def test_a_task_from_dict_that_raises_anything_is_named_with_its_row_before_trai
     rows = [{"id": f"r{i}", "env": "test/trainer-sloppy", "q": "say 1", "answer": a} for i, a in enumerate(["1", 1])]
     reward = EnvReward(workers=0)
     reward.check_dataset(rows[:1])
-    with pytest.raises(ValueError, match=r"row 1 \(id 'r1'\) \(test/trainer-sloppy\): AttributeError\("):
+    with pytest.raises(ValueError, match=r"row 1 \(0-based\) \(id 'r1'\) \(test/trainer-sloppy\): AttributeError\("):
         reward.check_dataset(rows)
 
 

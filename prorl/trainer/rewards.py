@@ -66,8 +66,8 @@ def row_task(row: dict[str, Any], prompt: Any = None) -> dict[str, Any]:
     if task is not None:
         task = _maybe_json(task)
         if not isinstance(task, dict):
-            raise ValueError(f"row {row.get('id', '?')}: the `task` column must be a dict or a JSON object, "
-                             f"got {type(task).__name__}")
+            named = f"id {row['id']!r}: " if row.get("id") is not None else ""
+            raise ValueError(f"{named}the `task` column must be a dict or a JSON object, got {type(task).__name__}")
         return task
     out = {k: v for k, v in row.items() if k != "task" and v is not None}
     for key in _JSON_COLUMNS:
@@ -108,6 +108,7 @@ class EnvReward:
         self._envs: dict[str, Env] = {}
         self.last_scores: list[Score] = []  # the scores of the latest call, for inspection
         self._warned: set[tuple[str, str]] = set()  # (env, error) of the infra errors already logged
+        self._checked: Any = None  # the latest dataset check_dataset passed (attach does not check it again)
 
     def env(self, env_id: str) -> Env:
         if env_id not in self._envs:
@@ -138,25 +139,30 @@ class EnvReward:
                             "are (pass prompt_opens_think=True if the template opens <think>)", exc)
             else:
                 self.template_opens_think = isinstance(rendered, str) and split_think(rendered)[0] is None
-        if dataset is not None and (hasattr(dataset, "column_names") or isinstance(dataset, list)):
+        if dataset is not None and dataset is not self._checked and (hasattr(dataset, "column_names")
+                                                                     or isinstance(dataset, list)):
             self.check_dataset(dataset)
 
-    def check_dataset(self, dataset: Any) -> None:
+    def check_dataset(self, dataset: Any, row_names: Sequence[str] | None = None) -> None:
         """Before training, check every row of a dataset (a `datasets.Dataset` or a list of row dicts): its
         environment exists and its task is one that environment reads. A misspelt `env` or a row without its
         answer then fails at once, naming the row, instead of being scored 0 (a format error charged to the
-        model) whenever a batch samples it."""
+        model) whenever a batch samples it. A row is named `row_names[i]` (`prorl train` passes `FILE:LINE` for a
+        .jsonl file, the line an editor shows), else `row i (0-based)`, its index in the dataset, as
+        `dataset[i]` reads it; and its `id` when it has one."""
         if hasattr(dataset, "column_names") and self.env_column not in dataset.column_names:
             raise KeyError(f"EnvReward: the dataset has no {self.env_column!r} column naming each row's "
                            f"environment (columns: {dataset.column_names})")
         for i, row in enumerate(dataset):
             row = dict(row)
-            where = f"row {i}" + (f" (id {row['id']!r})" if row.get("id") is not None else "")
-            env = self.row_env(row, f"row {i}")
+            name = row_names[i] if row_names is not None else f"row {i} (0-based)"
+            where = name + (f" (id {row['id']!r})" if row.get("id") is not None else "")
+            env = self.row_env(row, name)
             try:
                 env.as_task(row_task(row))
             except Exception as exc:  # any error of the environment's task_from_dict, named with the row
                 raise ValueError(f"EnvReward: {where} ({env.id}){task_error(exc)}") from exc
+        self._checked = dataset
 
     def score(self, prompts: Sequence[Any], completions: Sequence[Any], columns: dict[str, list]) -> list[Score]:
         """Score a batch. `columns` maps dataset column names to per-sample values (TRL's reward kwargs)."""
