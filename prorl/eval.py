@@ -136,7 +136,8 @@ def load_eval_rows(spec: str, split: str | None = None, env: str | None = None, 
     """Schema rows from a build folder, a .parquet/.jsonl file or a recipe; public rows are converted with
     `--env`'s task_from_dict. `limit` keeps the first N prompts of each env. The environments the rows name are
     built to check them; pass `envs` (a dict) to get them back, by id, for `evaluate(..., envs=envs)`."""
-    from prorl.data import build, load_recipe, load_rows
+    from prorl.data import build, load_recipe
+    from prorl.data.card import load_named_rows
     from prorl.envs import make
 
     path = Path(spec)
@@ -146,31 +147,32 @@ def load_eval_rows(spec: str, split: str | None = None, env: str | None = None, 
             raise ValueError(f"{spec}: the recipe holds no rows out (no `holdout` or `holdout_per_task`); "
                              f"evaluate its training rows with --split train")
         rows = result.heldout if (split or "heldout") == "heldout" and result.heldout else result.train
+        named = [(f"{spec}: row {i} (0-based, id {row.get('id')!r})", row) for i, row in enumerate(rows)]
     elif path.is_dir():
         split = split or ("heldout" if (path / "heldout.parquet").exists() else "train")
-        rows = load_rows(path, split)
+        named = load_named_rows(path, split)
     else:
-        rows = load_rows(path)
+        named = load_named_rows(path)
     out, envs = [], {} if envs is None else envs
-    for i, row in enumerate(rows):
+    for i, (where, row) in enumerate(named):
         if not isinstance(row, dict):
-            raise ValueError(f"{spec}: row {i} is a {type(row).__name__}, not an object")
+            raise ValueError(f"{where}: a {type(row).__name__}, not an object")
         if env and row.get("env") and row["env"] != env:  # --env names the env of rows that have none
-            raise ValueError(f"{spec}: row {i} has env {row['env']!r}, not --env {env!r} (--env is for rows with "
-                             f"no `env` column)")
+            raise ValueError(f"{where}: env {row['env']!r}, not --env {env!r} (--env is for rows with no `env` "
+                             f"column)")
         row_env = env or row.get("env")
         if not row_env:
-            raise ValueError(f"{spec}: row {i} has no `env`; pass --env ID for files of public rows")
+            raise ValueError(f"{where}: no `env`; pass --env ID for files of public rows")
         if row_env not in envs:
             try:
                 envs[row_env] = make(row_env)
             except KeyError as exc:  # a typo or an env plugin not installed: named before any sampling
-                raise ValueError(f"{spec}: row {i}: {exc.args[0]}") from None
+                raise ValueError(f"{where}: {exc.args[0]}") from None
         if not (isinstance(row.get("prompt"), list) and isinstance(row.get("reference"), dict)):
             try:
                 task = envs[row_env].task_from_dict(row)
             except Exception as exc:  # any error of the environment's task_from_dict, named with the row
-                raise ValueError(f"{spec}: row {i} ({row_env}){task_error(exc)}") from exc
+                raise ValueError(f"{where} ({row_env}){task_error(exc)}") from exc
             row = {"id": task.id or str(i), "env": row_env, "prompt": task.prompt, "reference": task.reference,
                    "metadata": task.metadata}
         out.append({**row, "env": row_env})

@@ -164,8 +164,8 @@ def test_parquet_and_json_array_rows_are_located_by_row_number(tmp_path):
         "env": "test/echo", "path": "echo.*", "size": 9, "columns": {"q": "question", "answer": "gold.value"}}})
     result = build(recipe)
     assert [str(i).replace(str(tmp_path) + "/", "") for i in result.issues] == [
-        "echo.json row 1: field 'gold.value': missing",
-        "echo.parquet row 1: field 'gold.value': missing"]
+        "echo.json element 1 (0-based): field 'gold.value': missing",
+        "echo.parquet row 1 (0-based): field 'gold.value': missing"]
     assert sorted(r["reference"]["answer"] for r in result.train) == ["0", "2", "5"]
 
 
@@ -180,7 +180,7 @@ def test_json_array_answers_keep_their_json_types(tmp_path):
     result = build(recipe)
     assert sorted(r["reference"]["answer"] for r in result.train) == sorted([str(2**60 - 1), "3.5", "12"])
     assert [str(i).replace(str(tmp_path) + "/", "") for i in result.issues] == [
-        "m.json row 3: a row must be a JSON object, got list"]
+        "m.json element 3 (0-based): a row must be a JSON object, got list"]
     (tmp_path / "m.json").write_text('[{"problem": "p0", "answer": 1},\n {"problem": ]')
     with pytest.raises(DataError, match=r"m\.json:2: not valid JSON"):
         build(recipe)

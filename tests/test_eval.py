@@ -247,20 +247,22 @@ def test_the_envs_that_checked_the_rows_score_the_samples(models, tmp_path):
 
 
 def test_load_eval_rows_names_the_row_and_field_of_a_bad_public_row(tmp_path):
+    """A row of a .jsonl file is named by its line, as an editor shows it (blank lines counted); before, by its
+    0-based index among the rows ("row 1" for line 3 here)."""
     data = tmp_path / "public.jsonl"
-    data.write_text(json.dumps({"problem": "1+1", "answer": "2"}) + "\n" + json.dumps({"problem": "x", "answr": "3"})
+    data.write_text(json.dumps({"problem": "1+1", "answer": "2"}) + "\n\n" + json.dumps({"problem": "x", "answr": "3"})
                     + "\n")
-    with pytest.raises(ValueError, match=r"public.jsonl: row 1 \(math\) is missing field 'answer'"):
+    with pytest.raises(ValueError, match=r"public.jsonl:3 \(math\) is missing field 'answer'"):
         load_eval_rows(str(data), env="math")
     data.write_text(json.dumps({"problem": "1+1", "answer": None}) + "\n")
-    with pytest.raises(ValueError, match=r"row 0 \(math\): field 'answer' must be"):
+    with pytest.raises(ValueError, match=r"public.jsonl:1 \(math\): field 'answer' must be"):
         load_eval_rows(str(data), env="math")
     data.write_text(json.dumps([1, 2]) + "\n")
     with pytest.raises(ValueError, match=r"public\.jsonl:1: a row must be a JSON object, got list"):
         load_eval_rows(str(data), env="math")
     prorl.register("test/sloppy", "_envs_for_tests:SloppyEcho", override=True)  # task_from_dict: AttributeError
     data.write_text(json.dumps({"q": "say 1", "answer": "1"}) + "\n" + json.dumps({"q": "say 1", "answer": 1}) + "\n")
-    with pytest.raises(ValueError, match=r"public\.jsonl: row 1 \(test/sloppy\): AttributeError\("):  # was: traceback
+    with pytest.raises(ValueError, match=r"public\.jsonl:2 \(test/sloppy\): AttributeError\("):  # was: traceback
         load_eval_rows(str(data), env="test/sloppy")
 
 
@@ -313,7 +315,7 @@ def test_eval_env_flag_does_not_rescore_rows_of_another_env(tmp_path):
                                 "reference": {"answer": "2"}, "metadata": {}}]
     data = tmp_path / "rows.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    with pytest.raises(ValueError, match=r"row 1 has env 'math', not --env 'test/echo'"):
+    with pytest.raises(ValueError, match=r"rows.jsonl:2: env 'math', not --env 'test/echo'"):
         load_eval_rows(str(data), env="test/echo")
     assert [r["env"] for r in load_eval_rows(str(data))] == ["test/echo", "math"]
 
@@ -341,7 +343,7 @@ def test_eval_an_unknown_env_is_an_error_before_any_sampling(models, tmp_path, c
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert cli_main(["eval", "--model", models["seven"], "--data", str(data), "--n", "2", "-o", str(tmp_path / "o")]) == 2
     captured = capsys.readouterr()
-    assert "row 1: unknown environment 'test/ech0'" in captured.err and "samples each" not in captured.out
+    assert "rows.jsonl:2: unknown environment 'test/ech0'" in captured.err and "samples each" not in captured.out
     with pytest.raises(KeyError, match="unknown environment 'test/ech0'"):  # the Python entry point: before sampling
         evaluate(str(tmp_path / "no-model"), rows, n=2, ks=[1], workers=0)
 

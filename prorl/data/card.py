@@ -142,6 +142,12 @@ def save(result, out_dir: Path) -> dict[str, Any]:
 def load_rows(path: str | Path, split: str = "train") -> list[dict[str, Any]]:
     """Schema rows from a build folder (`split`: train or heldout), a .parquet file, a .jsonl file or a .json file
     holding one array of row objects (as DeepScaleR ships); the JSON ones may be gzipped (.jsonl.gz, .json.gz)."""
+    return [row for _, row in load_named_rows(path, split)]
+
+
+def load_named_rows(path: str | Path, split: str = "train") -> list[tuple[str, dict[str, Any]]]:
+    """`load_rows`, each row with its name for error messages: `FILE:LINE` for JSON Lines (the line an editor
+    shows), `FILE row N (0-based)` for Parquet, `FILE element N (0-based)` for a JSON array."""
     from datasets import Dataset
 
     path = Path(path)
@@ -155,7 +161,7 @@ def load_rows(path: str | Path, split: str = "train") -> list[dict[str, Any]]:
         rows = Dataset.from_parquet(str(path)).to_list()
         for row in rows:  # JSON text since this version; a Json() column (older builds) is read as objects already
             row.update((k, json.loads(row[k])) for k in JSON_COLUMNS if isinstance(row.get(k), str))
-        return rows
+        return [(f"{path} row {i} (0-based)", row) for i, row in enumerate(rows)]
     if path.name.endswith((".json", ".json.gz")):
         with open_bytes(path) as f:
             data = f.read().removeprefix(BOM)
@@ -168,5 +174,5 @@ def load_rows(path: str | Path, split: str = "train") -> list[dict[str, Any]]:
             if bad is not None:
                 raise ValueError(f"{path}: element {bad} of the array is not an object (got "
                                  f"{type(rows[bad]).__name__})")
-            return rows
-    return [row for _, row in read_jsonl(path)]
+            return [(f"{path} element {i} (0-based)", row) for i, row in enumerate(rows)]
+    return [(f"{path}:{line}", row) for line, row in read_jsonl(path)]

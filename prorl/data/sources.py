@@ -115,7 +115,7 @@ def read_file(path: str) -> Iterator[RawRow]:
     shown = display_path(path)
     if path.endswith(PARQUET_SUFFIXES):
         for i, row in enumerate(_table(path, shown, datasets.Dataset.from_parquet)):
-            yield RawRow(row, f"{shown} row {i}")
+            yield RawRow(row, f"{shown} row {i} (0-based)")
         return
     if _first_char(path) == "[":  # a JSON array (deepscaler.json), parsed as JSON: Arrow would merge a column of
         try:                      # ints and floats into float64 (answer 12 -> "12.0", 2**60 - 1 rounded)
@@ -128,7 +128,7 @@ def read_file(path: str) -> Iterator[RawRow]:
                             f"{bad.start})") from None
         for i, row in enumerate(rows):
             ok = isinstance(row, dict)
-            yield RawRow(row if ok else None, f"{shown} row {i}",
+            yield RawRow(row if ok else None, f"{shown} element {i} (0-based)",
                          None if ok else f"a row must be a JSON object, got {type(row).__name__}")
         return
     bad: list[RawRow] = []  # the bad lines read before the next good one: rows stay in file order
