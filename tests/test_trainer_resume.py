@@ -253,3 +253,60 @@ def test_resume_with_the_generation_budget_spent_trains_nothing(tiny_model, tmp_
     with pytest.raises(ValueError, match="max_generated_tokens is 100: nothing to train"):
         run(True)
     assert (tmp_path / "metrics.jsonl").read_text() == lines
+
+
+REPLAYED = ("loss", "kl", "entropy", "reward", "reward_std", "grad_norm", "learning_rate", "completions/mean_length",
+            "dynamic_sampling/rounds", "dynamic_sampling/filled_rows", "resets", "stage", "tokens/generated")
+
+
+def _interrupted_and_uninterrupted(model, tmp_path, resume_at: int, **overrides):
+    """Train `max_steps` in one go (checkpoints every `save_steps`), and again from its checkpoint-`resume_at` copied
+    into a fresh output_dir: the per-step train metrics and the final weights of both."""
+    import shutil
+
+    from trainer_utils import half_constant_reward
+
+    def train(out, resume=None):
+        args = fast_config(out, save_strategy="steps", **overrides)
+        trainer = ProRLTrainer(model, reward_funcs=half_constant_reward, args=args, train_dataset=prompt_dataset(8))
+        trainer.train(resume_from_checkpoint=resume)
+        rows = {h["step"]: {k: h.get(k) for k in REPLAYED} for h in trainer.state.log_history if "loss" in h}
+        return rows, {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
+
+    full = train(tmp_path / "full")
+    shutil.copytree(tmp_path / "full" / f"checkpoint-{resume_at}", tmp_path / "resumed" / f"checkpoint-{resume_at}")
+    return full, train(tmp_path / "resumed", resume=True)
+
+
+def _assert_replayed(full, resumed, steps):
+    (rows, weights), (resumed_rows, resumed_weights) = full, resumed
+    assert sorted(resumed_rows) == sorted(rows)
+    for step in steps:
+        assert resumed_rows[step] == pytest.approx(rows[step], abs=1e-6, nan_ok=True), step
+    assert max((weights[n] - resumed_weights[n]).abs().max().item() for n in weights) <= 1e-6
+
+
+def test_resume_replays_the_run_with_dynamic_sampling_resets_and_epochs(tiny_model, tmp_path):
+    """Resumed at step 4 (the end of the first epoch: 8 prompts, 2 per step), after a reset with a temperature
+    stage, with dynamic sampling refilling: steps 5-6 and the final weights are the uninterrupted run's. Before:
+    the refill stream's DataLoader took its base seed from torch's RNG when the resumed run opened it, so the
+    resumed run sampled other completions from the first refill on; and TRL's RepeatSampler shuffled the resumed
+    epoch 1 as epoch 0 (it draws each epoch's order from a generator seeded once per process)."""
+    full, resumed = _interrupted_and_uninterrupted(
+        tiny_model, tmp_path, resume_at=4, max_steps=6, save_steps=2, beta=0.05, reset_every_steps=3,
+        stages=[{"temperature": 0.9}])
+    assert full[0][4]["resets"] == 1 and full[0][6]["dynamic_sampling/rounds"] > 1  # a reset, refills after resume
+    _assert_replayed(full, resumed, steps=(5, 6))
+
+
+def test_resume_inside_a_generation_buffer_replays_the_run(tiny_model, tmp_path):
+    """steps_per_generation=2: the checkpoint at step 3, taken after a reset whose stage changes the temperature,
+    lies inside a generation buffer (step 4 trains on completions generated at step 3, at the old temperature).
+    Before: TRL's buffer was not checkpointed, so the resumed run generated anew at step 4 and every later
+    generation came one step late."""
+    full, resumed = _interrupted_and_uninterrupted(
+        tiny_model, tmp_path, resume_at=3, max_steps=5, save_steps=3, steps_per_generation=2, beta=0.05,
+        reset_every_steps=3, stages=[{"temperature": 0.9}])
+    assert full[0][4]["reward"] is None  # step 4 did not generate
+    _assert_replayed(full, resumed, steps=(4, 5))
+    assert (tmp_path / "full" / "checkpoint-3" / "generation_buffer_0.pt").exists()

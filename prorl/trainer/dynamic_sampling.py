@@ -258,11 +258,17 @@ class DynamicSamplingMixin:
 
     def _refill_batch(self) -> list[dict[str, Any]]:
         """The next generation batch of the refill stream: its own shuffled passes over the train set, grouped and
-        sharded across processes like TRL's, resumable (the number of batches drawn is checkpointed)."""
+        sharded across processes like TRL's, resumable (the number of batches drawn is checkpointed).
+
+        The stream leaves torch's global RNG as it found it. Each pass's DataLoader iterator draws its base seed
+        from that RNG, and a resumed run opens its first pass (and the passes it skips) at another point of the run
+        than the uninterrupted one: the draw shifted every later sample (a run resumed at step 2 sampled other
+        completions from the first refill round of step 3 on)."""
         while True:
-            if self._refill_iter is None:
-                self._refill_iter = iter(self._refill_dataloader())
-            batch = next(self._refill_iter, None)
+            with torch.random.fork_rng(devices=[]):  # the draws are CPU ones, whatever the accelerator
+                if self._refill_iter is None:
+                    self._refill_iter = iter(self._refill_dataloader())
+                batch = next(self._refill_iter, None)  # DataLoaderShard opens the pass in its first next()
             if batch is None:
                 self._refill_iter, self._refill_epoch = None, self._refill_epoch + 1
             elif self._refill_skip:  # drawn by the run this one resumes

@@ -13,6 +13,8 @@ Extension points used (all methods of `GRPOTrainer`/`Trainer`, called with `supe
     (prorl/trainer/update_guard.py).
   - `log`: the ProRL metrics, and `output_dir/metrics.jsonl`.
   - `_save_checkpoint` / `train`: the reset state travels with checkpoints and is restored on resume.
+  - `_get_train_sampler`, and the generation buffer in checkpoints: a resumed run replays the uninterrupted one
+    (prorl/trainer/resume.py).
 Resets' reference sync and stages' overrides: prorl/trainer/stages.py.
 """
 
@@ -35,6 +37,7 @@ from prorl.trainer.config import ProRLConfig
 from prorl.trainer.dynamic_sampling import DynamicSamplingMixin
 from prorl.trainer.fillers import FillerScalingMixin
 from prorl.trainer.packing import PaddingFreeMixin
+from prorl.trainer.resume import ResumeMixin
 from prorl.trainer.rewards import EnvReward
 from prorl.trainer.sampling import mixture_view
 from prorl.trainer.stages import StagesMixin
@@ -54,7 +57,7 @@ METRIC_ALIASES = {
 
 
 class ProRLTrainer(StagesMixin, DynamicSamplingMixin, FillerScalingMixin, PaddingFreeMixin, SkipEmptyUpdatesMixin,
-                   GRPOTrainer):
+                   ResumeMixin, GRPOTrainer):
     """GRPO with the ProRL recipe. `reward_funcs` defaults to `EnvReward` (route each row to its `env`)."""
 
     _tag_names = ["trl", "grpo", "prorl"]
@@ -196,6 +199,7 @@ class ProRLTrainer(StagesMixin, DynamicSamplingMixin, FillerScalingMixin, Paddin
             os.makedirs(folder, exist_ok=True)
             self.resets.save(folder)
         self._save_reference(folder)
+        self._save_generation_buffer(folder)
         super()._save_checkpoint(model, trial)
 
     def _save_reference(self, folder: str) -> None:
@@ -290,6 +294,7 @@ class ProRLTrainer(StagesMixin, DynamicSamplingMixin, FillerScalingMixin, Paddin
         elif self.ref_model is not None and self.resets.state.reset_count:
             log.warning("checkpoint %s has no %s (saved by an older prorl?): the reference stays the initial model, "
                         "not the policy of reset %d", checkpoint, REFERENCE_FILE, self.resets.state.reset_count)
+        self._load_generation_buffer(checkpoint)
         if self.accelerator.is_main_process:
             truncate_jsonl(os.path.join(self.args.output_dir, METRICS_FILE), step)
 
