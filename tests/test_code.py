@@ -284,3 +284,24 @@ def test_mbpp_reference_code(env):
     unexpected_slow = set(slow) - set(MBPP_KNOWN_SLOW)
     if unexpected_slow:  # they passed with the patient budget: worth knowing, not a failure on a shared machine
         print(f"MBPP rows over the 5 s budget besides {sorted(MBPP_KNOWN_SLOW)}: {sorted(unexpected_slow)}")
+
+
+def test_env_reward_logs_the_sandbox_status_of_each_test(env):
+    """Training logs `sandbox/<status>`, the fraction of the sandboxed tests that ended so (one value per test, as
+    TRL averages them): a run whose code rewards are low because programs run out of memory or time says so."""
+    from prorl.trainer.rewards import EnvReward
+
+    reward = EnvReward(workers=0, env_kwargs={"code": {"sandbox": env.sandbox}})
+    codes = ["def add(a, b):\n    return a + b", "x = bytearray(10**11)\ndef add(a, b):\n    return a + b",
+             "def add(a, b):\n    raise ValueError('no')", "no code here"]
+    logged = {}
+    out = reward([[{"role": "user", "content": "q"}]] * 4, [reply(c) for c in codes[:3]] + [codes[3]],
+                 env=["code"] * 4, task=[MBPP_ROW] * 4, log_metric=lambda k, v: logged.setdefault(k, []).append(v))
+    assert out == [1.0, 0.0, 0.0, 0.0]
+    sandbox = {k: (sum(v), len(v)) for k, v in logged.items() if k.startswith("sandbox/")}
+    assert sandbox == {"sandbox/ok": (3, 9), "sandbox/runtime_error": (3, 9), "sandbox/memory": (3, 9),
+                       "sandbox/timeout": (0, 9), "sandbox/output_limit": (0, 9), "sandbox/infra_error": (0, 9)}
+    logged.clear()
+    reward([[{"role": "user", "content": "q"}]], ["no code here"], env=["code"], task=[MBPP_ROW],
+           log_metric=lambda k, v: logged.setdefault(k, []).append(v))
+    assert not [k for k in logged if k.startswith("sandbox/")]  # no test ran: nothing logged (not 0 of 0)

@@ -11,9 +11,10 @@ All samples of a batch are scored together by `prorl.envs.workers.score_many` (p
 killable per-sample timeout). Samples whose status is `timeout` or `infra_error` say nothing about the model: the
 function returns `None` for them, which TRL turns into NaN, leaves out of the group mean/std, and gives an advantage
 of 0 (neither rewarded nor penalised). Each call logs `reward/<env>` (mean reward of that environment's scored
-samples) and `masked/<status>` (fraction of the samples masked for that status) through TRL's `log_metric` hook, one
-value per sample so that TRL's average over processes weighs every sample alike, and a `status` column for the
-completions table through `log_extra`.
+samples), `masked/<status>` (fraction of the samples masked for that status) and, when a batch ran sandboxed tests,
+`sandbox/<status>` (fraction of those tests that ended so: ok, runtime_error, timeout, memory, ...) through TRL's
+`log_metric` hook, one value per sample (per test) so that TRL's average over processes weighs every sample alike,
+and a `status` column for the completions table through `log_extra`.
 
 With a prompt or chat template that opens `<think>` (DeepSeek-R1-Distill's, read from the tokenizer by
 `ProRLTrainer`), a completion is scored as if it began with `<think>`: one that never closes it answers nothing
@@ -196,6 +197,17 @@ class EnvReward:
                 self._warned.add(key)
                 log.warning("EnvReward: %s could not score a sample (infra_error, masked): %.500s", *key)
 
+    @staticmethod
+    def _log_sandbox_statuses(scores: Sequence[Score], log_metric: Callable) -> None:
+        """`sandbox/<status>`: the fraction of the sandboxed tests (`details.statuses` of `code`) that ended so, one
+        value per test: how many time out or run out of memory, to tune the sandbox's limits."""
+        from prorl.sandbox.runner import STATUSES
+
+        tests = [str(t) for s in scores if isinstance(s.details.get("statuses"), list) for t in s.details["statuses"]]
+        for status in (*STATUSES, *sorted(set(tests) - set(STATUSES))) if tests else ():
+            for t in tests:
+                log_metric(f"sandbox/{status}", float(t == status))
+
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], log_metric: Callable | None = None,
                  log_extra: Callable | None = None, **kwargs) -> list[float | None]:
         columns = {k: v for k, v in kwargs.items() if k not in _TRL_KWARGS}
@@ -212,6 +224,7 @@ class EnvReward:
             for status in UNSCORED_STATUSES:
                 for s in scores:
                     log_metric(f"masked/{status}", float(s.status == status))
+            self._log_sandbox_statuses(scores, log_metric)
         if log_extra is not None:
             log_extra("status", [s.status for s in scores])
         return [None if s.masked else s.reward for s in scores]
