@@ -250,19 +250,19 @@ def test_rows_left_over_by_an_even_split_go_to_tasks_drawn_with_the_seed():
     fix it always went to the first task listed. A task with 1 row gives the rest of its share to the others."""
     from random import Random
 
-    from prorl.data.build import _pick
+    from prorl.data.mix import pick
     from prorl.data.rows import Candidate
 
     pool = [Candidate({}, f"q{t}{i}", f"w{t}{i}", stratum=t) for t in ("a", "b", "c") for i in range(10)]
     short = [Candidate({}, "q", "w", stratum="s")] + pool
     got_leftover = {"a": 0, "b": 0, "c": 0}
     for seed in range(300):
-        picked = _pick(pool, 7, Random(seed))
-        assert picked == _pick(pool, 7, Random(seed))  # the same seed, the same rows
+        picked = pick(pool, 7, Random(seed))
+        assert picked == pick(pool, 7, Random(seed))  # the same seed, the same rows
         counts = {t: sum(pool[i].stratum == t for i in picked) for t in got_leftover}
         assert sorted(counts.values()) == [2, 2, 3]
         got_leftover[max(counts, key=counts.get)] += 1
-        counts = {t: sum(short[i].stratum == t for i in _pick(short, 9, Random(seed))) for t in "sabc"}
+        counts = {t: sum(short[i].stratum == t for i in pick(short, 9, Random(seed))) for t in "sabc"}
         assert counts["s"] == 1 and sorted(counts[t] for t in "abc") == [2, 3, 3]
     assert all(70 <= n <= 130 for n in got_leftover.values()), got_leftover  # about 100 each (sd 8)
 

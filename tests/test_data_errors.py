@@ -58,6 +58,22 @@ def test_a_bad_row_with_on_error_fail_stops_before_generation(tmp_path):
     assert not any("generating" in m for m in info.value.logged), info.value.logged
 
 
+def test_shortfall_error_fails_on_a_short_file_source_before_generating(tmp_path):
+    """shortfall=error: a file source with fewer usable rows than its size stops the build before any generated
+    source is made (de-duplication across sources and the difficulty filter only take rows away). Before the fix
+    the generated source was made first and the build failed after it."""
+    (tmp_path / "m.jsonl").write_bytes(b"\n".join(math_lines(3) + math_lines(1)) + b"\n")  # 4 rows, 1 a duplicate
+    recipe = recipe_of(tmp_path, {"logic": GENERATED, "math": {"env": "math", "path": "m.jsonl", "size": 4}},
+                       shortfall="error")
+    found = r"too few valid rows \(math: 3 of 4\), found before generating sources\.logic; "
+    with pytest.raises(DataError, match=found) as info:
+        build_logging(recipe)
+    assert not any("generating" in m for m in info.value.logged), info.value.logged
+    (tmp_path / "m.jsonl").write_bytes(b"\n".join(math_lines(4)) + b"\n")
+    result, logged = build_logging(recipe)
+    assert len(result.train) == 8 and any("logic: generating" in m for m in logged), logged
+
+
 def test_sources_keep_the_recipe_order_for_deduplication_whatever_the_reading_order(tmp_path):
     """File sources are read before generated ones, but the first source listed still keeps a shared question."""
     result, _ = build_logging(recipe_of(tmp_path, {"logic": GENERATED}))

@@ -6,7 +6,7 @@ import pytest
 
 import prorl
 from prorl.cli import main as cli_main
-from prorl.data import build, load_recipe, load_rows
+from prorl.data import DataError, build, load_recipe, load_rows
 from prorl.data.filter import DifficultyFilter, parse_keep
 from prorl.data.sampling import SamplingConfig
 
@@ -158,3 +158,115 @@ def test_cached_pass_rates_are_not_reused_for_another_model_saved_in_the_same_fo
     result = rates(cache)
     assert sampled and sampled[-1] == 6 * 4
     assert {r["reference"]["answer"] for r in result.train} == {"7"}  # the coin's rates, strictly between 0 and 1
+
+
+def many_rows_recipe(tmp_path, name="many", seed=0, shortfall="take", sources=None):
+    """`big`: 40 prompts, every other one answered "7" (the coin model solves it about half the time)."""
+    rows = [{"q": f"say q{i}", "answer": "7" if i % 2 == 0 else "9"} for i in range(40)]
+    (tmp_path / "big.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    sources = sources or {"big": {"env": "test/echo", "path": "big.jsonl", "size": 4}}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(json.dumps({"name": name, "seed": seed, "shortfall": shortfall, "sources": sources}))
+    return load_recipe(path)
+
+
+def counting_coin(models, sampled, samples=4, **kw):
+    return DifficultyFilter(models["coin"], samples=samples, sampling=SamplingConfig(temperature=1.0, top_p=1.0),
+                            workers=0, chunk=4, progress=lambda done, total: sampled.append(done), **kw)
+
+
+def prompts_sampled(sampled, samples=4):
+    """Prompts sampled for one source, from the progress calls (done counts its sequences sampled or cached)."""
+    return sum(b - a for a, b in zip([0] + sampled, sampled)) // samples
+
+
+def test_a_small_target_estimates_a_seeded_part_of_its_pool_not_all_of_it(models, tmp_path):
+    """Size 4 of a 40-prompt pool: the filter goes through the pool in the seed's order and stops once 4 rows are
+    kept, instead of sampling all 40 prompts. Before the change every prompt was sampled (40 x 4 sequences)."""
+    sampled = []
+    result = build(many_rows_recipe(tmp_path), tmp_path / "out", difficulty=counting_coin(models, sampled))
+    st = result.stats["big"]
+    assert len(result.train) == 4 and all(0 < r["metadata"]["pass_rate"] < 1 for r in result.train)
+    assert st.candidates == 40 and 4 <= st.estimated <= 20, st.estimated
+    assert prompts_sampled(sampled) == st.estimated  # those estimated were sampled, no other
+    assert st.estimated == st.available + sum(st.dropped.values())  # ... each one kept or dropped with a reason
+    card = json.loads((tmp_path / "out" / "card.json").read_text())
+    assert (card["sources"]["big"]["estimated"], card["sources"]["big"]["candidates"]) == (st.estimated, 40)
+    assert f"estimated the pass rates of {st.estimated} of its 40 prompts" in (tmp_path / "out" / "card.md").read_text()
+
+    again = build(many_rows_recipe(tmp_path), difficulty=counting_coin(models, []))  # no cache: sampled again
+    assert [r["id"] for r in again.train] == [r["id"] for r in result.train]
+    estimated = {i.where for i in result.issues} | {r["metadata"]["origin"] for r in result.train}
+    other = build(many_rows_recipe(tmp_path, seed=1), difficulty=counting_coin(models, []))
+    assert estimated != {i.where for i in other.issues} | {r["metadata"]["origin"] for r in other.train}
+    assert not {f"{tmp_path / 'big.jsonl'}:{n}" for n in range(1, 5)} <= estimated  # not the file's first rows
+
+
+def test_a_cached_build_estimates_the_same_rows_and_samples_none(models, tmp_path):
+    cache = tmp_path / "pass_rates.jsonl"
+    result = build(many_rows_recipe(tmp_path), difficulty=counting_coin(models, [], cache=cache))
+    sampled = []
+    again = build(many_rows_recipe(tmp_path), difficulty=counting_coin(models, sampled, cache=cache))
+    assert sampled == [] and [r["id"] for r in again.train] == [r["id"] for r in result.train]
+    assert again.stats["big"].estimated == result.stats["big"].estimated == len(cache.read_text().splitlines())
+
+
+def test_with_shortfall_scale_a_short_source_lowers_what_the_others_estimate(models, tmp_path):
+    """`small` keeps 2 of its size 4 (its other 2 prompts are never solved): scale 0.5, so `big` needs 10 rows of its
+    size 20, not 20, and is estimated until 10 are kept. Scale and targets are those of a filter over all 40."""
+    rows = [{"q": f"say s{i}", "answer": "7" if i < 2 else "9"} for i in range(4)]
+    (tmp_path / "small.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    sources = {"big": {"env": "test/echo", "path": "big.jsonl", "size": 20},
+               "small": {"env": "test/echo", "path": "small.jsonl", "size": 4}}
+    recipe = many_rows_recipe(tmp_path, shortfall="scale", sources=sources)
+    result = build(recipe, difficulty=counting_coin(models, [], samples=8))
+    assert result.scale == 0.5 and {n: s.selected for n, s in result.stats.items()} == {"big": 10, "small": 2}
+    assert result.stats["small"].estimated == 4 and result.stats["big"].estimated < 32, result.stats["big"].estimated
+
+
+def test_a_generated_source_is_estimated_until_each_task_share_is_decided(models, tmp_path):
+    """A generated source's rows are drawn evenly across its tasks (mix.pick), so its scan stops only once every
+    task has its share kept or has no prompt left: the rows per task drawn from what it kept are those a filter over
+    the whole pool gives, for its target and any smaller one (shortfall=scale may lower it). The whole-pool scan
+    reuses the lazy one's pass rates (the cache), so both see the same rates."""
+    from random import Random
+
+    from prorl.data.mix import _scan, quotas
+    from prorl.data.rows import Candidate
+    from prorl.data.stats import SourceStats
+
+    solvable = {"a": 10, "b": 2, "c": 5}  # of the 10 prompts of each task
+    pool = [Candidate({"id": f"{t}{i}", "env": "test/echo", "source": "g", "metadata": {},
+                       "prompt": [{"role": "user", "content": f"say {t}{i}"}],
+                       "reference": {"answer": "7" if i < solvable[t] else "9"}}, f"say {t}{i}", f"g#{t}{i}", t)
+            for t in solvable for i in range(10)]
+    coin = DifficultyFilter(models["coin"], samples=8, sampling=SamplingConfig(temperature=1.0, top_p=1.0),
+                            workers=0, chunk=4, cache=tmp_path / "rates.jsonl")
+    lazy, whole = SourceStats("g", "test/echo"), SourceStats("g", "test/echo")
+    kept, exhausted = _scan(pool, 12, coin, Random(0), [], lazy)
+    everything, _ = _scan(pool, 30, coin, Random(0), [], whole)
+    assert whole.estimated == 30 and lazy.estimated < 30 and not exhausted, lazy.estimated
+    assert {c.row["id"] for c in kept} <= {c.row["id"] for c in everything}
+
+    def per_task(rows):
+        return {t: sum(c.stratum == t for c in rows) for t in solvable}
+
+    assert per_task(kept) != per_task(everything)  # fewer kept, but the same shares:
+    for target in range(13):
+        assert quotas(per_task(kept), target) == quotas(per_task(everything), target), target
+
+
+def test_shortfall_error_fails_before_sampling_a_pool_already_short_and_after_the_first_short_source(models,
+                                                                                                   recipe_path):
+    """shortfall=error with the filter: a pool with fewer rows than its size fails before any prompt is sampled (the
+    filter only drops rows); one that the filter leaves short fails as soon as its pool is exhausted."""
+    sampled = []
+    short = recipe_path.with_name("short.yaml")
+    short.write_text(recipe_path.read_text().replace('"size": 6', '"size": 7').replace('"take"', '"error"'))
+    with pytest.raises(DataError, match=r"too few valid rows \(echo: 6 of 7\), found before the difficulty filter"):
+        build(load_recipe(short), difficulty=counting_coin(models, sampled))
+    assert sampled == []
+    short.write_text(recipe_path.read_text().replace('"take"', '"error"'))
+    with pytest.raises(DataError, match=r"too few valid rows \(echo: 3 of 6\) kept by the difficulty filter"):
+        build(load_recipe(short), difficulty=counting_coin(models, sampled, samples=8))
+    assert prompts_sampled(sampled, 8) == 6

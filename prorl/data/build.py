@@ -11,7 +11,9 @@ The schema (one row per prompt), read by the trainer's reward function and by `p
     metadata  dict (JSON column)  `Task.metadata` + the recipe's constants + `origin` (file:line of the row)
 
 Bad rows are reported with file:line and field, then skipped (or stop the build, with `on_error="fail"`, before
-any generation, as missing files and unknown tasks do); duplicates and filtered rows are counted in the card.
+any generation, as missing files and unknown tasks do); with `shortfall="error"` a file source short of its size
+stops it before any generation too. Duplicates and filtered rows are counted in the card. prorl.data.mix chooses
+the rows from the de-duplicated pools (the difficulty filter, each source's target, the seeded draw).
 """
 
 from __future__ import annotations
@@ -22,45 +24,17 @@ import random
 import re
 import unicodedata
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from prorl.data.adapters import FieldError, get_dotted
+from prorl.data.mix import filter_pools, pick, short_error, targets
 from prorl.data.recipe import Recipe, RecipeError, SourceConfig
 from prorl.data.rows import Candidate, normalize_row
 from prorl.data.sources import DataError, RawRow, check_generator, generated_rows, read_file, source_files
+from prorl.data.stats import Issue, SourceStats, report
 from prorl.envs import Env, make
-
-
-@dataclass
-class Issue:
-    """A row left out, with where it came from and why."""
-
-    where: str
-    reason: str  # "invalid", "duplicate_exact", "duplicate_normalized", "heldout_overlap", "too_easy", "too_hard",
-    #              "unscored" (the difficulty filter could score none of its samples)
-    message: str
-    field: str | None = None
-
-    def __str__(self) -> str:
-        fld = f"field '{self.field}': " if self.field else ""
-        return f"{self.where}: {fld}{self.message}"
-
-
-@dataclass
-class SourceStats:
-    name: str
-    env: str
-    files: list[str] = field(default_factory=list)
-    read: int = 0
-    dropped: Counter = field(default_factory=Counter)
-    heldout: int = 0
-    available: int = 0
-    target: int = 0
-    selected: int = 0
-    per_task: Counter = field(default_factory=Counter)
-    needed: int | None = None  # a generated source made for this many rows, not its size (shortfall=scale)
 
 
 @dataclass
@@ -110,13 +84,6 @@ def _raw_rows(source: SourceConfig, files: list[str] | None, stats: SourceStats,
     return rows
 
 
-def _report(issue: Issue, issues: list[Issue], stats: SourceStats, fatal: bool) -> None:
-    issues.append(issue)
-    stats.dropped[issue.reason] += 1
-    if fatal:
-        raise DataError(f"{issue} (on_error=fail; use --on-error skip to report and skip bad rows)")
-
-
 def _make_env(source: SourceConfig, recipe: Recipe) -> Env:
     try:
         return make(source.env)
@@ -138,7 +105,7 @@ def _normalize_source(source: SourceConfig, env: Env, raws: list[RawRow], recipe
         try:
             cand = normalize_row(raw, source, env)
         except FieldError as exc:
-            _report(Issue(raw.where, "invalid", exc.message, exc.field), issues, st, on_error == "fail")
+            report(Issue(raw.where, "invalid", exc.message, exc.field), issues, st, on_error == "fail")
             continue
         if not cand.row["id"] or cand.row["id"] in used_ids:  # no id, or not unique: the row's location
             cand.row["id"] = f"{source.name}/{Path(raw.where).name}"
@@ -160,8 +127,9 @@ def build(recipe: Recipe, out_dir: str | Path | None = None, *, sample_data: boo
           on_error: str | None = None, difficulty: Any = None, log: Callable[..., None] | None = None) -> BuildResult:
     """Build the mixture of `recipe`; save it to `out_dir` when given (see `save`).
 
-    difficulty: an object with `low`, `high` and `pass_rates(rows) -> list[float]` (prorl.data.filter); rows whose
-    estimated pass rate is not strictly inside (low, high) are dropped before mixing.
+    difficulty: a `prorl.data.filter.DifficultyFilter` (`low`, `high`, `chunk`, `pass_rates`); rows whose estimated
+    pass rate is not strictly inside (low, high) are dropped before mixing, and each pool is estimated only as far
+    as its part of the mixture needs (prorl.data.mix.filter_pools).
     log: called as log(message) for each stage, and log(message, transient=True) for progress updates.
     """
     import datasets
@@ -187,8 +155,15 @@ def build(recipe: Recipe, out_dir: str | Path | None = None, *, sample_data: boo
     # their size instead of in full. Not with a difficulty filter: how much of a generated source it keeps is
     # unknown until it has run.
     bound, bounding = 1.0, recipe.shortfall == "scale" and difficulty is None
+    # With shortfall=error, for the same reason, a source with fewer usable rows than its size stops the build
+    # before the next generated source is made (the pools are checked again before the filter samples any).
+    counting = bounding or recipe.shortfall == "error"
+    usable: dict[str, int] = {}
     for source in sorted(recipe.sources, key=lambda s: files[s.name] is None):
         name, size = source.name, wanted[source.name]
+        short = {n: (u, wanted[n]) for n, u in usable.items() if u < wanted[n]}
+        if recipe.shortfall == "error" and files[name] is None and short:
+            raise short_error(short, f", found before generating sources.{name}")
         scaled = files[name] is None and bound < 1.0
         if scaled:
             size = math.ceil(size * bound)
@@ -198,21 +173,22 @@ def build(recipe: Recipe, out_dir: str | Path | None = None, *, sample_data: boo
         raws = _raw_rows(source, files[name], stats[name], size, log)
         pools[name], held_by_source[name] = _normalize_source(source, envs[name], raws, recipe, stats[name], issues,
                                                               on_error)
-        usable = _usable(pools[name], held_by_source[name], recipe.dedup) if bounding else 0
-        if scaled and usable < wanted[name] * bound:
+        if counting:
+            usable[name] = _usable(pools[name], held_by_source[name], recipe.dedup)
+        if scaled and usable[name] < wanted[name] * bound:
             # Invalid rows, duplicates or copies of held-out rows ate more than the generator's margin: the smaller
             # source would lower the scale of the whole mixture, so it is made in full after all (as without the
             # bound).
-            log(f"{name}: {usable} usable rows of the {size} made; making all {wanted[name]}")
+            log(f"{name}: {usable[name]} usable rows of the {size} made; making all {wanted[name]}")
             stats[name], issues[before[1]:] = before[0], []
             raws = _raw_rows(source, files[name], stats[name], wanted[name], log)
             pools[name], held_by_source[name] = _normalize_source(source, envs[name], raws, recipe, stats[name],
                                                                   issues, on_error)
-            usable = _usable(pools[name], held_by_source[name], recipe.dedup)
+            usable[name] = _usable(pools[name], held_by_source[name], recipe.dedup)
         elif scaled:
             stats[name].needed = size
         if bounding and wanted[name] > 0:
-            bound = min(bound, usable / wanted[name])
+            bound = min(bound, usable[name] / wanted[name])
     pools = {s.name: pools[s.name] for s in recipe.sources}  # de-duplication: the first source listed wins
     heldout = [c for s in recipe.sources for c in held_by_source[s.name]]
     heldout = _dedup(heldout, recipe.dedup, {}, issues, stats, holdout=True)
@@ -221,14 +197,15 @@ def build(recipe: Recipe, out_dir: str | Path | None = None, *, sample_data: boo
     for name in pools:
         pools[name] = _dedup(pools[name], recipe.dedup, seen, issues, stats, held=held_keys)
     if difficulty is not None:
-        for name, pool in pools.items():
-            log(f"{name}: estimating pass rates of {len(pool)} prompts")
-            pools[name] = _filter(pool, difficulty, issues, stats[name])
-    scale = _targets(recipe, wanted, pools, stats)
+        short = {n: (len(p), wanted[n]) for n, p in pools.items() if len(p) < wanted[n]}
+        if short and recipe.shortfall == "error":
+            raise short_error(short, ", found before the difficulty filter")
+        pools = filter_pools(recipe, wanted, pools, difficulty, issues, stats, log)
+    scale = targets(recipe, wanted, pools, stats)
     train: list[dict[str, Any]] = []
     for source in recipe.sources:
         pool, st = pools[source.name], stats[source.name]
-        picked = _pick(pool, st.target, random.Random(f"{recipe.seed}:mix:{source.name}"))
+        picked = pick(pool, st.target, random.Random(f"{recipe.seed}:mix:{source.name}"))
         for i in picked:
             train.append(pool[i].row)
             st.per_task[pool[i].stratum or source.env] += 1
@@ -286,12 +263,12 @@ def _dedup(cands: list[Candidate], mode: str, seen: dict[str, str], issues: list
         hit = next((k for k in _keys(c.question, "held-out") if k in held), None) if held else None
         st = stats[c.row["source"]]
         if hit is not None:
-            _report(Issue(c.where, "heldout_overlap", "same question as a held-out row"), issues, st, False)
+            report(Issue(c.where, "heldout_overlap", "same question as a held-out row"), issues, st, False)
             continue
         hit = next((k for k in keys if k in seen), None)
         if hit is not None:
             reason = "duplicate_exact" if hit.startswith("x:") else "duplicate_normalized"
-            _report(Issue(c.where, reason, f"same question as {seen[hit]}"), issues, st, False)
+            report(Issue(c.where, reason, f"same question as {seen[hit]}"), issues, st, False)
             if holdout:
                 st.heldout -= 1
             continue
@@ -299,67 +276,6 @@ def _dedup(cands: list[Candidate], mode: str, seen: dict[str, str], issues: list
             seen[k] = c.row["id"]
         kept.append(c)
     return kept
-
-
-def _filter(pool: list[Candidate], difficulty: Any, issues: list[Issue], st: SourceStats) -> list[Candidate]:
-    rates = difficulty.pass_rates([c.row for c in pool])
-    kept = []
-    for c, p in zip(pool, rates):
-        if p is None:  # every sample timed out or met an infra error: no estimate (and none cached)
-            _report(Issue(c.where, "unscored", "no sample could be scored to estimate its pass rate"), issues, st,
-                    False)
-        elif difficulty.low < p < difficulty.high:
-            c.row["metadata"]["pass_rate"] = p
-            kept.append(c)
-        else:
-            reason = "too_easy" if p >= difficulty.high else "too_hard"
-            _report(Issue(c.where, reason, f"estimated pass rate {p:.3f} outside ({difficulty.low}, {difficulty.high})"),
-                    issues, st, False)
-    return kept
-
-
-def _targets(recipe: Recipe, wanted: dict[str, int], pools: dict[str, list], stats: dict[str, SourceStats]) -> float:
-    """Set each source's target count by the shortfall policy; returns the scale factor applied."""
-    avail = {n: len(p) for n, p in pools.items()}
-    for n in pools:
-        stats[n].available = avail[n]
-    short = {n: (avail[n], wanted[n]) for n in pools if avail[n] < wanted[n]}
-    scale = 1.0
-    if short and recipe.shortfall == "error":
-        listing = ", ".join(f"{n}: {a} of {w}" for n, (a, w) in short.items())
-        raise DataError(f"too few valid rows ({listing}); shortfall=scale keeps the proportions with fewer rows")
-    if short and recipe.shortfall == "scale":
-        scale = min(avail[n] / wanted[n] for n in short)
-    for n in pools:
-        stats[n].target = min(avail[n], round(wanted[n] * scale))
-    return scale
-
-
-def _pick(pool: list[Candidate], target: int, rng: random.Random) -> list[int]:
-    """Indices of `target` rows drawn at random with `rng` (the build seeds one per source).
-
-    Rows of a generated source are drawn evenly across its tasks: every task gets the same share, a task with too
-    few rows gives what it lacks to the others, and the rows left over when the count does not divide evenly (fewer
-    than the tasks that still have rows) go one each to tasks drawn with `rng`, not to the first tasks listed. The
-    counts are the same for a seed, and over seeds every task is equally likely to get a leftover row."""
-    groups: dict[str | None, list[int]] = {}
-    for i, c in enumerate(pool):
-        groups.setdefault(c.stratum, []).append(i)
-    quota = {g: 0 for g in groups}
-    left = target
-    while left > 0:
-        open_groups = [g for g in groups if quota[g] < len(groups[g])]
-        if not open_groups:
-            break
-        share = left // len(open_groups)
-        if share == 0:  # the leftover: each open group has room for one more
-            for g in rng.sample(open_groups, left):
-                quota[g] += 1
-            break
-        for g in open_groups:
-            quota[g] += min(share, len(groups[g]) - quota[g])
-        left = target - sum(quota.values())
-    return sorted(i for g, idx in groups.items() for i in rng.sample(idx, quota[g]))
 
 
 def _unique_ids(rows: Sequence[dict[str, Any]]) -> None:

@@ -3,7 +3,9 @@
 Layout of an output folder:
     train.parquet    the mixture (a `datasets.Dataset`; `reference`/`metadata` are JSON text columns); none if empty
     heldout.parquet  held-out rows (generated hold-outs and `holdout:` rows of file sources), when there are any
-    card.json        counts per source/env, rows dropped by reason, scale factor, options, recipe hash
+    card.json        counts per source/env, rows dropped by reason, scale factor, options, recipe hash; with a
+                     difficulty filter, how many prompts of each source it estimated (`estimated`) of its pool
+                     (`candidates`)
     card.md          the same for people, with a table of rows per env (and its share)
     dropped.jsonl    every row left out: {"where", "reason", "field", "message"}
     pass_rates.jsonl with --filter-model: the estimated pass rates, reused by a re-run (prorl.data.filter)
@@ -60,7 +62,8 @@ def card_dict(result) -> dict[str, Any]:
         sources[s.name] = {
             "env": s.env, "files": st.files, "read": st.read, "heldout": st.heldout,
             "dropped": dict(st.dropped), "available": st.available, "recipe_size": s.size, "recipe_weight": s.weight,
-            "needed": st.needed, "selected": st.selected, "share": round(st.selected / total, 4) if total else 0.0,
+            "needed": st.needed, "candidates": st.candidates, "estimated": st.estimated, "selected": st.selected,
+            "share": round(st.selected / total, 4) if total else 0.0,
             "recipe_share": round(wanted[s.name] / wanted_total, 4),
             "per_task": dict(sorted(st.per_task.items())) if len(st.per_task) > 1 else None,
         }
@@ -101,6 +104,11 @@ def card_markdown(card: dict[str, Any]) -> str:
     lines += [f"\n{name}: generated for {s['needed']} rows, not its {s['recipe_size'] or 'share of the total'} "
               "(shortfall=scale: the other sources could not give more)"
               for name, s in card["sources"].items() if s.get("needed") is not None]
+    lines += [f"\n{name}: the difficulty filter estimated the pass rates of {s['estimated']} of its "
+              f"{s['candidates']} prompts" + ("" if s["estimated"] == s["candidates"] else
+                                              " (in a seeded order, until the rows kept could fill its target; "
+                                              "`available` counts the rows kept among them)")
+              for name, s in card["sources"].items() if s.get("estimated") is not None]
     lines += ["", "## Rows per env", "", "| env | train rows | share | recipe share | held out |",
               "|---|---:|---:|---:|---:|"]
     total = card["rows"]["train"]

@@ -33,7 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     b.add_argument("--on-error", choices=("skip", "fail"), help="a bad row: report and skip it, or stop (default: "
                                                                 "the recipe's on_error)")
     f = b.add_argument_group("difficulty filter (optional)")
-    f.add_argument("--filter-model", metavar="DIR", help="local model estimating each prompt's pass rate (appended to "
+    f.add_argument("--filter-model", metavar="DIR", help="local model estimating prompts' pass rates, each source's "
+                   "in a seeded order until enough are kept for its part of the mixture (appended to "
                    "OUT/pass_rates.jsonl per chunk; a re-run with the same settings reuses them)")
     f.add_argument("--samples", type=int, default=8, metavar="K", help="completions per prompt (default 8)")
     f.add_argument("--keep", default="0.0<p<1.0", help="keep prompts with LOW<p<HIGH (default '0.0<p<1.0')")

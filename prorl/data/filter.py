@@ -11,10 +11,14 @@ build as `unscored` and not cached, so a re-run after the outage estimates it ag
 are scored as the trainer scores them: after a chat template that opens `<think>` (DeepSeek-R1-Distill), one cut
 off mid-thought answers nothing.
 
+`prorl data build` does not estimate whole sources: it goes through each de-duplicated pool in a seeded order, a
+`chunk` of prompts at a time, and stops once the rows kept are enough for the source's part of the mixture
+(prorl.data.mix.filter_pools); the data card counts the prompts estimated of each pool.
+
 With a `cache` file (`prorl data build` keeps it in the output folder: `pass_rates.jsonl`), each chunk of prompts'
 pass rates is appended as soon as it is estimated, and a re-run with the same model folder (its files unchanged:
 a model saved again there is another model), samples and sampling settings reuses them: a build stopped after hours
-of sampling goes on where it stopped.
+of sampling goes on where it stopped (cached prompts are taken in the same order and cost nothing).
 """
 
 from __future__ import annotations
@@ -54,9 +58,10 @@ class DifficultyFilter:
     workers: int | None = None
     progress: Callable[[int, int], None] | None = None  # (done, total) sequences
     cache: str | Path | None = None  # JSON Lines of pass rates, appended per chunk and reused (see the docstring)
-    chunk: int = 256  # prompts per sampling call
+    chunk: int = 256  # prompts per sampling call (and at most per step of the build's scan of a pool)
     _sampler: Sampler | None = field(default=None, repr=False)
     _fingerprint: list | None = field(default=None, repr=False)
+    _known: dict[str, float] | None = field(default=None, repr=False)  # the cache's rates (see _cached)
 
     def describe(self) -> dict[str, Any]:
         return {"model": self.model_dir, "samples": self.samples, "keep": f"{self.low}<p<{self.high}",
@@ -79,23 +84,30 @@ class DifficultyFilter:
         return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
 
     def _cached(self) -> dict[str, float]:
-        if self.cache is None or not Path(self.cache).exists():
-            return {}
-        known = {}
-        with open(self.cache) as f:
-            for line in f:
-                try:
-                    entry = json.loads(line)
-                    known[entry["key"]] = float(entry["p"])
-                except (ValueError, KeyError, TypeError):
-                    continue  # a line cut short by the interruption
-        return known
+        """The cache file's pass rates, read once (a build asks for them a chunk at a time) and kept in step with
+        what `pass_rates` appends."""
+        if self._known is None:
+            self._known = {}
+            if self.cache is not None and Path(self.cache).exists():
+                with open(self.cache) as f:
+                    for line in f:
+                        try:
+                            entry = json.loads(line)
+                            self._known[entry["key"]] = float(entry["p"])
+                        except (ValueError, KeyError, TypeError):
+                            continue  # a line cut short by the interruption
+        return self._known
 
-    def pass_rates(self, rows: list[dict[str, Any]]) -> list[float | None]:
+    def pass_rates(self, rows: list[dict[str, Any]], done: int = 0, total: int | None = None) -> list[float | None]:
+        """The pass rate of each row (None: no sample could be scored). `done` and `total` count prompts for
+        `progress` when these rows are part of a longer scan: prompts estimated before them, and the most there may
+        be (default: these rows)."""
         keys = [self._key(r) for r in rows]
         known = self._cached()
+        found = {k: known[k] for k in keys if k in known}
         todo = [i for i, k in enumerate(keys) if k not in known]
-        total, done = len(rows) * self.samples, (len(rows) - len(todo)) * self.samples
+        total = (len(rows) if total is None else total) * self.samples
+        done = (done + len(rows) - len(todo)) * self.samples
         for start in range(0, len(todo), self.chunk):
             part = todo[start:start + self.chunk]
 
@@ -106,13 +118,14 @@ class DifficultyFilter:
                     self.progress(done, total)
 
             rates = self._estimate([rows[i] for i in part], step)
-            known.update((keys[i], p) for i, p in zip(part, rates))
+            found.update((keys[i], p) for i, p in zip(part, rates))
             if self.cache is not None:
+                known.update((keys[i], p) for i, p in zip(part, rates) if p is not None)
                 Path(self.cache).parent.mkdir(parents=True, exist_ok=True)
                 with open(self.cache, "a") as f:
                     f.writelines(json.dumps({"key": keys[i], "p": p}) + "\n" for i, p in zip(part, rates)
                                  if p is not None)
-        return [known[k] for k in keys]
+        return [found[k] for k in keys]
 
     def _estimate(self, rows: list[dict[str, Any]], step: Callable[[int], None]) -> list[float | None]:
         from prorl.envs import make, split_think

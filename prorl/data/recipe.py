@@ -102,7 +102,9 @@ class Recipe:
     shortfall: str = field(default="scale", metadata={
         "help": "when a source has fewer valid rows than its size: `scale` every source down by the same factor "
                 "(proportions kept; generated sources are then made only for the share the file sources leave "
-                "them, unless a difficulty filter runs), `take` what there is, or `error`"})
+                "them, unless a difficulty filter runs, and the filter estimates each source only for that share), "
+                "`take` what there is, or `error` (a short file source fails the build before any source is "
+                "generated or filtered)"})
     path: Path | None = field(default=None, metadata={"help": "the YAML file (set by load_recipe)"})
     overrides: list[str] = field(default_factory=list, metadata={
         "help": "the `--set KEY=VALUE` overrides applied to the file (set by load_recipe; the data card lists them)"})

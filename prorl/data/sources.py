@@ -231,7 +231,7 @@ def generate_reasoning_gym(gen: GenerateConfig, size: int, margin: float = 0.05,
     The first `holdout_per_task` entries of each task are held out; they do not change with `size`. `size` training
     entries (plus `margin` to absorb later de-duplication) are split evenly over the tasks, each task generating the
     rounded-up share (a few rows more than asked, so that any task can take a leftover row when the mixture is
-    drawn; see build._pick); training questions are distinct within a task and from its held-out ones. A task with
+    drawn; see mix.pick); training questions are distinct within a task and from its held-out ones. A task with
     too few distinct questions leaves its shortfall to the others, spread evenly (each gets the rounded-up share of
     it, not the first tasks listed).
     """
