@@ -1,6 +1,7 @@
 """Two processes (torch.distributed, gloo, CPU): dynamic sampling decides from gathered rewards, so both ranks run
 the same rounds and train no constant group, including a group split across the two ranks; a reset on both ranks
-brings the (gathered) KL of the next step to ~0; a stage that reshapes the batch restarts both ranks in process."""
+brings the (gathered) KL of the next step to ~0; a stage that reshapes the batch restarts both ranks in process;
+a resume replays the 2-rank run."""
 
 import pytest
 from trainer_utils import tiny_model, two_ranks  # noqa: F401
@@ -43,3 +44,30 @@ def test_two_process_restart_stage_goes_on_in_process(tiny_model, tmp_path):
         assert [len(batch) for batch in r["trained"]] == [4, 4, 8, 8], r["trained"]
         assert r["resets"] == 2 and r["kl"][2] < 1e-6  # step 3: the reference restored is the policy of step 2
     assert (tmp_path / "run" / "checkpoint-2" / "reference.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_two_process_resume_replays_the_run(tiny_model, tmp_path):
+    """Two ranks, dynamic sampling, a reset with a temperature stage after step 3, one generation per 2 steps:
+    resumed on two ranks from checkpoint-3 (inside a generation buffer, one file per rank), steps 4-6 (refills,
+    the second epoch) and the final weights of both ranks are the uninterrupted run's. Before: the resumed ranks
+    failed to load their buffers (torch.load mapped to accelerate's multi-process CPU device, "cpu:0", a location
+    torch does not know)."""
+    import shutil
+
+    import torch
+
+    full = two_ranks("trainer_utils.py", "ddp-resume", tmp_path / "full", tiny_model)
+    assert sorted(p.name for p in (tmp_path / "full" / "checkpoint-3").glob("generation_buffer_*.pt")) == [
+        "generation_buffer_0.pt", "generation_buffer_1.pt"]
+    shutil.copytree(tmp_path / "full" / "checkpoint-3", tmp_path / "resumed" / "checkpoint-3")
+    resumed = two_ranks("trainer_utils.py", "ddp-resume", tmp_path / "resumed", tiny_model, "--resume")
+    rows = full[0]["rows"]
+    assert rows["3"]["resets"] == 1 and rows["4"]["reward"] is None  # the reset after step 3; step 4 buffered
+    assert rows["5"]["dynamic_sampling/rounds"] > 1  # refills after the resume
+    for rank, (a, b) in enumerate(zip(full, resumed)):
+        assert sorted(b["rows"]) == sorted(a["rows"]) == ["1", "2", "3", "4", "5", "6"]
+        for step in ("4", "5", "6"):
+            assert b["rows"][step] == pytest.approx(a["rows"][step], abs=1e-6, nan_ok=True), (rank, step)
+        weights = [torch.load(tmp_path / run / f"weights{rank}.pt") for run in ("full", "resumed")]
+        assert max((weights[0][n] - weights[1][n]).abs().max().item() for n in weights[0]) <= 1e-6, rank

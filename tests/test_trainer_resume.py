@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from trainer_utils import fast_config, prompt_dataset, text_hash_reward, tiny_model  # noqa: F401
+from trainer_utils import REPLAYED, fast_config, prompt_dataset, text_hash_reward, tiny_model  # noqa: F401
 
 from prorl.trainer import ProRLTrainer
 
@@ -253,10 +253,6 @@ def test_resume_with_the_generation_budget_spent_trains_nothing(tiny_model, tmp_
     with pytest.raises(ValueError, match="max_generated_tokens is 100: nothing to train"):
         run(True)
     assert (tmp_path / "metrics.jsonl").read_text() == lines
-
-
-REPLAYED = ("loss", "kl", "entropy", "reward", "reward_std", "grad_norm", "learning_rate", "completions/mean_length",
-            "dynamic_sampling/rounds", "dynamic_sampling/filled_rows", "resets", "stage", "tokens/generated")
 
 
 def _interrupted_and_uninterrupted(model, tmp_path, resume_at: int, **overrides):

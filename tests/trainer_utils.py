@@ -1,7 +1,9 @@
 """Fixtures and helpers for the trainer tests: a tiny Qwen2 built locally, small datasets, a fast ProRLConfig.
 
 Also runnable (`python tests/trainer_utils.py OUTPUT_DIR MODEL_DIR [--resume] [--kill-at-step N]`) to train in a
-subprocess for the kill-and-resume test.
+subprocess for the kill-and-resume test, and under `torch.distributed.run` (`trainer_utils.py MODE OUTPUT_DIR
+MODEL_DIR [--resume]`, MODE one of ddp, ddp-packed, ddp-adaptive, ddp-restart, ddp-resume: see
+`two_ranks`) for the two-process tests.
 """
 
 from __future__ import annotations
@@ -205,8 +207,38 @@ def _ddp_main(argv: list[str], mode: str = "ddp") -> None:
     trainer.accelerator.end_training()
 
 
+# The train metrics a resumed run must log as the uninterrupted one did.
+REPLAYED = ("loss", "kl", "entropy", "reward", "reward_std", "grad_norm", "learning_rate", "completions/mean_length",
+            "dynamic_sampling/rounds", "dynamic_sampling/filled_rows", "resets", "stage", "tokens/generated")
+
+
+def _ddp_resume_main(argv: list[str]) -> None:
+    """Under `torch.distributed.run --nproc_per_node 2`: 6 steps over 6 prompts (3 per generation, 6 rows per
+    process, the middle group split), one generation per 2 steps of 1 micro-batch, dynamic sampling (even prompts
+    constant), a reset with a temperature stage after step 3 and a checkpoint every 3 steps (checkpoint-3 inside a
+    generation buffer); with --resume, from OUT's latest checkpoint. Writes OUT/rank<N>.json (the REPLAYED metrics
+    per step) and OUT/weights<N>.pt."""
+    import torch
+
+    from prorl.trainer import ProRLTrainer
+
+    out, model = argv[0], argv[1]
+    args = fast_config(out, per_device_train_batch_size=3, steps_per_generation=2, max_steps=6, save_strategy="steps",
+                       save_steps=3, beta=0.05, reset_every_steps=3, stages=[{"temperature": 0.9}])
+    trainer = ProRLTrainer(model, reward_funcs=half_constant_reward, args=args, train_dataset=prompt_dataset(6))
+    trainer.train(resume_from_checkpoint=True if "--resume" in argv else None)
+    rank = trainer.accelerator.process_index
+    rows = {h["step"]: {k: h.get(k) for k in REPLAYED} for h in trainer.state.log_history if "loss" in h}
+    torch.save({n: p.detach().clone() for n, p in trainer.model.named_parameters()}, Path(out, f"weights{rank}.pt"))
+    Path(out, f"rank{rank}.json").write_text(json.dumps({"rank": rank, "rows": rows}))
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()
+
+
 if __name__ == "__main__":
     if sys.argv[1] in ("ddp", "ddp-packed", "ddp-adaptive", "ddp-restart"):
         _ddp_main(sys.argv[2:], mode=sys.argv[1])
+    elif sys.argv[1] == "ddp-resume":
+        _ddp_resume_main(sys.argv[2:])
     else:
         _subprocess_main(sys.argv[1:])

@@ -20,6 +20,7 @@ import logging
 import os
 
 import torch
+from accelerate.utils import send_to_device
 from trl.trainer.utils import RepeatSampler
 
 log = logging.getLogger(__name__)
@@ -78,8 +79,10 @@ class ResumeMixin:
         path = os.path.join(checkpoint, BUFFER_FILE.format(self.accelerator.process_index))
         if not os.path.exists(path):
             return
-        saved = torch.load(path, map_location=self.accelerator.device, weights_only=True)
-        batches, spg = saved["batches"], self.args.steps_per_generation
+        # Loaded on the CPU, then moved: torch.load cannot map to accelerate's device of a multi-process CPU run,
+        # torch.device("cpu", 0) (str "cpu:0", a location torch.load does not know)
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        batches, spg = send_to_device(saved["batches"], self.accelerator.device), self.args.steps_per_generation
         rows = {len(batch["completion_ids"]) for batch in batches}
         if len(batches) != spg or rows != {self.args.per_device_train_batch_size}:
             log.warning("%s: the generation buffer of %d batches of %s rows does not fit steps_per_generation %d x "
