@@ -1,10 +1,10 @@
 """Two processes (torch.distributed, gloo, CPU): dynamic sampling decides from gathered rewards, so both ranks run
 the same rounds and train no constant group, including a group split across the two ranks; a reset on both ranks
 brings the (gathered) KL of the next step to ~0; a stage that reshapes the batch restarts both ranks in process;
-a resume replays the 2-rank run."""
+a step completed with fillers updates as its kept rows of both ranks alone; a resume replays the 2-rank run."""
 
 import pytest
-from trainer_utils import tiny_model, two_ranks  # noqa: F401
+from trainer_utils import tiny_model, two_ranks, varied_length_model  # noqa: F401
 
 
 def _two_ranks(mode: str, tiny_model: str, tmp_path) -> list[dict]:
@@ -44,6 +44,22 @@ def test_two_process_restart_stage_goes_on_in_process(tiny_model, tmp_path):
         assert [len(batch) for batch in r["trained"]] == [4, 4, 8, 8], r["trained"]
         assert r["resets"] == 2 and r["kl"][2] < 1e-6  # step 3: the reference restored is the policy of step 2
     assert (tmp_path / "run" / "checkpoint-2" / "reference.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_two_process_fillers_update_as_the_kept_rows_of_both_ranks(tiny_model, tmp_path):
+    """A step at the cap of dynamic sampling with 6 kept rows of 10 on rank 0, 2 of 10 on rank 1 (completions of
+    varied lengths): the filler factor is gathered (20 rows / 8 kept on both ranks, not each rank's own 10/6 and
+    10/2), and the step's gradient is that of TRL's loss over the 8 kept rows as one batch, for grpo (a mean of
+    per-row means) and dr_grpo (a sum over rows x max_completion_length); the replicas stay equal."""
+    ranks = two_ranks("trainer_utils.py", "ddp-fillers", tmp_path / "run", varied_length_model(tiny_model, tmp_path))
+    for loss_type in ("grpo", "dr_grpo"):
+        assert [r[loss_type]["kept"] for r in ranks] == [6, 2]
+        assert ranks[0][loss_type]["weights"] == ranks[1][loss_type]["weights"]
+        for r in ranks:
+            assert [scale[0] for scale in r[loss_type]["scales"]] == [2.5, 2.5]  # one optimizer step, 2 micro-batches
+            assert r[loss_type]["gradient_error"] <= 1.0, (loss_type, r["rank"], r[loss_type]["gradient_error"])
+    assert ranks[0]["grpo"]["weights"] != ranks[0]["dr_grpo"]["weights"]  # the lengths vary: two normalisers
 
 
 @pytest.mark.slow

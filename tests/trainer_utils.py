@@ -2,7 +2,7 @@
 
 Also runnable (`python tests/trainer_utils.py OUTPUT_DIR MODEL_DIR [--resume] [--kill-at-step N]`) to train in a
 subprocess for the kill-and-resume test, and under `torch.distributed.run` (`trainer_utils.py MODE OUTPUT_DIR
-MODEL_DIR [--resume]`, MODE one of ddp, ddp-packed, ddp-adaptive, ddp-restart, ddp-resume: see
+MODEL_DIR [--resume]`, MODE one of ddp, ddp-packed, ddp-adaptive, ddp-restart, ddp-fillers, ddp-resume: see
 `two_ranks`) for the two-process tests.
 """
 
@@ -207,6 +207,86 @@ def _ddp_main(argv: list[str], mode: str = "ddp") -> None:
     trainer.accelerator.end_training()
 
 
+def _ddp_fillers_main(argv: list[str]) -> None:
+    """Under `torch.distributed.run --nproc_per_node 2`: for loss_type grpo, then dr_grpo, one step at the cap of
+    dynamic sampling (no refill) on 5 prompts x 4 completions, 10 rows per process (the middle group split across
+    the two), of which the first and third groups of TRL's shuffled order vary: 6 kept rows and 4 fillers on rank
+    0, 2 and 8 on rank 1. Writes OUT/rank<N>.json: per loss type the kept rows, the filler factors, a hash of the
+    weights after the step and `gradient_error`, the step's gradient (averaged over the processes) against the
+    gradient of TRL's loss over the kept rows of both processes as one batch: max |got - want| / (1e-7 + 1e-4
+    |want|), <= 1 when they agree."""
+    import hashlib
+
+    import torch
+    import torch.distributed as dist
+    from transformers import TrainerCallback
+    from trl import GRPOTrainer
+
+    from prorl.trainer import ProRLTrainer
+    from prorl.trainer.fillers import FILLER_KEY, SCALE_KEY
+    from prorl.trainer.sampling import concat_rows
+
+    out, model = argv[0], argv[1]
+    order = torch.randperm(5, generator=torch.Generator().manual_seed(0)).tolist()  # TRL's RepeatSampler, seed 0
+    varying = {order[0], order[2]}
+
+    def reward(prompts, completions, qid, **kwargs):
+        return [r if q in varying else 0.5 for q, r in zip(qid, text_hash_reward(prompts, completions))]
+
+    class Recording(ProRLTrainer):
+        generation = None  # the merged batch of the step (this process's rows)
+
+        def _generate_and_score_completions(self, inputs):
+            batch = super()._generate_and_score_completions(inputs)
+            if self.model.training:
+                self.generation = batch
+            return batch
+
+    class Gradient(TrainerCallback):
+        grad = None  # of the step, after DDP averaged it over the processes
+
+        def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+            self.grad = {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+
+    result = {}
+    for loss_type in ("grpo", "dr_grpo"):
+        args = fast_config(Path(out, loss_type), max_steps=1, loss_type=loss_type, per_device_train_batch_size=5,
+                           gradient_accumulation_steps=2, steps_per_generation=2, dynamic_sampling_max_rounds=0,
+                           max_grad_norm=0.0, beta=0.05)
+        gradient = Gradient()
+        trainer = Recording(model, reward_funcs=reward, args=args, train_dataset=prompt_dataset(5),
+                            callbacks=[gradient])
+        policy = trainer.model
+        initial = {n: p.detach().clone() for n, p in policy.named_parameters()}
+        trainer.train()
+        got = gradient.grad
+        weights = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in policy.parameters())).hexdigest()
+        scales = [b[SCALE_KEY] for b in trainer._buffered_inputs]
+        # The reference: TRL's loss over the kept rows of both processes as one batch, the same on both (its metric
+        # gathers are collectives of equal shapes)
+        batch = trainer.generation
+        keep = ~batch[FILLER_KEY]
+        kept = [None, None]
+        dist.all_gather_object(kept, {k: v[keep] for k, v in batch.items()
+                                      if k not in ("num_items_in_batch", FILLER_KEY, SCALE_KEY)})
+        kept = concat_rows(kept, trainer._tokenizer.pad_token_id, trainer._token_level_keys())
+        with torch.no_grad():
+            for n, p in policy.named_parameters():
+                p.copy_(initial[n])
+        policy.train()
+        policy.zero_grad()
+        trainer.current_gradient_accumulation_steps = 1
+        GRPOTrainer._compute_loss(trainer, policy, kept).backward()
+        want = {n: p.grad for n, p in policy.named_parameters()}
+        assert any(w.abs().max() > 0 for w in want.values())
+        error = max(float(((got[n] - w).abs() / (1e-7 + 1e-4 * w.abs())).max()) for n, w in want.items())
+        result[loss_type] = {"kept": int(keep.sum()), "scales": scales, "weights": weights, "gradient_error": error}
+    rank = trainer.accelerator.process_index
+    Path(out, f"rank{rank}.json").write_text(json.dumps({"rank": rank, **result}))
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()
+
+
 # The train metrics a resumed run must log as the uninterrupted one did.
 REPLAYED = ("loss", "kl", "entropy", "reward", "reward_std", "grad_norm", "learning_rate", "completions/mean_length",
             "dynamic_sampling/rounds", "dynamic_sampling/filled_rows", "resets", "stage", "tokens/generated")
@@ -238,6 +318,8 @@ def _ddp_resume_main(argv: list[str]) -> None:
 if __name__ == "__main__":
     if sys.argv[1] in ("ddp", "ddp-packed", "ddp-adaptive", "ddp-restart"):
         _ddp_main(sys.argv[2:], mode=sys.argv[1])
+    elif sys.argv[1] == "ddp-fillers":
+        _ddp_fillers_main(sys.argv[2:])
     elif sys.argv[1] == "ddp-resume":
         _ddp_resume_main(sys.argv[2:])
     else:
