@@ -1,6 +1,11 @@
 """The sandbox's child process: runs one untrusted program (and its assertion test) under rlimits, then ends with
 `os._exit`. Forked by `runner.py` (the fork server) once per test; see runner.py for the protocol and the fail-closed
 nonce scheme. Standard library only: copied into the sandbox image beside runner.py (`/opt/prorl/`).
+
+The program runs as a module ("solution", or "__main__" for stdin/stdout tests) compiled from `main.py`; an
+assertion test then runs in the scope `guard.Guard.test_scope` makes of it (its callables wrapped, its own builtins,
+patched modules put back; the Guard is made before the program runs). The nonce is written only if both returned
+normally and the guard rejected nothing, even a rejection the test caught itself.
 """
 
 from __future__ import annotations
@@ -10,6 +15,11 @@ import resource
 import signal
 import sys
 from traceback import format_exception as _format_exception
+
+if __package__:  # imported on the host (prorl.sandbox.child)
+    from prorl.sandbox.guard import PROGRAM_FILE, Guard
+else:  # in the sandbox, beside runner.py (which put this folder on sys.path while importing child)
+    from guard import PROGRAM_FILE, Guard
 
 MEMORY_MARK = b"MEMORY"
 # Signals the server ignores (a program may signal its parent); its children restore them. Python itself already
@@ -67,18 +77,20 @@ def run_program(program: str, test_code, limits: dict, workdir: str, fds: dict) 
     # Everything the epilogue uses is bound before the program runs: it may replace builtins, os, sys.modules.
     run, build, fail = exec, compile, _report_traceback
     code = 0
+    guard = Guard() if test_code is not None else None  # copies what the program may patch, before it runs
+    start_test, violations = (guard.test_scope, guard.violations) if guard is not None else (None, [])
     try:
         # A stdin/stdout program runs as __main__. Under assertion tests it is a module named "solution", as in
         # the HumanEval/MBPP harnesses (exec with fresh globals): a correct function followed by an
         # `if __name__ == "__main__":` demo (input(), unittest.main()) must not fail its tests. Either way it is
         # what sys.modules["__main__"] holds (pickle, multiprocessing), not the runner.
         main = types.ModuleType("__main__" if test_code is None else "solution")
-        main.__file__ = "main.py"
+        main.__file__ = PROGRAM_FILE
         sys.modules["__main__"] = sys.modules[main.__name__] = main
         scope = main.__dict__
-        run(build(program, "main.py", "exec"), scope)
-        if test_code is not None:
-            run(build(test_code, "test.py", "exec"), scope)
+        run(build(program, PROGRAM_FILE, "exec"), scope)
+        if test_code is not None:  # in a scope of its own: see guard.py
+            run(build(test_code, "test.py", "exec"), start_test(scope))
         _python_shutdown()
     except SystemExit as exc:
         test_code = None  # an exit, even exit(0), never passes a test
@@ -98,6 +110,9 @@ def run_program(program: str, test_code, limits: dict, workdir: str, fds: dict) 
             stream.flush()
         except BaseException:
             code = code or 1
+    if violations and code == 0:  # the test caught the guard's exception (a bare except): still a failure
+        code = 1
+        os_write(2, f"prorl sandbox: the test caught the guard's rejection: {violations[0]}\n".encode())
     if test_code is not None and code == 0 and nonce_fd is not None:
         try:
             os_write(result_fd, os_read(nonce_fd, 64))

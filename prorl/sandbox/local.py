@@ -44,7 +44,8 @@ from prorl.sandbox.runner import HEADER, encode_frame
 log = logging.getLogger(__name__)
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-RUNNER_FILES = ("runner.py", "child.py", "cleanup.py")  # the runner, what runs in each forked process, its cleanup
+# the runner, what runs in each forked process, what guards its tests, its cleanup
+RUNNER_FILES = ("runner.py", "child.py", "guard.py", "cleanup.py")
 _NOBODY = 65534
 _GRACE_S = 0.7
 _TMPFS_MB = 64  # the private tmpfs holding a namespaced worker's workdirs (the container's tmpfs_mb)

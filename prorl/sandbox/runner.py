@@ -1,8 +1,8 @@
 """The in-sandbox runner: a fork server that runs one untrusted Python program per fresh process.
 
-Standard library only, Python >= 3.9: this file, child.py (what runs in each forked process) and cleanup.py (what
-is undone after each) are copied into the sandbox image (`/opt/prorl/`); runner.py is also imported on the host for
-the framing helpers.
+Standard library only, Python >= 3.9: this file, child.py (what runs in each forked process), guard.py (what stands
+between a program and its assertion test) and cleanup.py (what is undone after each) are copied into the sandbox
+image (`/opt/prorl/`); runner.py is also imported on the host for the framing helpers.
 
 Modes:
   `runner.py init`   PID 1 of a container: ignores every signal, lets the kernel reap orphans, exits once the
@@ -25,8 +25,11 @@ the child's memory) into a private pipe; the child's epilogue, bound before the 
 the program AND the test code returned normally and writes it to a second private pipe (both at random fd numbers).
 A program that exits early (`sys.exit`, `os._exit`), prints anything, closes its fds, patches builtins/os/sys or
 kills its runner never produces the nonce. The runner is non-dumpable, so programs (same uid) cannot open its fds,
-read its memory or ptrace it. Limit: the program shares the test's process, so code written to scan its own fds for
-the nonce pipe, or to return objects that compare equal to anything, is not stopped here.
+read its memory or ptrace it. The test runs in a scope of its own, behind guard.py: objects that compare equal to
+anything (a class whose `__eq__`, `__bool__`, `__sub__`... the program wrote, `unittest.mock.ANY`) returned to the
+test fail it, and builtins or modules the program patched are put back before the test sees them. Limit: the
+program shares the test's process, so code written against the guard (frame walking, `gc`, threads, code compiled
+at run time; see guard.py) or to scan its own fds for the nonce pipe is not stopped here.
 """
 
 from __future__ import annotations
@@ -42,11 +45,13 @@ import time
 
 if __package__:  # imported on the host (prorl.sandbox.runner) for the framing helpers
     from prorl.sandbox.child import MEMORY_MARK, SERVER_IGNORES, run_program
+    from prorl.sandbox.guard import freeze
     from prorl.sandbox.cleanup import (CGROUP_OOM_FILES, HOST_OOM_FILE, live_procs, oom_kills, others_alive,
                                        remove_sysv_ipc, wipe)
 else:  # run as a script in the sandbox, child.py beside it (`python -I` leaves the script's folder off sys.path)
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from child import MEMORY_MARK, SERVER_IGNORES, run_program
+    from guard import freeze
     from cleanup import CGROUP_OOM_FILES, HOST_OOM_FILE, live_procs, oom_kills, others_alive, remove_sysv_ipc, wipe
     del sys.path[0]
 
@@ -360,6 +365,7 @@ def serve(root: str) -> None:
         while view:
             view = view[os.write(wfd, view):]
 
+    freeze()  # every module is loaded: the copies the guard puts back before each assertion test
     send({"ready": True, "python": sys.version.split()[0], "own_pidns": server.own_pidns, "sealed": sealed})
     while True:
         try:
