@@ -129,3 +129,24 @@ def test_a_test_that_swallows_the_guards_exception_still_fails(env):
     score = env.score(reply(ANYTHING + "def add(a, b):\n    return A()"), row)
     assert score.reward == 0.0 and score.details["statuses"] == ["runtime_error"], score.details
     assert "the test caught the guard's rejection: an object of class A" in score.details["first_failure"]["stderr"]
+
+
+def test_redefining_a_helper_the_humaneval_prompt_gives_does_not_pass(env):
+    """HumanEval/38 and /32 test with helpers their prompt defines (`encode_cyclic`, `poly`). The program is prompt +
+    completion, so a completion could redefine them: an identity encode_cyclic with an identity decode_cyclic, or a
+    poly that is always 0, scored 1.0. The test now runs the prompt's helpers again in its own scope (code.py
+    `prompt_helpers`): those hacks score 0 and the canonical solutions still pass."""
+    import gzip
+    import json
+
+    from test_code import DATA
+
+    with gzip.open(DATA / "humaneval" / "HumanEval.jsonl.gz", "rt") as fh:
+        rows = {r["task_id"]: r for r in map(json.loads, fh)}
+    hacks = {"HumanEval/38": "    return s\n\n\ndef encode_cyclic(s: str):\n    return s\n",
+             "HumanEval/32": "    return 0.0\n\n\ndef poly(xs: list, x: float):\n    return 0.0\n"}
+    for task_id, hack in hacks.items():
+        row = rows[task_id]
+        assert env.score(reply(row["canonical_solution"]), row).reward == 1.0
+        score = env.score(reply(hack), row)
+        assert score.reward == 0.0, (task_id, score.details)

@@ -146,6 +146,29 @@ def _humaneval(row: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     return text, {"kind": "humaneval", "prompt": row["prompt"], "test": row["test"], "entry_point": entry}
 
 
+def prompt_helpers(prompt: str, entry_point: str) -> str:
+    """The HumanEval prompt minus its entry point's stub: the imports and helpers it gives (`poly`, `encode_cyclic`,
+    `encode_shift`), which the test runs again in its own scope before `check`. The program (prompt + completion)
+    could otherwise redefine a helper the test trusts (`encode_cyclic = lambda s: s` with an identity
+    `decode_cyclic` passed HumanEval/38). "" when the prompt does not parse or gives nothing else."""
+    import ast
+
+    try:
+        tree = ast.parse(prompt)
+    except (SyntaxError, ValueError):
+        return ""
+    lines = prompt.splitlines(keepends=True)
+    drop: set[int] = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == entry_point:
+            first = min([node.lineno] + [d.lineno for d in node.decorator_list])
+            drop.update(range(first - 1, node.end_lineno))
+    kept = "".join(line for i, line in enumerate(lines) if i not in drop)
+    if not drop or not kept.strip():
+        return ""
+    return kept + ("" if kept.endswith("\n") else "\n")
+
+
 class CodeEnv(Env):
     """Python programs run in the sandbox; reward = fraction of tests passed."""
 
@@ -207,7 +230,8 @@ class CodeEnv(Env):
         kind = reference["kind"]
         if kind == "humaneval":
             program = reference["prompt"] + ("" if reference["prompt"].endswith("\n") else "\n") + code
-            return program, [Test(code=f"{reference['test']}\ncheck({reference['entry_point']})\n")]
+            helpers = prompt_helpers(reference["prompt"], reference["entry_point"])
+            return program, [Test(code=f"{helpers}{reference['test']}\ncheck({reference['entry_point']})\n")]
         if kind == "mbpp":  # the setup may use the solution's classes (tasks 367, 927): it runs before each test
             setup = f"{reference['setup']}\n" if reference["setup"] else ""
             return code, [Test(code=setup + t) for t in reference["tests"]]

@@ -38,8 +38,9 @@ patches that reach the test through standard code it calls (a patched `builtins.
 used inside `Counter`; a patched standard class whose instances the test builds itself); a function that writes
 into the test's arguments (only results are checked), or returns functions, classes or iterators nested inside
 a container (those are not wrapped); methods of an object the test takes from the program's scope without
-calling anything (`solver.solve(x)` where `solver = Solver()` at the top level); a completion that redefines a HumanEval prompt's helper (`poly`,
-`encode_cyclic`) or module name (`math`) that the test then uses from the program's scope. The program's classes
+calling anything (`solver.solve(x)` where `solver = Solver()` at the top level); a completion that rebinds a
+module name (`math = ...`) the test then uses from the program's scope (a HumanEval prompt's helpers, `poly`,
+`encode_cyclic`, are defined again in the test's scope: prorl.envs.code.prompt_helpers). The program's classes
 are functions in the test's scope: a test that subclasses one, or passes it to isinstance, fails.
 """
 
