@@ -159,6 +159,13 @@ def test_syntax_check_never_builds_python_ast_objects(monkeypatch):
     env = CodeEnv(sandbox="local")
     assert env.score(reply("def f(:\n    pass"), STDIO_ROW).status == "format_error"
     assert env._sandbox is None
+    # nor does the HumanEval prompt's helper extraction (its first version used ast.parse and failed HumanEval/0
+    # in a fresh-clone CI run with that SystemError)
+    from prorl.envs.code import prompt_helpers
+
+    prompt_helpers.cache_clear()
+    prompt = "import math\n\n\ndef poly(xs, x):\n    return sum(xs)\n\n\n@cache\ndef find(xs):\n    \"\"\"Doc.\"\"\"\n"
+    assert prompt_helpers(prompt, "find") == "import math\n\n\ndef poly(xs, x):\n    return sum(xs)\n\n\n"
 
 def test_registered_and_scored_in_threads():
     assert "code" in envs.list_envs()

@@ -24,6 +24,7 @@ Scoring rule:
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import threading
@@ -146,27 +147,36 @@ def _humaneval(row: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     return text, {"kind": "humaneval", "prompt": row["prompt"], "test": row["test"], "entry_point": entry}
 
 
+@functools.lru_cache(maxsize=1024)
 def prompt_helpers(prompt: str, entry_point: str) -> str:
     """The HumanEval prompt minus its entry point's stub: the imports and helpers it gives (`poly`, `encode_cyclic`,
     `encode_shift`), which the test runs again in its own scope before `check`. The program (prompt + completion)
     could otherwise redefine a helper the test trusts (`encode_cyclic = lambda s: s` with an identity
-    `decode_cyclic` passed HumanEval/38). "" when the prompt does not parse or gives nothing else."""
-    import ast
+    `decode_cyclic` passed HumanEval/38). "" when the stub is not found or the rest does not compile.
 
+    Found by lines, not `ast.parse`: scoring runs in threads, and building Python AST objects in several threads at
+    once fails on CPython 3.11 (gh-106905, see `syntax_ok`). The stub is the top-level `def entry_point(` line, the
+    decorators right above it and the indented (or blank) lines below it."""
+    lines = prompt.splitlines(keepends=True)
+    head = re.compile(rf"(async\s+)?def\s+{re.escape(entry_point)}\s*\(")
+    first = next((i for i, line in enumerate(lines) if head.match(line)), None)
+    if first is None:
+        return ""
+    last = first + 1
+    while last < len(lines) and (not lines[last].strip() or lines[last][:1] in " \t" or
+                                 lines[last].lstrip().startswith(")")):
+        last += 1
+    while first > 0 and lines[first - 1].startswith("@"):
+        first -= 1
+    kept = "".join(lines[:first] + lines[last:])
+    if not kept.strip():
+        return ""
+    kept += "" if kept.endswith("\n") else "\n"
     try:
-        tree = ast.parse(prompt)
+        compile(kept, "<prompt>", "exec", dont_inherit=True)
     except (SyntaxError, ValueError):
         return ""
-    lines = prompt.splitlines(keepends=True)
-    drop: set[int] = set()
-    for node in tree.body:
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == entry_point:
-            first = min([node.lineno] + [d.lineno for d in node.decorator_list])
-            drop.update(range(first - 1, node.end_lineno))
-    kept = "".join(line for i, line in enumerate(lines) if i not in drop)
-    if not drop or not kept.strip():
-        return ""
-    return kept + ("" if kept.endswith("\n") else "\n")
+    return kept
 
 
 class CodeEnv(Env):
