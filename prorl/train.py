@@ -126,12 +126,12 @@ def file_dataset(path: str, split: str = "train"):
     if p.suffix == ".parquet":
         ds = Dataset.from_parquet(str(p))
     elif p.suffix == ".jsonl":
-        from prorl.envs.jsonl import read_jsonl
+        from prorl.data.card import load_named_rows
 
         # Per-row dicts (a reference per environment) as JSON text, which the reward decodes: Arrow would otherwise
         # merge them into one struct, filling other rows' keys with nulls, or refuse keys of clashing types.
-        located = list(read_jsonl(p))
-        names = [f"{p}:{line}" for line, _ in located]
+        located = load_named_rows(p)  # (FILE:LINE, row)
+        names = [name for name, _ in located]
         rows = [{k: json.dumps(v) if k in _JSON_COLUMNS and isinstance(v, (dict, list)) else v for k, v in r.items()}
                 for _, r in located]
         try:

@@ -191,10 +191,9 @@ class Summary:
 
     def test_lines(self) -> list[str]:
         """One line per env whose samples ran sandboxed tests, every sandbox status named (0 included)."""
-        from prorl.sandbox.runner import STATUSES
+        from prorl.sandbox.base import status_order
 
-        return [f"{env_id} tests by sandbox status: " + ", ".join(
-                    f"{s} {counts[s]}" for s in (*STATUSES, *sorted(set(counts) - set(STATUSES))))
+        return [f"{env_id} tests by sandbox status: " + ", ".join(f"{s} {counts[s]}" for s in status_order(counts))
                 for env_id, counts in sorted(self.tests.items())]
 
     def table(self):

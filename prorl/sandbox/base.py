@@ -19,6 +19,11 @@ DEFAULT_OUTPUT_LIMIT = 1 << 20  # bytes kept per stream; more is status `output_
 _KEEP_IN_TEST_RESULT = 2000  # characters of stdout/stderr kept per TestResult
 
 
+def status_order(seen) -> tuple[str, ...]:
+    """The order sandbox status counts are shown in: every one of `STATUSES`, then any other status in `seen`."""
+    return (*STATUSES, *sorted(set(seen) - set(STATUSES)))
+
+
 @dataclass
 class ExecResult:
     """One program run. `stdout`/`stderr` are capped at the output limit. `status` is one of `STATUSES`:

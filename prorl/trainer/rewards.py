@@ -201,10 +201,10 @@ class EnvReward:
     def _log_sandbox_statuses(scores: Sequence[Score], log_metric: Callable) -> None:
         """`sandbox/<status>`: the fraction of the sandboxed tests (`details.statuses` of `code`) that ended so, one
         value per test: how many time out or run out of memory, to tune the sandbox's limits."""
-        from prorl.sandbox.runner import STATUSES
+        from prorl.sandbox.base import status_order
 
         tests = [str(t) for s in scores if isinstance(s.details.get("statuses"), list) for t in s.details["statuses"]]
-        for status in (*STATUSES, *sorted(set(tests) - set(STATUSES))) if tests else ():
+        for status in status_order(tests) if tests else ():
             for t in tests:
                 log_metric(f"sandbox/{status}", float(t == status))
 
