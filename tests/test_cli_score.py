@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from prorl.cli import main
+from prorl.envs import register
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "datasets" / "samples" / "completions.jsonl"
@@ -111,7 +112,6 @@ def test_a_task_from_dict_that_raises_anything_is_one_bad_line(tmp_path, capsys)
     """A custom environment whose task_from_dict raises an AttributeError on one line (`row["answer"].strip()` on a
     number). Before: the run stopped with a traceback naming no line, the chunk read so far and the later lines
     unscored."""
-    from prorl.envs import register
 
     register("test/sloppy", "_envs_for_tests:SloppyEcho", override=True)
     rows = [{"env": "test/sloppy", "q": "say 1", "answer": a, "completion": "1"} for a in ("1", 1, "1", "2")]
@@ -242,10 +242,15 @@ def test_a_resume_interrupted_while_scoring_again_loses_nothing(tmp_path, capsys
 def test_ctrl_c_says_how_to_go_on_and_resume_finishes(tmp_path):
     """Before: Ctrl-C printed a KeyboardInterrupt traceback. Now the lines scored so far stay in OUT, the message says
     how many and to rerun with --resume (exit status 130), and the resume scores the rest, each line once."""
-    inp = write_lines(tmp_path / "in.jsonl", [GOOD[0], GOOD[1], GOOD[4], GOOD[2], GOOD[3]])  # line 3: a LaTeX bomb
+    # line 3's verifier sleeps 60 s (a test environment, so that the interrupt always finds it scoring: math-verify's
+    # LaTeX bomb of GOOD[4] was once scored at once in CI, and the run ended before the Ctrl-C)
+    stuck = {"env": "test/echo", "q": "say 5", "answer": "5", "completion": "SLEEP"}
+    inp = write_lines(tmp_path / "in.jsonl", [GOOD[0], GOOD[1], stuck, GOOD[2], GOOD[3]])
     out = tmp_path / "out.jsonl"
-    env = dict(os.environ, PYTHONPATH=str(REPO), COLUMNS="200")
-    proc = subprocess.Popen([sys.executable, "-c", "import sys; from prorl.cli import main; sys.exit(main())",
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "tests")]), COLUMNS="200")
+    register_then_main = ("import sys, prorl; prorl.register('test/echo', '_envs_for_tests:EchoEnv', override=True); "
+                          "from prorl.cli import main; sys.exit(main())")
+    proc = subprocess.Popen([sys.executable, "-c", register_then_main,
                              "score", str(inp), "-o", str(out), "--workers", "1", "--chunk-size", "1",
                              "--timeout", "20"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
@@ -258,6 +263,7 @@ def test_ctrl_c_says_how_to_go_on_and_resume_finishes(tmp_path):
     assert "Traceback" not in stderr
     assert "interrupted; 2 lines scored in this run" in stderr and "rerun with --resume" in stderr
     assert [r["details"]["input_line"] for r in read_rows(out)] == [1, 2]
+    register("test/echo", "_envs_for_tests:EchoEnv", override=True)
     assert main(["score", str(inp), "-o", str(out), "--workers", "1", "--timeout", "2", "--resume"]) == 0
     rows = read_rows(out)
     assert [r["details"]["input_line"] for r in rows] == [1, 2, 3, 4, 5]
