@@ -26,7 +26,7 @@ from typing import Any, Sequence
 
 from prorl.data.sampling import SamplingConfig
 from prorl.envs import Env, Score, Task
-from prorl.envs.base import task_error
+from prorl.envs.base import as_task_within, task_error
 
 # -- pass@k ------------------------------------------------------------------------------------------------------
 
@@ -170,7 +170,7 @@ def load_eval_rows(spec: str, split: str | None = None, env: str | None = None, 
                 raise ValueError(f"{where}: {exc.args[0]}") from None
         if not (isinstance(row.get("prompt"), list) and isinstance(row.get("reference"), dict)):
             try:
-                task = envs[row_env].task_from_dict(row)
+                task = as_task_within(envs[row_env], row, envs[row_env].timeout_s, public=True)  # a hang: named
             except Exception as exc:  # any error of the environment's task_from_dict, named with the row
                 raise ValueError(f"{where} ({row_env}){task_error(exc)}") from exc
             row = {"id": task.id or str(i), "env": row_env, "prompt": task.prompt, "reference": task.reference,

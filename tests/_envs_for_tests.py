@@ -90,3 +90,25 @@ class CaseEcho(EchoEnv):
         a, case = rng.randint(0, 1), rng.getrandbits(7)
         words = "".join(c.upper() if case >> i & 1 else c for i, c in enumerate("please say"))
         return {"q": f"{words} the number {a}", "answer": str(a)}
+
+
+class HangingTaskEcho(EchoEnv):
+    """A task_from_dict that never returns on the question "HANG" (a loop bug in a custom env's parsing), with a short
+    budget of its own."""
+
+    timeout_s = 1.0
+
+    def task_from_dict(self, row):
+        while row.get("q") == "HANG":
+            try:
+                pass
+            except Exception:  # a broad except in the loop must not swallow the deadline
+                pass
+        return super().task_from_dict(row)
+
+
+class NoSuperInitEcho(EchoEnv):
+    """A parameter of its own, and an `__init__` that forgets `super().__init__()` (a newcomer's first try)."""
+
+    def __init__(self, digits=9):
+        self.digits = digits

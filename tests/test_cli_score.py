@@ -348,3 +348,43 @@ def test_code_lines_count_their_tests_by_sandbox_status(tmp_path, capsys):
     printed = " ".join(capsys.readouterr().out.split())
     assert ("code tests by sandbox status: ok 3, runtime_error 0, timeout 0, memory 1, output_limit 0, "
             "infra_error 0") in printed
+
+
+def test_an_unknown_env_flag_is_one_error_before_the_output_is_touched(tmp_path, capsys):
+    """Before: `--env my/ech0` (a typo, or a user's env registered only in a script) printed the same `unknown
+    environment` error once per input line, each line counted as malformed, and OUT was truncated to nothing."""
+    inp = write_lines(tmp_path / "in.jsonl", [GOOD[0]] * 3)
+    out = write_lines(tmp_path / "out.jsonl", ["earlier"])
+    assert main(["score", str(inp), "-o", str(out), "--env", "mathh", "--workers", "0"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert err.count("unknown environment") == 1 and "--env: unknown environment 'mathh': did you mean 'math'?" in err
+    assert out.read_text() == "earlier\n"
+
+
+def test_a_verifier_that_raises_is_explained_under_the_table(tmp_path, capsys):
+    """A custom env whose verify raises scores every such line `infra_error`. Before: the table counted them and
+    nothing said why (the error only in each output line's details), exit status 0."""
+    register("test/echo-cli", "_envs_for_tests:EchoEnv", override=True)
+    rows = [{"env": "test/echo-cli", "q": "say 1", "answer": "1", "completion": c} for c in ("1", "RAISE", "RAISE")]
+    inp = write_lines(tmp_path / "in.jsonl", rows)
+    for workers in ("0", "2"):
+        assert main(["score", str(inp), "-o", str(tmp_path / "out.jsonl"), "--workers", workers]) == 0
+        err = " ".join(capsys.readouterr().err.split())
+        assert "test/echo-cli: 2 infra_error(s); the first, input line 2: RuntimeError('verifier bug')" in err
+
+
+def test_a_task_from_dict_that_hangs_is_one_bad_line_not_a_silent_stall(tmp_path, capsys):
+    """Rows are read into Tasks in the parent process, outside the killable workers. Before: a custom env's
+    task_from_dict that never returned stalled `prorl score` for ever, with no line number and nothing written."""
+    register("test/hang-task", "_envs_for_tests:HangingTaskEcho", override=True)
+    rows = [{"env": "test/hang-task", "q": q, "answer": "1", "completion": "1"} for q in ("say 1", "HANG", "say 1")]
+    inp = write_lines(tmp_path / "in.jsonl", rows)
+    out = tmp_path / "out.jsonl"
+    t0 = time.monotonic()
+    assert main(["score", str(inp), "-o", str(out), "--workers", "1"]) == 1
+    assert time.monotonic() - t0 < 30
+    err = " ".join(capsys.readouterr().err.split())
+    assert "in.jsonl:2: bad task for 'test/hang-task': HangingTaskEcho.task_from_dict did not return within 1 s" in err
+    assert [(r["details"]["input_line"], r["status"]) for r in read_rows(out)] == [(1, "ok"), (3, "ok")]
+    assert main(["score", str(inp), "-o", str(out), "--workers", "0", "--timeout", "0.5"]) == 1  # --timeout is its budget
+    assert "did not return within 0.5 s" in " ".join(capsys.readouterr().err.split())

@@ -246,6 +246,17 @@ def test_the_envs_that_checked_the_rows_score_the_samples(models, tmp_path):
     assert res["per_env"]["test/echo"]["pass@1"] == 0.5 and res["per_env"]["test/echo_b"]["pass@1"] == 1.0
 
 
+def test_load_eval_rows_names_a_task_from_dict_that_hangs(tmp_path):
+    """Before: a custom env's task_from_dict that never returned stalled `prorl eval` for ever while it read the
+    data, before any sampling, without a word."""
+    prorl.register("test/hang-task", "_envs_for_tests:HangingTaskEcho", override=True)
+    data = tmp_path / "public.jsonl"
+    data.write_text(json.dumps({"q": "say 1", "answer": "1"}) + "\n" + json.dumps({"q": "HANG", "answer": "1"}) + "\n")
+    with pytest.raises(ValueError, match=r"public.jsonl:2 \(test/hang-task\): HangingTaskEcho.task_from_dict did not "
+                                         r"return within 1 s"):
+        load_eval_rows(str(data), env="test/hang-task")
+
+
 def test_load_eval_rows_names_the_row_and_field_of_a_bad_public_row(tmp_path):
     """A row of a .jsonl file is named by its line, as an editor shows it (blank lines counted); before, by its
     0-based index among the rows ("row 1" for line 3 here)."""

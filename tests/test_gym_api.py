@@ -458,3 +458,37 @@ def test_a_timeout_or_worker_count_that_cannot_score_is_refused():
         with pytest.raises(ValueError, match=r"score_many: workers must be >= 0 and timeout_s > 0 \(or None\)"):
             env.score_batch(["\\boxed{5}"], [{"answer": "5"}], **{"workers": 1, **kwargs})
     assert env.score_batch(["\\boxed{5}"], [{"answer": "5"}], workers=1, timeout_s=5)[0].status == "ok"
+
+
+def test_an_unknown_id_suggests_a_close_one_and_says_how_an_own_env_is_seen():
+    """Before: `make("my/echo")` in a process where the user's env was not registered suggested
+    `similar: ['logic/emoji_mystery']` ("my" is in "emoji_mystery") and did not say how a custom env becomes known to
+    the `prorl` commands; a typo such as "mathh" or "Math" got no suggestion at all."""
+    with pytest.raises(KeyError) as exc:
+        make("my/echo")
+    message = exc.value.args[0]
+    assert "emoji_mystery" not in message and "entry-point group 'prorl.envs'" in message
+    for typo, meant in (("mathh", "'math'"), ("Math", "'math'"), ("logic/chain_summ", "'logic/chain_sum'")):
+        with pytest.raises(KeyError, match=f"unknown environment '{typo}': did you mean {meant}"):
+            make(typo)
+
+
+def test_an_env_whose_init_skips_super_init_says_so():
+    """Before: `reset()` raised `AttributeError: 'NoSuperInitEcho' object has no attribute 'dataset'`, naming neither
+    the cause (an `__init__` without `super().__init__()`) nor the fix."""
+    register("test/no-super", "_envs_for_tests:NoSuperInitEcho", override=True)
+    env = make("test/no-super")
+    for call in (lambda: env.reset(seed=0), lambda: env.step("1"), lambda: env.sample_tasks(2)):
+        with pytest.raises(TypeError, match=r"NoSuperInitEcho.__init__ does not call super\(\).__init__\(\)"):
+            call()
+    assert env.score("1", {"q": "say 1", "answer": "1"}).reward == 1.0  # scoring needs no state of Env.__init__
+
+
+def test_registering_a_taken_id_names_what_holds_it():
+    """Before: `environment 'math' is already registered (pass override=True to replace it)`, not saying by what
+    (a user's id taken by an installed plugin, or a built-in, is only found by reading the registry)."""
+    with pytest.raises(ValueError, match=r"'math' is already registered, as 'prorl.envs.math:MathEnv' \(a built-in"):
+        register("math", EchoEnv)
+    register("test/taken", EchoEnv, override=True)
+    with pytest.raises(ValueError, match=r"'test/taken' is already registered, as _envs_for_tests:EchoEnv"):
+        register("test/taken", ThreadEcho)

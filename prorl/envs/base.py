@@ -11,6 +11,8 @@ from __future__ import annotations
 import numbers
 import random
 import re
+import signal
+import threading
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Iterable, Sequence
 
@@ -96,7 +98,34 @@ def task_error(exc: Exception) -> str:
     more than its text)."""
     if isinstance(exc, KeyError):
         return key_error_message(exc)
-    return f": {exc}" if isinstance(exc, (TypeError, ValueError)) else f": {exc!r}"
+    return f": {exc}" if isinstance(exc, (TypeError, ValueError, TimeoutError)) else f": {exc!r}"
+
+
+class _Deadline(BaseException):
+    """Raised by SIGALRM inside `task_from_dict` (a BaseException: an `except Exception` there does not swallow it)."""
+
+
+def as_task_within(env: "Env", row: Task | dict, seconds: float | None, public: bool = False) -> Task:
+    """`env.as_task(row)` (`public`: `env.task_from_dict(row)`), stopped after `seconds` with a TimeoutError naming `task_from_dict`: `prorl score` and
+    `prorl eval` read rows into Tasks in the calling process, where a hang in an environment's `task_from_dict` would
+    otherwise stall the command without a word. Only in the main thread of a POSIX process with no interval timer of
+    its own (SIGALRM); elsewhere, and with `seconds` None, no deadline."""
+    if (not seconds or threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer")
+            or signal.getitimer(signal.ITIMER_REAL)[0]):
+        return env.task_from_dict(row) if public else env.as_task(row)
+
+    def alarm(signum, frame):
+        raise _Deadline
+
+    previous = signal.signal(signal.SIGALRM, alarm)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, seconds)
+        return env.task_from_dict(row) if public else env.as_task(row)
+    except _Deadline:
+        raise TimeoutError(f"{type(env).__name__}.task_from_dict did not return within {seconds:g} s") from None
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 _THINK_OPEN = re.compile(r"<think>", re.IGNORECASE)
@@ -128,6 +157,9 @@ class Env:
       - `task_from_dict(row) -> Task`: accept the environment's public task format(s);
       - `verify(answer_text, task) -> Score`: score the text after the think block;
       - optionally `generate(rng) -> dict` for procedurally generated sources.
+    An `__init__` of your own takes its parameters (`make(id, **kwargs)` passes them) and must call
+    `super().__init__(dataset=..., seed=...)` (or `super().__init__(**kwargs)`): it sets the dataset and the random
+    generator `reset` draws from.
     """
 
     id: str = "base"
@@ -149,6 +181,7 @@ class Env:
     def reset(self, seed: int | None = None, options: dict | None = None) -> tuple[Messages, dict]:
         """Draw a task (from the given dataset, else the generator; `options={"task": ...}` sets it: a public row, a
         Task or a Task's dict). Returns (messages, {"task": Task})."""
+        self._check_init()
         if seed is not None:
             self._rng = random.Random(seed)
         options = options or {}
@@ -167,17 +200,25 @@ class Env:
     def step(self, completion: str) -> tuple[Messages, float, bool, bool, dict]:
         """Score `completion` against the task of the last `reset` (as `score`: in this thread, no timeout);
         single-turn, so the episode always ends (terminated=True)."""
+        self._check_init()
         if self._task is None:
             raise RuntimeError(f"{self.id}: call reset() before step()")
         score = self.score(completion, self._task)
         info = {"task": self._task, "score": score}
         return [], score.reward, True, False, info
 
+    def _check_init(self) -> None:
+        if not hasattr(self, "_rng"):  # else an AttributeError on `dataset` or `_rng` that names neither cause nor fix
+            raise TypeError(f"{type(self).__name__}.__init__ does not call super().__init__(): add "
+                            "`super().__init__(**kwargs)` (dataset=..., seed=...) to it; Env.__init__ sets the dataset "
+                            "and the random generator that reset(), step() and sample_tasks() use")
+
     def generate(self, rng: random.Random) -> dict:
         raise NotImplementedError(f"{self.id} has no generator: pass dataset=[...] to make()")
 
     def sample_tasks(self, n: int, seed: int = 0) -> list[Task]:
         """`n` tasks from the dataset (cycled) or the generator, deterministic for a seed."""
+        self._check_init()
         rng = random.Random(seed)
         if self.dataset is not None:
             if not self.dataset and n > 0:

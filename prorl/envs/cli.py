@@ -8,8 +8,11 @@ line number, which `--resume` uses to skip lines already scored). Lines are scor
 killable worker pool and appended to OUT as each chunk finishes, so an interrupted run loses at most one chunk.
 `--resume` scores again the lines whose result was `timeout` or `infra_error` (not a verdict on the completion):
 the new record is appended, then takes the old one's place when the run ends, so OUT holds one record per line.
-A malformed line is reported with its line number and skipped; the others still score (exit status 1). An input with
-no line to score (empty or blank) is an error too (exit status 1), and OUT is not touched.
+A malformed line is reported with its line number and skipped; the others still score (exit status 1): among them a
+line whose task the environment's `task_from_dict` does not build within the timeout (it runs in this process, not a
+worker). An input with no line to score (empty or blank) is an error too (exit status 1), and OUT is not touched; so
+is an unknown `--env` (exit status 2). Under the table, each env with `infra_error` lines (a verifier that raised)
+quotes the first one's error.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from prorl.envs.base import UNSCORED_STATUSES, Env, Task, key_error_message
+from prorl.envs.base import UNSCORED_STATUSES, Env, Task, as_task_within, key_error_message
 from prorl.envs.jsonl import is_blank, open_bytes, parse_line, read_jsonl
 
 
@@ -35,7 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--resume", action="store_true", help="keep OUT and skip the input lines already in it, "
                         "except those whose result was timeout or infra_error: they are scored again")
     parser.add_argument("--timeout", type=float, default=None, help="per-sample timeout in seconds "
-                        "of a verifier (default: each environment's own); a sample past it is reported as timeout. "
+                        "of a verifier (default: each environment's own); a sample past it is reported as timeout (a "
+                        "line whose task_from_dict runs past it, as a malformed line). "
                         "code keeps its sandbox budget (5 s, the paper's: a program past it scores 0); another budget "
                         "is make('code', timeout_s=...) in Python")
     parser.add_argument("--chunk-size", type=int, default=256, help="lines scored (and written) per batch")
@@ -116,8 +120,9 @@ def _scan_input(path: Path, previous: dict[int, dict]) -> tuple[set[int], str | 
 class LineParser:
     """Turns input lines into (line number, row, env, Task); environments are built once per id."""
 
-    def __init__(self, env_id: str | None):
+    def __init__(self, env_id: str | None, timeout_s: float | None = None):
         self.env_id = env_id
+        self.timeout_s = timeout_s  # deadline of task_from_dict (None: each env's own timeout_s)
         self.envs: dict[str, Env] = {}
 
     def env(self, env_id: str) -> Env:
@@ -140,7 +145,9 @@ class LineParser:
             raise BadLine("field 'env' is missing (or pass --env)")
         env = self.env(env_id)
         try:
-            task = env.as_task(row)
+            task = as_task_within(env, row, self.timeout_s or env.timeout_s)
+        except TimeoutError as exc:  # a hang in the env's task_from_dict: this line, not the whole run
+            raise BadLine(f"bad task for {env_id!r}: {exc}") from None
         except KeyError as exc:
             raise BadLine(f"task for {env_id!r}{key_error_message(exc)}") from None
         except (TypeError, ValueError) as exc:
@@ -180,9 +187,12 @@ class Summary:
         self.reward: defaultdict[str, float] = defaultdict(float)
         self.status: defaultdict[str, Counter[str]] = defaultdict(Counter)
         self.tests: defaultdict[str, Counter[str]] = defaultdict(Counter)
+        self.first_infra_error: dict[str, tuple[int, str]] = {}  # env -> (input line, details.error)
 
-    def add(self, env_id: str, reward: float, status: str, details: dict | None = None) -> None:
+    def add(self, env_id: str, reward: float, status: str, details: dict | None = None, line: int = 0) -> None:
         self.n[env_id] += 1
+        if status == "infra_error" and env_id not in self.first_infra_error:
+            self.first_infra_error[env_id] = (line, str((details or {}).get("error", "no details.error")))
         self.reward[env_id] += reward
         self.status[env_id][status] += 1
         statuses = (details or {}).get("statuses")
@@ -195,6 +205,13 @@ class Summary:
 
         return [f"{env_id} tests by sandbox status: " + ", ".join(f"{s} {counts[s]}" for s in status_order(counts))
                 for env_id, counts in sorted(self.tests.items())]
+
+    def infra_error_lines(self) -> list[str]:
+        """One line per env with infra errors, quoting the first one's error: a custom env whose verify raises
+        scores every line `infra_error`, and the table alone would not say why."""
+        return [f"{env_id}: {self.status[env_id]['infra_error']} infra_error(s); the first, input line {line}: "
+                f"{error[:300]} (see each line's details in the output)"
+                for env_id, (line, error) in sorted(self.first_infra_error.items())]
 
     def table(self):
         from rich.table import Table
@@ -234,6 +251,13 @@ def score_command(args: argparse.Namespace) -> int:
     if args.chunk_size < 1:
         err.print(f"[red]prorl score: --chunk-size must be >= 1, got {args.chunk_size}")
         return 2
+    parser = LineParser(args.env, args.timeout)
+    if args.env:  # a typo or a plugin not installed: one error before OUT is touched, not one per line
+        try:
+            parser.env(args.env)
+        except BadLine as exc:
+            err.print(f"[red]prorl score: --env: {exc}", highlight=False, soft_wrap=True)
+            return 2
     resuming = args.resume and args.output.is_file()
     records = _previous(args.output) if resuming else {}
     previous = {line: row for line, (_, row) in records.items()}
@@ -267,7 +291,7 @@ def score_command(args: argparse.Namespace) -> int:
             err.print(f"[red]{args.input}:{i}: {message}")
             progress.advance(bar)
 
-        parsed = LineParser(args.env).lines(args.input, todo, malformed)
+        parsed = parser.lines(args.input, todo, malformed)
         try:
             for chunk in _chunks(parsed, max(1, args.chunk_size)):
                 scores = score_many([c[2] for c in chunk], [c[1]["completion"] for c in chunk],
@@ -276,7 +300,7 @@ def score_command(args: argparse.Namespace) -> int:
                     res = {**row, "reward": score.reward, "status": score.status,
                            "details": {**score.details, "input_line": i}}
                     out.write(json.dumps(res, default=str) + "\n")
-                    summary.add(env.id, score.reward, score.status, score.details)
+                    summary.add(env.id, score.reward, score.status, score.details, line=i)
                     rescored += i in retry
                     written += 1
                 out.flush()  # a finished chunk is on disk: an interrupted run resumes after it
@@ -292,6 +316,8 @@ def score_command(args: argparse.Namespace) -> int:
     out_console.print(summary.table())
     for line in summary.test_lines():
         out_console.print(line)
+    for line in summary.infra_error_lines():
+        err.print(line, style="yellow", highlight=False, soft_wrap=True)
     if done:
         out_console.print(f"resumed: {len(done)} lines were already in {args.output}")
     if rescored:

@@ -7,6 +7,7 @@ an Env class (registered under the entry point's name) or a zero-argument functi
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import logging
 from dataclasses import dataclass, field
@@ -63,7 +64,9 @@ def register(env_id: str, entry_point: Any = None, *, description: str = "", ove
             raise ValueError(f"{env_id!r}: the entry point must be an Env class, a function returning an Env or a "
                              f"'module:attr' string, got {ep!r}")
         if env_id in _REGISTRY and not override and not _same_definition(_REGISTRY[env_id].entry_point, ep):
-            raise ValueError(f"environment {env_id!r} is already registered (pass override=True to replace it)")
+            raise ValueError(f"environment {env_id!r} is already registered, as {_describe(_REGISTRY[env_id].entry_point)}"
+                             f" (a built-in, a `prorl.envs` plugin or an earlier register call): pass override=True "
+                             f"to replace it, or choose another id")
         desc = description or (_first_line(getattr(ep, "description", "") or getattr(ep, "__doc__", "") or "")
                                if not isinstance(ep, str) else "")
         _REGISTRY[env_id] = EnvSpec(env_id, ep, dict(kwargs), desc)
@@ -82,6 +85,13 @@ def _same_definition(old: Any, new: Any) -> bool:
         return old == new
     return (getattr(old, "__module__", None), getattr(old, "__qualname__", None)) == \
         (getattr(new, "__module__", None), getattr(new, "__qualname__", None)) and hasattr(new, "__qualname__")
+
+
+def _describe(entry_point: Any) -> str:
+    """An entry point as `module:qualname` (a class or function) or as the string it is."""
+    if isinstance(entry_point, str):
+        return repr(entry_point)
+    return f"{getattr(entry_point, '__module__', '?')}:{getattr(entry_point, '__qualname__', entry_point)!s}"
 
 
 def _registered_as(env_id: str, obj: Any) -> bool:
@@ -138,10 +148,17 @@ def reload_plugins() -> None:
 def spec(env_id: str) -> EnvSpec:
     _load_plugins()
     if env_id not in _REGISTRY:
-        close = [k for k in _REGISTRY if env_id.split("/")[0] in k][:5]
-        hint = f"; similar: {close}" if close else ""
-        raise KeyError(f"unknown environment {env_id!r} ({len(_REGISTRY)} registered: see `prorl envs`){hint}")
+        raise KeyError(f"unknown environment {env_id!r}{_similar(env_id)} ({len(_REGISTRY)} registered: see `prorl "
+                       f"envs`; an environment of your own is seen by the prorl commands once installed in a package "
+                       f"under the entry-point group {ENTRY_POINT_GROUP!r})")
     return _REGISTRY[env_id]
+
+
+def _similar(env_id: str) -> str:
+    """`: did you mean ...?` with the registered ids closest to `env_id` (a typo, a wrong case), else ""."""
+    close = difflib.get_close_matches(env_id, _REGISTRY, n=3, cutoff=0.75)
+    close = close or [k for k in _REGISTRY if k.lower() == env_id.lower()]
+    return f": did you mean {' or '.join(map(repr, close))}?" if close else ""
 
 
 def make(env_id: str, **kwargs):
