@@ -112,3 +112,10 @@ class NoSuperInitEcho(EchoEnv):
 
     def __init__(self, digits=9):
         self.digits = digits
+
+
+class DictTaskEcho(EchoEnv):
+    """A task_from_dict that returns the task as a dict, not a Task (a newcomer's "task dict")."""
+
+    def task_from_dict(self, row):
+        return super().task_from_dict(row).to_dict()

@@ -492,3 +492,18 @@ def test_registering_a_taken_id_names_what_holds_it():
     register("test/taken", EchoEnv, override=True)
     with pytest.raises(ValueError, match=r"'test/taken' is already registered, as _envs_for_tests:EchoEnv"):
         register("test/taken", ThreadEcho)
+
+
+def test_a_task_from_dict_that_returns_no_task_names_the_env():
+    """Before: a task_from_dict returning a dict scored as `AttributeError: 'dict' object has no attribute
+    'reference'` from inside verify (an infra_error in score_batch), and reset() raised the same about 'prompt'."""
+    register("test/dict-task", "_envs_for_tests:DictTaskEcho", override=True)
+    env = make("test/dict-task")
+    row = {"q": "say 1", "answer": "1"}
+    message = "DictTaskEcho.task_from_dict returned dict, not a Task"
+    with pytest.raises(TypeError, match=message):
+        env.reset(options={"task": row})
+    with pytest.raises(TypeError, match=message):
+        make("test/dict-task", seed=0).sample_tasks(1)
+    for score in [env.score("1", row), *env.score_batch(["1"], [row], workers=1)]:
+        assert score.status == "format_error" and message in score.details["error"]

@@ -106,13 +106,14 @@ class _Deadline(BaseException):
 
 
 def as_task_within(env: "Env", row: Task | dict, seconds: float | None, public: bool = False) -> Task:
-    """`env.as_task(row)` (`public`: `env.task_from_dict(row)`), stopped after `seconds` with a TimeoutError naming `task_from_dict`: `prorl score` and
-    `prorl eval` read rows into Tasks in the calling process, where a hang in an environment's `task_from_dict` would
-    otherwise stall the command without a word. Only in the main thread of a POSIX process with no interval timer of
-    its own (SIGALRM); elsewhere, and with `seconds` None, no deadline."""
+    """`env.as_task(row)` (`public`: the row read by `env.task_from_dict` only), stopped after `seconds` with a
+    TimeoutError naming `task_from_dict`: `prorl score` and `prorl eval` read rows into Tasks in the calling process,
+    where a hang in an environment's `task_from_dict` would otherwise stall the command without a word. Only in the
+    main thread of a POSIX process with no interval timer of its own (SIGALRM); elsewhere, and with `seconds` None, no
+    deadline."""
     if (not seconds or threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer")
             or signal.getitimer(signal.ITIMER_REAL)[0]):
-        return env.task_from_dict(row) if public else env.as_task(row)
+        return env._checked_task_from_dict(row) if public else env.as_task(row)
 
     def alarm(signum, frame):
         raise _Deadline
@@ -120,7 +121,7 @@ def as_task_within(env: "Env", row: Task | dict, seconds: float | None, public: 
     previous = signal.signal(signal.SIGALRM, alarm)
     try:
         signal.setitimer(signal.ITIMER_REAL, seconds)
-        return env.task_from_dict(row) if public else env.as_task(row)
+        return env._checked_task_from_dict(row) if public else env.as_task(row)
     except _Deadline:
         raise TimeoutError(f"{type(env).__name__}.task_from_dict did not return within {seconds:g} s") from None
     finally:
@@ -224,7 +225,7 @@ class Env:
             if not self.dataset and n > 0:
                 raise ValueError(f"{self.id}: the dataset given to the environment is empty")
             return [self.as_task(self.dataset[i % len(self.dataset)]) for i in range(n)]
-        return [self.task_from_dict(self.generate(rng)) for _ in range(n)]
+        return [self._checked_task_from_dict(self.generate(rng)) for _ in range(n)]
 
     # -- Scoring ---------------------------------------------------------------------------------------
     def task_from_dict(self, row: dict) -> Task:
@@ -232,6 +233,15 @@ class Env:
 
     def verify(self, answer: str, task: Task) -> Score:
         raise NotImplementedError
+
+    def _checked_task_from_dict(self, row: dict) -> Task:
+        """`task_from_dict(row)`, checked to be a Task (else a TypeError naming the env, not an AttributeError in
+        `verify` or `reset`)."""
+        task = self.task_from_dict(row)
+        if not isinstance(task, Task):
+            raise TypeError(f"{type(self).__name__}.task_from_dict returned {type(task).__name__}, not a Task (e.g. "
+                            "prorl.Task(id=..., env=self.id, prompt=[...], reference={...}))")
+        return task
 
     def as_task(self, task: Task | dict) -> Task:
         if isinstance(task, Task):
@@ -243,7 +253,7 @@ class Env:
                 id=str(task.get("id", "")), env=task.get("env", self.id), prompt=task["prompt"],
                 reference=task["reference"], metadata=task.get("metadata") or {},
             )
-        return self.task_from_dict(task)
+        return self._checked_task_from_dict(task)
 
     def score(self, completion: str, task: Task | dict) -> Score:
         """Score one completion, in this thread and without a timeout (`score_batch` kills a verifier that hangs).

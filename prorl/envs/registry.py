@@ -64,8 +64,9 @@ def register(env_id: str, entry_point: Any = None, *, description: str = "", ove
             raise ValueError(f"{env_id!r}: the entry point must be an Env class, a function returning an Env or a "
                              f"'module:attr' string, got {ep!r}")
         if env_id in _REGISTRY and not override and not _same_definition(_REGISTRY[env_id].entry_point, ep):
-            raise ValueError(f"environment {env_id!r} is already registered, as {_describe(_REGISTRY[env_id].entry_point)}"
-                             f" (a built-in, a `prorl.envs` plugin or an earlier register call): pass override=True "
+            holder = _describe(_REGISTRY[env_id].entry_point)
+            raise ValueError(f"environment {env_id!r} is already registered, as {holder} (a built-in, a "
+                             f"`prorl.envs` plugin or an earlier register call): pass override=True "
                              f"to replace it, or choose another id")
         desc = description or (_first_line(getattr(ep, "description", "") or getattr(ep, "__doc__", "") or "")
                                if not isinstance(ep, str) else "")
