@@ -471,6 +471,11 @@ def test_an_unknown_id_suggests_a_close_one_and_says_how_an_own_env_is_seen():
     for typo, meant in (("mathh", "'math'"), ("Math", "'math'"), ("logic/chain_summ", "'logic/chain_sum'")):
         with pytest.raises(KeyError, match=f"unknown environment '{typo}': did you mean {meant}"):
             make(typo)
+    # no close id: the ids of the family named before the '/' (as the message said before, without the false hits)
+    for unknown, listed in (("logic/zzzzqqq", "'logic' ids: ['logic', 'logic/ab'"),
+                            ("code/humaneval", "'code' ids: ['code']")):
+        with pytest.raises(KeyError, match=re.escape(f"unknown environment '{unknown}'; {listed}")):
+            make(unknown)
 
 
 def test_an_env_whose_init_skips_super_init_says_so():

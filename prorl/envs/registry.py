@@ -157,9 +157,13 @@ def spec(env_id: str) -> EnvSpec:
 
 def _similar(env_id: str) -> str:
     """`: did you mean ...?` with the registered ids closest to `env_id` (a typo, a wrong case), else ""."""
-    close = difflib.get_close_matches(env_id, _REGISTRY, n=3, cutoff=0.75)
+    close = difflib.get_close_matches(env_id, _REGISTRY, n=3, cutoff=0.7)
     close = close or [k for k in _REGISTRY if k.lower() == env_id.lower()]
-    return f": did you mean {' or '.join(map(repr, close))}?" if close else ""
+    if close:
+        return f": did you mean {' or '.join(map(repr, close))}?"
+    family = env_id.split("/")[0] + "/"  # 'code/humaneval': the ids of the 'code/' family, if there are any
+    members = sorted(k for k in _REGISTRY if k.startswith(family) or k == family[:-1]) if "/" in env_id else []
+    return f"; {family[:-1]!r} ids: {members[:6]}{' ...' if len(members) > 6 else ''}" if members else ""
 
 
 def make(env_id: str, **kwargs):
