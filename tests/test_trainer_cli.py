@@ -437,3 +437,22 @@ def test_a_gym_env_that_cannot_generate_its_tasks_is_named(tmp_path, capsys):
     with pytest.raises(RuntimeError, match=r"gym_envs: 'test/broken-gen' failed to generate its tasks: "
                                            r"KeyError\('answer'\)"):
         gym_dataset(["test/broken-gen"], 2)
+
+
+@pytest.mark.parametrize("line,message", [
+    ("loss_type: dapoo", "loss_type must be one of"),
+    ("loss_type: DAPO", "(did you mean 'dapo'?)"),
+    ("scale_rewards: grp", "scale_rewards must be one of"),
+    ("importance_sampling_level: tokens", "(did you mean 'token'?)"),
+    ("multi_objective_aggregation: sum", "multi_objective_aggregation must be one of"),
+    ("vllm_mode: serve", "(did you mean 'server'?)"),
+])
+def test_a_misspelt_choice_of_trl_is_refused_when_the_config_is_parsed(tmp_path, capsys, line, message):
+    """TRL reads these strings only inside the training step (`loss_type: dapoo` raised "Unknown loss type" after
+    the model was loaded and a batch generated, with a traceback): a one-line error before anything is built."""
+    config = tmp_path / "c.yaml"
+    tiny_config_with(config, line)
+    assert main(["--config", str(config), "--output_dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "prorl train: error: " + line.split(":")[0] in err and message in err and "Traceback" not in err, err
+    assert not (tmp_path / "out").exists()

@@ -18,7 +18,8 @@ from typing import Any
 
 from trl import GRPOConfig
 
-from prorl.trainer.values import NUMBER_RULES, RANGE_CHECKED, check_ranges, field_value, require, whole_number
+from prorl.trainer.values import (NUMBER_RULES, RANGE_CHECKED, check_choices, check_ranges, field_value, require,
+                                  whole_number)
 
 # Stage overrides applied in place, at the reset that starts the stage (no restart needed).
 LIVE_STAGE_FIELDS = frozenset({
@@ -231,6 +232,7 @@ class ProRLConfig(GRPOConfig):
 
     def _validate_prorl(self) -> None:
         require(self.generation_backend in ("hf", "static"), "generation_backend", "must be 'hf' or 'static'")
+        check_choices(self)
         deepspeed = self.deepspeed_plugin.deepspeed_config if self.deepspeed_plugin is not None else {}
         if (deepspeed.get("zero_optimization") or {}).get("zenflow") is not None:  # `deepspeed` or accelerate's file
             raise ValueError(

@@ -96,6 +96,29 @@ def check_ranges(v: dict[str, Any], where: str) -> None:
         require(ok, where + name, message)
 
 
+# TRL 1.16's string fields with a fixed set of values, which it reads only inside the training step: a typo there
+# raised "Unknown loss type: dapoo" after the model was loaded and the first batch generated (a traceback).
+TRL_CHOICES = {
+    "loss_type": ("dapo", "grpo", "bnpo", "dr_grpo", "luspo", "cispo", "sapo", "vespo"),
+    "scale_rewards": ("group", "batch", "none"),
+    "importance_sampling_level": ("token", "sequence"),
+    "multi_objective_aggregation": ("sum_then_normalize", "normalize_then_sum"),
+    "vllm_mode": ("server", "colocate"),
+}
+
+
+def check_choices(config: Any) -> None:
+    """Each TRL_CHOICES field of `config` holds one of its values; the error names the field and the close one."""
+    import difflib
+
+    for name, choices in TRL_CHOICES.items():
+        value = getattr(config, name)
+        if value not in choices:
+            close = difflib.get_close_matches(str(value).lower(), choices, n=1)
+            require(False, name, f"must be one of {list(choices)}, got {value!r}"
+                    + (f" (did you mean {close[0]!r}?)" if close else ""))
+
+
 def require(ok: bool, name: str, message: str) -> None:
     if not ok:
         raise ValueError(f"{name} {message}")
