@@ -87,7 +87,10 @@ def gym_dataset(env_ids: list[str], tasks_per_env: int, seed: int = 0,
 
     rows = []
     for env_id in env_ids:
-        env = make(env_id, **(env_kwargs or {}).get(env_id, {}))
+        try:
+            env = make(env_id, **(env_kwargs or {}).get(env_id, {}))
+        except KeyError as exc:  # an unknown id: named as the field it came from
+            raise KeyError(f"gym_envs: {exc.args[0]}") from None
         try:
             tasks = env.sample_tasks(tasks_per_env, seed=seed)
         except NotImplementedError as exc:  # no generator: a one-line input mistake, not a traceback

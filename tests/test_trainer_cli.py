@@ -473,3 +473,24 @@ def test_the_readme_python_example_runs_as_written(tmp_path, monkeypatch):
     for name in ("reward", "reward/math", "kl", "entropy", "dynamic_sampling/kept_groups", "stage", "tokens/generated"):
         assert all(name in h for h in logs), name
     assert len((tmp_path / "runs" / "python-api" / "resets.jsonl").read_text().splitlines()) == 2
+
+
+@pytest.mark.parametrize("source,typo,meant", [
+    ("--gym_envs", "logic/chain_summ", "logic/chain_sum"),
+    ("--dataset_path", "maths", "math"),
+])
+def test_a_misspelt_environment_id_is_answered_with_the_close_one(tmp_path, capsys, source, typo, meant):
+    """An unknown env id in `gym_envs` (named as such) or in a dataset's `env` column suggests the registered ids
+    closest to it. Before,
+    the hint listed the first five ids sharing its prefix (`logic/chain_summ`: 'logic', 'logic/ab', 'logic/acre', ...;
+    `maths`: none)."""
+    value = typo
+    if source == "--dataset_path":
+        value = str(tmp_path / "rows.jsonl")
+        Path(value).write_text(json.dumps({"id": "r0", "env": typo, "answer": "2",
+                                           "prompt": [{"role": "user", "content": "1+1?"}]}) + "\n")
+    assert main(["--config", str(ROOT / "configs" / "tiny-cpu.yaml"), source, value,
+                 "--output_dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    named = "gym_envs: " if source == "--gym_envs" else "rows.jsonl:1 (id 'r0'): "
+    assert f"{named}unknown environment {typo!r}" in err and f"did you mean {meant!r}" in err, err
