@@ -14,6 +14,7 @@ import difflib
 import json
 import logging
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -194,12 +195,34 @@ def parse_args(argv: list[str]):
                     config = load_yaml(f)
                 if not isinstance(config, dict):
                     raise ValueError(f"--config: {path} must contain a YAML mapping of field: value")
+                self.config_path, self.config_keys = path, set(config)
                 env = config.pop("env", {})
                 if not isinstance(env, dict):
                     raise ValueError(f"--config: {path}: `env` must be a mapping of variable: value, got {env!r}")
                 os.environ.update({key: str(value) for key, value in env.items()})
                 self.set_defaults_with_config(**config)
-            return super().parse_args_and_config(args, **kwargs)
+            try:
+                return super().parse_args_and_config(args, **kwargs)
+            except ValueError as exc:  # HfArgumentParser's, for flags no field takes: with the close flag
+                unused = str(exc).partition("not used by the HfArgumentParser: ")[2]
+                if not unused:
+                    raise
+                flags = {option for action in self._actions for option in action.option_strings}
+                hints = [close[0] for a in args if a.startswith("--") and a.split("=")[0] not in flags
+                         and (close := difflib.get_close_matches(a.split("=")[0], flags, n=1))]
+                raise ValueError(f"unknown argument(s) {unused}"
+                                 + (f" (did you mean {', '.join(map(repr, hints))}?)" if hints else "")
+                                 + "; see `prorl train --help`") from None
+
+        def error(self, message):
+            """argparse's: one line (raised, printed by `main`) instead of the whole usage then exit; a value of the
+            config file is named with the file, not as the flag (`argument --max_steps/--max-steps`) argparse
+            converted it as."""
+            flag = re.match(r"argument (--[\w-]+)(/--[\w-]+)?: ", message)
+            name = flag.group(1)[2:].replace("-", "_") if flag else None
+            if name in getattr(self, "config_keys", ()) and not on_cli(name):
+                message = f"--config {self.config_path}: {name}: {message[flag.end():]}"
+            raise ValueError(message)
 
         def set_defaults_with_config(self, **config):
             known = {action.dest for action in self._actions}

@@ -1,6 +1,7 @@
 """The entry point: `python -m prorl.train --config configs/tiny-cpu.yaml --max_steps 6` on a fresh output folder."""
 
 import json
+import logging
 import os
 import re
 import subprocess
@@ -494,3 +495,22 @@ def test_a_misspelt_environment_id_is_answered_with_the_close_one(tmp_path, caps
     err = capsys.readouterr().err
     named = "gym_envs: " if source == "--gym_envs" else "rows.jsonl:1 (id 'r0'): "
     assert f"{named}unknown environment {typo!r}" in err and f"did you mean {meant!r}" in err, err
+
+
+def test_a_bad_flag_or_value_is_one_line_naming_where_it_came_from(tmp_path, capsys):
+    """argparse's errors (a value of the wrong type on the command line or in the YAML, an unknown flag) are one line
+    like the other set-up errors, after argparse's 200-line usage before; a YAML value is named with its file (argparse
+    blamed `argument --max_steps`, a flag the user never typed), and a misspelt flag gets the close one."""
+    config = tiny_config_with(tmp_path / "c.yaml", "max_steps: ten")
+    tiny = str(ROOT / "configs" / "tiny-cpu.yaml")
+    for argv, message in (
+            (["--config", tiny, "--learning_rate", "fast"],
+             "prorl train: error: argument --learning_rate/--learning-rate: invalid float value: 'fast'"),
+            (["--config", str(config)],
+             f"prorl train: error: --config {config}: max_steps: invalid int value: 'ten'"),
+            (["--config", tiny, "--max_stepz", "3"],
+             "prorl train: error: unknown argument(s) ['--max_stepz', '3'] (did you mean '--max_steps'?)")):
+        assert main(argv + ["--output_dir", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "usage:" not in err and len(err.splitlines()) == 1, err
+
