@@ -514,3 +514,20 @@ def test_a_bad_flag_or_value_is_one_line_naming_where_it_came_from(tmp_path, cap
         err = capsys.readouterr().err
         assert message in err and "usage:" not in err and len(err.splitlines()) == 1, err
 
+
+def test_a_plateau_metric_that_is_never_logged_is_warned_about(tmp_path, caplog):
+    """`reset_on_plateau` names a logged metric; one that the logs do not hold (a typo: `reward_eval`) used to train
+    on without a word and never reset. The first log of its kind without it (a training log here; an evaluation log
+    for an `eval_` name) warns, with the close logged name."""
+    argv = ["--config", str(ROOT / "configs" / "tiny-cpu.yaml"), "--output_dir", str(tmp_path / "out"),
+            "--max_steps", "2", "--reset_every_steps", "100", "--save_strategy", "no", "--stages", "[]",
+            "--reset_on_plateau", "rewards"]
+    with caplog.at_level(logging.WARNING, logger="prorl"):
+        assert main(argv) == 0
+    warned = [r.getMessage() for r in caplog.records if "reset_on_plateau" in r.getMessage()]
+    assert len(warned) == 1, warned
+    assert "'rewards' is not among the metrics logged at step 1" in warned[0] and "did you mean 'reward'" in warned[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="prorl"):
+        assert main(argv[:-1] + ["reward", "--output_dir", str(tmp_path / "out2")]) == 0
+    assert not [r for r in caplog.records if "reset_on_plateau" in r.getMessage()]

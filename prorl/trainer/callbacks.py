@@ -16,6 +16,7 @@ Users react to resets by subclassing `ResetCallback`:
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import math
@@ -222,6 +223,7 @@ class ResetController(TrainerCallback):
         self.state = ResetState()
         self.restart_pending = False  # a stage that reshapes the batch stopped the run at its checkpoint
         self.step_metrics: dict[str, float] = {}  # of the latest step, for reset events (a log clears TRL's lists)
+        self._unlogged_warned = False  # reset_on_plateau's metric was missing from a log of its kind (warned once)
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         self.trainer.decide_update()
@@ -251,6 +253,7 @@ class ResetController(TrainerCallback):
         # Trainer's end-of-training summary (train_runtime, ...) carries TRL's unlogged metrics: not an observation
         # (a reset there would come after the final or restart checkpoint, its stage and hooks outliving it)
         if not name or not logs or logs.get(name) is None or "train_runtime" in logs:
+            self._warn_unlogged(name, logs, state.global_step)
             return control
         value = float(logs[name])
         if math.isnan(value):
@@ -266,6 +269,17 @@ class ResetController(TrainerCallback):
         if s.plateau_bad >= args.reset_plateau_patience and self._interval_ok(state.global_step):
             self.reset("plateau", {name: value, f"{name}/best": s.plateau_best}, control)
         return control
+
+    def _warn_unlogged(self, name: str | None, logs: dict | None, step: int) -> None:
+        """Once per run: the plateau metric is missing from a log of its kind (evaluation for `eval_` names, else
+        training), so a misspelt name (`reward_eval`) does not go on silently never resetting."""
+        if (not name or not logs or name in logs or "train_runtime" in logs or self._unlogged_warned
+                or not (any(k.startswith("eval_") for k in logs) if name.startswith("eval_") else "loss" in logs)):
+            return
+        self._unlogged_warned = True
+        close = difflib.get_close_matches(name, logs, n=1)
+        log.warning("reset_on_plateau: %r is not among the metrics logged at step %d%s; no plateau reset can happen "
+                    "while it is missing", name, step, f" (did you mean {close[0]!r}?)" if close else "")
 
     def _interval_ok(self, step: int) -> bool:
         return step - self.state.last_reset_step >= self.trainer.args.reset_min_interval
