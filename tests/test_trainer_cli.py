@@ -531,3 +531,12 @@ def test_a_plateau_metric_that_is_never_logged_is_warned_about(tmp_path, caplog)
     with caplog.at_level(logging.WARNING, logger="prorl"):
         assert main(argv[:-1] + ["reward", "--output_dir", str(tmp_path / "out2")]) == 0
     assert not [r for r in caplog.records if "reset_on_plateau" in r.getMessage()]
+
+
+def test_num_generations_that_splits_a_group_names_the_fields_the_user_sets(tmp_path, capsys):
+    """TRL's message names generation_batch_size, which tiny-cpu.yaml never sets: the error adds what it is made of."""
+    assert main(["--config", str(ROOT / "configs" / "tiny-cpu.yaml"), "--num_generations", "3",
+                 "--output_dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "generation_batch_size (8) must be divisible by num_generations (3)" in err, err
+    assert "per_device_train_batch_size 8 x 1 processes x steps_per_generation 1" in err, err

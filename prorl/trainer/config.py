@@ -227,7 +227,14 @@ class ProRLConfig(GRPOConfig):
                 self.stages = json.loads(self.stages)
             except json.JSONDecodeError as exc:
                 raise ValueError(f"stages: not valid JSON ({exc}): {self.stages!r}") from None
-        super().__post_init__()
+        try:
+            super().__post_init__()
+        except ValueError as exc:  # TRL names generation_batch_size, which configs rarely set: say what makes it
+            if "must be divisible by num_generations" not in str(exc) or self.steps_per_generation is None:
+                raise
+            raise ValueError(f"{exc} The generation batch is per_device_train_batch_size "
+                             f"{self.per_device_train_batch_size} x {self.world_size} processes x steps_per_generation "
+                             f"{self.steps_per_generation} rollouts: change one of them or num_generations") from None
         self._validate_prorl()
 
     def _validate_prorl(self) -> None:
