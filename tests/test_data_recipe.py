@@ -7,6 +7,7 @@ import pytest
 from prorl.data.adapters import EURUS_CODE_SUFFIX, FieldError, eurus_code, ifeval, reasoning_gym, scp116k
 from prorl.data.build import is_prose, normalize_text
 from prorl.data.recipe import RecipeError, apply_overrides, expand_path, load_recipe, parse_recipe
+from prorl.data.sources import source_files
 
 MINIMAL = {"name": "r", "sources": {"math": {"env": "math", "path": "m.jsonl", "size": 10}}}
 
@@ -64,14 +65,46 @@ def test_overrides_set_nested_fields_and_drop_sources(tmp_path):
         apply_overrides({}, ["seed"])
 
 
+def test_errors_from_set_overrides_name_the_recipe_file_and_the_set(tmp_path):
+    """Before the fix a `--set` that could not apply was reported without the recipe file (`--set 'seed': expected
+    KEY=VALUE`), and a bad value given by `--set` was reported as the file's (`r.yaml: sources.a.size: must be an
+    integer >= 1, got 'abc'`) while the file says `size: 5`."""
+    path = tmp_path / "r.yaml"
+    path.write_text("name: r\nsources:\n  a: {env: math, path: a.jsonl, size: 5}\n")
+    for bad, message in [("seed", "--set 'seed': expected KEY=VALUE"),
+                         ("seed=[1", "--set 'seed=[1': the value is not valid YAML"),
+                         ("sources.a.size.x=1", "--set 'sources.a.size.x=1': 'size' is not a mapping"),
+                         ("sources.b.size=1", "--set 'sources.b.size=1': the recipe has no source 'b'")]:
+        with pytest.raises(RecipeError) as info:
+            load_recipe(path, [bad])
+        assert str(info.value).startswith(f"{path}: {message}"), str(info.value)
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path, ["seed=1", "sources.a.size=abc"])
+    assert str(info.value) == (f"{path}: sources.a.size: must be an integer >= 1, got 'abc' (set by --set "
+                               f"'sources.a.size=abc')")
+    with pytest.raises(RecipeError) as info:  # a source added by --set: the --set that made it
+        load_recipe(path, ["sources.b.env=math"])
+    assert str(info.value).endswith("sources.b: needs `path` (and/or `sample`) or `generate` (set by --set "
+                                    "'sources.b.env=math')")
+    recipe = load_recipe(path, ["sources.a.path=elsewhere.jsonl"])
+    with pytest.raises(RecipeError) as info:  # checked at build time, named all the same
+        source_files(recipe.source("a"), recipe, sample_data=False, root=None)
+    assert str(info.value).startswith(f"{path}: sources.a.path (set by --set 'sources.a.path=elsewhere.jsonl'): no "
+                                      f"file matches {str(tmp_path / 'elsewhere.jsonl')!r}")
+    with pytest.raises(RecipeError) as info:  # the file's own mistake: no --set named
+        path.write_text("name: r\nsources:\n  a: {env: math, path: a.jsonl, size: -1}\n")
+        load_recipe(path, ["seed=1"])
+    assert str(info.value) == f"{path}: sources.a.size: must be an integer >= 1, got -1"
+
+
 def test_leaving_out_a_source_the_recipe_does_not_have_is_an_error(tmp_path):
     """`--set sources.NAME=null` leaves a source out. Before the fix a misspelt NAME was accepted without a word and
     the source meant to be left out stayed in the mixture."""
     path = tmp_path / "r.yaml"
     path.write_text("name: r\nsources:\n  gsm8k: {env: math, path: a.jsonl, size: 5}\n"
                     "  mbpp: {env: code, path: b.jsonl, size: 5}\n")
-    with pytest.raises(RecipeError, match=r"^--set 'sources.gsm8=null': the recipe has no source 'gsm8' to leave "
-                                          r"out \(did you mean 'gsm8k'\?\)"):
+    with pytest.raises(RecipeError, match=rf"^{path}: --set 'sources.gsm8=null': the recipe has no source 'gsm8' "
+                                          r"to leave out \(did you mean 'gsm8k'\?\)"):
         load_recipe(path, ["sources.gsm8=null"])
     with pytest.raises(RecipeError, match=r"no source 'x' to leave out; sources: \['gsm8k', 'mbpp'\]"):
         load_recipe(path, ["sources.x="])
@@ -85,12 +118,12 @@ def test_setting_a_field_of_a_source_the_recipe_does_not_have_names_that_source(
     path = tmp_path / "r.yaml"
     path.write_text("name: r\nsources:\n  gsm8k: {env: math, path: a.jsonl, size: 5}\n"
                     "  mbpp: {env: code, path: b.jsonl, size: 5}\n")
-    with pytest.raises(RecipeError, match=r"^--set 'sources.typo.path=X': the recipe has no source 'typo'; sources: "
-                                          r"\['gsm8k', 'mbpp'\] \(to add a source, give its env too: --set "
+    with pytest.raises(RecipeError, match=rf"^{path}: --set 'sources.typo.path=X': the recipe has no source 'typo'; "
+                                          r"sources: \['gsm8k', 'mbpp'\] \(to add a source, give its env too: --set "
                                           r"sources.typo.env=ENV\)$"):
         load_recipe(path, ["sources.typo.path=X"])
-    with pytest.raises(RecipeError, match=r"^--set 'sources.gsm8.size=3': the recipe has no source 'gsm8' \(did you "
-                                          r"mean 'gsm8k'\?\)"):
+    with pytest.raises(RecipeError, match=rf"^{path}: --set 'sources.gsm8.size=3': the recipe has no source 'gsm8' "
+                                          r"\(did you mean 'gsm8k'\?\)"):
         load_recipe(path, ["sources.gsm8.size=3", "sources.gsm8.path=c.jsonl"])
     added = load_recipe(path, ["sources.extra.path=c.jsonl", "sources.extra.env=math", "sources.extra.size=2"])
     assert [s.name for s in added.sources] == ["gsm8k", "mbpp", "extra"] and added.source("extra").size == 2

@@ -3,11 +3,13 @@
 A recipe is parsed into dataclasses and validated as a whole before anything is read, so a typo in the last
 source fails in a second, not after an hour of generation. Every error names the recipe file and the field:
 
-    datasets/prorl-mix.yaml: sources.math.size: must be a positive integer, got -3
+    datasets/prorl-mix.yaml: sources.math.size: must be an integer >= 1, got -3
 
 `load_recipe(path, overrides=["sources.math.path=/data/deepscaler.json"])` applies `--set` style overrides (dotted
-keys, YAML-parsed values) before validation. The file and the values are read with `prorl.yaml_io.load_yaml`: a key given
-twice in one mapping (two sources of one name) is an error naming both lines, not the last one silently winning.
+keys, YAML-parsed values) before validation; an error in a value a `--set` gave names it too (`... got 'abc' (set by
+--set 'sources.math.size=abc')`), and a `--set` that cannot apply is named after the recipe file. The file and the
+values are read with `prorl.yaml_io.load_yaml`: a key given twice in one mapping (two sources of one name) is an error
+naming both lines, not the last one silently winning.
 """
 
 from __future__ import annotations
@@ -175,12 +177,24 @@ def _choice(value, choices, where: str, fail) -> str:
     return value
 
 
-def parse_recipe(raw: Any, path: Path | None = None) -> Recipe:
-    """Validate a recipe given as a dict (the parsed YAML). Raises RecipeError naming the file and field."""
+def set_by(where: str, overrides: list[str] | tuple[str, ...]) -> str:
+    """" (set by --set 'KEY=VALUE')" when the last `--set` that reached the field `where` (the field itself, a
+    mapping above it or a field below it) gave it its value; else "". Errors add it: the file does not hold that
+    value."""
+    for item in reversed(overrides):
+        key = item.partition("=")[0].strip()
+        if key == where or where.startswith(key + ".") or key.startswith(where + "."):
+            return f" (set by --set {item!r})"
+    return ""
+
+
+def parse_recipe(raw: Any, path: Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Validate a recipe given as a dict (the parsed YAML). Raises RecipeError naming the file and field (and the
+    `--set` of `overrides` that gave the field its value, if one did)."""
     label = str(path) if path is not None else "<recipe>"
 
     def fail(where: str, message: str):
-        raise RecipeError(f"{label}: {where}: {message}")
+        raise RecipeError(f"{label}: {where}: {message}{set_by(where, overrides)}")
 
     if not isinstance(raw, dict):
         fail("(top level)", f"a recipe is a mapping of fields, got {type(raw).__name__}")
@@ -340,7 +354,11 @@ def load_recipe(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
         raise RecipeError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):  # an empty file, a list, ...: the error names the file before any --set applies
         return parse_recipe(raw, path)
-    recipe = parse_recipe(apply_overrides(raw, overrides), path)
+    try:
+        raw = apply_overrides(raw, overrides)
+    except RecipeError as exc:  # a bad --set: the recipe it was applied to, then the --set itself
+        raise RecipeError(f"{path}: {exc}") from None
+    recipe = parse_recipe(raw, path, overrides)
     recipe.overrides = list(overrides)
     return recipe
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from prorl.data.recipe import GenerateConfig, Recipe, RecipeError, SourceConfig, expand_path
+from prorl.data.recipe import GenerateConfig, Recipe, RecipeError, SourceConfig, expand_path, set_by
 from prorl.envs.jsonl import open_bytes, read_jsonl
 
 
@@ -57,7 +57,8 @@ def source_files(source: SourceConfig, recipe: Recipe, sample_data: bool, root: 
     use_sample = sample_data and source.sample is not None
     pattern = source.sample if use_sample else source.path
     key = "sample" if use_sample else "path"
-    where = f"{recipe.path or '<recipe>'}: sources.{source.name}.{key}"
+    where = f"{recipe.path or '<recipe>'}: sources.{source.name}.{key}" + set_by(f"sources.{source.name}.{key}",
+                                                                                 recipe.overrides)
     if pattern is None:
         raise RecipeError(f"{where}: the source has no `path`; give one (--set sources.{source.name}.path=FILE) "
                           f"or build with --sample-data")
