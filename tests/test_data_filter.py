@@ -270,3 +270,27 @@ def test_shortfall_error_fails_before_sampling_a_pool_already_short_and_after_th
     with pytest.raises(DataError, match=r"too few valid rows \(echo: 3 of 6\) kept by the difficulty filter"):
         build(load_recipe(short), difficulty=counting_coin(models, sampled, samples=8))
     assert prompts_sampled(sampled, 8) == 6
+
+
+def test_cli_progress_names_each_source_it_estimates(models, tmp_path, capsys):
+    """The filter's progress bar counts one source's sequences at a time. Before the fix it was one bar labelled
+    `estimating pass rates` that started again from 0 at every source, naming none, and was left short of its total
+    (`100/160`: most scans stop before the end of their pool). Now each source has its own labelled bar, marked
+    complete when its scan is over."""
+    rows = [{"q": f"say q{i}", "answer": "7" if i % 2 == 0 else "9"} for i in range(40)]
+    for name in ("one", "two"):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps({**r, "q": f"{r['q']} {name}"}) + "\n"
+                                                        for r in rows))
+    (tmp_path / "r.yaml").write_text(json.dumps({"name": "p", "shortfall": "take", "sources": {
+        "one": {"env": "test/echo", "path": "one.jsonl", "size": 2},  # estimated second: the larger share of its pool
+        "two": {"env": "test/echo", "path": "two.jsonl", "size": 4}}}))
+    code = cli_main(["data", "build", str(tmp_path / "r.yaml"), "-o", str(tmp_path / "out"), "--filter-model",
+                     models["coin"], "--samples", "4", "--filter-batch-size", "8"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    bars = [line.split() for line in out.splitlines() if line.startswith("estimating pass rates")]
+    assert [b[:7] for b in bars] == [["estimating", "pass", "rates", "of", "two", "(source", "1/2)"],
+                                     ["estimating", "pass", "rates", "of", "one", "(source", "2/2)"]], out
+    for b in bars:  # each one complete: N/N sequences, the sequences its source's scan sampled
+        done, total = b[-2].split("/")
+        assert done == total and int(done) > 0 and int(done) % 4 == 0, b

@@ -55,17 +55,27 @@ def _difficulty(args, console: Console):
         raise FileNotFoundError(f"--filter-model {args.filter_model}: not a local model folder (no config.json)")
     if args.samples < 1:
         raise ValueError("--samples must be >= 1")
-    bar = Progress(TextColumn("estimating pass rates"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+    # One bar per source (each pool is scanned only until enough of its rows are kept, so no overall total is known
+    # in advance): labelled with the source and its place, it counts the sequences sampled of at most the whole
+    # pool's, and is marked complete when the build moves on to the next source.
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                    console=console, disable=args.quiet)
-    task = bar.add_task("filter", total=None)
+    tasks: list = []
+
+    def on_source(name: str, k: int, n: int) -> None:
+        if tasks:
+            bar.update(tasks[-1], total=bar.tasks[-1].completed)  # its scan is over (most stop short of their pool)
+        tasks.append(bar.add_task(f"estimating pass rates of {name} (source {k}/{n})", total=None))
 
     def progress(done: int, total: int) -> None:
-        bar.update(task, completed=done, total=total)
+        if not tasks:
+            tasks.append(bar.add_task("estimating pass rates", total=None))
+        bar.update(tasks[-1], completed=done, total=total)
 
     sampling = SamplingConfig(temperature=args.filter_temperature, top_p=1.0, max_new_tokens=args.filter_max_new_tokens,
                               batch_size=args.filter_batch_size)
     return DifficultyFilter(args.filter_model, samples=args.samples, low=low, high=high, sampling=sampling,
-                            progress=progress, cache=Path(args.output) / "pass_rates.jsonl"), bar
+                            progress=progress, on_source=on_source, cache=Path(args.output) / "pass_rates.jsonl"), bar
 
 
 def card_table(card: dict) -> Table:
@@ -105,6 +115,8 @@ def run(args: argparse.Namespace, name: str) -> int:
                 with bar:
                     result = build(recipe, args.output, sample_data=args.sample_data, root=args.root,
                                    on_error=args.on_error, difficulty=difficulty, log=log)
+                    for t in bar.tasks:  # the last source's scan is over too (most stop short of their pool)
+                        bar.update(t.id, total=t.completed)
             else:
                 result = build(recipe, args.output, sample_data=args.sample_data, root=args.root,
                                on_error=args.on_error, log=log)

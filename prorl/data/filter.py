@@ -56,7 +56,8 @@ class DifficultyFilter:
     high: float = 1.0
     sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(temperature=1.0, top_p=1.0))
     workers: int | None = None
-    progress: Callable[[int, int], None] | None = None  # (done, total) sequences
+    progress: Callable[[int, int], None] | None = None  # (done, total) sequences of the source being estimated
+    on_source: Callable[[str, int, int], None] | None = None  # (name, k, n): the build starts on its k-th of n sources
     cache: str | Path | None = None  # JSON Lines of pass rates, appended per chunk and reused (see the docstring)
     chunk: int = 256  # prompts per sampling call (and at most per step of the build's scan of a pool)
     _sampler: Sampler | None = field(default=None, repr=False)

@@ -46,9 +46,12 @@ def filter_pools(recipe: Recipe, wanted: dict[str, int], pools: dict[str, list[C
     if recipe.shortfall == "scale":
         share = min([1.0] + [len(pools[n]) / wanted[n] for n in pools if wanted[n] > 0])
     kept: dict[str, list[Candidate]] = {}
-    for name in sorted(pools, key=lambda n: len(pools[n]) / wanted[n] if wanted[n] else math.inf):
+    order = sorted(pools, key=lambda n: len(pools[n]) / wanted[n] if wanted[n] else math.inf)
+    for k, name in enumerate(order, 1):
         need = math.ceil(wanted[name] * share) if recipe.shortfall == "scale" else wanted[name]
         pool, st = pools[name], stats[name]
+        if getattr(difficulty, "on_source", None):  # progress counts per source: say which one it counts
+            difficulty.on_source(name, k, len(order))
         log(f"{name}: estimating pass rates until {need} rows are kept (of {len(pool)} prompts, in a seeded order)")
         kept[name], exhausted = _scan(pool, need, difficulty, random.Random(f"{recipe.seed}:filter:{name}"), issues,
                                       st)
