@@ -69,6 +69,13 @@ def test_shortfall_error_fails_on_a_short_file_source_before_generating(tmp_path
     with pytest.raises(DataError, match=found) as info:
         build_logging(recipe)
     assert not any("generating" in m for m in info.value.logged), info.value.logged
+    # the recipe file and the fields to change (before the fix: neither, only the source's name)
+    assert str(info.value) == (f"{tmp_path / 'recipe.yaml'}: shortfall: error: too few valid rows (math: 3 of 4), "
+                               "found before generating sources.logic; lower sources.math.size, or set shortfall: "
+                               "scale (keeps the proportions with fewer rows) or take")
+    with pytest.raises(DataError, match=r"recipe\.yaml: shortfall: error \(set by --set 'shortfall=error'\): too few "
+                                        r"valid rows \(math: 3 of 4\).*; lower sources\.math\.size"):
+        build_logging(load_recipe(tmp_path / "recipe.yaml", ["shortfall=error"]))
     (tmp_path / "m.jsonl").write_bytes(b"\n".join(math_lines(4)) + b"\n")
     result, logged = build_logging(recipe)
     assert len(result.train) == 8 and any("logic: generating" in m for m in logged), logged

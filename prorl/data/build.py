@@ -163,7 +163,7 @@ def build(recipe: Recipe, out_dir: str | Path | None = None, *, sample_data: boo
         name, size = source.name, wanted[source.name]
         short = {n: (u, wanted[n]) for n, u in usable.items() if u < wanted[n]}
         if recipe.shortfall == "error" and files[name] is None and short:
-            raise short_error(short, f", found before generating sources.{name}")
+            raise short_error(recipe, short, f", found before generating sources.{name}")
         scaled = files[name] is None and bound < 1.0
         if scaled:
             size = math.ceil(size * bound)
@@ -199,7 +199,7 @@ def build(recipe: Recipe, out_dir: str | Path | None = None, *, sample_data: boo
     if difficulty is not None:
         short = {n: (len(p), wanted[n]) for n, p in pools.items() if len(p) < wanted[n]}
         if short and recipe.shortfall == "error":
-            raise short_error(short, ", found before the difficulty filter")
+            raise short_error(recipe, short, ", found before the difficulty filter")
         pools = filter_pools(recipe, wanted, pools, difficulty, issues, stats, log)
     scale = targets(recipe, wanted, pools, stats)
     train: list[dict[str, Any]] = []

@@ -26,16 +26,20 @@ import math
 import random
 from typing import Any, Callable
 
-from prorl.data.recipe import Recipe
+from prorl.data.recipe import Recipe, set_by
 from prorl.data.rows import Candidate
 from prorl.data.sources import DataError
 from prorl.data.stats import Issue, SourceStats, report
 
 
-def short_error(short: dict[str, tuple[int, int]], when: str = "") -> DataError:
-    """shortfall=error: `short` maps each short source to (rows it can give, its size)."""
+def short_error(recipe: Recipe, short: dict[str, tuple[int, int]], when: str = "") -> DataError:
+    """shortfall=error: `short` maps each short source to (rows it can give, its size). The error names the recipe
+    file and the fields to change: the short sources' `size` (or the recipe's `total`), or `shortfall`."""
     listing = ", ".join(f"{n}: {a} of {w}" for n, (a, w) in short.items())
-    return DataError(f"too few valid rows ({listing}){when}; shortfall=scale keeps the proportions with fewer rows")
+    sizes = ", ".join(f"sources.{n}.size" if recipe.source(n).size is not None else "total" for n in short)
+    return DataError(f"{recipe.path or '<recipe>'}: shortfall: error{set_by('shortfall', recipe.overrides)}: too few "
+                     f"valid rows ({listing}){when}; lower {sizes}, or set shortfall: scale (keeps the proportions "
+                     f"with fewer rows) or take")
 
 
 def filter_pools(recipe: Recipe, wanted: dict[str, int], pools: dict[str, list[Candidate]], difficulty: Any,
@@ -59,7 +63,7 @@ def filter_pools(recipe: Recipe, wanted: dict[str, int], pools: dict[str, list[C
         log(f"{name}: {len(kept[name])} kept of the {st.estimated} prompts estimated ({len(pool)} in the pool)")
         if exhausted and len(kept[name]) < wanted[name]:
             if recipe.shortfall == "error":
-                raise short_error({name: (len(kept[name]), wanted[name])}, " kept by the difficulty filter")
+                raise short_error(recipe, {name: (len(kept[name]), wanted[name])}, " kept by the difficulty filter")
             share = min(share, len(kept[name]) / wanted[name])
     return {n: kept[n] for n in pools}
 
@@ -124,7 +128,7 @@ def targets(recipe: Recipe, wanted: dict[str, int], pools: dict[str, list], stat
     short = {n: (avail[n], wanted[n]) for n in pools if avail[n] < wanted[n]}
     scale = 1.0
     if short and recipe.shortfall == "error":
-        raise short_error(short)
+        raise short_error(recipe, short)
     if short and recipe.shortfall == "scale":
         scale = min(avail[n] / wanted[n] for n in short)
     for n in pools:
