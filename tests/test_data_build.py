@@ -298,8 +298,24 @@ def test_file_source_holdout_is_seeded_and_disjoint(tmp_path):
     too_many = recipe_of(tmp_path, name="h", sources={"a": {"env": "math", "path": "a.jsonl", "size": 20,
                                                             "holdout": 30}})
     with pytest.raises(DataError, match=rf"^{tmp_path / 'recipe.yaml'}: sources\.a\.holdout: 30 leaves no training "
-                                        r"rows \(the source has 30 valid rows\)"):
+                                        r"rows \(the source has 30 valid rows of 30 read\); hold out fewer$"):
         build(too_many)
+
+
+def test_a_holdout_error_says_why_the_source_has_so_few_valid_rows(tmp_path):
+    """A template with a misspelt placeholder makes every row invalid; with a `holdout` the build then stopped on
+    `holdout: 5 leaves no training rows (the source has 0 valid rows); hold out fewer`, and the 30 invalid rows and
+    their reason were never shown (the error ends the build before they are reported). Now the error gives the
+    counts of rows dropped and the first invalid one."""
+    write_jsonl(tmp_path / "a.jsonl", math_rows(30))
+    recipe = recipe_of(tmp_path, name="h", sources={"a": {"env": "math", "path": "a.jsonl", "size": 20, "holdout": 5,
+                                                          "template": "{qustion} Box it."}})
+    with pytest.raises(DataError) as info:
+        build(recipe)
+    assert str(info.value) == (
+        f"{tmp_path / 'recipe.yaml'}: sources.a.holdout: 5 leaves no training rows (the source has 0 valid rows of 30 "
+        f"read, invalid: 30; the first invalid one: {tmp_path / 'a.jsonl'}:1: field 'qustion': the template's "
+        "{qustion} has no value in this row); hold out fewer, or fix what drops its rows")
 
 
 def test_no_train_row_repeats_a_held_out_question_whatever_the_dedup_mode(tmp_path):

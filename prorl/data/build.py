@@ -95,6 +95,7 @@ def _normalize_source(source: SourceConfig, env: Env, raws: list[RawRow], recipe
                       issues: list[Issue], on_error: str) -> tuple[list[Candidate], list[Candidate]]:
     """Validated rows of one source, split into (training pool, held-out rows)."""
     st.read = len(raws)
+    first_issue = len(issues)
     pool: list[Candidate] = []
     heldout: list[Candidate] = []
     used_ids: set[str] = set()
@@ -113,8 +114,12 @@ def _normalize_source(source: SourceConfig, env: Env, raws: list[RawRow], recipe
         (heldout if raw.holdout else pool).append(cand)
     if source.holdout:
         if source.holdout >= len(pool):
+            # the rows it lost are the likelier mistake (a template's {typo}, a `where` no row matches): say so
+            lost = "".join(f", {k}: {v}" for k, v in sorted(st.dropped.items()))
+            first = f"; the first invalid one: {issues[first_issue]}" if len(issues) > first_issue else ""
             raise DataError(f"{recipe.path or '<recipe>'}: sources.{source.name}.holdout: {source.holdout} leaves no "
-                            f"training rows (the source has {len(pool)} valid rows); hold out fewer")
+                            f"training rows (the source has {len(pool)} valid rows of {st.read} read{lost}{first}); "
+                            f"hold out fewer" + (", or fix what drops its rows" if lost else ""))
         picked = set(random.Random(f"{recipe.seed}:holdout:{source.name}").sample(range(len(pool)), source.holdout))
         heldout.extend(c for i, c in enumerate(pool) if i in picked)
         pool = [c for i, c in enumerate(pool) if i not in picked]
