@@ -302,6 +302,19 @@ def test_file_source_holdout_is_seeded_and_disjoint(tmp_path):
         build(too_many)
 
 
+def test_a_generated_source_with_a_holdout_still_fills_its_size(tmp_path):
+    """`holdout: N` on a generated source: before the fix the source was generated for its size only and N of those
+    rows were then held out, so it came out short and shortfall=scale shrank every source of the mixture with it
+    (here 3 of the 11 rows generated for 10 held out: scale 0.8, 16 rows instead of 20)."""
+    write_jsonl(tmp_path / "a.jsonl", math_rows(30))
+    recipe = recipe_of(tmp_path, name="g", sources={
+        "a": {"env": "math", "path": "a.jsonl", "size": 10},
+        "logic": {"env": "logic", "size": 10, "holdout": 3, "generate": {"tasks": ["chain_sum"], "seed": 1}}})
+    result = build(recipe)
+    assert result.scale == 1.0 and len(result.train) == 20 and len(result.heldout) == 3
+    assert (result.stats["logic"].selected, result.stats["logic"].heldout) == (10, 3)
+
+
 def test_a_holdout_error_says_why_the_source_has_so_few_valid_rows(tmp_path):
     """A template with a misspelt placeholder makes every row invalid; with a `holdout` the build then stopped on
     `holdout: 5 leaves no training rows (the source has 0 valid rows); hold out fewer`, and the 30 invalid rows and

@@ -72,8 +72,8 @@ def is_prose(text: str) -> bool:
 # -- reading ---------------------------------------------------------------------------------------------------
 def _raw_rows(source: SourceConfig, files: list[str] | None, stats: SourceStats, size: int,
               log: Callable[..., None]) -> list[RawRow]:
-    if files is None:
-        rows, label = generated_rows(source, size, log)
+    if files is None:  # made with its `holdout` on top: holding rows out must not leave it short of `size`
+        rows, label = generated_rows(source, size + source.holdout, log)
         stats.files = [label]
         return rows
     stats.files = files

@@ -82,7 +82,8 @@ class SourceConfig:
     size: int | None = field(default=None, metadata={"help": "rows of this source in the mixture"})
     weight: float | None = field(default=None, metadata={"help": "share of `total` (used when size is unset)"})
     holdout: int = field(default=0, metadata={
-        "help": "rows of a file source kept out of training at random (seeded), saved in the held-out split"})
+        "help": "rows kept out of training at random (seeded), saved in the held-out split; a generated source is "
+                "made with them on top of its size (`generate.holdout_per_task` holds out the first of each task)"})
     metadata: dict[str, Any] = field(default_factory=dict, metadata={"help": "constant metadata added to each row"})
 
 
