@@ -40,6 +40,29 @@ def test_a_missing_file_in_a_later_source_fails_before_generating_the_earlier_on
     assert not any("generating" in m for m in info.value.logged), info.value.logged
 
 
+def test_every_missing_file_is_named_in_one_error_and_an_unset_variable_once(tmp_path, monkeypatch):
+    """Before the fix the build stopped at the first source without its file: with prorl-mix.yaml and only
+    deepscaler.json downloaded, a user learnt of the missing code, stem and ifeval files one build at a time."""
+    recipe = recipe_of(tmp_path, {"logic": GENERATED, "math": {"env": "math", "path": "nope.jsonl", "size": 3},
+                                  "code": {"env": "code", "path": "${DATA_FOR_TEST}/c.parquet", "size": 3},
+                                  "stem": {"env": "stem", "path": "${DATA_FOR_TEST}/s.jsonl", "size": 3}})
+    monkeypatch.setenv("DATA_FOR_TEST", str(tmp_path / "data"))
+    with pytest.raises(RecipeError) as info:
+        build_logging(recipe)
+    lines = str(info.value).splitlines()  # in the recipe's order (recipe_of writes the sources sorted)
+    assert [line.split(": ")[1] for line in lines] == ["sources.code.path", "sources.math.path", "sources.stem.path"]
+    assert lines[0].startswith(f"{tmp_path / 'recipe.yaml'}: sources.code.path: no file matches")
+    assert all(line.startswith(f"also {tmp_path / 'recipe.yaml'}: ") and "no file matches" in line
+               for line in lines[1:])
+    assert not any("generating" in m or "reading" in m for m in info.value.logged), info.value.logged
+    monkeypatch.delenv("DATA_FOR_TEST")  # one export fixes both: said once
+    with pytest.raises(RecipeError) as info:
+        build_logging(recipe)
+    lines = str(info.value).splitlines()
+    assert [line.split(": ")[1] for line in lines] == ["sources.code.path", "sources.math.path"], lines
+    assert "uses ${DATA_FOR_TEST}, which is not set: export DATA_FOR_TEST=DIR" in lines[0]
+
+
 def test_an_unknown_task_in_a_later_source_fails_before_reading_and_names_the_field(tmp_path):
     (tmp_path / "m.jsonl").write_bytes(b"\n".join(math_lines(3)) + b"\n")
     recipe = recipe_of(tmp_path, {"math": {"env": "math", "path": "m.jsonl", "size": 3},

@@ -150,8 +150,17 @@ def build(recipe: Recipe, out_dir: str | Path | None = None, *, sample_data: boo
     # Whatever can fail without reading (env ids, files, generators) fails before anything is read or generated;
     # file sources (where a bad row may stop the build) are read before the slower generated ones.
     envs = {s.name: _make_env(s, recipe) for s in recipe.sources}
-    files = {s.name: None if s.generate is not None and not (sample_data and s.sample)
-             else source_files(s, recipe, sample_data, root) for s in recipe.sources}
+    files, missing = {}, []
+    for s in recipe.sources:  # every source's files, so that one error lists all that are missing, not the first
+        try:
+            files[s.name] = None if s.generate is not None and not (sample_data and s.sample) \
+                else source_files(s, recipe, sample_data, root)
+        except RecipeError as exc:
+            unset = getattr(exc, "variable", None)
+            if unset is None or not any(f"uses ${{{unset}}}, which is not set" in m for m in missing):
+                missing.append(str(exc))
+    if missing:
+        raise RecipeError(missing[0] + "".join(f"\nalso {m}" for m in missing[1:]))
     for s in [s for s in recipe.sources if files[s.name] is None]:
         check_generator(s.generate, f"{recipe.path or '<recipe>'}: sources.{s.name}.generate", envs[s.name])
     held_by_source: dict[str, list[Candidate]] = {}

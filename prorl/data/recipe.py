@@ -369,8 +369,10 @@ def expand_path(pattern: str, base_dir: Path, where: str) -> str:
     names = [a or b for a, b in re.findall(r"\$\{(\w+)\}|\$(\w+)", pattern)]
     missing = [n for n in names if n not in os.environ]
     if missing:
-        raise RecipeError(f"{where}: {pattern!r} uses ${{{missing[0]}}}, which is not set: export {missing[0]}=DIR "
-                          f"(the folder where you put the public files), set the path with --set, or build from "
-                          f"the bundled samples with --sample-data")
+        error = RecipeError(f"{where}: {pattern!r} uses ${{{missing[0]}}}, which is not set: export {missing[0]}=DIR "
+                            f"(the folder where you put the public files), set the path with --set, or build from "
+                            f"the bundled samples with --sample-data")
+        error.variable = missing[0]  # one export fixes every path that uses it: the build reports it once
+        raise error
     expanded = os.path.expanduser(os.path.expandvars(pattern))
     return expanded if os.path.isabs(expanded) else str(base_dir / expanded)
