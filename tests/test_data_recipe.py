@@ -250,3 +250,23 @@ def test_reasoning_gym_rows_must_name_their_task():
     with pytest.raises(FieldError) as info:
         reasoning_gym({"question": "q", "answer": "1", "metadata": {}})
     assert info.value.field == "metadata.source_dataset"
+
+
+def test_an_unquoted_template_placeholder_gets_a_hint_to_quote_it(tmp_path):
+    """`template: {question}` (or `--set sources.a.template={question} ...`) is YAML's flow mapping, not text.
+    Before the fix the errors were `must be a non-empty string, got {'question': None}` and `the value is not valid
+    YAML: expected '<document start>'`, with no word of quoting."""
+    path = tmp_path / "r.yaml"
+    path.write_text("name: r\nsources:\n  a: {env: math, path: a.jsonl, size: 5, template: {question}}\n")
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path)
+    assert str(info.value) == (f"{path}: sources.a.template: must be a non-empty string, got {{'question': None}} "
+                               "(YAML reads an unquoted {question} as a mapping: quote the text, e.g. "
+                               "\"{question} ...\")")
+    path.write_text("name: r\nsources:\n  a: {env: math, path: a.jsonl, size: 5}\n")
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path, ["sources.a.template={question} Box it."])
+    assert str(info.value).startswith(f"{path}: --set 'sources.a.template={{question}} Box it.': the value is not "
+                                      "valid YAML (for text that starts with {, quote it: --set "
+                                      "'sources.a.template=\"...\"'): ")
+    assert load_recipe(path, ['sources.a.template="{question} Box it."']).source("a").template == "{question} Box it."

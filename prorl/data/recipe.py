@@ -168,7 +168,10 @@ def _str(value, where: str, fail, allow_none: bool = True) -> str | None:
     if value is None and allow_none:
         return None
     if not isinstance(value, str) or not value.strip():
-        fail(where, f"must be a non-empty string, got {value!r}")
+        braces = isinstance(value, dict) and value and all(v is None for v in value.values())  # `{question}` unquoted
+        fail(where, f"must be a non-empty string, got {value!r}" + (
+            f" (YAML reads an unquoted {{{next(iter(value))}}} as a mapping: quote the text, e.g. "
+            f"\"{{{next(iter(value))}}} ...\")" if braces else ""))
     return value
 
 
@@ -329,7 +332,12 @@ def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> dict:
         try:
             parsed = load_yaml(value) if value.strip() else None
         except yaml.YAMLError as exc:
-            raise RecipeError(f"--set {item!r}: the value is not valid YAML: {exc}") from None
+            # a template's `{question} ...`: YAML's flow mapping followed by text, a syntax error
+            quote = value.lstrip()[:1] in ("{", "[") and isinstance(exc, (yaml.parser.ParserError,
+                                                                          yaml.scanner.ScannerError))
+            raise RecipeError(f"--set {item!r}: the value is not valid YAML" + (
+                f" (for text that starts with {value.lstrip()[0]}, quote it: --set '{key.strip()}=\"...\"')"
+                if quote else "") + f": {exc}") from None
         if parsed is None and parts[:-1] == ["sources"] and parts[-1] not in node:  # else a typo leaves it in
             raise _unknown_source(item, parts[-1], [str(k) for k in node], " to leave out")
         if len(parts) >= 2 and parts[0] == "sources" and parts[1] not in known:
