@@ -120,6 +120,16 @@ def test_cli_prints_bad_rows_and_fails_on_request(tmp_path, capsys):
     assert "bad.jsonl:3" in capsys.readouterr().err
 
 
+def test_cli_names_the_output_folder_it_cannot_make(tmp_path, capsys):
+    """Before the fix `-o` naming a file printed `error: [Errno 17] File exists: '...'`, not saying it was -o."""
+    bad_recipe(tmp_path)
+    (tmp_path / "afile").write_text("")
+    for out, why in (("afile", "File exists"), ("afile/sub", "Not a directory")):
+        assert cli_main(["data", "build", str(tmp_path / "recipe.yaml"), "-o", str(tmp_path / out), "-q"]) == 2
+        assert capsys.readouterr().err.strip() == (f"error: -o {tmp_path / out}: cannot make the output folder "
+                                                   f"there: {why}")
+
+
 def test_root_and_set_point_sources_elsewhere(tmp_path):
     data = tmp_path / "data"
     data.mkdir()

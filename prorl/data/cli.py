@@ -100,7 +100,10 @@ def run(args: argparse.Namespace, name: str) -> int:
     try:
         recipe = load_recipe(args.recipe, args.overrides)
         difficulty, bar = _difficulty(args, console) if args.filter_model else (None, None)
-        Path(args.output).mkdir(parents=True, exist_ok=True)  # an unusable output folder fails before the work
+        try:  # an unusable output folder fails before the work
+            Path(args.output).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OSError(f"-o {args.output}: cannot make the output folder there: {exc.strerror}") from None
         with console.status("building", spinner="dots") as status:
 
             def log(msg: str, transient: bool = False) -> None:
