@@ -130,6 +130,19 @@ def test_cli_names_the_output_folder_it_cannot_make(tmp_path, capsys):
                                                    f"there: {why}")
 
 
+def test_cli_says_when_a_where_filter_selects_no_row(tmp_path, capsys):
+    """Pointing prorl-mix.yaml's code source at another file (`--set sources.code.path=mbpp.jsonl`) keeps its
+    `where: {ability: code}`, which no MBPP row has. Before the fix the error said only `not_selected: 974`."""
+    write_jsonl(tmp_path / "m.jsonl", math_rows(4))
+    (tmp_path / "r.yaml").write_text(json.dumps({"name": "r", "sources": {
+        "m": {"env": "math", "path": "m.jsonl", "size": 2, "where": {"ability": "math"}}}}))
+    assert cli_main(["data", "build", str(tmp_path / "r.yaml"), "-o", str(tmp_path / "out"), "-q"]) == 2
+    assert ("sources.m has no usable row (4 read, not_selected: 4): its `where` {'ability': 'math'} selects none of "
+            "them (--set sources.m.where=null to read every row)") in capsys.readouterr().err
+    assert cli_main(["data", "build", str(tmp_path / "r.yaml"), "-o", str(tmp_path / "out"), "-q", "--set",
+                     "sources.m.where=null"]) == 0
+
+
 def test_root_and_set_point_sources_elsewhere(tmp_path):
     data = tmp_path / "data"
     data.mkdir()

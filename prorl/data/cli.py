@@ -137,7 +137,10 @@ def run(args: argparse.Namespace, name: str) -> int:
         dropped = ", ".join(f"{k}: {v}" for k, v in sorted(card_dict(result)["dropped"].items())) or "none"
         empty = [s for s in result.stats.values() if s.available == 0 and s.needed != 0]  # not: none generated
         why = "".join(f"; sources.{s.name} has no usable row ({s.read} read"
-                      + "".join(f", {k}: {v}" for k, v in sorted(s.dropped.items())) + ")" for s in empty)
+                      + "".join(f", {k}: {v}" for k, v in sorted(s.dropped.items())) + ")"
+                      + (f": its `where` {result.recipe.source(s.name).where} selects none of them (--set "
+                         f"sources.{s.name}.where=null to read every row)" if s.dropped.get("not_selected") == s.read
+                         else "") for s in empty)
         if empty and result.recipe.shortfall == "scale" and len(empty) < len(result.stats):
             why += " and shortfall=scale scales every source down with it (fix or remove it)"
         err.print(f"[bold red]error:[/] no training rows in the mixture (rows dropped: {dropped}){why}; see "
