@@ -273,7 +273,8 @@ def test_a_source_with_no_usable_row_is_named_when_it_empties_the_mixture(tmp_pa
     assert cli_main(["data", "build", str(tmp_path / "recipe.yaml"), "-o", str(tmp_path / "out"), "-q"]) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert ("no training rows in the mixture (rows dropped: not_selected: 3); sources.code has no usable row (3 read, "
-            "not_selected: 3) and shortfall=scale scales every source down with it") in err, err
+            "not_selected: 3): its `where` {'ability': 'code'} selects none of them (--set sources.code.where=null to "
+            "read every row) and shortfall=scale scales every source down with it") in err, err
     card = json.loads((tmp_path / "out" / "card.json").read_text())
     assert card["dropped"] == {"not_selected": 3} == card["sources"]["code"]["dropped"]
     assert card["sources"]["math"]["available"] == 4 and card["rows"]["train"] == 0
