@@ -388,6 +388,51 @@ def test_env_defined_in_a_user_script_scores_in_workers(tmp_path):
     assert out.stdout.strip().splitlines()[-1] == "['ok', 'wrong']"
 
 
+_ECHO_MODULE = (
+    "import prorl\n"
+    "class Echo(prorl.Env):\n"
+    "    def task_from_dict(self, row):\n"
+    "        return prorl.Task(id='t', env=self.id, prompt=[], reference={'word': row['word']})\n"
+    "    def verify(self, answer, task):\n"
+    "        return prorl.Score.graded(float(answer.strip() == task.reference['word']))\n"
+)
+
+
+def _score_after_chdir(tmp_path, before: str = "") -> list:
+    """`python -c` (sys.path[0] == '') run in tmp_path/proj: import the env module written there, chdir away, then
+    score two samples in a worker; returns [(status, details.error)]."""
+    import json
+    import subprocess
+
+    proj, elsewhere = tmp_path / "proj", tmp_path / "elsewhere"
+    proj.mkdir()
+    elsewhere.mkdir()
+    (proj / "my_chdir_env.py").write_text(_ECHO_MODULE)
+    code = ("import json, os, my_chdir_env\n" + before
+            + f"os.chdir({str(elsewhere)!r})\n"
+            "scores = my_chdir_env.Echo().score_batch(['hi', 'ho'], [{'word': 'hi'}] * 2, workers=1, timeout_s=30)\n"
+            "print(json.dumps([[s.status, s.details.get('error')] for s in scores]))\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=proj, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_an_env_module_imported_from_the_cwd_scores_in_workers_after_a_chdir(tmp_path):
+    """Before: in `python -c` or a notebook ('' on sys.path), an os.chdir between `import my_env` and the first
+    score_batch left the workers unable to import the env's module: `infra_error ModuleNotFoundError` for every
+    sample. The workers now get the folder the module was imported from."""
+    assert _score_after_chdir(tmp_path) == [["ok", None], ["wrong", None]]
+
+
+def test_an_env_the_workers_cannot_load_names_why_on_every_sample(tmp_path):
+    """The module is gone by the time the worker imports it: each sample says so, not the first only (before: the
+    second, sent without the env, was `KeyError('<cache key>')` from the worker's cache)."""
+    gone = "os.remove(my_chdir_env.__file__)\n"
+    results = _score_after_chdir(tmp_path, before=gone)
+    assert [r[0] for r in results] == ["infra_error"] * 2, results
+    assert all("could not load the environment" in r[1] and "my_chdir_env" in r[1] for r in results), results
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux only")
 def test_workers_inside_a_hung_verifier_die_with_a_killed_caller(tmp_path):
     """Before: a SIGTERM or SIGKILL of the scoring process (`prorl score` stopped with `kill`, a preempted training

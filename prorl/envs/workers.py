@@ -83,11 +83,17 @@ def _worker_main(rfd: int, wfd: int, parent_pid: int = 0) -> None:
         key, blob, completion, task = msg
         try:
             if blob is not None:
-                # The parent's sys.path when the env was first sent: a plugin installed or put on the path
-                # after this worker started must still be importable here.
+                # The parent's import path when the env was sent (see _import_path): a plugin installed or put on
+                # the path after this worker started, a module imported from an earlier current directory, must
+                # still be importable here.
                 paths, env_blob = pickle.loads(blob)
                 sys.path.extend(p for p in paths if p not in sys.path)
-                _remember(envs, key, pickle.loads(env_blob))
+                try:
+                    env = pickle.loads(env_blob)
+                except Exception as exc:  # kept: the next samples of this env (sent without it) fail the same way
+                    env = _Unloadable(f"the scoring worker could not load the environment: {exc!r}",
+                                      traceback.format_exc(limit=4))
+                _remember(envs, key, env)
             else:
                 _remember(envs, key, envs[key])
             score = envs[key].score(completion, task)
@@ -102,6 +108,17 @@ def _worker_main(rfd: int, wfd: int, parent_pid: int = 0) -> None:
                 conn_out.send(Score(score.reward, score.status, _picklable_details(score.details)))
         except (BrokenPipeError, OSError):
             return
+
+
+class _Unloadable:
+    """In a worker's cache, an environment whose pickle did not load: each of its samples is an infra_error saying
+    why (not a KeyError of the cache for the samples sent after the first)."""
+
+    def __init__(self, error: str, tb: str):
+        self.error, self.tb = error, tb
+
+    def score(self, completion, task) -> Score:
+        return Score(0.0, "infra_error", {"error": self.error, "traceback": self.tb})
 
 
 def _picklable_details(details) -> dict:
@@ -243,13 +260,36 @@ def close_pools() -> None:
     _POOLS.clear()
 
 
+def _import_path() -> list[str]:
+    """The parent's sys.path, and after it the folder each top-level module was imported from where that folder is
+    not on it: the current directory of the time, for a module found through '' (`python -c`, a notebook, the REPL).
+    '' means the current directory at each import, so the folder is read from the module's own spec, not from the
+    current directory at `import prorl`, at `register` or now: an `os.chdir` (a notebook's `%cd`) after
+    `import my_env` would otherwise leave the workers, which import the env's module by name, with
+    ModuleNotFoundError for every sample."""
+    on_path = {os.path.abspath(p) for p in sys.path if p}
+    roots: list[str] = []
+    for module in list(sys.modules.values()):
+        spec = getattr(module, "__spec__", None)
+        if spec is None or "." in (spec.name or "."):
+            continue
+        if spec.submodule_search_locations is not None:  # a package (a namespace package included)
+            found = [os.path.dirname(os.path.normpath(p)) for p in spec.submodule_search_locations]
+        elif spec.has_location and isinstance(spec.origin, str):
+            found = [os.path.dirname(spec.origin)]
+        else:  # built-in, frozen
+            continue
+        roots.extend(p for p in found if os.path.isabs(p) and p not in on_path and p not in roots)
+    return list(sys.path) + roots
+
+
 def _env_blob(env: Env) -> tuple[str | None, bytes | None]:
     """(content key, pickled env), or (None, None) if it cannot be pickled. Pickled on every call (an env is a few
     KB unless it holds a dataset): workers score the env as it is now, not as it was when first sent."""
     try:
         # cloudpickle pickles importable classes by reference and classes of the caller's `__main__` (a user's
         # training script) by value, so those score in workers too.
-        blob = pickle.dumps((list(sys.path), cloudpickle.dumps(env)))
+        blob = pickle.dumps((_import_path(), cloudpickle.dumps(env)))
     except Exception as exc:
         if env not in _UNPICKLABLE:
             _UNPICKLABLE.add(env)
