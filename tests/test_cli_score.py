@@ -363,14 +363,22 @@ def test_an_unknown_env_flag_is_one_error_before_the_output_is_touched(tmp_path,
 
 def test_a_verifier_that_raises_is_explained_under_the_table(tmp_path, capsys):
     """A custom env whose verify raises scores every such line `infra_error`. Before: the table counted them and
-    nothing said why (the error only in each output line's details), exit status 0."""
+    nothing said why (the error only in each output line's details), exit status 0, as for a clean run: a pipeline
+    `prorl score ... && next` went on with lines that have no verdict. Now exit status 1 and a line to rerun with
+    --resume (which scores those lines again: here, once the verifier is fixed, they score and the exit is 0)."""
     register("test/echo-cli", "_envs_for_tests:EchoEnv", override=True)
     rows = [{"env": "test/echo-cli", "q": "say 1", "answer": "1", "completion": c} for c in ("1", "RAISE", "RAISE")]
     inp = write_lines(tmp_path / "in.jsonl", rows)
+    out = tmp_path / "out.jsonl"
     for workers in ("0", "2"):
-        assert main(["score", str(inp), "-o", str(tmp_path / "out.jsonl"), "--workers", workers]) == 0
+        assert main(["score", str(inp), "-o", str(out), "--workers", workers]) == 1
         err = " ".join(capsys.readouterr().err.split())
         assert "test/echo-cli: 2 infra_error(s); the first, input line 2: RuntimeError('verifier bug')" in err
+        assert "2 line(s) ended infra_error, with no verdict on their completion: fix the cause above, then rerun " \
+               "with --resume to score them again" in err and "malformed" not in err
+    register("test/echo-cli", "_envs_for_tests:HalfCreditEcho", override=True)  # a verifier that does not raise
+    assert main(["score", str(inp), "-o", str(out), "--workers", "0", "--resume"]) == 0
+    assert [r["status"] for r in read_rows(out)] == ["ok", "wrong", "wrong"]
 
 
 def test_a_task_from_dict_that_hangs_is_one_bad_line_not_a_silent_stall(tmp_path, capsys):

@@ -11,8 +11,11 @@ the new record is appended, then takes the old one's place when the run ends, so
 A malformed line is reported with its line number and skipped; the others still score (exit status 1): among them a
 line whose task the environment's `task_from_dict` does not build within the timeout (it runs in this process, not a
 worker). An input with no line to score (empty or blank) is an error too (exit status 1), and OUT is not touched; so
-is an unknown `--env` (exit status 2). Under the table, each env with `infra_error` lines (a verifier that raised)
-quotes the first one's error.
+is an unknown `--env` (exit status 2). A line that ended `infra_error` (a verifier that raised, a sandbox down, a
+scoring worker that died: the scorer failed, not the completion) makes the exit status 1 too: under the table each
+env with such lines quotes the first one's error, and a last line counts them and says to rerun with `--resume`. A
+`timeout` does not: it is the verdict of the budget chosen (`--timeout`, else the env's own), which a LaTeX bomb meets
+again on every run; it is counted in the table, and `--resume` scores it again (with a longer `--timeout`, say).
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--env", default=None, help="environment id for every line (else each line's 'env')")
     parser.add_argument("--workers", type=int, default=None, help="scoring processes (default: CPU count)")
     parser.add_argument("--resume", action="store_true", help="keep OUT and skip the input lines already in it, "
-                        "except those whose result was timeout or infra_error: they are scored again")
+                        "except those whose result was timeout or infra_error: they are scored again (a line that ended "
+                        "infra_error makes the exit status 1, as a malformed line does; a timeout does not)")
     parser.add_argument("--timeout", type=float, default=None, help="per-sample timeout in seconds "
                         "of a verifier (default: each environment's own); a sample past it is reported as timeout (a "
                         "line whose task_from_dict runs past it, as a malformed line). "
@@ -318,12 +322,15 @@ def score_command(args: argparse.Namespace) -> int:
         out_console.print(line)
     for line in summary.infra_error_lines():
         err.print(line, style="yellow", highlight=False, soft_wrap=True)
+    infra_errors = sum(counts["infra_error"] for counts in summary.status.values())
     if done:
         out_console.print(f"resumed: {len(done)} lines were already in {args.output}")
     if rescored:
         out_console.print(f"re-scored: {rescored} lines whose earlier result was {' or '.join(UNSCORED_STATUSES)}")
+    if infra_errors:  # the scorer failed on them (not a verdict on the completion): not a clean run
+        err.print(f"[red]{infra_errors} line(s) ended infra_error, with no verdict on their completion: fix the cause "
+                  f"above, then rerun with --resume to score them again", highlight=False, soft_wrap=True)
     if bad:
         err.print(f"[red]{len(bad)} malformed line(s) skipped: {', '.join(map(str, bad[:20]))}"
                   + (" ..." if len(bad) > 20 else ""))
-        return 1
-    return 0
+    return 1 if bad or infra_errors else 0
