@@ -39,8 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--env", default=None, help="environment id for every line (else each line's 'env')")
     parser.add_argument("--workers", type=int, default=None, help="scoring processes (default: CPU count)")
     parser.add_argument("--resume", action="store_true", help="keep OUT and skip the input lines already in it, "
-                        "except those whose result was timeout or infra_error: they are scored again (a line that ended "
-                        "infra_error makes the exit status 1, as a malformed line does; a timeout does not)")
+                        "except those whose result was timeout or infra_error: they are scored again (a line that "
+                        "ended infra_error makes the exit status 1, as a malformed line does; a timeout does not)")
     parser.add_argument("--timeout", type=float, default=None, help="per-sample timeout in seconds "
                         "of a verifier (default: each environment's own); a sample past it is reported as timeout (a "
                         "line whose task_from_dict runs past it, as a malformed line). "
