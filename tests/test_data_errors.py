@@ -226,6 +226,41 @@ def test_a_task_from_dict_that_raises_anything_is_a_bad_row_named_by_file_and_li
                                             "AttributeError(")
 
 
+@pytest.mark.parametrize("question_field", ["q", "question"])
+def test_a_task_from_dict_that_returns_no_task_is_a_bad_row_naming_the_env(tmp_path, question_field):
+    """Before: the build called task_from_dict itself, and a dict returned for a Task stopped it with a traceback
+    (`AttributeError: 'dict' object has no attribute 'prompt'` or `'reference'`), naming no env, file or line."""
+    from prorl.envs import register
+
+    register("test/data-dict", "_envs_for_tests:DictTaskEcho", override=True)
+    rows = [{"q": f"say {i}", question_field: f"say {i}", "answer": str(i)} for i in range(2)]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    recipe = recipe_of(tmp_path, {"s": {"env": "test/data-dict", "path": "d.jsonl", "size": 2}})
+    with pytest.raises(DataError) as err:
+        build(recipe, on_error="fail")
+    assert str(err.value).startswith(f"{tmp_path / 'd.jsonl'}:1: test/data-dict rejected the row: DictTaskEcho."
+                                     "task_from_dict returned dict, not a Task (e.g. prorl.Task(")
+
+
+def test_a_task_from_dict_that_hangs_is_a_bad_row_not_a_stalled_build(tmp_path):
+    """Before: a custom env's task_from_dict that never returned on a row stalled `prorl data build` for ever, without
+    a word. Now the env's timeout_s (1 s here) stops it: that row is reported by file:line, the others are kept."""
+    import time
+
+    from prorl.envs import register
+
+    register("test/data-hang", "_envs_for_tests:HangingTaskEcho", override=True)
+    rows = [{"q": q, "answer": "1"} for q in ("say 1", "HANG", "say 2")]
+    (tmp_path / "h.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    recipe = recipe_of(tmp_path, {"s": {"env": "test/data-hang", "path": "h.jsonl", "size": 2}})
+    t0 = time.monotonic()
+    result = build(recipe)
+    assert time.monotonic() - t0 < 30
+    assert len(result.train) == 2 and [str(i) for i in result.issues] == [
+        f"{tmp_path / 'h.jsonl'}:2: test/data-hang rejected the row: HangingTaskEcho.task_from_dict did not return "
+        "within 1 s"]
+
+
 def test_a_humaneval_row_without_a_usable_entry_point_is_a_bad_row_naming_the_field(tmp_path):
     """The test of a HumanEval row calls check(<entry_point>). Before the fix a null, missing, empty or non-string
     entry point was kept (a row without one was 'no known code task format', naming no field), and every completion

@@ -1,9 +1,10 @@
 """One raw row of a source -> one schema row of the mixture (the schema: see prorl.data.build).
 
 `normalize_row` applies the source's column renames and adapter, lets the source's environment read the row as a
-task, builds the chat prompt (the environment's own, or the recipe's template and system prompt) and checks that
-what the trainer and `prorl eval` will read is well formed: chat messages ending with a user message, and a
-reference and metadata that survive a JSON round trip. A bad row raises `FieldError` naming the field; the
+task (`task_from_dict`, checked to return a Task within the env's `timeout_s`), builds the chat prompt (the
+environment's own, or the recipe's template and system prompt) and checks that what the trainer and `prorl eval` will
+read is well formed: chat messages ending with a user message, and a reference and metadata that survive a JSON round
+trip. A bad row raises `FieldError` naming the field; the
 builder reports it with the row's file:line.
 """
 
@@ -18,7 +19,7 @@ from prorl.data.adapters import ADAPTERS, FieldError, get_dotted
 from prorl.data.recipe import SourceConfig
 from prorl.data.sources import RawRow
 from prorl.envs import Env, Task
-from prorl.envs.base import missing_field
+from prorl.envs.base import as_task_within, missing_field, task_error
 
 ROLES = ("system", "user", "assistant")
 QUESTION_FIELDS = ("question", "problem", "prompt")
@@ -89,15 +90,13 @@ def normalize_row(raw: RawRow, source: SourceConfig, env: Env) -> Candidate:
             raise FieldError(column, "missing")
     if source.adapter:
         data = ADAPTERS[source.adapter](data)
-    try:
-        task = env.task_from_dict(data)
+    try:  # checked to be a Task, and stopped after the env's timeout_s: a hang there would stall the build silently
+        task = as_task_within(env, data, env.timeout_s, public=True)
     except KeyError as exc:
         name = missing_field(exc)
         raise FieldError(name, "missing" if name else str(exc.args[0] if exc.args else exc)) from None
-    except (ValueError, TypeError) as exc:
-        raise FieldError(None, f"{source.env} rejected the row: {exc}") from None
     except Exception as exc:  # any other error of the environment's task_from_dict: this row, not the build
-        raise FieldError(None, f"{source.env} rejected the row: {exc!r}") from None
+        raise FieldError(None, f"{source.env} rejected the row{task_error(exc)}") from None
     question = _question_text(data, source, task)
     prompt = task.prompt
     if source.template:
