@@ -337,3 +337,73 @@ def test_a_generated_source_left_no_row_to_make_is_not_blamed_for_an_empty_mixtu
     assert "sources.math has no usable row (1 read, invalid: 1) and shortfall=scale" in err and "sources.logic" \
         not in err, err
     assert json.loads((tmp_path / "out" / "card.json").read_text())["sources"]["logic"]["read"] == 0
+
+
+def _folder(path: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(path.iterdir())}
+
+
+def test_a_build_that_fails_early_leaves_no_output_folder(tmp_path, capsys):
+    """Before the fix a build stopped by a missing file left an empty -o folder (and the folders above it) behind."""
+    recipe_of(tmp_path, {"math": {"env": "math", "path": "missing.jsonl", "size": 3}})
+    out = tmp_path / "runs" / "data" / "out"
+    assert cli_main(["data", "build", str(tmp_path / "recipe.yaml"), "-o", str(out), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "sources.math.path: no file matches" in err and "previous build" not in err, err
+    assert not (tmp_path / "runs").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["recipe.yaml"]  # no staging folder either
+
+
+def test_a_failed_rebuild_leaves_the_previous_build_whole_and_says_so(tmp_path, capsys):
+    """Before the fix a rebuild that failed printed only its error: the folder's train.parquet and card.* were the
+    previous build's, with nothing saying so."""
+    (tmp_path / "m.jsonl").write_bytes(b"\n".join(math_lines(4)) + b"\n")
+    recipe_of(tmp_path, {"math": {"env": "math", "path": "m.jsonl", "size": 3, "holdout": 1}})
+    out = tmp_path / "out"
+    argv = ["data", "build", str(tmp_path / "recipe.yaml"), "-o", str(out), "-q"]
+    assert cli_main(argv) == 0
+    before = _folder(out)
+    assert set(before) == {"train.parquet", "heldout.parquet", "card.json", "card.md", "dropped.jsonl"}
+    capsys.readouterr()
+    for bad in ("sources.math.path=gone.jsonl", "sources.math.holdout=4"):  # before reading / while building
+        assert cli_main(argv + ["--set", bad]) == 2
+        err = capsys.readouterr().err
+        assert f"\n{out} still holds the previous build, as it was (its card.md says what it was built from)" in err
+        assert _folder(out) == before, bad
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.jsonl", "out", "recipe.yaml"]
+
+
+def test_a_rebuild_that_fails_while_writing_leaves_the_previous_build_whole(tmp_path):
+    """A build that fails while writing its files (here: a file size limit, as a full disk would) used to overwrite
+    the previous train.parquet with a truncated one. Now the files are written beside the folder and moved in only
+    once all are written."""
+    import os
+    import resource
+    import subprocess
+    import sys
+
+    filler = lambda i: " ".join(f"{i * 7919 + j * 104729:x}" for j in range(300))  # noqa: E731 (little to compress)
+    rows = [json.dumps({"problem": f"What is {i} + {i}? {filler(i)}", "answer": str(2 * i)}) for i in range(300)]
+    (tmp_path / "m.jsonl").write_text("\n".join(rows) + "\n")
+    recipe_of(tmp_path, {"math": {"env": "math", "path": "m.jsonl", "size": 2}})
+    out = tmp_path / "out"
+    argv = [sys.executable, "-m", "prorl.cli", "data", "build", str(tmp_path / "recipe.yaml"), "-o", str(out), "-q"]
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "HF_HOME": str(tmp_path / "hf"),
+           "PYTHONPATH": os.pathsep.join(sys.path)}
+    limit = 64 * 1024
+
+    def small_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, preexec_fn=small_files)
+    assert done.returncode == 0, done.stderr
+    before = _folder(out)
+    assert max(len(b) for b in before.values()) < limit
+    done = subprocess.run(argv + ["--set", "sources.math.size=300"], env=env, capture_output=True, text=True,
+                          preexec_fn=small_files)
+    assert done.returncode == 2, done.stderr
+    assert _folder(out) == before
+    assert done.stderr == (f"error: {out}: cannot write the build: File too large\n{out} still holds the previous "
+                           f"build, as it was (its card.md says what it was built from)\n")
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "hf") == ["m.jsonl", "out", "recipe.yaml"]
+    assert len(load_rows(out)) == 2

@@ -294,3 +294,34 @@ def test_cli_progress_names_each_source_it_estimates(models, tmp_path, capsys):
     for b in bars:  # each one complete: N/N sequences, the sequences its source's scan sampled
         done, total = b[-2].split("/")
         assert done == total and int(done) > 0 and int(done) % 4 == 0, b
+
+
+def test_a_failed_filtered_build_keeps_the_previous_build_and_the_pass_rates_for_a_rerun(models, recipe_path,
+                                                                                          tmp_path, capsys):
+    """A build is written into its folder only once complete; the pass rates the filter estimated stay in the folder
+    (appended as they are estimated) whatever happens to the build, and the error says what was kept."""
+    flags = ["--filter-model", models["coin"], "--samples", "8", "--filter-max-new-tokens", "4", "-q"]
+    out = tmp_path / "out"
+    assert cli_main(["data", "build", str(recipe_path), "-o", str(out), *flags]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert len(before["pass_rates.jsonl"].splitlines()) == 6
+    capsys.readouterr()
+    # the filter keeps 3 of the 6 prompts: shortfall=error fails after the filter (every rate reused from the cache)
+    assert cli_main(["data", "build", str(recipe_path), "-o", str(out), "--set", "shortfall=error", *flags]) == 2
+    err = capsys.readouterr().err
+    assert "too few valid rows (echo: 3 of 6) kept by the difficulty filter" in err
+    assert (f"\n{out} still holds the previous build, as it was (its card.md says what it was built from)\nthe pass "
+            f"rates estimated so far are kept in {out / 'pass_rates.jsonl'}: a re-run with the same model and "
+            f"settings reuses them") in err, err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    fresh = tmp_path / "fresh"  # a first build that fails after sampling: only the pass rates are left
+    assert cli_main(["data", "build", str(recipe_path), "-o", str(fresh), "--set", "shortfall=error",
+                     "--filter-model", models["coin"], "--samples", "4", "--filter-max-new-tokens", "4", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "still holds" not in err and f"kept in {fresh / 'pass_rates.jsonl'}" in err, err
+    rates = (fresh / "pass_rates.jsonl").read_text()
+    assert [p.name for p in fresh.iterdir()] == ["pass_rates.jsonl"] and len(rates.splitlines()) == 6
+    assert cli_main(["data", "build", str(recipe_path), "-o", str(fresh), "--filter-model", models["coin"],
+                     "--samples", "4", "--filter-max-new-tokens", "4", "-q"]) == 0
+    assert (fresh / "pass_rates.jsonl").read_text() == rates  # all reused: nothing sampled, nothing appended
+    assert json.loads((fresh / "card.json").read_text())["rows"]["train"] > 0

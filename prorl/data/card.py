@@ -10,13 +10,22 @@ Layout of an output folder:
     dropped.jsonl    every row left out: {"where", "reason", "field", "message"}
     pass_rates.jsonl with --filter-model: the estimated pass rates, reused by a re-run (prorl.data.filter)
 
+`save` writes a build into a hidden folder beside the output folder (`.NAME.building-XXXX`) and only once all of it
+is written moves its files in, each by a rename, the previous build's splits the new one lacks removed: a build that
+fails (a full disk, a crash) leaves the previous build whole and no half-written file. Other files of the folder
+(pass_rates.jsonl, anything of the user's) are left alone.
+
 `load_rows(path, split)` reads such a folder (or a .parquet / .jsonl file of schema rows) back as dicts.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
+import shutil
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -25,6 +34,7 @@ from typing import Any
 from prorl.envs.jsonl import BOM, open_bytes, read_jsonl
 
 JSON_COLUMNS = ("reference", "metadata")
+BUILD_FILES = ("train.parquet", "heldout.parquet", "dropped.jsonl", "card.md", "card.json")  # card.json: the last
 
 
 def features():
@@ -129,14 +139,62 @@ def card_markdown(card: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def save(result, out_dir: Path) -> dict[str, Any]:
-    out_dir.mkdir(parents=True, exist_ok=True)
+def save(result, out_dir: str | Path) -> dict[str, Any]:
+    """Write the build `result` into `out_dir`, replacing a previous build there only once all of it is written
+    (see the module docstring); OSError (out_dir or the disk unusable) leaves `out_dir` as it was."""
+    out_dir = Path(out_dir)
+    stage, made = make_stage(out_dir)
+    try:
+        try:
+            card = _write(result, stage)
+        except OSError as exc:  # a full disk, a file size limit: the file (of the stage) is not the one to name
+            raise OSError(f"{out_dir}: cannot write the build: {exc.strerror or exc}") from exc
+        out_dir.mkdir(exist_ok=True)
+        for name in BUILD_FILES:  # the previous build's splits this one lacks first: none is left beside the new card
+            if not (stage / name).exists() and (out_dir / name).exists():
+                (out_dir / name).unlink()  # a stale split must not be trained on or evaluated by mistake
+        for name in BUILD_FILES:
+            if (stage / name).exists():
+                os.replace(stage / name, out_dir / name)
+        made = []  # out_dir holds the build now: the folders made above it stay
+    finally:
+        discard_stage(stage, made)
+    return card
+
+
+def make_stage(out_dir: Path) -> tuple[Path, list[Path]]:
+    """A new empty hidden folder beside `out_dir` to write a build into, and the folders above `out_dir` it had to
+    make (lowest first) for `discard_stage`. OSError, as `mkdir` gives it, when `out_dir` cannot be a folder."""
+    out_dir = Path(os.path.abspath(out_dir))
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(out_dir))
+    missing = [p for p in out_dir.parents if not p.exists()]
+    above = out_dir.parents[len(missing)]  # the lowest folder above out_dir that exists
+    if not above.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(out_dir))
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.building-", dir=out_dir.parent)), missing
+    except OSError:
+        discard_stage(None, missing)
+        raise
+
+
+def discard_stage(stage: Path | None, made: list[Path]) -> None:
+    """Remove what `make_stage` made: the stage with whatever is in it, then the folders it made, while empty."""
+    if stage is not None:
+        shutil.rmtree(stage, ignore_errors=True)
+    for folder in made:
+        try:
+            folder.rmdir()
+        except OSError:
+            break
+
+
+def _write(result, out_dir: Path) -> dict[str, Any]:
     for split, rows in (("train", result.train), ("heldout", result.heldout)):
-        path = out_dir / f"{split}.parquet"
         if rows:
-            to_dataset(rows).to_parquet(str(path))
-        elif path.exists():
-            path.unlink()  # a stale split from an earlier build must not be trained on or evaluated by mistake
+            to_dataset(rows).to_parquet(str(out_dir / f"{split}.parquet"))
     card = card_dict(result)
     (out_dir / "card.json").write_text(json.dumps(card, indent=2) + "\n")
     (out_dir / "card.md").write_text(card_markdown(card))

@@ -90,9 +90,20 @@ def card_table(card: dict) -> Table:
     return table
 
 
+def _kept(out: Path) -> str:
+    """What a failed build left in its output folder: a build writes nothing there unless it completes."""
+    note = ""
+    if out.is_dir() and (out / "card.json").is_file():
+        note += f"\n{out} still holds the previous build, as it was (its card.md says what it was built from)"
+    if out.is_dir() and (out / "pass_rates.jsonl").is_file():
+        note += (f"\nthe pass rates estimated so far are kept in {out / 'pass_rates.jsonl'}: a re-run with the "
+                 f"same model and settings reuses them")
+    return note
+
+
 def run(args: argparse.Namespace, name: str) -> int:
     from prorl.data.build import DataError, build
-    from prorl.data.card import card_dict
+    from prorl.data.card import card_dict, discard_stage, make_stage
     from prorl.data.recipe import RecipeError, load_recipe
 
     console = Console(stderr=False, quiet=False)
@@ -100,8 +111,8 @@ def run(args: argparse.Namespace, name: str) -> int:
     try:
         recipe = load_recipe(args.recipe, args.overrides)
         difficulty, bar = _difficulty(args, console) if args.filter_model else (None, None)
-        try:  # an unusable output folder fails before the work
-            Path(args.output).mkdir(parents=True, exist_ok=True)
+        try:  # an unusable output folder fails before the work (and nothing is made there until the build is done)
+            discard_stage(*make_stage(Path(args.output)))
         except OSError as exc:
             raise OSError(f"-o {args.output}: cannot make the output folder there: {exc.strerror}") from None
         with console.status("building", spinner="dots") as status:
@@ -124,7 +135,8 @@ def run(args: argparse.Namespace, name: str) -> int:
                 result = build(recipe, args.output, sample_data=args.sample_data, root=args.root,
                                on_error=args.on_error, log=log)
     except (RecipeError, DataError, ValueError, OSError) as exc:
-        err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+        err.print(f"[bold red]error:[/] {exc}{_kept(Path(args.output))}", markup=True, highlight=False,
+                  soft_wrap=True)
         return 2
     invalid = [i for i in result.issues if i.reason == "invalid"]
     for issue in invalid[:10]:
