@@ -176,6 +176,26 @@ def test_the_card_counts_rows_per_env_with_their_share(tmp_path):
                      "| math | 10 | 0.500 | 0.500 | 0 |", "| test/echo | 10 | 0.500 | 0.500 | 2 |"]
 
 
+def test_the_card_has_no_empty_section(tmp_path):
+    """Before the fix a recipe without a description gave card.md three blank lines under its title (the empty
+    description between two), and one built without a file `- recipe: `None` (sha256 ``)`."""
+    from prorl.data import parse_recipe
+
+    write_jsonl(tmp_path / "a.jsonl", math_rows(3))
+    build(recipe_of(tmp_path, name="c", sources={"a": {"env": "math", "path": "a.jsonl", "size": 3}}), tmp_path / "o")
+    text = (tmp_path / "o" / "card.md").read_text()
+    assert text.startswith(f"# c\n\n- recipe: `{tmp_path / 'recipe.yaml'}` (sha256 `"), text
+    assert "\n\n\n" not in text
+    build(recipe_of(tmp_path, name="c", description="Three sums.\n", sources={
+        "a": {"env": "math", "path": "a.jsonl", "size": 3}}), tmp_path / "o")
+    assert (tmp_path / "o" / "card.md").read_text().startswith("# c\n\nThree sums.\n\n- recipe: `")
+    raw = {"name": "c", "sources": {"a": {"env": "math", "path": str(tmp_path / "a.jsonl"), "size": 3}}}
+    build(parse_recipe(raw), tmp_path / "o")
+    text = (tmp_path / "o" / "card.md").read_text()
+    assert text.startswith("# c\n\n- recipe given in code (no file), seed 0,"), text
+    assert "``" not in text and "\n\n\n" not in text
+
+
 def test_parquet_and_json_array_rows_are_located_by_row_number(tmp_path):
     from datasets import Dataset
 

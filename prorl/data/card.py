@@ -98,9 +98,11 @@ def card_dict(result) -> dict[str, Any]:
 
 
 def card_markdown(card: dict[str, Any]) -> str:
-    lines = [f"# {card['name']}", "", card["description"] or "", "",
-             f"- recipe: `{card['recipe']}` (sha256 `{(card['recipe_sha256'] or '')[:12]}`), seed {card['seed']}, "
-             f"dedup `{card['dedup']}`, shortfall `{card['shortfall']}`",
+    description = (card["description"] or "").strip()
+    recipe = (f"recipe: `{card['recipe']}`" if card["recipe"] else "recipe given in code (no file)") + \
+        (f" (sha256 `{card['recipe_sha256'][:12]}`)" if card["recipe_sha256"] else "")
+    lines = [f"# {card['name']}", "", *([description, ""] if description else []),
+             f"- {recipe}, seed {card['seed']}, dedup `{card['dedup']}`, shortfall `{card['shortfall']}`",
              *([f"- overrides: {', '.join(f'`--set {o}`' for o in card['overrides'])}"]
                if card.get("overrides") else []),
              f"- rows: **{card['rows']['train']}** train, {card['rows']['heldout']} held out",
