@@ -98,6 +98,48 @@ def test_recipe_mistakes_are_reported_before_any_work(tmp_path, capsys):
     assert "is a file, not a folder" in capsys.readouterr().err
 
 
+def test_set_errors_name_the_recipe_file_and_the_set(tmp_path, capsys):
+    """Before the fix `prorl demo --set` errors named neither the --set nor, for a bad value, the recipe file:
+    `recipe: rl.max_steps must be an integer, got 'abc'`, `recipe: invalid literal for int() with base 10: 'abc'`,
+    `recipe: too many values to unpack (expected 2)`, `--set 'seed': expected section.key=value`, and
+    `tiny.yaml: rl.output_dir is set by the demo itself; remove it from the recipe` for a --set. As `prorl data
+    build --set` does, they now name the file, the field and the --set."""
+    path = _default_recipe()
+    for sets, message in [
+        (["seed"], "--set 'seed': expected section.key=value"),
+        (["rl.max_steps=abc"], "rl.max_steps must be an integer, got 'abc' (set by --set 'rl.max_steps=abc')"),
+        (["seed=abc"], "seed: must be an integer, got 'abc' (set by --set 'seed=abc')"),
+        (["tasks.count_length=abc"], "tasks.count_length must be [low, high] with 1 <= low <= high, got 'abc' "
+                                     "(set by --set 'tasks.count_length=abc')"),
+        (["tasks.bogus=1"], "tasks.bogus: unknown task setting (known: ['aiw_types', 'count_length', 'list_words']) "
+                            "(set by --set 'tasks.bogus=1')"),
+        (["envs.nope=1"], "envs.nope: no demo task generator for 'nope' (have ['ifeval', 'logic/aiw', 'math']) "
+                          "(set by --set 'envs.nope=1')"),
+        (["rl.output_dir=/tmp/x"], "rl.output_dir: the demo sets it itself; leave that --set out (set by --set "
+                                   "'rl.output_dir=/tmp/x')"),
+        (["rl=3"], "rl: must be a mapping (`key: value` lines), got 3 (set by --set 'rl=3')"),
+        (["rl.max_steps=3", "rl.per_device_train_batch_size=10"],
+         "rl: generation_batch_size (10) must be divisible by num_generations (8)"),
+    ]:
+        with pytest.raises(ValueError) as info:
+            load_recipe(path, sets)
+        assert str(info.value).startswith(f"{path}: {message}"), str(info.value)
+    with pytest.raises(ValueError) as info:  # a field below the section: every --set that changed it
+        load_recipe(path, ["rl.max_steps=3", "rl.per_device_train_batch_size=10"])
+    assert str(info.value).endswith(" (with --set 'rl.max_steps=3', --set 'rl.per_device_train_batch_size=10')")
+    broken = tmp_path / "r.yaml"  # the file's own mistake: no --set named
+    broken.write_text(path.read_text().replace("max_steps: 100", "max_steps: lots"))
+    with pytest.raises(ValueError) as info:
+        load_recipe(broken, ["sft.steps=1"])
+    assert str(info.value) == f"{broken}: rl.max_steps must be an integer, got 'lots'"
+    parser = argparse.ArgumentParser()  # the CLI prints a --set with [brackets] as given (not as rich markup)
+    add_arguments(parser, "demo")
+    assert run(parser.parse_args(["-o", str(tmp_path / "o"), "--set", "tasks.aiw_types=[x]"]), "demo") == 2
+    assert capsys.readouterr().err == (f"error: {path}: tasks.aiw_types must be some of siblings, friends, "
+                                       f"colleagues; got ['x'] (set by --set 'tasks.aiw_types=[x]')\n")
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.slow
 def test_shrunken_demo_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo"

@@ -27,97 +27,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from prorl.yaml_io import load_yaml
+from prorl.demo.recipe import FieldError, RecipeError, _field, check_recipe, load_recipe  # noqa: F401 (API)
 
 log = logging.getLogger("prorl.demo")
 
 DEFAULT_RECIPE = Path(__file__).resolve().parents[2] / "datasets" / "tiny.yaml"
-SECTIONS = {"seed", "model", "tasks", "envs", "sft", "rl", "eval"}
-# RL settings the demo owns (paths, devices, logging): a recipe may not set them.
-_RL_FIXED = {"output_dir", "use_cpu", "bf16", "report_to", "save_strategy", "logging_steps", "disable_tqdm", "seed",
-             "gradient_checkpointing"}
-# Settings of the sections the demo reads itself (the others: TaskConfig, Qwen2Config, ProRLConfig fields).
-_SECTION_KEYS = {"sft": {"teacher_error", "steps", "batch_size", "learning_rate"},
-                 "eval": {"prompts_per_env", "n", "temperature", "top_p", "max_new_tokens"}}
 
 
-class RecipeError(ValueError):
-    """A recipe, override or output folder the demo cannot run with (found before any work)."""
-
-
-# -- recipe --------------------------------------------------------------------------------------------------------
-def load_recipe(path: str | Path, overrides: list[str] = ()) -> dict[str, Any]:
-    """The recipe YAML with `section.key=value` overrides applied (values parsed as YAML)."""
-    path = Path(path)
-    if not path.is_file():
-        raise RecipeError(f"recipe {path} does not exist (the default is datasets/tiny.yaml of the repository; "
-                                f"pass --recipe PATH)")
-    try:
-        recipe = load_yaml(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise RecipeError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(recipe, dict):
-        raise RecipeError(f"{path}: the recipe must be a mapping, got {type(recipe).__name__}")
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise RecipeError(f"--set {item!r}: expected section.key=value")
-        *parents, leaf = key.split(".")
-        node = recipe
-        for part in parents:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise RecipeError(f"--set {item!r}: {part!r} is not a section")
-        try:
-            node[leaf] = load_yaml(value)
-        except yaml.YAMLError as exc:
-            raise RecipeError(f"--set {item!r}: the value is not valid YAML: {exc}") from None
-    unknown = set(recipe) - SECTIONS
-    if unknown:
-        raise RecipeError(f"{path}: unknown recipe section(s) {sorted(unknown)} (known: {sorted(SECTIONS)})")
-    fixed = set(recipe.get("rl") or {}) & _RL_FIXED
-    if fixed:
-        raise RecipeError(f"{path}: rl.{sorted(fixed)[0]} is set by the demo itself; remove it from the recipe")
-    if not isinstance(recipe.get("envs"), dict) or not recipe["envs"]:
-        raise RecipeError(f"{path}: `envs` must list at least one environment with its weight")
-    recipe.setdefault("seed", 0)
-    for section in ("model", "tasks", "sft", "rl", "eval"):
-        recipe[section] = dict(recipe.get(section) or {})
-    for section, known in _SECTION_KEYS.items():
-        unknown = set(recipe[section]) - known
-        if unknown:
-            raise RecipeError(f"{path}: unknown {section} setting(s) {sorted(unknown)} (known: {sorted(known)})")
-    return recipe
-
-
-def check_recipe(recipe: dict[str, Any]) -> None:
-    """Every value of the recipe checked before any work: a typo must not surface after minutes of SFT."""
-    from transformers import Qwen2Config
-
-    from prorl.demo.tasks import GENERATORS, TaskConfig
-
-    for env_id, weight in recipe["envs"].items():
-        if env_id not in GENERATORS:
-            raise ValueError(f"envs: no demo task generator for {env_id!r} (have {sorted(GENERATORS)})")
-        if not float(weight) > 0:
-            raise ValueError(f"envs.{env_id}: the weight must be > 0, got {weight}")
-    TaskConfig(**recipe["tasks"])
-    unknown = sorted(set(recipe["model"]) - set(Qwen2Config().to_dict()))
-    if unknown:
-        raise ValueError(f"unknown model setting(s) {unknown} (use Qwen2Config field names)")
-    int(recipe["seed"])
-    for section in _SECTION_KEYS:  # all numbers
-        for key, value in recipe[section].items():
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"{section}.{key} must be a number, got {value!r}")
-    if not 0.0 <= float(recipe["sft"].get("teacher_error", 0.0)) <= 1.0:
-        raise ValueError(f"sft.teacher_error must be in [0, 1], got {recipe['sft']['teacher_error']}")
-    eval_sampling(recipe, int(recipe["seed"]))
-    rl_config(recipe, "unused")  # ProRLConfig's own checks (unknown fields, batch shapes)
-
-
+# -- recipe (prorl.demo.recipe: load_recipe, check_recipe) ---------------------------------------------------------
 def recipe_hash(recipe: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -164,8 +81,11 @@ def rl_config(recipe: dict[str, Any], output_dir: str | Path):
     types = field_types()
     unknown = sorted(set(recipe["rl"]) - set(types))
     if unknown:
-        raise ValueError(f"rl: unknown ProRLConfig field(s) {unknown}")
-    rl = {key: field_value(f"rl.{key}", value, types[key]) for key, value in recipe["rl"].items()}
+        raise FieldError(f"rl.{unknown[0]}", f"unknown ProRLConfig field(s) {unknown}")
+    rl = {}
+    for key, value in recipe["rl"].items():
+        with _field(f"rl.{key}"):
+            rl[key] = field_value(f"rl.{key}", value, types[key])
     return ProRLConfig(
         output_dir=str(output_dir), use_cpu=True, bf16=False, report_to="none", save_strategy="no",
         logging_steps=1, disable_tqdm=True, seed=int(recipe["seed"]), gradient_checkpointing=False, **rl,
@@ -361,8 +281,9 @@ def run(args: argparse.Namespace, name: str) -> int:
         summary = run_demo(args.output, recipe, threads=args.threads)
     except RecipeError as exc:
         from rich.console import Console
+        from rich.markup import escape
 
-        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        Console(stderr=True).print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return 2
     print_table(summary)
     print(f"wrote {Path(args.output) / 'summary.json'} and {Path(args.output) / 'curves.png'}")

@@ -46,16 +46,18 @@ class TaskConfig:
     list_words: tuple[int, int] = field(default=(2, 5), metadata={"help": "ifeval: how many words to write"})
 
     def __post_init__(self):
-        self.count_length = tuple(self.count_length)
-        self.list_words = tuple(self.list_words)
         self.aiw_types = tuple(self.aiw_types)
         unknown = set(self.aiw_types) - {"siblings", "friends", "colleagues"}
         if not self.aiw_types or unknown:
             raise ValueError(f"tasks.aiw_types must be some of siblings, friends, colleagues; got {list(self.aiw_types)}")
         for name in ("count_length", "list_words"):
-            lo, hi = getattr(self, name)
-            if not 1 <= lo <= hi:
-                raise ValueError(f"tasks.{name} must be [low, high] with 1 <= low <= high, got {[lo, hi]}")
+            pair = getattr(self, name)
+            if not isinstance(pair, (list, tuple)) or len(pair) != 2 \
+                    or not all(isinstance(v, int) and not isinstance(v, bool) for v in pair) \
+                    or not 1 <= pair[0] <= pair[1]:
+                raise ValueError(f"tasks.{name} must be [low, high] with 1 <= low <= high, got "
+                                 f"{list(pair) if isinstance(pair, tuple) else pair!r}")
+            setattr(self, name, tuple(pair))
 
 
 def is_heldout(key: str) -> bool:
