@@ -130,6 +130,16 @@ def test_cli_names_the_output_folder_it_cannot_make(tmp_path, capsys):
                                                    f"there: {why}")
 
 
+def test_cli_prints_a_set_with_brackets_as_given(tmp_path, capsys):
+    """Before the fix the error went through rich markup: `--set sources.a.size=[x]` was named `--set
+    'sources.a.size='` (its `[x]` read as a style tag)."""
+    bad_recipe(tmp_path)
+    argv = ["data", "build", str(tmp_path / "recipe.yaml"), "-o", str(tmp_path / "out"), "-q"]
+    assert cli_main(argv + ["--set", "sources.math.size=[x]"]) == 2
+    assert capsys.readouterr().err.strip().endswith("sources.math.size: must be an integer >= 1, got ['x'] (set by "
+                                                    "--set 'sources.math.size=[x]')")
+
+
 def test_cli_says_when_a_where_filter_selects_no_row(tmp_path, capsys):
     """Pointing prorl-mix.yaml's code source at another file (`--set sources.code.path=mbpp.jsonl`) keeps its
     `where: {ability: code}`, which no MBPP row has. Before the fix the error said only `not_selected: 974`."""

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 
@@ -135,12 +136,12 @@ def run(args: argparse.Namespace, name: str) -> int:
                 result = build(recipe, args.output, sample_data=args.sample_data, root=args.root,
                                on_error=args.on_error, log=log)
     except (RecipeError, DataError, ValueError, OSError) as exc:
-        err.print(f"[bold red]error:[/] {exc}{_kept(Path(args.output))}", markup=True, highlight=False,
-                  soft_wrap=True)
+        err.print(f"[bold red]error:[/] {escape(str(exc) + _kept(Path(args.output)))}", markup=True,
+                  highlight=False, soft_wrap=True)
         return 2
     invalid = [i for i in result.issues if i.reason == "invalid"]
     for issue in invalid[:10]:
-        err.print(f"[yellow]skipped[/] {issue}", markup=True, highlight=False, soft_wrap=True)
+        err.print(f"[yellow]skipped[/] {escape(str(issue))}", markup=True, highlight=False, soft_wrap=True)
     if len(invalid) > 10:
         err.print(f"... and {len(invalid) - 10} more invalid rows (all in {args.output}/dropped.jsonl)")
     if not args.quiet:
@@ -155,8 +156,8 @@ def run(args: argparse.Namespace, name: str) -> int:
                          else "") for s in empty)
         if empty and result.recipe.shortfall == "scale" and len(empty) < len(result.stats):
             why += " and shortfall=scale scales every source down with it (fix or remove it)"
-        err.print(f"[bold red]error:[/] no training rows in the mixture (rows dropped: {dropped}){why}; see "
-                  f"{args.output}/card.md and dropped.jsonl", markup=True, highlight=False, soft_wrap=True)
+        err.print("[bold red]error:[/] " + escape(f"no training rows in the mixture (rows dropped: {dropped}){why}; "
+                                                  f"see {args.output}/card.md and dropped.jsonl"), markup=True, highlight=False, soft_wrap=True)
         return 2
     console.print(f"wrote {args.output}/train.parquet ({len(result.train)} rows)"
                   + (f", heldout.parquet ({len(result.heldout)} rows)" if result.heldout else "")
