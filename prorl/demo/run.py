@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from prorl.demo.recipe import FieldError, RecipeError, _field, check_recipe, load_recipe  # noqa: F401 (API)
+from prorl.demo.recipe import FieldError, RecipeError, _field, check_recipe, load_recipe
 
 log = logging.getLogger("prorl.demo")
 
