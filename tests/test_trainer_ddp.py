@@ -38,11 +38,19 @@ def test_two_process_dynamic_sampling_and_reset(tiny_model, tmp_path, mode):
 
 @pytest.mark.slow
 def test_two_process_restart_stage_goes_on_in_process(tiny_model, tmp_path):
-    """A stage that doubles the rows per process restarts both ranks in process from the reset's checkpoint."""
+    """A stage that doubles the rows per process restarts both ranks in process from the reset's checkpoint, and
+    goes on from the next prompt of the epoch (12 prompts, 2 per step, then 4: the 4 steps train each once, in the
+    sampler's order). Before, the restart skipped prompts 5-8 of the order (Trainer positioned the data by the
+    global step in the new shape)."""
+    import torch
+
     ranks = _two_ranks("ddp-restart", tiny_model, tmp_path)
     for r in ranks:
         assert [len(batch) for batch in r["trained"]] == [4, 4, 8, 8], r["trained"]
         assert r["resets"] == 2 and r["kl"][2] < 1e-6  # step 3: the reference restored is the policy of step 2
+    steps = [dict.fromkeys(ranks[0]["trained"][i] + ranks[1]["trained"][i]) for i in range(4)]  # rank 0's rows first
+    order = torch.randperm(12, generator=torch.Generator().manual_seed(0)).tolist()  # TRL's RepeatSampler, seed 0
+    assert [q for step in steps for q in step] == order
     assert (tmp_path / "run" / "checkpoint-2" / "reference.safetensors").exists()
 
 
@@ -64,11 +72,13 @@ def test_two_process_fillers_update_as_the_kept_rows_of_both_ranks(tiny_model, t
 
 @pytest.mark.slow
 def test_two_process_resume_replays_the_run(tiny_model, tmp_path):
-    """Two ranks, dynamic sampling, a reset with a temperature stage after step 3, one generation per 2 steps:
-    resumed on two ranks from checkpoint-3 (inside a generation buffer, one file per rank), steps 4-6 (refills,
-    the second epoch) and the final weights of both ranks are the uninterrupted run's. Before: the resumed ranks
-    failed to load their buffers (torch.load mapped to accelerate's multi-process CPU device, "cpu:0", a location
-    torch does not know)."""
+    """Two ranks, dynamic sampling, a reset with a temperature stage every 3 steps, one generation per 2 steps, 4
+    steps per epoch: resumed on two ranks from checkpoint-3 (inside a generation buffer, one file per rank) and from
+    checkpoint-6 (inside epoch 1), the later steps (refills, the second epoch) and the final weights of both ranks
+    are the uninterrupted run's. Before: the resumed ranks failed to load their buffers (torch.load mapped to
+    accelerate's multi-process CPU device, "cpu:0", a location torch does not know); and resumed from checkpoint-6
+    they trained steps 7-8 on epoch 0's order (Trainer's set_epoch does not reach the sampler through accelerate's
+    skipping batch sampler of a multi-process run)."""
     import shutil
 
     import torch
@@ -76,14 +86,16 @@ def test_two_process_resume_replays_the_run(tiny_model, tmp_path):
     full = two_ranks("trainer_utils.py", "ddp-resume", tmp_path / "full", tiny_model)
     assert sorted(p.name for p in (tmp_path / "full" / "checkpoint-3").glob("generation_buffer_*.pt")) == [
         "generation_buffer_0.pt", "generation_buffer_1.pt"]
-    shutil.copytree(tmp_path / "full" / "checkpoint-3", tmp_path / "resumed" / "checkpoint-3")
-    resumed = two_ranks("trainer_utils.py", "ddp-resume", tmp_path / "resumed", tiny_model, "--resume")
     rows = full[0]["rows"]
     assert rows["3"]["resets"] == 1 and rows["4"]["reward"] is None  # the reset after step 3; step 4 buffered
     assert rows["5"]["dynamic_sampling/rounds"] > 1  # refills after the resume
-    for rank, (a, b) in enumerate(zip(full, resumed)):
-        assert sorted(b["rows"]) == sorted(a["rows"]) == ["1", "2", "3", "4", "5", "6"]
-        for step in ("4", "5", "6"):
-            assert b["rows"][step] == pytest.approx(a["rows"][step], abs=1e-6, nan_ok=True), (rank, step)
-        weights = [torch.load(tmp_path / run / f"weights{rank}.pt") for run in ("full", "resumed")]
-        assert max((weights[0][n] - weights[1][n]).abs().max().item() for n in weights[0]) <= 1e-6, rank
+    for at in (3, 6):
+        shutil.copytree(tmp_path / "full" / f"checkpoint-{at}", tmp_path / f"resumed{at}" / f"checkpoint-{at}")
+        resumed = two_ranks("trainer_utils.py", "ddp-resume", tmp_path / f"resumed{at}", tiny_model, "--resume")
+        for rank, (a, b) in enumerate(zip(full, resumed)):
+            assert sorted(b["rows"]) == sorted(a["rows"]) == [str(step) for step in range(1, 9)]
+            for step in range(at + 1, 9):
+                want = pytest.approx(a["rows"][str(step)], abs=1e-6, nan_ok=True)
+                assert b["rows"][str(step)] == want, (at, rank, step)
+            weights = [torch.load(tmp_path / run / f"weights{rank}.pt") for run in ("full", f"resumed{at}")]
+            assert max((weights[0][n] - weights[1][n]).abs().max().item() for n in weights[0]) <= 1e-6, (at, rank)

@@ -306,3 +306,68 @@ def test_resume_inside_a_generation_buffer_replays_the_run(tiny_model, tmp_path)
     assert full[0][4]["reward"] is None  # step 4 did not generate
     _assert_replayed(full, resumed, steps=(4, 5))
     assert (tmp_path / "full" / "checkpoint-3" / "generation_buffer_0.pt").exists()
+
+
+class _PromptOrder(ProRLTrainer):
+    """Records the prompts (qid, in the sampler's order) of each training generation."""
+
+    def _generate_and_score_completions(self, inputs):
+        out = super()._generate_and_score_completions(inputs)
+        if self.model.training:
+            qids = []
+            for q in inputs:
+                if q["qid"] not in qids:
+                    qids.append(q["qid"])
+            self.generations.append(qids)
+        return out
+
+
+def _prompt_run(model, out, resume=None, **overrides):
+    args = fast_config(out, beta=0.0, dynamic_sampling=False, max_completion_length=4, **overrides)
+    trainer = _PromptOrder(model, reward_funcs=text_hash_reward, args=args, train_dataset=prompt_dataset(8))
+    trainer.generations = []
+    trainer.train(resume_from_checkpoint=resume)
+    return trainer
+
+
+def _epoch_orders(n: int = 8, epochs: int = 3) -> list[int]:
+    """The prompts of `epochs` epochs in the order TRL's RepeatSampler (seed 0) shuffles them: each once per epoch."""
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    return [i for _ in range(epochs) for i in torch.randperm(n, generator=generator).tolist()]
+
+
+@pytest.mark.slow
+def test_a_stage_changing_the_prompts_per_step_goes_on_from_the_next_prompt(tiny_model, tmp_path):
+    """8 prompts; a stage at a reset changes the prompts per step (num_generations with the same rows per step).
+    Every prompt of an epoch is trained on once, in the sampler's order, across the restart (in process and
+    relaunched) and across a resume from a checkpoint of the new stage; the logged epoch only grows. Before: Trainer
+    positioned the data by global_step in the new shape: 2 -> 4 prompts per step at step 2 skipped the 4 prompts
+    left in epoch 0 (epoch 0.5 -> 1.5); 4 -> 2 at step 3 trained the last 2 of epoch 0 and all of epoch 1 again
+    (epoch 1.5 -> 1.0)."""
+    import shutil
+
+    # in process, 2 -> 4 prompts per step after step 2 (checkpoints at 2, the restart's, and 4, in the new shape)
+    run = dict(max_steps=6, num_generations=4, reset_every_steps=2, stages=[{"num_generations": 2}],
+               save_strategy="steps", save_steps=2)
+    trainer = _prompt_run(tiny_model, tmp_path / "a", **run)
+    assert [len(g) for g in trainer.generations] == [2, 2, 4, 4, 4, 4]
+    assert sum(trainer.generations, []) == _epoch_orders()[:20]
+    epochs = [h["epoch"] for h in trainer.state.log_history if "loss" in h]
+    assert epochs == [0.25, 0.5, 1.0, 1.5, 2.0, 2.5]
+    # relaunched from the checkpoint at step 4: the same prompts as the run that went on
+    shutil.copytree(tmp_path / "a" / "checkpoint-4", tmp_path / "b" / "checkpoint-4")
+    resumed = _prompt_run(tiny_model, tmp_path / "b", resume=True, **run)
+    assert resumed.generations == trainer.generations[4:]
+
+    # relaunched at the restart, 4 -> 2 prompts per step after step 3 (inside epoch 1)
+    run = dict(max_steps=6, num_generations=2, reset_every_steps=3, stages=[{"num_generations": 4}])
+    stopped = _prompt_run(tiny_model, tmp_path / "c", restart_stages_in_process=False, **run)
+    assert stopped.state.global_step == 3
+    relaunched = _prompt_run(tiny_model, tmp_path / "c", resume=True, **run)
+    generations = stopped.generations + relaunched.generations
+    assert [len(g) for g in generations] == [4, 4, 4, 2, 2, 2]
+    assert sum(generations, []) == _epoch_orders()[:18]
+    epochs = [h["epoch"] for h in relaunched.state.log_history if "loss" in h]
+    assert epochs == [0.5, 1.0, 1.5, 1.75, 2.0, 2.25]

@@ -293,17 +293,17 @@ REPLAYED = ("loss", "kl", "entropy", "reward", "reward_std", "grad_norm", "learn
 
 
 def _ddp_resume_main(argv: list[str]) -> None:
-    """Under `torch.distributed.run --nproc_per_node 2`: 6 steps over 6 prompts (3 per generation, 6 rows per
+    """Under `torch.distributed.run --nproc_per_node 2`: 8 steps over 6 prompts (3 per generation, 6 rows per
     process, the middle group split), one generation per 2 steps of 1 micro-batch, dynamic sampling (even prompts
-    constant), a reset with a temperature stage after step 3 and a checkpoint every 3 steps (checkpoint-3 inside a
-    generation buffer); with --resume, from OUT's latest checkpoint. Writes OUT/rank<N>.json (the REPLAYED metrics
-    per step) and OUT/weights<N>.pt."""
+    constant), a reset with a temperature stage every 3 steps and a checkpoint every 3 steps (checkpoint-3 inside a
+    generation buffer, checkpoint-6 inside epoch 1); with --resume, from OUT's latest checkpoint. Writes
+    OUT/rank<N>.json (the REPLAYED metrics per step) and OUT/weights<N>.pt."""
     import torch
 
     from prorl.trainer import ProRLTrainer
 
     out, model = argv[0], argv[1]
-    args = fast_config(out, per_device_train_batch_size=3, steps_per_generation=2, max_steps=6, save_strategy="steps",
+    args = fast_config(out, per_device_train_batch_size=3, steps_per_generation=2, max_steps=8, save_strategy="steps",
                        save_steps=3, beta=0.05, reset_every_steps=3, stages=[{"temperature": 0.9}])
     trainer = ProRLTrainer(model, reward_funcs=half_constant_reward, args=args, train_dataset=prompt_dataset(6))
     trainer.train(resume_from_checkpoint=True if "--resume" in argv else None)

@@ -71,6 +71,7 @@ class ResetState:
     plateau_bad: int = 0
     refill_batches: int = 0  # generation batches drawn by dynamic sampling's refill stream
     generated_tokens: int = 0  # completion tokens sampled in training, all processes and rounds
+    data_position: dict[str, int] | None = None  # where the prompt stream stands (ProRLTrainer.data_position)
     events: list[dict[str, Any]] = field(default_factory=list)
 
 

@@ -114,6 +114,9 @@ class ProRLTrainer(StagesMixin, DynamicSamplingMixin, FillerScalingMixin, Paddin
         self._skip_update = False  # set before an optimizer step whose batch has no loss token anywhere
         self._pending_temperature: float | None = None  # a stage's temperature, waiting for the next generation
         self._saved_step = -1  # global step of the latest checkpoint this process took part in
+        # the prompt stream's position (prorl/trainer/resume.py): from a checkpoint, and in the running epoch
+        self._data_resume = self._data_skip = self._data_start = self._data_epoch = None
+        self._data_batches = self._data_step = 0
 
     # -- Generation ------------------------------------------------------------------------------------------
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
@@ -128,6 +131,8 @@ class ProRLTrainer(StagesMixin, DynamicSamplingMixin, FillerScalingMixin, Paddin
         return completion_ids, None
 
     def _prepare_inputs(self, generation_batch):
+        if self.model.training:
+            self._data_batches += 1  # micro-batches drawn from the data loader in this epoch
         if self._pending_temperature is not None and self.model.training and not self._mid_generation_buffer():
             value, self._pending_temperature = self._pending_temperature, None
             self._set_sampling("temperature", value)
@@ -197,6 +202,7 @@ class ProRLTrainer(StagesMixin, DynamicSamplingMixin, FillerScalingMixin, Paddin
         folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
         if self.args.should_save:  # first, so that a checkpoint with a trainer_state.json always has it
             os.makedirs(folder, exist_ok=True)
+            self.resets.state.data_position = self.data_position()
             self.resets.save(folder)
         self._save_reference(folder)
         self._save_generation_buffer(folder)
@@ -285,6 +291,8 @@ class ProRLTrainer(StagesMixin, DynamicSamplingMixin, FillerScalingMixin, Paddin
             raise ValueError(f"resume_from_checkpoint: {checkpoint} is at step {step}, max_steps is "
                              f"{self.args.max_steps}: nothing to train (raise max_steps to go on)")
         self.resets.load(checkpoint, replay_hooks)
+        position = self.resets.state.data_position  # None in an older prorl's checkpoint: Trainer's positioning
+        self._data_resume = (position, step) if position else None
         self._refill_skip = self.resets.state.refill_batches
         reference = os.path.join(checkpoint, REFERENCE_FILE)
         if self.ref_model is not None and os.path.exists(reference):
