@@ -13,7 +13,7 @@ SUITE=${SUITE:-bookworm}
 BASE_IMAGE=${BASE_IMAGE:-prorl-sandbox-base:$SUITE}
 DOCKER=${DOCKER:-docker}
 
-recipe_hash=$(cat docker/Dockerfile docker/build.sh prorl/sandbox/runner.py prorl/sandbox/child.py prorl/sandbox/guard.py prorl/sandbox/cleanup.py | sha256sum | cut -c1-16)
+recipe_hash=$(cat docker/Dockerfile docker/build.sh prorl/sandbox/runner.py prorl/sandbox/child.py prorl/sandbox/supervise.py prorl/sandbox/guard.py prorl/sandbox/cleanup.py | sha256sum | cut -c1-16)
 if [ "$($DOCKER image inspect -f '{{ index .Config.Labels "prorl.recipe" }}' "$IMAGE" 2>/dev/null)" = "$recipe_hash" ]; then
     echo "build.sh: $IMAGE is up to date (recipe $recipe_hash)"
     exit 0
@@ -41,7 +41,7 @@ fi
 
 context=$(mktemp -d)
 trap 'rm -rf "$context"' EXIT
-cp docker/Dockerfile prorl/sandbox/runner.py prorl/sandbox/child.py prorl/sandbox/guard.py prorl/sandbox/cleanup.py "$context/"
+cp docker/Dockerfile prorl/sandbox/runner.py prorl/sandbox/child.py prorl/sandbox/supervise.py prorl/sandbox/guard.py prorl/sandbox/cleanup.py "$context/"
 # The classic builder never contacts a registry for a FROM image that exists locally.
 out=$(DOCKER_BUILDKIT=0 $DOCKER build -q --build-arg "BASE=$BASE_IMAGE" --label "prorl.recipe=$recipe_hash" \
     -t "$IMAGE" "$context" 2>&1) || { echo "$out" >&2; exit 1; }

@@ -52,14 +52,16 @@ def in_thread(fn, timeout: float):
 
 
 def test_a_container_the_engine_pauses_is_infra_error_not_a_timeout():
+    """Paused past the wall-clock cap (3 s for a 1 s budget; a shorter pause only delays the run: a paused program
+    spends no CPU time)."""
     require_engine()
-    with DockerSandbox(pool_size=1, timeout_s=2.0) as sb:
+    with DockerSandbox(pool_size=1, timeout_s=1.0) as sb:
         wait_healthy(sb)
         cid = sb._slots[0].container.id
 
         def pause_then_unpause():
             subprocess.run(["docker", "pause", cid], capture_output=True)
-            time.sleep(4)
+            time.sleep(5)
             subprocess.run(["docker", "unpause", cid], capture_output=True)
 
         timer = later(0.3, pause_then_unpause)

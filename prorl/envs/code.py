@@ -16,8 +16,11 @@ Scoring rule:
      one is recorded in `details["extraction"]`), fences read as Markdown does (a ``` inside the code does not
      close the block). No code: `format_error`.
   2. A program CPython will not compile (checked on the host before anything runs): reward 0, `format_error`.
-  3. All tests run in one sandbox round trip, each in a fresh process, sharing one budget (5 s by default).
-     Reward = passed / total; 0 when the budget ran out (a test reported `timeout`). Assertion tests are
+  3. All tests run in one sandbox round trip, each in a fresh process, sharing one budget: 5 s (`timeout_s`) of
+     the program's own CPU time, all tests together, so that the verdict does not depend on how many programs
+     share the machine's CPUs; a wall-clock cap of 3x that (15 s, `prorl.sandbox.base.WALL_FACTOR`) stops a
+     program that sleeps or blocks. Reward = passed / total; 0 when either ran out (a test reported `timeout`,
+     `details["budget_exceeded"]`). Assertion tests are
      fail-closed (see prorl/sandbox/runner.py): exits, printed markers or a killed runner never pass a test.
   4. Any sandbox infrastructure failure: status `infra_error` (masked by trainers), never a 0 on the model.
 """

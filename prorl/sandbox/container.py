@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from prorl.sandbox.base import DEFAULT_MEMORY_MB, DEFAULT_OUTPUT_LIMIT, DEFAULT_TIMEOUT_S
+from prorl.sandbox.base import DEFAULT_MEMORY_MB, DEFAULT_OUTPUT_LIMIT, DEFAULT_TIMEOUT_S, default_pool_size
 from prorl.sandbox.runner import HEADER, encode_frame
 
 log = logging.getLogger(__name__)
@@ -30,8 +30,12 @@ class DockerSandboxConfig:
     endpoints: tuple[str, ...] = field(default=(), metadata={
         "help": "Docker endpoints (DOCKER_HOST syntax, e.g. unix:///var/run/docker.sock, tcp://host:2376); slots "
                 "are spread round-robin over them. Empty: the environment's DOCKER_HOST or the local socket."})
-    pool_size: int = field(default=4, metadata={"help": "Warm containers; also the hard cap on concurrent runs."})
-    timeout_s: float = field(default=DEFAULT_TIMEOUT_S, metadata={"help": "Default time budget per request."})
+    pool_size: int = field(default_factory=default_pool_size, metadata={
+        "help": "Warm containers; also the hard cap on concurrent runs. Default: the CPUs this process may use, at "
+                "most 4 (set it to the engines' CPUs when they run on other machines)."})
+    timeout_s: float = field(default=DEFAULT_TIMEOUT_S, metadata={
+        "help": "Default time budget per request: CPU seconds of the program, all its tests together (the wall-clock "
+                "cap is WALL_FACTOR times it)."})
     memory_mb: int = field(default=DEFAULT_MEMORY_MB, metadata={"help": "Address-space cap of one program (MB)."})
     tmpfs_mb: int = field(default=64, metadata={"help": "Size of the /sandbox tmpfs holding the workdirs (MB)."})
     pids_limit: int = field(default=64, metadata={"help": "Max processes per container (fork bombs stop here)."})

@@ -5,7 +5,9 @@ limit, a CPU quota, `no-new-privileges`, every capability dropped, uid 1000. Its
 long-lived `docker exec -i runner.py serve` per container carries length-prefixed requests over the exec stream,
 so one program costs a fork inside a warm container instead of a `docker run` (see benchmarks/bench_sandbox.py).
 
-A slot (one container) serves one request at a time: the number of slots is a hard cap on concurrent runs. A slot
+A slot (one container) serves one request at a time: the number of slots is a hard cap on concurrent runs. By
+default there are as many as this process has CPUs (`usable_cpus`, at most 4): the time budget counts a program's
+CPU time, but more programs at once than CPUs only stretch each one's wall time towards the wall-clock cap. A slot
 is recycled (container replaced, in the background) after `recycle_after` programs, after any limit violation
 (timeout, memory, output limit) and whenever its runner dies; a dead container is replaced and the request retried
 (each dead container met is replaced) before it is reported as `infra_error`. Slots are spread round-robin over several Docker endpoints.
@@ -32,7 +34,7 @@ from prorl.sandbox.container import IMAGE, LABEL, STOP_WAIT_S, DockerSandboxConf
 __all__ = ["IMAGE", "DockerSandbox", "DockerSandboxConfig", "engine_available", "remove_stale_containers"]
 log = logging.getLogger(__name__)
 
-_GRACE_S = 0.7  # the host waits this long past the budget before it declares the runner stuck
+_GRACE_S = 0.7  # the host waits this long past the wall-clock cap before it declares the runner stuck
 _LIMIT_STATUSES = {"timeout", "memory", "output_limit"}
 
 
@@ -180,7 +182,7 @@ class DockerSandbox(Sandbox):
             self._recycle(slot)
             return infra_answers(n, f"sandbox runner unreachable: {exc!r}"), True
         slot.uses += 1
-        deadline = time.monotonic() + request["timeout_s"] + _GRACE_S
+        deadline = time.monotonic() + request["wall_timeout_s"] + _GRACE_S
         dirty = False
         try:
             while True:

@@ -38,14 +38,15 @@ import tempfile
 import time
 from typing import Any
 
-from prorl.sandbox.base import DEFAULT_MEMORY_MB, DEFAULT_OUTPUT_LIMIT, DEFAULT_TIMEOUT_S, Sandbox, infra_answers
+from prorl.sandbox.base import (DEFAULT_MEMORY_MB, DEFAULT_OUTPUT_LIMIT, DEFAULT_TIMEOUT_S, Sandbox, default_pool_size,
+                                infra_answers)
 from prorl.sandbox.runner import HEADER, encode_frame
 
 log = logging.getLogger(__name__)
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-# the runner, what runs in each forked process, what guards its tests, its cleanup
-RUNNER_FILES = ("runner.py", "child.py", "guard.py", "cleanup.py")
+# the runner, what runs in each forked process, what watches it, what guards its tests, its cleanup
+RUNNER_FILES = ("runner.py", "child.py", "supervise.py", "guard.py", "cleanup.py")
 _NOBODY = 65534
 _GRACE_S = 0.7
 _TMPFS_MB = 64  # the private tmpfs holding a namespaced worker's workdirs (the container's tmpfs_mb)
@@ -171,9 +172,15 @@ class LocalSandbox(Sandbox):
 
     name = "local"
 
-    def __init__(self, workers: int = 2, timeout_s: float = DEFAULT_TIMEOUT_S, memory_mb: int = DEFAULT_MEMORY_MB,
-                 output_limit: int = DEFAULT_OUTPUT_LIMIT, python: str | None = None, max_procs: int = 64):
+    def __init__(self, workers: int | None = None, timeout_s: float = DEFAULT_TIMEOUT_S,
+                 memory_mb: int = DEFAULT_MEMORY_MB, output_limit: int = DEFAULT_OUTPUT_LIMIT, python: str | None = None,
+                 max_procs: int = 64):
+        """`workers` (None: `default_pool_size()`, the CPUs this process may use, at most 4) runners, each running
+        one program at a time; `timeout_s`, the default CPU-time budget of a request (see `Sandbox.run_tests`)."""
         super().__init__(timeout_s, memory_mb, output_limit)
+        workers = default_pool_size() if workers is None else workers
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
         # Processes of the worker's user (as root: of `nobody`, host-wide) a program may reach: a fork bomb's cap.
         self.max_procs = max_procs
         # A copy of the runner the dropped user can read (the checkout may sit under a private home directory).
@@ -228,7 +235,7 @@ class LocalSandbox(Sandbox):
                 self._retire(worker)
                 worker = None
                 return infra_answers(n, f"local runner unreachable: {exc!r}")
-            deadline = time.monotonic() + request["timeout_s"] + _GRACE_S
+            deadline = time.monotonic() + request["wall_timeout_s"] + _GRACE_S
             try:
                 while True:
                     frame = worker.read(deadline)

@@ -1,8 +1,8 @@
 """The in-sandbox runner: a fork server that runs one untrusted Python program per fresh process.
 
-Standard library only, Python >= 3.9: this file, child.py (what runs in each forked process), guard.py (what stands
-between a program and its assertion test) and cleanup.py (what is undone after each) are copied into the sandbox
-image (`/opt/prorl/`); runner.py is also imported on the host for the framing helpers.
+Standard library only, Python >= 3.9: this file, child.py (what runs in each forked process), supervise.py (what
+watches it: output, CPU time, deadline), guard.py (what stands between a program and its assertion test) and
+cleanup.py (what is undone after each) are copied into the sandbox image (`/opt/prorl/`); runner.py is also imported on the host for the framing helpers.
 
 Modes:
   `runner.py init`   PID 1 of a container: ignores every signal, lets the kernel reap orphans, exits once the
@@ -10,14 +10,22 @@ Modes:
   `runner.py serve`  reads requests on stdin, answers on stdout. A frame is a 4-byte big-endian length and a
                      UTF-8 JSON object.
 
-Request: {"program": str, "tests": [{"stdin": str|null, "code": str|null}], "timeout_s": float (total budget of
-all tests), "memory_mb": int, "output_limit": int (bytes per stream), "max_procs": int (optional RLIMIT_NPROC)}.
-The runner answers one frame per test, {"index", "status", "exit_code", "stdout", "stderr", "wall_s", "passed"},
-then {"done": true, "recycle": bool}.
+Request: {"program": str, "tests": [{"stdin": str|null, "code": str|null}], "timeout_s": float (CPU budget of
+all tests together), "wall_timeout_s": float (wall-clock cap of all tests together; default timeout_s), "memory_mb":
+int, "output_limit": int (bytes per stream), "max_procs": int (optional RLIMIT_NPROC)}.
+The runner answers one frame per test, {"index", "status", "exit_code", "stdout", "stderr", "wall_s", "cpu_s",
+"passed"}, then {"done": true, "recycle": bool}.
+
+Time: the budget counts the program's own CPU time (user + system, as `time` reports it: each test process and the
+children it waited for), summed over its tests, so a correct program gets the same verdict on a quiet machine and
+on one whose CPUs it shares (a pool running more programs than there are CPUs, a trainer beside it). The test whose
+CPU time takes the total past `timeout_s` is stopped and reported `timeout`, as is everything still running when
+`wall_timeout_s` of wall-clock time have passed since the first test started (a program that sleeps, blocks or
+waits, or leaves CPU-burning processes it never waits for); the tests after it are `timeout` without running.
 
 Every test runs in a fresh forked process with its own empty workdir, rlimits, its own session, restored signal
-handlers and only fds 0-2 (plus two private pipes for assertion tests). Tests share one deadline and never stop at
-the first failure. After each test every other process of the sandbox is killed, the scratch area wiped and every
+handlers and only fds 0-2 (plus two private pipes for assertion tests). Tests share the two budgets and never stop
+at the first failure. After each test every other process of the sandbox is killed, the scratch area wiped and every
 System V IPC object removed (they outlive their processes: memory of the container's cap, data for the next program).
 
 Assertion tests (`code` set) are fail-closed: the runner writes a random nonce (made after the fork, so never in
@@ -37,7 +45,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import select
 import signal
 import struct
 import sys
@@ -46,12 +53,14 @@ import time
 if __package__:  # imported on the host (prorl.sandbox.runner) for the framing helpers
     from prorl.sandbox.child import MEMORY_MARK, SERVER_IGNORES, run_program
     from prorl.sandbox.guard import freeze
+    from prorl.sandbox.supervise import supervise
     from prorl.sandbox.cleanup import (CGROUP_OOM_FILES, HOST_OOM_FILE, live_procs, oom_kills, others_alive,
                                        remove_sysv_ipc, wipe)
 else:  # run as a script in the sandbox, child.py beside it (`python -I` leaves the script's folder off sys.path)
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from child import MEMORY_MARK, SERVER_IGNORES, run_program
     from guard import freeze
+    from supervise import supervise
     from cleanup import CGROUP_OOM_FILES, HOST_OOM_FILE, live_procs, oom_kills, others_alive, remove_sysv_ipc, wipe
     del sys.path[0]
 
@@ -155,7 +164,8 @@ class Server:
         if not wipe(self.scratch):
             self.dirty = True
 
-    def run_test(self, program: str, test: dict, limits: dict, deadline: float) -> dict:
+    def run_test(self, program: str, test: dict, limits: dict, deadline: float, cpu_left: float) -> dict:
+        """Run one test; stopped at `deadline` (monotonic) or once its CPU time reaches `cpu_left` seconds."""
         self.count += 1
         workdir = os.path.join(self.root, f"run{self.count}")
         os.mkdir(workdir, 0o700)
@@ -168,7 +178,7 @@ class Server:
         err_r, err_w = os.pipe()
         fds = {0: stdin_fd, 1: out_w, 2: err_w}
         test_code, nonce, res_r = test.get("code"), None, None
-        child_limits = dict(limits, cpu_s=max(1.0, deadline - time.monotonic()))
+        child_limits = dict(limits, cpu_s=max(1.0, cpu_left))  # RLIMIT_CPU: a backstop to supervise's count
         if test_code is not None:
             non_r, non_w = os.pipe()
             res_r, res_w = os.pipe()
@@ -192,7 +202,7 @@ class Server:
             # child's epilogue reads it (that read waits for this write if the child gets there first).
             nonce = os.urandom(24).hex().encode()
             offer_nonce(non_w, nonce)
-        outcome = self._supervise(pid, out_r, err_r, int(limits["output_limit"]), deadline)
+        outcome = supervise(pid, out_r, err_r, int(limits["output_limit"]), deadline, cpu_left)
         wall = time.monotonic() - start
         passed, memory_mark = False, False
         if res_r is not None:
@@ -204,7 +214,7 @@ class Server:
             os.close(res_r)
             passed = got == nonce
             memory_mark = got == MEMORY_MARK
-        status, exit_code, stdout, stderr = outcome
+        status, exit_code, stdout, stderr, cpu = outcome
         if status == "ok" and memory_mark:
             status = "memory"
         if status == "runtime_error" and ("MemoryError" in stderr[-300:] or self._oom_killed(ooms, exit_code)):
@@ -213,85 +223,29 @@ class Server:
             passed = False
         self.cleanup()
         return {"status": status, "exit_code": exit_code, "stdout": stdout, "stderr": stderr,
-                "wall_s": round(wall, 4), "passed": passed}
+                "wall_s": round(wall, 4), "cpu_s": cpu, "passed": passed}
 
     def _oom_killed(self, before, exit_code) -> bool:
         after = oom_kills(self.oom_file)
         rose = before is not None and after is not None and after > before
         return rose and (self.oom_own or exit_code == -signal.SIGKILL)
 
-    def _supervise(self, pid: int, out_r: int, err_r: int, cap: int, deadline: float):
-        bufs = {out_r: bytearray(), err_r: bytearray()}
-        open_fds = {out_r, err_r}
-        status, wait_status = None, None
-        pidfd = os.pidfd_open(pid) if hasattr(os, "pidfd_open") else None
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                status = "timeout"
-                break
-            watch = list(open_fds) + ([pidfd] if pidfd is not None else [])
-            ready, _, _ = select.select(watch, [], [], min(remaining, 0.05 if pidfd is None else remaining))
-            for fd in ready:
-                if fd == pidfd:
-                    continue
-                chunk = os.read(fd, 65536)
-                if not chunk:
-                    open_fds.discard(fd)
-                    continue
-                bufs[fd] += chunk
-                if len(bufs[fd]) > cap:
-                    status = "output_limit"
-            if status:
-                break
-            done, wait_status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                break
-        if wait_status is None or status:
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-            _, wait_status = os.waitpid(pid, 0)
-        # Drain what is already written (an escaped grandchild may hold the pipes open: do not wait for EOF).
-        for fd in (out_r, err_r):
-            os.set_blocking(fd, False)
-            try:
-                while len(bufs[fd]) <= cap:
-                    chunk = os.read(fd, 65536)
-                    if not chunk:
-                        break
-                    bufs[fd] += chunk
-            except (BlockingIOError, OSError):
-                pass
-            os.close(fd)
-        if pidfd is not None:
-            os.close(pidfd)
-        if os.WIFSIGNALED(wait_status):
-            exit_code = -os.WTERMSIG(wait_status)
-            if status is None:
-                status = "timeout" if os.WTERMSIG(wait_status) == signal.SIGXCPU else "runtime_error"
-        else:
-            exit_code = os.WEXITSTATUS(wait_status)
-            if status is None:
-                status = "ok" if exit_code == 0 else "runtime_error"
-        if len(bufs[out_r]) > cap or len(bufs[err_r]) > cap:
-            status = "output_limit"
-        return (status, exit_code, bufs[out_r][:cap].decode("utf-8", "replace"),
-                bufs[err_r][:cap].decode("utf-8", "replace"))
-
     def handle(self, request: dict, send) -> None:
         program = request["program"]
         tests = request.get("tests") or [{}]
         limits = {"memory_mb": int(request.get("memory_mb", 512)),
                   "output_limit": int(request.get("output_limit", 1 << 20)), "max_procs": request.get("max_procs")}
-        deadline = time.monotonic() + float(request.get("timeout_s", 5.0))
+        budget = float(request.get("timeout_s", 5.0))
+        deadline = time.monotonic() + float(request.get("wall_timeout_s") or budget)
+        spent = 0.0
         for index, test in enumerate(tests):
-            if time.monotonic() >= deadline:
+            if time.monotonic() >= deadline or spent >= budget:
                 result = {"status": "timeout", "exit_code": None, "stdout": "", "stderr": "budget exhausted",
-                          "wall_s": 0.0, "passed": False}
+                          "wall_s": 0.0, "cpu_s": 0.0, "passed": False}
             else:
-                result = self.run_test(program, test, limits, deadline)
+                result = self.run_test(program, test, limits, deadline, budget - spent)
+                spent += result["cpu_s"]
+                result["cpu_s"] = round(result["cpu_s"], 4)
             result["index"] = index
             send(result)
         send({"done": True, "recycle": self.dirty})
