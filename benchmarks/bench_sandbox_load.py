@@ -115,7 +115,8 @@ def main() -> None:
                     t0 = time.monotonic()
                     ref_code, ref_rows = references(args.refs)
                     scores = env.score_batch(ref_code, ref_rows)
-                    bad = [(r["task_id"], s.details.get("statuses")) for r, s in zip(ref_rows, scores) if s.reward != 1.0]
+                    bad = [(r["task_id"], s.details.get("statuses"))
+                           for r, s in zip(ref_rows, scores) if s.reward != 1.0]
                     phases["references_" + name] = {
                         "rows": len(ref_rows), "reward_1": len(ref_rows) - len(bad), "not_1": bad,
                         "timeouts": sum(bool(s.details.get("budget_exceeded")) for s in scores),

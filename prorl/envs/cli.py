@@ -44,8 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--timeout", type=float, default=None, help="per-sample timeout in seconds "
                         "of a verifier (default: each environment's own); a sample past it is reported as timeout (a "
                         "line whose task_from_dict runs past it, as a malformed line). "
-                        "code keeps its sandbox budget (5 s of the program's CPU time, the paper's: a program past it scores 0); "
-                        "another budget "
+                        "code keeps its sandbox budget (5 s of the program's CPU time, the paper's: a program past "
+                        "it scores 0); another budget "
                         "is make('code', timeout_s=...) in Python")
     parser.add_argument("--chunk-size", type=int, default=256, help="lines scored (and written) per batch")
 

@@ -173,8 +173,8 @@ class LocalSandbox(Sandbox):
     name = "local"
 
     def __init__(self, workers: int | None = None, timeout_s: float = DEFAULT_TIMEOUT_S,
-                 memory_mb: int = DEFAULT_MEMORY_MB, output_limit: int = DEFAULT_OUTPUT_LIMIT, python: str | None = None,
-                 max_procs: int = 64):
+                 memory_mb: int = DEFAULT_MEMORY_MB, output_limit: int = DEFAULT_OUTPUT_LIMIT,
+                 python: str | None = None, max_procs: int = 64):
         """`workers` (None: `default_pool_size()`, the CPUs this process may use, at most 4) runners, each running
         one program at a time; `timeout_s`, the default CPU-time budget of a request (see `Sandbox.run_tests`)."""
         super().__init__(timeout_s, memory_mb, output_limit)

@@ -2,7 +2,8 @@
 
 Standard library only, Python >= 3.9: this file, child.py (what runs in each forked process), supervise.py (what
 watches it: output, CPU time, deadline), guard.py (what stands between a program and its assertion test) and
-cleanup.py (what is undone after each) are copied into the sandbox image (`/opt/prorl/`); runner.py is also imported on the host for the framing helpers.
+cleanup.py (what is undone after each) are copied into the sandbox image (`/opt/prorl/`); runner.py is also
+imported on the host for the framing helpers.
 
 Modes:
   `runner.py init`   PID 1 of a container: ignores every signal, lets the kernel reap orphans, exits once the
