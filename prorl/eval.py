@@ -6,7 +6,9 @@
 Protocol (the ProRL paper's): temperature 0.6, top_p 0.95, n samples per prompt. A sample is correct when its
 reward is 1 (partial credit counts toward `mean_reward`, not toward pass@k). pass@1 is the mean over prompts of
 c/n; pass@k is the unbiased estimator of Chen et al. (2021), 1 - C(n-c, k) / C(n, k), averaged over prompts.
-Samples the gym could not score (timeout, infra_error) are left out of that prompt's n and counted as `masked`.
+`overall` averages over all prompts (each env weighted by its prompt count), not over the per-env figures.
+Samples the gym could not score (timeout, infra_error) are left out of that prompt's n and counted as `masked`
+(and apart, as `timeout` and `infra_error`); pass@k is over the prompts with at least k scored samples.
 With a chat template that opens `<think>` (DeepSeek-R1-Distill), a completion that never closes it answers nothing,
 as in training.
 
@@ -45,17 +47,24 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 def prompt_stats(scores: Sequence[Score]) -> dict[str, Any]:
-    """Counts of one prompt's samples: n (scored), correct, masked, format errors, summed reward."""
+    """Counts of one prompt's samples: n (scored), correct, masked (= timeout + infra_error), format errors,
+    summed reward."""
     scored = [s for s in scores if not s.masked]
     return {"n": len(scored), "correct": sum(s.reward >= 1.0 for s in scored), "masked": len(scores) - len(scored),
+            "timeout": sum(s.status == "timeout" for s in scores),
+            "infra_error": sum(s.status == "infra_error" for s in scores),
             "format_error": sum(s.status == "format_error" for s in scored),
             "reward_sum": sum(s.reward for s in scored)}
 
 
 def aggregate(per_prompt: Sequence[dict[str, Any]], ks: Sequence[int]) -> dict[str, Any]:
-    """pass@1, pass@k, mean reward and counts over prompts (each prompt as returned by `prompt_stats`)."""
+    """pass@1, pass@k, mean reward and counts over prompts (each prompt as returned by `prompt_stats`): pass@k is
+    the mean over the prompts (with at least k scored samples) of their estimate, so a summary over several envs
+    weighs each env by its prompt count; mean_reward is over the scored samples."""
     out: dict[str, Any] = {"prompts": len(per_prompt), "samples": sum(p["n"] + p["masked"] for p in per_prompt),
                            "masked": sum(p["masked"] for p in per_prompt),
+                           "timeout": sum(p["timeout"] for p in per_prompt),
+                           "infra_error": sum(p["infra_error"] for p in per_prompt),
                            "format_error": sum(p["format_error"] for p in per_prompt)}
     scored = sum(p["n"] for p in per_prompt)
     out["mean_reward"] = sum(p["reward_sum"] for p in per_prompt) / scored if scored else None
@@ -141,6 +150,13 @@ def load_eval_rows(spec: str, split: str | None = None, env: str | None = None, 
     from prorl.envs import make
 
     path = Path(spec)
+    if not path.exists():
+        raise FileNotFoundError(f"--data {spec}: no such file or folder")
+    if split and path.is_file() and path.suffix not in (".yaml", ".yml"):
+        raise ValueError(f"--data {spec}: --split is for a build folder or a recipe; a file is evaluated whole "
+                         f"(leave --split out)")
+    if sample_data and path.suffix not in (".yaml", ".yml"):
+        raise ValueError(f"--data {spec}: --sample-data is for a recipe (.yaml); leave it out")
     if path.suffix in (".yaml", ".yml"):
         result = build(load_recipe(path), sample_data=sample_data)
         if split == "heldout" and not result.heldout:  # as a build folder without heldout.parquet: not the train rows
@@ -206,10 +222,11 @@ def report_table(results: Sequence[dict[str, Any]]):
     names = [Path(r["model"]).name or r["model"] for r in results]
     summaries = [s for r in results for s in [r["overall"], *r["per_env"].values()]]
     partial = any(f"pass@{k}_prompts" in s for s in summaries for k in ks)
+    caption = "overall: mean over all prompts (each env weighted by its prompt count), not of the env rows"
+    if partial:
+        caption += "\npass@k (N): over the N prompts with at least k scored samples (masked ones are not scored)"
     table = Table(title=f"n={results[0]['n']} samples per prompt, temperature {results[0]['sampling']['temperature']}, "
-                        f"top_p {results[0]['sampling']['top_p']}",
-                  caption="pass@k (N): over the N prompts with at least k scored samples (masked ones are not scored)"
-                  if partial else None)
+                        f"top_p {results[0]['sampling']['top_p']}", caption=caption)
     for col in ["env", "model", "prompts"] + [f"pass@{k}" for k in ks] + ["mean reward", "masked"]:
         table.add_column(col, justify="left" if col in ("env", "model") else "right")
     for env in list(results[0]["per_env"]) + ["overall"]:
@@ -260,6 +277,8 @@ def plot(results: Sequence[dict[str, Any]], path: str | Path) -> None:
 # -- CLI ---------------------------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.description = __doc__.split("\n\n")[0]
+    parser.epilog = "\n\n".join(__doc__.split("\n\n")[1:3])  # examples; what a sample, pass@k, `overall` are
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter  # the epilog's lines as written
     parser.add_argument("--model", required=True, help="local model folder (transformers format)")
     parser.add_argument("--data", required=True, help="build folder, .parquet/.jsonl file, or recipe .yaml")
     parser.add_argument("--compare", metavar="DIR", help="a second model, evaluated on the same prompts")
@@ -302,6 +321,8 @@ def run(args: argparse.Namespace, name: str) -> int:
                 raise FileNotFoundError(f"{flag} {model}: not a local model folder (no config.json)")
         envs: dict[str, Env] = {}  # built once: to check the rows, then to score every model's samples
         rows = load_eval_rows(args.data, args.split, args.env, args.sample_data, args.limit, envs)
+        if not rows:  # else a traceback from evaluate(), after loading the model
+            raise ValueError(f"--data {args.data}: no rows to evaluate (an empty file, or a split with no rows)")
         if args.output:  # an unusable output folder fails before the sampling, not after it
             Path(args.output).mkdir(parents=True, exist_ok=True)
     except (ValueError, OSError, KeyError) as exc:
@@ -313,6 +334,12 @@ def run(args: argparse.Namespace, name: str) -> int:
         results.append(evaluate(model, rows, args.n, ks, sampling=sampling, workers=args.workers,
                                 keep_completions=bool(args.output), progress=True, envs=envs))
     console.print(report_table(results))
+    for res in results:
+        s = res["overall"]
+        if s["masked"]:  # not a verdict on the completion: say so, rather than leave a bare count in the table
+            console.print(f"{Path(res['model']).name}: {s['masked']} samples unscored (infra_error {s['infra_error']}, "
+                          f"timeout {s['timeout']}): left out of n, not scored 0; each sample's status is in "
+                          f"completions.jsonl (-o)", highlight=False)
     if args.output:
         out = Path(args.output)
         with open(out / "completions.jsonl", "w") as f:

@@ -368,3 +368,43 @@ def test_eval_an_unusable_output_folder_fails_before_sampling(models, tmp_path, 
     assert cli_main(["eval", "--model", models["seven"], "--data", str(data), "--n", "2", "-o", str(tmp_path / "out")]) == 2
     captured = capsys.readouterr()
     assert str(tmp_path / "out") in captured.err and "samples each" not in captured.out
+
+
+def test_eval_cli_names_empty_missing_and_misused_data(models, tmp_path, capsys):
+    """Before the fix an empty --data file ended in a ValueError traceback after the model was loaded, a missing one
+    said only "[Errno 2] No such file or directory", and --split / --sample-data with a plain file were ignored
+    without a word (the whole file was evaluated)."""
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps(r) + "\n" for r in echo_rows(["7"])))
+    cases = ((["--data", str(empty)], f"--data {empty}: no rows to evaluate"),
+             (["--data", str(tmp_path / "nope.jsonl")], f"--data {tmp_path / 'nope.jsonl'}: no such file or folder"),
+             (["--data", str(rows), "--split", "heldout"], "--split is for a build folder or a recipe"),
+             (["--data", str(rows), "--sample-data"], "--sample-data is for a recipe"))
+    for flags, message in cases:
+        assert cli_main(["eval", "--model", models["seven"], *flags, "--n", "2"]) == 2
+        captured = capsys.readouterr()
+        assert message in captured.err and "Traceback" not in captured.err and "samples each" not in captured.out
+
+
+def test_eval_counts_timeout_and_infra_error_apart_and_says_what_overall_is(models, tmp_path, capsys):
+    """`masked` lumped timeouts (the verifier's budget) with infra_errors (no verdict: a sandbox outage) and nothing
+    said why samples were left out, nor that `overall` is over all prompts (each env weighted by its prompt count,
+    not the mean of the env rows)."""
+    prorl.register("test/outage", "_envs_for_tests:OutageEcho", override=True)
+    rows = echo_rows(["7", "9", "7"]) + echo_rows(["7"], env="test/outage")
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert cli_main(["eval", "--model", models["seven"], "--data", str(data), "--n", "2", "--k", "1",
+                     "--workers", "1", "-o", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
+    result = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert result["per_env"]["test/outage"]["infra_error"] == 2 and result["overall"]["timeout"] == 0
+    assert result["overall"]["pass@1"] == pytest.approx(2 / 3)  # over the 3 prompts with scored samples
+    assert "2 samples unscored (infra_error 2, timeout 0)" in out and "left out of n" in out
+    assert "overall: mean over all prompts" in " ".join(out.split())
+    with pytest.raises(SystemExit):
+        cli_main(["eval", "--help"])
+    helped = " ".join(capsys.readouterr().out.split())
+    assert "`overall` averages over all prompts" in helped and "left out of that prompt's n" in helped
