@@ -79,14 +79,15 @@ def aggregate(per_prompt: Sequence[dict[str, Any]], ks: Sequence[int]) -> dict[s
 # -- evaluation --------------------------------------------------------------------------------------------------
 def evaluate(model_dir: str, rows: Sequence[dict[str, Any]], n: int = 16, ks: Sequence[int] = (1, 4, 16), *,
              sampling: SamplingConfig | None = None, workers: int | None = None, timeout_s: float | None = None,
-             keep_completions: bool = False, progress: bool = False, envs: dict[str, Env] | None = None
-             ) -> dict[str, Any]:
+             keep_completions: bool = False, progress: bool = False, envs: dict[str, Env] | None = None,
+             checkpoint: str | Path | None = None) -> dict[str, Any]:
     """Sample `n` completions per row with the model in `model_dir`, score them, and return the report:
 
     {"model", "n", "ks", "sampling", "wall_s", "overall": {...}, "per_env": {env: {...}}, "per_prompt": [...]}
     where each summary holds prompts, samples, masked, format_error, mean_reward, pass@1 and pass@k.
     Rows are schema rows ({"id", "env", "prompt", "reference", ...}, see prorl.data.build) or `prorl.Task`s.
     `envs`: environments already built, by id (as `load_eval_rows` fills it); the missing ones are built and added.
+    `checkpoint`: a file that keeps the samples as they are drawn (HF backend), see `Sampler.sample`.
     """
     from prorl.data.sampling import Sampler, render
     from prorl.envs import make, split_think
@@ -107,7 +108,8 @@ def evaluate(model_dir: str, rows: Sequence[dict[str, Any]], n: int = 16, ks: Se
     bar = _progress_bar(len(rows) * n, f"sampling {Path(model_dir).name}") if progress else None
     with bar or contextlib.nullcontext():
         completions = sampler.sample([r["prompt"] for r in rows], n,
-                                     progress=(lambda k: bar.advance(bar.task_ids[0], k)) if bar else None)
+                                     progress=(lambda k: bar.advance(bar.task_ids[0], k)) if bar else None,
+                                     checkpoint=checkpoint)
     flat_rows = [r for r in rows for _ in range(n)]
     # A chat template that opens <think> for the model (DeepSeek-R1-Distill): a completion cut off mid-thought
     # must answer nothing, as when the model opens the block itself (the trainer's EnvReward does the same).
@@ -298,7 +300,10 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
                         help="auto: vLLM when importable and on a GPU, else HF generate")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, help="scoring processes (default: CPU count)")
-    parser.add_argument("-o", "--output", help="folder for results.json, passk.png and completions.jsonl")
+    parser.add_argument("-o", "--output", help="folder for results.json, passk.png and completions.jsonl (and, "
+                        "while sampling, sampling.*.jsonl: the samples drawn so far)")
+    parser.add_argument("--resume", action="store_true", help="go on from the samples an interrupted run with the "
+                        "same -o and settings kept (HF backend), drawing what an uninterrupted run draws")
 
 
 def run(args: argparse.Namespace, name: str) -> int:
@@ -323,6 +328,8 @@ def run(args: argparse.Namespace, name: str) -> int:
         rows = load_eval_rows(args.data, args.split, args.env, args.sample_data, args.limit, envs)
         if not rows:  # else a traceback from evaluate(), after loading the model
             raise ValueError(f"--data {args.data}: no rows to evaluate (an empty file, or a split with no rows)")
+        if args.resume and not args.output:
+            raise ValueError("--resume goes on from the samples kept in -o DIR: give the -o of the interrupted run")
         if args.output:  # an unusable output folder fails before the sampling, not after it
             Path(args.output).mkdir(parents=True, exist_ok=True)
     except (ValueError, OSError, KeyError) as exc:
@@ -330,9 +337,23 @@ def run(args: argparse.Namespace, name: str) -> int:
         return 2
     console.print(f"{len(rows)} prompts, {args.n} samples each")
     results = []
-    for model in [args.model] + ([args.compare] if args.compare else []):
-        results.append(evaluate(model, rows, args.n, ks, sampling=sampling, workers=args.workers,
-                                keep_completions=bool(args.output), progress=True, envs=envs))
+    models = {"model": args.model, **({"compare": args.compare} if args.compare else {})}
+    checkpoints = {m: Path(args.output) / f"sampling.{m}.jsonl" for m in models} if args.output else {}
+    for path in checkpoints.values() if not args.resume else ():
+        path.unlink(missing_ok=True)  # a fresh run: not the samples of an earlier one
+    try:
+        for key, model in models.items():
+            results.append(evaluate(model, rows, args.n, ks, sampling=sampling, workers=args.workers,
+                                    keep_completions=bool(args.output), progress=True, envs=envs,
+                                    checkpoint=checkpoints.get(key)))
+    except KeyboardInterrupt:
+        err.print(f"interrupted: the samples drawn so far are in {args.output}/sampling.*.jsonl; rerun the same "
+                  f"command with --resume to go on" if args.output else
+                  "interrupted: no samples kept (with -o DIR they are, and --resume goes on from them)")
+        return 130
+    except ValueError as exc:  # --resume over samples of other settings
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        return 2
     console.print(report_table(results))
     for res in results:
         s = res["overall"]
@@ -349,5 +370,7 @@ def run(args: argparse.Namespace, name: str) -> int:
                         f.write(json.dumps({"model": res["model"], "id": p["id"], "env": p["env"], **s}) + "\n")
         (out / "results.json").write_text(json.dumps(results if len(results) > 1 else results[0], indent=2) + "\n")
         plot(results, out / "passk.png")
+        for path in checkpoints.values():
+            path.unlink(missing_ok=True)  # every sample is in completions.jsonl now
         console.print(f"wrote {out}/results.json, {out}/passk.png, {out}/completions.jsonl")
     return 0

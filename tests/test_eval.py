@@ -408,3 +408,80 @@ def test_eval_counts_timeout_and_infra_error_apart_and_says_what_overall_is(mode
         cli_main(["eval", "--help"])
     helped = " ".join(capsys.readouterr().out.split())
     assert "`overall` averages over all prompts" in helped and "left out of that prompt's n" in helped
+
+
+def test_sampling_stopped_mid_way_goes_on_from_its_checkpoint_with_the_same_draws(models, tmp_path):
+    """A stop (Ctrl-C) lost every sample drawn so far: nothing was kept before the end. With `checkpoint` each
+    finished batch is kept with the random state after it, and a second call draws what one uninterrupted call
+    draws."""
+    from prorl.data.sampling import Sampler, SamplingConfig
+
+    config = SamplingConfig(temperature=1.0, top_p=1.0, max_new_tokens=3, seed=5, backend="hf", batch_size=3)
+    prompts = [[{"role": "user", "content": f"say q{i}"}] for i in range(4)]
+    whole = Sampler(models["coin"], config, device="cpu").sample(prompts, 4)
+    ck = tmp_path / "sampling.jsonl"
+    seen = []
+
+    def stop_after_two_batches(k):
+        seen.append(k)
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        Sampler(models["coin"], config, device="cpu").sample(prompts, 4, progress=stop_after_two_batches,
+                                                              checkpoint=ck)
+    assert len(ck.read_text().splitlines()) == 1 + 2  # the header and the two finished batches
+    ck.write_text(ck.read_text() + '{"batch": 2, "samp')  # a kill while a line was written
+    assert Sampler(models["coin"], config, device="cpu").sample(prompts, 4, checkpoint=ck) == whole
+    assert len({c for cs in whole for c in cs}) == 2  # real draws of a coin, not one constant answer
+    other = SamplingConfig(**{**config.to_dict(), "seed": 6})
+    with pytest.raises(ValueError, match=r"sampling.jsonl: written for other sampling than this run's"):
+        Sampler(models["coin"], other, device="cpu").sample(prompts, 4, checkpoint=ck)
+
+
+def test_eval_cli_resume_goes_on_from_the_samples_an_interrupted_run_kept(models, tmp_path, capsys):
+    """Before: no --resume, and nothing of a long eval was kept when it was stopped. Now -o keeps the samples as
+    they are drawn (sampling.model.jsonl); --resume draws only the rest, and the results equal an uninterrupted
+    run's."""
+    from prorl.data.sampling import Sampler, SamplingConfig
+
+    rows = echo_rows(["7", "8", "7", "9"])
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    flags = ["--model", models["coin"], "--data", str(data), "--n", "4", "--k", "1,4", "--max-new-tokens", "3",
+             "--batch-size", "3", "--workers", "0"]
+    assert cli_main(["eval", *flags, "-o", str(tmp_path / "whole")]) == 0
+    assert not list((tmp_path / "whole").glob("sampling.*"))  # gone once completions.jsonl holds every sample
+    out = tmp_path / "resumed"
+    out.mkdir()
+    config = SamplingConfig(temperature=0.6, top_p=0.95, max_new_tokens=3, batch_size=3, seed=0)
+    seen = []
+
+    def stop(k):  # Ctrl-C after two of the six batches
+        seen.append(k)
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        Sampler(models["coin"], config).sample([r["prompt"] for r in rows], 4, progress=stop,
+                                               checkpoint=out / "sampling.model.jsonl")
+    assert cli_main(["eval", *flags[:5], "8", *flags[6:], "-o", str(out), "--resume"]) == 2  # other --n
+    assert "sampling.model.jsonl: written for other n" in capsys.readouterr().err
+    assert cli_main(["eval", *flags, "-o", str(out), "--resume"]) == 0
+    strip = lambda res: {k: v for k, v in res.items() if k != "wall_s"}
+    assert strip(json.loads((out / "results.json").read_text())) == strip(
+        json.loads((tmp_path / "whole" / "results.json").read_text()))
+    assert (out / "completions.jsonl").read_text() == (tmp_path / "whole" / "completions.jsonl").read_text()
+    # the kept samples are used, not drawn again: one marked in the file shows up in the results
+    with pytest.raises(KeyboardInterrupt):
+        seen.clear()
+        Sampler(models["coin"], config).sample([r["prompt"] for r in rows], 4, progress=stop,
+                                               checkpoint=out / "sampling.model.jsonl")
+    kept = (out / "sampling.model.jsonl").read_text().splitlines()
+    first = json.loads(kept[1])
+    first["samples"][0][2] = "KEPT"
+    (out / "sampling.model.jsonl").write_text("\n".join([kept[0], json.dumps(first), *kept[2:]]) + "\n")
+    assert cli_main(["eval", *flags, "-o", str(out), "--resume"]) == 0
+    assert sum('"completion": "KEPT"' in line for line in (out / "completions.jsonl").read_text().splitlines()) == 1
+    assert cli_main(["eval", *flags, "--resume"]) == 2
+    assert "--resume goes on from the samples kept in -o DIR" in capsys.readouterr().err

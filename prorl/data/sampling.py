@@ -8,12 +8,20 @@ else a model's generation_config carries (top-k, min-p, typical-p, repetition pe
 is left out while sampling, as vLLM's path leaves it out; only its special token ids are kept. The vLLM path (one
 `LLM.generate` call with `n` samples per prompt) is not exercised by the test suite: vLLM needs a GPU, which CI
 does not have.
+
+`sample(..., checkpoint=PATH)` (HF backend) appends each finished batch to a JSONL file with the random state after
+it; a later call with the same file, model, prompts, n and settings starts after the last batch there and draws the
+samples an uninterrupted call would have drawn (what `prorl eval --resume` uses).
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import importlib.util
+import json
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Callable, Sequence
 
 Messages = list[dict[str, str]]
@@ -101,13 +109,14 @@ class Sampler:
             tokenizer.pad_token = tokenizer.eos_token
         return self
 
-    def sample(self, prompts: Sequence[Messages], n: int,
-               progress: Callable[[int], None] | None = None) -> list[list[str]]:
-        """`n` completions for each prompt, in prompt order. `progress(k)` is called as k more sequences finish."""
+    def sample(self, prompts: Sequence[Messages], n: int, progress: Callable[[int], None] | None = None,
+               checkpoint: str | Path | None = None) -> list[list[str]]:
+        """`n` completions for each prompt, in prompt order. `progress(k)` is called as k more sequences finish.
+        `checkpoint` (HF backend): a JSONL file that keeps the finished batches, to go on from after a stop."""
         texts = [render(self.tokenizer, p) for p in prompts]
         if self.backend == "vllm":
             return self._sample_vllm(texts, n, progress)
-        return self._sample_hf(texts, n, progress)
+        return self._sample_hf(texts, n, progress, checkpoint)
 
     def _sample_vllm(self, texts: list[str], n: int, progress) -> list[list[str]]:
         from vllm import SamplingParams
@@ -122,7 +131,7 @@ class Sampler:
             progress(len(texts) * n)
         return [[o.text for o in out.outputs] for out in outputs]
 
-    def _sample_hf(self, texts: list[str], n: int, progress) -> list[list[str]]:
+    def _sample_hf(self, texts: list[str], n: int, progress, checkpoint=None) -> list[list[str]]:
         import torch
 
         c, tok = self.config, self.tokenizer
@@ -130,12 +139,24 @@ class Sampler:
         jobs = sorted(((i, j) for i in range(len(texts)) for j in range(n)), key=lambda ij: (lengths[ij[0]], ij))
         results: list[list[str | None]] = [[None] * n for _ in texts]
         devices = [torch.device(self.device).index or 0] if self.device.startswith("cuda") else []
+        header = {"model": self.model_dir, "n": n, "sampling": c.to_dict(), "device": self.device,
+                  "prompts_sha256": hashlib.sha256(json.dumps(texts).encode()).hexdigest()}
+        done, state = _load_checkpoint(Path(checkpoint), header, results) if checkpoint else (0, None)
+        if done and progress:
+            progress(min(done * c.batch_size, len(jobs)))
         shipped = self.model.generation_config
         self.model.generation_config = neutral_generation_config(shipped)  # restored below (a model in memory)
         try:
             with torch.random.fork_rng(devices=devices):  # seeded sampling without touching the caller's RNG state
                 torch.manual_seed(c.seed)
-                for start in range(0, len(jobs), c.batch_size):
+                if state:  # the random state after the last batch kept: the draws go on as if never stopped
+                    torch.set_rng_state(torch.tensor(list(base64.b64decode(state["cpu"])), dtype=torch.uint8))
+                    if devices and state.get("cuda"):
+                        torch.cuda.set_rng_state(torch.tensor(list(base64.b64decode(state["cuda"])),
+                                                              dtype=torch.uint8), devices[0])
+                for b, start in enumerate(range(0, len(jobs), c.batch_size)):
+                    if b < done:
+                        continue
                     batch = jobs[start:start + c.batch_size]
                     enc = tok([texts[i] for i, _ in batch], return_tensors="pt", padding=True, add_special_tokens=False)
                     enc = {k: v.to(self.device) for k, v in enc.items()}
@@ -146,8 +167,48 @@ class Sampler:
                     decoded = tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
                     for (i, j), text in zip(batch, decoded):
                         results[i][j] = text
+                    if checkpoint:
+                        _append_batch(Path(checkpoint), header, b, [(i, j, results[i][j]) for i, j in batch], devices)
                     if progress:
                         progress(len(batch))
         finally:
             self.model.generation_config = shipped
         return results  # type: ignore[return-value]
+
+
+def _load_checkpoint(path: Path, header: dict, results: list) -> tuple[int, dict | None]:
+    """Fill `results` from a checkpoint file; returns (batches done, random state after the last). A last line
+    cut short by a kill is dropped; a file written for other prompts or settings is an error, not a mix."""
+    if not path.exists():
+        return 0, None
+    lines = path.read_text().splitlines()
+    try:
+        records = [json.loads(line) for line in lines]
+    except json.JSONDecodeError:
+        records = [json.loads(line) for line in lines[:-1]]  # only the last line can be partial (appends)
+        path.write_text("".join(line + "\n" for line in lines[:-1]))  # so that the next batch starts a line
+    if records and records[0].get("header") != header:
+        have = records[0].get("header") or {}
+        diff = sorted(k for k in set(have) | set(header) if have.get(k) != header.get(k))
+        raise ValueError(f"{path}: written for other {', '.join(diff)} than this run's: run without --resume to "
+                         f"start over, or with the same model, data and settings")
+    batches = [r for r in records[1:] if "batch" in r]
+    if [r["batch"] for r in batches] != list(range(len(batches))):
+        raise ValueError(f"{path}: batches out of order (two runs wrote to it?): run without --resume")
+    for r in batches:
+        for i, j, text in r["samples"]:
+            results[i][j] = text
+    return len(batches), (batches[-1]["rng"] if batches else None)
+
+
+def _append_batch(path: Path, header: dict, b: int, samples: list, devices: list) -> None:
+    import torch
+
+    state = {"cpu": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode(),
+             "cuda": base64.b64encode(torch.cuda.get_rng_state(devices[0]).numpy().tobytes()).decode()
+             if devices else None}
+    with path.open("a") as f:
+        if f.tell() == 0:
+            f.write(json.dumps({"header": header}) + "\n")
+        f.write(json.dumps({"batch": b, "samples": samples, "rng": state}) + "\n")
+        f.flush()
