@@ -100,6 +100,8 @@ def gym_dataset(env_ids: list[str], tasks_per_env: int, seed: int = 0,
                 from None
         except ValueError as exc:
             raise ValueError(f"gym_envs: {env_id!r}: {exc}") from exc
+        except TimeoutError as exc:  # a generate() or task_from_dict() that hangs: one line, not a stalled command
+            raise TimeoutError(f"gym_envs: {env_id!r}: {exc}") from None
         except Exception as exc:  # a bug inside the env (a KeyError would print as a bare 'word'): named, traceback
             raise RuntimeError(f"gym_envs: {env_id!r} failed to generate its tasks: {exc!r}") from exc
         for task in tasks:

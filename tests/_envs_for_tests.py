@@ -119,3 +119,23 @@ class DictTaskEcho(EchoEnv):
 
     def task_from_dict(self, row):
         return super().task_from_dict(row).to_dict()
+
+
+class HangingGeneratorEcho(EchoEnv):
+    """A generator that never returns after its first two tasks (a loop bug in a custom env's generate), with a short
+    budget of its own."""
+
+    timeout_s = 1.0
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.calls = 0
+
+    def generate(self, rng):
+        self.calls += 1
+        while self.calls > 2:
+            try:
+                pass
+            except Exception:  # a broad except in the loop must not swallow the deadline
+                pass
+        return super().generate(rng)

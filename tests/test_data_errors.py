@@ -407,3 +407,21 @@ def test_a_rebuild_that_fails_while_writing_leaves_the_previous_build_whole(tmp_
                            f"build, as it was (its card.md says what it was built from)\n")
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "hf") == ["m.jsonl", "out", "recipe.yaml"]
     assert len(load_rows(out)) == 2
+
+
+def test_a_generator_that_hangs_stops_the_build_with_an_error_naming_it(tmp_path, capsys):
+    """Before: a `generate: {generator: env}` source whose env's generate() never returned stalled `prorl data build`
+    for ever, without a word. Now the env's timeout_s (1 s here) stops it: the error names the source, the env and
+    its generate; no output folder is made."""
+    import time
+
+    from prorl.envs import register
+
+    register("test/data-gen-hang", "_envs_for_tests:HangingGeneratorEcho", override=True)
+    recipe = recipe_of(tmp_path, {"g": {"env": "test/data-gen-hang", "size": 4, "generate": {"generator": "env"}}})
+    t0 = time.monotonic()
+    assert cli_main(["data", "build", str(recipe.path), "-o", str(tmp_path / "out")]) == 2
+    assert time.monotonic() - t0 < 30
+    assert ("error: sources.g: test/data-gen-hang: HangingGeneratorEcho.generate did not return within 1 s (the env's "
+            "timeout_s)") in " ".join(capsys.readouterr().err.split())
+    assert not (tmp_path / "out").exists()

@@ -557,3 +557,20 @@ def test_a_task_from_dict_that_returns_no_task_names_the_env():
         make("test/dict-task", seed=0).sample_tasks(1)
     for score in [env.score("1", row), *env.score_batch(["1"], [row], workers=1)]:
         assert score.status == "format_error" and message in score.details["error"]
+
+
+def test_a_generate_that_hangs_is_stopped_at_the_envs_timeout_and_named():
+    """Before: a custom env's generate() that never returned stalled sample_tasks (so `prorl train --gym_envs`) for
+    ever, without a word. Now the env's timeout_s (1 s here) stops it with an error naming the env's generate."""
+    from prorl.train import gym_dataset
+
+    register("test/gen-hang", "_envs_for_tests:HangingGeneratorEcho", override=True)
+    message = "HangingGeneratorEcho.generate did not return within 1 s (the env's timeout_s)"
+    t0 = time.monotonic()
+    with pytest.raises(TimeoutError) as err:
+        make("test/gen-hang").sample_tasks(3)
+    assert str(err.value) == message and time.monotonic() - t0 < 10
+    assert len(make("test/gen-hang").sample_tasks(2)) == 2  # the tasks before the hang were fine
+    with pytest.raises(TimeoutError) as err:
+        gym_dataset(["test/gen-hang"], 3)
+    assert str(err.value) == f"gym_envs: 'test/gen-hang': {message}"

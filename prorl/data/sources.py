@@ -267,7 +267,11 @@ def generated_rows(source: SourceConfig, size: int, log: Callable[..., None]) ->
     gen = source.generate
     if gen.generator == "env":
         log(f"{source.name}: generating {size} rows with {source.env}'s generator")
-        return generate_env_rows(source.env, gen, size), f"{source.env} generator (seed {gen.seed})"
+        try:
+            rows = generate_env_rows(source.env, gen, size)
+        except TimeoutError as exc:  # a hang in a custom env's generate(): named, not a stalled build
+            raise DataError(f"sources.{source.name}: {source.env}: {exc}") from None
+        return rows, f"{source.env} generator (seed {gen.seed})"
     log(f"{source.name}: generating {size} rows over {len(gen.tasks)} reasoning-gym tasks")
 
     def progress(task: str, i: int, n: int) -> None:
@@ -278,29 +282,32 @@ def generated_rows(source: SourceConfig, size: int, log: Callable[..., None]) ->
 
 def generate_env_rows(env_id: str, gen: GenerateConfig, size: int, margin: float = 0.05) -> list[RawRow]:
     """`generator: env`: rows from the environment's own `generate()`, seeded with `gen.seed`; the first
-    `holdout_per_task` are held out. Repeated prompts are drawn again (up to 20 tries per row)."""
+    `holdout_per_task` are held out. Repeated prompts are drawn again (up to 20 tries per row). Each `generate` call
+    is stopped after the env's `timeout_s` (a TimeoutError naming it)."""
     import random
 
     from prorl.envs import make
+    from prorl.envs.base import Deadline
 
     env = make(env_id)
     rng = random.Random(gen.seed)
     want = gen.holdout_per_task + (math.ceil(size * (1 + margin)) if size else 0)
     rows: list[RawRow] = []
     seen: set[str] = set()
-    for tries in range(20 * want + 100):
-        if len(rows) == want:
-            break
-        try:
-            data = env.generate(rng)
-        except NotImplementedError as exc:
-            raise RecipeError(f"generate.generator env: {exc}") from None
-        key = json.dumps(data.get("prompt", data), sort_keys=True, default=str)
-        if key in seen:
-            continue
-        seen.add(key)
-        rows.append(RawRow(data, f"{env_id}:generate#{tries}", stratum=env_id,
-                           holdout=len(rows) < gen.holdout_per_task))
+    with Deadline(env.timeout_s, "the env's timeout_s") as deadline:
+        for tries in range(20 * want + 100):
+            if len(rows) == want:
+                break
+            try:
+                data = deadline.call(env, "generate", env.generate, rng)
+            except NotImplementedError as exc:
+                raise RecipeError(f"generate.generator env: {exc}") from None
+            key = json.dumps(data.get("prompt", data), sort_keys=True, default=str)
+            if key in seen:
+                continue
+            seen.add(key)
+            rows.append(RawRow(data, f"{env_id}:generate#{tries}", stratum=env_id,
+                               holdout=len(rows) < gen.holdout_per_task))
     return rows
 
 
