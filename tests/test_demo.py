@@ -59,6 +59,22 @@ def test_generated_tasks_are_scored_right_by_the_gym_and_heldout_is_disjoint():
         TaskConfig(aiw_types=("bogus",))
 
 
+
+def test_a_single_aiw_type_given_as_a_string_is_a_list_of_one():
+    """Before: `prorl demo --set tasks.aiw_types=friends` (YAML reads a plain string) failed with `tasks.aiw_types
+    must be some of siblings, friends, colleagues; got ['f', 'r', 'i', ...]`: the name was split into letters. Now a
+    single name is that one type; a value that is no list of names is named as given."""
+    path = _default_recipe()
+    assert load_recipe(path, ["tasks.aiw_types=friends"])["tasks"]["aiw_types"] == "friends"
+    assert TaskConfig(aiw_types="friends").aiw_types == ("friends",)
+    assert TaskConfig(aiw_types=["friends", "colleagues"]).aiw_types == ("friends", "colleagues")
+    for sets, got in [("frends", "['frends']"), ("3", "3"), ("[]", "[]"), ("[siblings, [x]]", "['siblings', ['x']]"),
+                      ("{a: 1}", "{'a': 1}")]:
+        with pytest.raises(ValueError) as info:
+            load_recipe(path, [f"tasks.aiw_types={sets}"])
+        assert str(info.value) == (f"{path}: tasks.aiw_types must be some of siblings, friends, colleagues; got {got} "
+                                   f"(set by --set 'tasks.aiw_types={sets}')")
+
 def test_recipe_overrides_and_errors(tmp_path):
     recipe = load_recipe(_default_recipe(), ["rl.max_steps=3", "seed=5"])
     assert recipe["rl"]["max_steps"] == 3 and recipe["seed"] == 5 and len(recipe["envs"]) >= 3

@@ -42,14 +42,18 @@ class TaskConfig:
         default=(3, 9), metadata={"help": "math: length of the list of digits to count"})
     aiw_types: tuple[str, ...] = field(
         default=("siblings",), metadata={"help": "logic/aiw: reasoning-gym task types (siblings, friends, "
-                                                            "colleagues)"})
+                                                            "colleagues; a single name is a list of one)"})
     list_words: tuple[int, int] = field(default=(2, 5), metadata={"help": "ifeval: how many words to write"})
 
     def __post_init__(self):
-        self.aiw_types = tuple(self.aiw_types)
-        unknown = set(self.aiw_types) - {"siblings", "friends", "colleagues"}
-        if not self.aiw_types or unknown:
-            raise ValueError(f"tasks.aiw_types must be some of siblings, friends, colleagues; got {list(self.aiw_types)}")
+        names = self.aiw_types
+        if isinstance(names, str):  # `--set tasks.aiw_types=friends`: that one type, not its letters
+            names = (names,)
+        if not isinstance(names, (list, tuple)) or not names \
+                or not all(isinstance(n, str) and n in ("siblings", "friends", "colleagues") for n in names):
+            raise ValueError("tasks.aiw_types must be some of siblings, friends, colleagues; got "
+                             f"{list(names) if isinstance(names, tuple) else names!r}")
+        self.aiw_types = tuple(names)
         for name in ("count_length", "list_words"):
             pair = getattr(self, name)
             if not isinstance(pair, (list, tuple)) or len(pair) != 2 \
