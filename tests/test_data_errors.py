@@ -425,3 +425,43 @@ def test_a_generator_that_hangs_stops_the_build_with_an_error_naming_it(tmp_path
     assert ("error: sources.g: test/data-gen-hang: HangingGeneratorEcho.generate did not return within 1 s (the env's "
             "timeout_s)") in " ".join(capsys.readouterr().err.split())
     assert not (tmp_path / "out").exists()
+
+
+def test_the_next_build_removes_what_a_killed_build_left_but_not_a_live_builds_folder(tmp_path):
+    """Before: a build killed with SIGKILL (no clean-up runs) left its hidden `.out.building-*` folder beside -o for
+    ever. Now the next build into the same -o removes the folders whose process no longer runs, in one log line, and
+    keeps those of a build still running (two builds into one -o), of another machine and of an earlier version."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    (tmp_path / "m.jsonl").write_bytes(b"\n".join(math_lines(4)) + b"\n")
+    recipe = recipe_of(tmp_path, {"math": {"env": "math", "path": "m.jsonl", "size": 3}})
+    out = tmp_path / "out"
+    stage = ("import os, signal, sys; from pathlib import Path; from prorl.data.card import make_stage; "
+             "s = make_stage(Path(sys.argv[1]))[0]; (s / 'train.parquet').write_bytes(b'half'); print(s.name, flush=True)")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    killed = subprocess.run([sys.executable, "-c", stage + "; os.kill(os.getpid(), signal.SIGKILL)", str(out)],
+                            env=env, capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    dead = killed.stdout.strip()
+    live = subprocess.Popen([sys.executable, "-c", stage + "; sys.stdin.read()", str(out)], env=env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        running = live.stdout.readline().strip()
+        pid = dead.split("-")[1].split("@")[0]
+        others = [f".out.building-{pid}@another-host-x1y2z3ab", ".out.building-k3j4h5g6"]  # shared disk; old name
+        for name in others:
+            (tmp_path / name).mkdir()
+        logged = []
+        build(recipe, out, log=lambda msg, transient=False: logged.append(msg))
+        assert len(load_rows(out)) == 3
+        assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == sorted([running, *others])
+        assert logged[0] == (f"removed 1 unfinished build folder(s) left beside {out} by build(s) killed before they "
+                             f"finished (their process no longer runs): {dead}")
+        build(recipe, out, log=lambda msg, transient=False: logged.append(msg))  # nothing left to remove: no line
+        assert not [m for m in logged[1:] if m.startswith("removed")]
+    finally:
+        live.communicate("")
+    assert live.returncode == 0

@@ -141,6 +141,10 @@ def build(recipe: Recipe, out_dir: str | Path | None = None, *, sample_data: boo
 
     datasets.disable_progress_bars()  # one line per source from `log` instead of a bar per file
     log = log or (lambda msg, transient=False: None)
+    if out_dir is not None:  # what builds into out_dir that were killed left beside it (a SIGKILL: no clean-up ran)
+        from prorl.data.card import remove_stale_stages
+
+        remove_stale_stages(out_dir, log)
     on_error = on_error or recipe.on_error
     rng = random.Random(recipe.seed)
     wanted = recipe.wanted()

@@ -10,10 +10,12 @@ Layout of an output folder:
     dropped.jsonl    every row left out: {"where", "reason", "field", "message"}
     pass_rates.jsonl with --filter-model: the estimated pass rates, reused by a re-run (prorl.data.filter)
 
-`save` writes a build into a hidden folder beside the output folder (`.NAME.building-XXXX`) and only once all of it
-is written moves its files in, each by a rename, the previous build's splits the new one lacks removed: a build that
-fails (a full disk, a crash) leaves the previous build whole and no half-written file. Other files of the folder
-(pass_rates.jsonl, anything of the user's) are left alone.
+`save` writes a build into a hidden folder beside the output folder (`.NAME.building-PID@HOST-XXXX`, named after
+the process that writes it) and only once all of it is written moves its files in, each by a rename, the previous
+build's splits the new one lacks removed: a build that fails (a full disk, a crash) leaves the previous build whole
+and no half-written file. Other files of the folder (pass_rates.jsonl, anything of the user's) are left alone. A
+build that was killed (SIGKILL: no clean-up ran) leaves its hidden folder behind; the next build into the same
+folder removes it (`remove_stale_stages`) once its process no longer runs.
 
 `load_rows(path, split)` reads such a folder (or a .parquet / .jsonl file of schema rows) back as dicts.
 """
@@ -24,7 +26,9 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
 import time
 from collections import Counter
@@ -176,10 +180,54 @@ def make_stage(out_dir: Path) -> tuple[Path, list[Path]]:
         raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(out_dir))
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     try:
-        return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.building-", dir=out_dir.parent)), missing
+        return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.building-{os.getpid()}@{_host()}-",
+                                     dir=out_dir.parent)), missing
     except OSError:
         discard_stage(None, missing)
         raise
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname())[:40] or "localhost"  # [:40]: a name fits 255 bytes
+
+
+def _running(pid: int) -> bool:
+    """Whether process `pid` of this machine may still run (in doubt, yes: a live build's folder must stay)."""
+    if os.name != "posix" or pid == os.getpid():  # os.kill(pid, 0) would end the process on Windows
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: another user's process
+        return True
+    return True
+
+
+def remove_stale_stages(out_dir: str | Path, log=None) -> list[Path]:
+    """Remove the folders beside `out_dir` that `make_stage` made for builds that were killed (SIGKILL, an OOM kill:
+    no clean-up ran), i.e. those whose process, named in the folder's name, no longer runs on this machine, and say so
+    in one `log` line. A live build's folder, one of another machine (a shared disk) and one named without its process
+    (an earlier version of prorl) are left alone. Returns the folders removed."""
+    out_dir = Path(os.path.abspath(out_dir))
+    pattern = re.compile(rf"\.{re.escape(out_dir.name)}\.building-(\d+)@(.+)-[^-]+")
+    try:
+        entries = list(out_dir.parent.iterdir())
+    except OSError:
+        return []
+    removed = []
+    for path in entries:
+        match = pattern.fullmatch(path.name)
+        if (match is None or match.group(2) != _host() or path.is_symlink() or not path.is_dir()
+                or _running(int(match.group(1)))):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        if not path.exists():
+            removed.append(path)
+    if removed and log is not None:
+        log(f"removed {len(removed)} unfinished build folder(s) left beside {out_dir} by build(s) killed before "
+            f"they finished (their process no longer runs): {', '.join(p.name for p in removed)}")
+    return removed
 
 
 def discard_stage(stage: Path | None, made: list[Path]) -> None:
