@@ -440,7 +440,8 @@ def test_the_next_build_removes_what_a_killed_build_left_but_not_a_live_builds_f
     recipe = recipe_of(tmp_path, {"math": {"env": "math", "path": "m.jsonl", "size": 3}})
     out = tmp_path / "out"
     stage = ("import os, signal, sys; from pathlib import Path; from prorl.data.card import make_stage; "
-             "s = make_stage(Path(sys.argv[1]))[0]; (s / 'train.parquet').write_bytes(b'half'); print(s.name, flush=True)")
+             "s = make_stage(Path(sys.argv[1]))[0]; (s / 'train.parquet').write_bytes(b'half'); "
+             "print(s.name, flush=True)")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     killed = subprocess.run([sys.executable, "-c", stage + "; os.kill(os.getpid(), signal.SIGKILL)", str(out)],
                             env=env, capture_output=True, text=True)
