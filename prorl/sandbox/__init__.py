@@ -30,7 +30,7 @@ def make_sandbox(kind: str | None = None, **options) -> Sandbox:
         from prorl.sandbox.docker import DockerSandbox, engine_available
 
         endpoints = options.get("endpoints") or (None,)
-        ok, reason = engine_available(endpoints[0], options.get("image", "prorl-sandbox:py3"))
+        ok, reason = engine_available(endpoints[0], options.get("image"))
         if ok:
             return DockerSandbox(**options)
         if kind == "docker":

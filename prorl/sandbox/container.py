@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
 import struct
 import time
@@ -13,20 +14,44 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prorl.sandbox.base import DEFAULT_MEMORY_MB, DEFAULT_OUTPUT_LIMIT, DEFAULT_TIMEOUT_S, default_pool_size
-from prorl.sandbox.runner import HEADER, encode_frame
+from prorl.sandbox.runner import HEADER, RUNNER_FILES, encode_frame, runner_digest
 
 log = logging.getLogger(__name__)
 
-IMAGE = "prorl-sandbox:py3"
+IMAGE = "prorl-sandbox:py3"  # the default image; env PRORL_SANDBOX_IMAGE names another (e.g. a branch's own build)
 LABEL = "prorl.sandbox"
 RUNNER_OVERHEAD_MB = 96  # the fork server, PID 1 and page cache, on top of one program's memory and the tmpfs
 STOP_WAIT_S = 1.0  # how long a lost runner's container may take to read as stopped (well under init's 5 s grace)
 
 
+def default_image() -> str:
+    return os.environ.get("PRORL_SANDBOX_IMAGE") or IMAGE
+
+
+class ImageOutdated(RuntimeError):
+    """The image's runner was built from other runner files than this prorl's: its rewards would follow them."""
+
+
+def check_runner(image: str, reported: object) -> None:
+    """Raise ImageOutdated unless `reported` (the runner's `runner_digest`, None from an image built before runners
+    reported one) is the digest of this prorl's runner files."""
+    ours = runner_digest()
+    if reported == ours:
+        return
+    theirs = ("reports no runner digest (built before prorl checked it)" if reported is None
+              else f"was built from runner files with digest {reported}")
+    how = ("`make sandbox` (or `bash docker/build.sh`)" if image == IMAGE else f"`IMAGE={image} bash docker/build.sh`")
+    raise ImageOutdated(
+        f"the sandbox image {image!r} is out of date: rebuild it from this prorl's checkout with {how}. Its runner "
+        f"{theirs}, but this prorl's runner files ({', '.join(RUNNER_FILES)} in "
+        f"{os.path.dirname(os.path.abspath(__file__))}) have digest {ours}: code would be run and rewarded by "
+        f"another runner than this prorl's (e.g. without its reward-hack guard or its CPU-time budget)")
+
 
 @dataclass
 class DockerSandboxConfig:
-    image: str = field(default=IMAGE, metadata={"help": "Sandbox image (built by docker/build.sh)."})
+    image: str = field(default_factory=default_image, metadata={
+        "help": "Sandbox image (built by docker/build.sh). Default: env PRORL_SANDBOX_IMAGE, else prorl-sandbox:py3."})
     endpoints: tuple[str, ...] = field(default=(), metadata={
         "help": "Docker endpoints (DOCKER_HOST syntax, e.g. unix:///var/run/docker.sock, tcp://host:2376); slots "
                 "are spread round-robin over them. Empty: the environment's DOCKER_HOST or the local socket."})
@@ -69,6 +94,7 @@ class Slot:
         self._buf = bytearray()  # docker stream bytes not yet demultiplexed
         self.exec_id: str | None = None
         self.started_at: str | None = None  # the container's start time: a restart by the engine changes it
+        self.start_error: Exception | None = None  # why the last start failed (None: it did not)
 
     @property
     def started(self) -> bool:
@@ -100,6 +126,7 @@ class Slot:
         hello = self.read(time.monotonic() + cfg.start_timeout_s)
         if not hello.get("ready"):
             raise RunnerGone(f"runner did not start: {hello}")
+        check_runner(cfg.image, hello.get("runner_digest"))
 
     def stop(self) -> None:
         if self.sock is not None:

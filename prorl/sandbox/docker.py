@@ -11,6 +11,9 @@ CPU time, but more programs at once than CPUs only stretch each one's wall time 
 is recycled (container replaced, in the background) after `recycle_after` programs, after any limit violation
 (timeout, memory, output limit) and whenever its runner dies; a dead container is replaced and the request retried
 (each dead container met is replaced) before it is reported as `infra_error`. Slots are spread round-robin over several Docker endpoints.
+Each runner reports the digest of the runner files it started from: an image built from other files than this
+prorl's (or before runners reported one) is refused at start (`ImageOutdated`, naming the command that rebuilds it)
+and, met by a later container start, answers `infra_error` with that message.
 Containers are auto-removed and stop about 5 s after their host process is gone (SIGTERM/SIGKILL included: the
 exec stream closes and PID 1 exits); `remove_stale_containers` clears any left by dead processes of this host.
 """
@@ -29,17 +32,21 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from prorl.sandbox.base import Sandbox, infra_answers
-from prorl.sandbox.container import IMAGE, LABEL, STOP_WAIT_S, DockerSandboxConfig, RunnerGone, Slot, client_for
+from prorl.sandbox.container import (IMAGE, LABEL, STOP_WAIT_S, DockerSandboxConfig, ImageOutdated, RunnerGone, Slot,
+                                     client_for, default_image)
 
-__all__ = ["IMAGE", "DockerSandbox", "DockerSandboxConfig", "engine_available", "remove_stale_containers"]
+__all__ = ["IMAGE", "DockerSandbox", "DockerSandboxConfig", "ImageOutdated", "engine_available",
+           "remove_stale_containers"]
 log = logging.getLogger(__name__)
 
 _GRACE_S = 0.7  # the host waits this long past the wall-clock cap before it declares the runner stuck
 _LIMIT_STATUSES = {"timeout", "memory", "output_limit"}
 
 
-def engine_available(endpoint: str | None = None, image: str = IMAGE) -> tuple[bool, str]:
-    """(True, "") when an engine answers at `endpoint` and has `image`; else (False, the reason)."""
+def engine_available(endpoint: str | None = None, image: str | None = None) -> tuple[bool, str]:
+    """(True, "") when an engine answers at `endpoint` and has `image` (default: `default_image()`); else (False,
+    the reason). Whether the image's runner is this prorl's is checked when a DockerSandbox starts."""
+    image = image or default_image()
     try:
         client = client_for(endpoint)
         client.ping()
@@ -80,6 +87,7 @@ class DockerSandbox(Sandbox):
         self._lock = threading.Lock()
         self.in_flight = self.peak_in_flight = self.recycled = 0
         self._closed = False
+        self._starting = True  # an outdated image found now is raised, not logged per slot
         for endpoint in dict.fromkeys(endpoints):
             try:
                 remove_stale_containers(endpoint)
@@ -87,6 +95,11 @@ class DockerSandbox(Sandbox):
                 log.debug("stale container clean-up on %s failed: %r", endpoint, exc)
         with ThreadPoolExecutor(max_workers=min(8, config.pool_size)) as ex:
             list(ex.map(self._try_start, self._slots))
+        outdated = next((s.start_error for s in self._slots if isinstance(s.start_error, ImageOutdated)), None)
+        if outdated is not None:  # every container would run another runner than this prorl's: refuse
+            self.close()
+            raise outdated
+        self._starting = False
         for slot in self._slots:
             self._idle.put(slot)
         atexit.register(self.close)
@@ -105,8 +118,12 @@ class DockerSandbox(Sandbox):
     def _try_start(self, slot: Slot) -> None:
         try:
             slot.start()
+            slot.start_error = None
         except Exception as exc:
-            log.warning("sandbox container on %s failed to start: %r", slot.endpoint, exc)
+            if not (self._starting and isinstance(exc, ImageOutdated)):
+                log.warning("sandbox container on %s failed to start: %s", slot.endpoint,
+                            exc if isinstance(exc, ImageOutdated) else repr(exc))
+            slot.start_error = exc
             slot.stop()
 
     def _recycle(self, slot: Slot) -> None:
@@ -174,7 +191,8 @@ class DockerSandbox(Sandbox):
             self._try_start(slot)
             if not slot.started:
                 self._idle.put(slot)  # the next caller tries again
-                return infra_answers(n, f"no sandbox container could be started on {slot.endpoint}"), False
+                why = slot.start_error if isinstance(slot.start_error, ImageOutdated) else repr(slot.start_error)
+                return infra_answers(n, f"no sandbox container could be started on {slot.endpoint}: {why}"), False
         answers: list[dict] = []
         try:
             slot.send(request)

@@ -40,13 +40,11 @@ from typing import Any
 
 from prorl.sandbox.base import (DEFAULT_MEMORY_MB, DEFAULT_OUTPUT_LIMIT, DEFAULT_TIMEOUT_S, Sandbox, default_pool_size,
                                 infra_answers)
-from prorl.sandbox.runner import HEADER, encode_frame
+from prorl.sandbox.runner import HEADER, RUNNER_FILES, encode_frame
 
 log = logging.getLogger(__name__)
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-# the runner, what runs in each forked process, what watches it, what guards its tests, its cleanup
-RUNNER_FILES = ("runner.py", "child.py", "supervise.py", "guard.py", "cleanup.py")
 _NOBODY = 65534
 _GRACE_S = 0.7
 _TMPFS_MB = 64  # the private tmpfs holding a namespaced worker's workdirs (the container's tmpfs_mb)

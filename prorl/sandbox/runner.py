@@ -6,6 +6,8 @@ cleanup.py (what is undone after each) are copied into the sandbox image (`/opt/
 imported on the host for the framing helpers.
 
 Modes:
+  `runner.py digest` prints `runner_digest()` of the files beside it; `runner.py files` prints RUNNER_FILES (both
+                     for docker/build.sh: one definition of what goes into the image).
   `runner.py init`   PID 1 of a container: ignores every signal, lets the kernel reap orphans, exits once the
                      server is gone for good (its host process died).
   `runner.py serve`  reads requests on stdin, answers on stdout. A frame is a 4-byte big-endian length and a
@@ -43,6 +45,7 @@ at run time; see guard.py) or to scan its own fds for the nonce pipe is not stop
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -68,6 +71,23 @@ else:  # run as a script in the sandbox, child.py beside it (`python -I` leaves 
 HEADER = struct.Struct(">I")
 MAX_FRAME = 256 * 1024 * 1024
 STATUSES = ("ok", "runtime_error", "timeout", "memory", "output_limit", "infra_error")
+# Everything that runs in the sandbox: the files docker/build.sh copies into the image and LocalSandbox into its
+# runner folder (the runner, what runs in each forked process, what watches it, what guards its tests, its cleanup).
+RUNNER_FILES = ("runner.py", "child.py", "supervise.py", "guard.py", "cleanup.py")
+
+
+def runner_digest(folder: str | None = None) -> str:
+    """sha256 (hex, 16 characters) of RUNNER_FILES in `folder` (default: this file's): names, sizes and bytes.
+    The runner reports it in its ready frame, computed over the files it was started from; the host compares it
+    with its own (`DockerSandbox` refuses an image built from other runner files)."""
+    folder = folder or os.path.dirname(os.path.abspath(__file__))
+    h = hashlib.sha256()
+    for name in RUNNER_FILES:
+        with open(os.path.join(folder, name), "rb") as f:
+            data = f.read()
+        h.update(b"%s\0%d\0" % (name.encode(), len(data)))
+        h.update(data)
+    return h.hexdigest()[:16]
 
 
 def encode_frame(obj) -> bytes:
@@ -321,7 +341,12 @@ def serve(root: str) -> None:
             view = view[os.write(wfd, view):]
 
     freeze()  # every module is loaded: the copies the guard puts back before each assertion test
-    send({"ready": True, "python": sys.version.split()[0], "own_pidns": server.own_pidns, "sealed": sealed})
+    try:
+        digest = runner_digest()
+    except OSError as exc:  # a file missing from the image: the host reports the image as not its own
+        digest = f"unreadable ({exc})"
+    send({"ready": True, "python": sys.version.split()[0], "own_pidns": server.own_pidns, "sealed": sealed,
+          "runner_digest": digest})
     while True:
         try:
             request = read_frame(rfd)
@@ -336,10 +361,14 @@ def serve(root: str) -> None:
 def main(argv) -> None:
     if len(argv) >= 2 and argv[1] == "init":
         run_init()
+    elif len(argv) == 2 and argv[1] == "digest":
+        print(runner_digest())
+    elif len(argv) == 2 and argv[1] == "files":
+        print(" ".join(RUNNER_FILES))
     elif len(argv) >= 2 and argv[1] == "serve":
         serve(argv[2] if len(argv) > 2 else os.environ.get("PRORL_SANDBOX_ROOT", "/sandbox"))
     else:
-        sys.exit("usage: runner.py init | serve [ROOT]")
+        sys.exit("usage: runner.py init | serve [ROOT] | digest | files")
 
 
 if __name__ == "__main__":
