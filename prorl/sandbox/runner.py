@@ -265,7 +265,9 @@ class Server:
                           "wall_s": 0.0, "cpu_s": 0.0, "passed": False}
             else:
                 result = self.run_test(program, test, limits, deadline, budget - spent)
-                spent += result["cpu_s"]
+                # a test stopped for time spent what was left (its kernel CPU count may end a few ms short of the
+                # budget it was stopped at): the tests after it are `timeout` too, never run on the crumbs
+                spent = budget if result["status"] == "timeout" else spent + result["cpu_s"]
                 result["cpu_s"] = round(result["cpu_s"], 4)
             result["index"] = index
             send(result)
