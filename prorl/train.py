@@ -312,11 +312,14 @@ def setup(argv: list[str]):
 def main(argv: list[str] | None = None) -> int:
     import yaml
 
+    from prorl.envs import EnvNotReady
+
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         trainer, config = setup(list(sys.argv[1:] if argv is None else argv))
-    except (ValueError, KeyError, OSError, yaml.YAMLError) as exc:  # a mistake in the input: one line, status 2
+    except (ValueError, KeyError, OSError, yaml.YAMLError, EnvNotReady) as exc:  # a mistake in the input (or an
+        # environment that cannot score, e.g. no code sandbox): one line, status 2
         log.debug("set-up failed", exc_info=True)
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"prorl train: error: {message}", file=sys.stderr)

@@ -152,3 +152,28 @@ def test_a_prompt_that_opens_think_makes_an_unclosed_completion_answer_nothing()
     # a prompt whose think block is closed (or absent) changes nothing
     closed = "<|User|>What is 1 + 2?<|Assistant|><think>\n</think>\n"
     assert reward([closed] * 2, [cut, done], env=["math"] * 2, reference=ref[:2]) == [1.0, 1.0]
+
+
+def test_an_env_that_cannot_score_stops_the_run_before_training(tmp_path):
+    """Before: a code sandbox that could not run anything (here a LocalSandbox whose runner's Python does not exist;
+    in the field an image built for another prorl, or no Docker engine and no fallback) let training start, and
+    every code sample of the run was masked as infra_error (one warning in the log). Now `check_dataset` runs each
+    environment's `preflight` and the run stops at once, saying what is missing."""
+    import pytest
+
+    from prorl.envs import EnvNotReady
+    from prorl.sandbox.local import LocalSandbox
+
+    row = {"env": "code", "task_id": 1, "text": "add", "test_list": ["assert add(1, 2) == 3"], "test_setup_code": ""}
+    broken = LocalSandbox(workers=1, python=str(tmp_path / "no-python"))
+    try:
+        with pytest.raises(EnvNotReady, match="code: the code sandbox .LocalSandbox. did not run a one-line program: "
+                                              "infra_error .*local runner"):
+            EnvReward(env_kwargs={"code": {"sandbox": broken}}).check_dataset([row])
+    finally:
+        broken.close()
+    working = LocalSandbox(workers=1)
+    try:  # the same rows with a sandbox that runs programs: checked, nothing raised
+        EnvReward(env_kwargs={"code": {"sandbox": working}}).check_dataset([row])
+    finally:
+        working.close()

@@ -1,6 +1,6 @@
 """The prorl environment gym: registry, base classes and the built-in verifiable-reward environments."""
 
-from prorl.envs.base import STATUSES, UNSCORED_STATUSES, Env, Score, Task, split_think
+from prorl.envs.base import STATUSES, UNSCORED_STATUSES, Env, EnvNotReady, Score, Task, split_think
 from prorl.envs.registry import EnvSpec, add_provider, list_envs, make, register, reload_plugins, spec
 
 # Built-in environments, imported on first `make` (one file per domain).
@@ -20,6 +20,6 @@ def _register_logic_tasks() -> None:
 add_provider(_register_logic_tasks)
 
 __all__ = [
-    "STATUSES", "UNSCORED_STATUSES", "Env", "EnvSpec", "Score", "Task", "list_envs", "make", "register",
+    "STATUSES", "UNSCORED_STATUSES", "Env", "EnvNotReady", "EnvSpec", "Score", "Task", "list_envs", "make", "register",
     "reload_plugins", "spec", "split_think", "add_provider",
 ]

@@ -101,6 +101,10 @@ def task_error(exc: Exception) -> str:
     return f": {exc}" if isinstance(exc, (TypeError, ValueError, TimeoutError)) else f": {exc!r}"
 
 
+class EnvNotReady(RuntimeError):
+    """An environment cannot score yet (`Env.preflight`): the message says what is missing and how to fix it."""
+
+
 class _Deadline(BaseException):
     """Raised by SIGALRM inside an env's method (a BaseException: an `except Exception` there does not swallow it)."""
 
@@ -237,6 +241,12 @@ class Env:
             raise TypeError(f"{type(self).__name__}.__init__ does not call super().__init__(): add "
                             "`super().__init__(**kwargs)` (dataset=..., seed=...) to it; Env.__init__ sets the dataset "
                             "and the random generator that reset(), step() and sample_tasks() use")
+
+    def preflight(self) -> None:
+        """Before a run: check what scoring needs besides the rows (a sandbox, a service) and raise `EnvNotReady`
+        saying what is missing and how to fix it. `EnvReward.check_dataset` (so `ProRLTrainer` and `prorl train` at
+        start) calls it once per environment the data names: a broken dependency then stops the run at once instead
+        of masking every sample of that environment as `infra_error` for the whole run. Default: nothing to check."""
 
     def generate(self, rng: random.Random) -> dict:
         raise NotImplementedError(f"{self.id} has no generator: pass dataset=[...] to make()")

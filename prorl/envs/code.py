@@ -34,7 +34,7 @@ import threading
 import warnings
 from typing import Any
 
-from prorl.envs.base import Env, Score, Task
+from prorl.envs.base import Env, EnvNotReady, Score, Task
 from prorl.sandbox import Sandbox, Test, make_sandbox
 
 # A fence as Markdown reads it: opened and closed on lines of their own by the same run of backticks, so a "```" inside
@@ -198,6 +198,18 @@ class CodeEnv(Env):
         self.memory_mb = memory_mb
         self._sandbox = sandbox if isinstance(sandbox, Sandbox) else None
         self._sandbox_kind = sandbox if isinstance(sandbox, str) else None
+
+    def preflight(self) -> None:
+        """The sandbox starts and runs a one-line program: no Docker engine and no fallback, an image built for
+        another prorl (`ImageOutdated`), a runner that cannot start are an `EnvNotReady` now, not a run whose code
+        samples are all masked as infra_error."""
+        try:
+            result = self.sandbox.run("print('ok')", timeout_s=self.timeout_s)
+        except (RuntimeError, OSError) as exc:
+            raise EnvNotReady(f"{self.id}: no working code sandbox: {exc}") from exc
+        if result.status != "ok" or result.stdout.strip() != "ok":
+            raise EnvNotReady(f"{self.id}: the code sandbox ({type(self.sandbox).__name__}) did not run a one-line "
+                              f"program: {result.status} {(result.error or result.stderr)[-500:]!r}")
 
     @property
     def sandbox(self) -> Sandbox:

@@ -150,7 +150,8 @@ class EnvReward:
         answer then fails at once, naming the row, instead of being scored 0 (a format error charged to the
         model) whenever a batch samples it. A row is named `row_names[i]` (`prorl train` passes `FILE:LINE` for a
         .jsonl file, the line an editor shows), else `row i (0-based)`, its index in the dataset, as
-        `dataset[i]` reads it; and its `id` when it has one."""
+        `dataset[i]` reads it; and its `id` when it has one. Then each environment the rows name runs its
+        `preflight` (the code sandbox starts and runs a program): an `EnvNotReady` stops the run before training."""
         if hasattr(dataset, "column_names") and self.env_column not in dataset.column_names:
             raise KeyError(f"EnvReward: the dataset has no {self.env_column!r} column naming each row's "
                            f"environment (columns: {dataset.column_names})")
@@ -163,6 +164,8 @@ class EnvReward:
                 env.as_task(row_task(row))
             except Exception as exc:  # any error of the environment's task_from_dict, named with the row
                 raise ValueError(f"EnvReward: {where} ({env.id}){task_error(exc)}") from exc
+        for env in {id(e): e for e in self._envs.values()}.values():
+            env.preflight()
         self._checked = dataset
 
     def score(self, prompts: Sequence[Any], completions: Sequence[Any], columns: dict[str, list]) -> list[Score]:
