@@ -4,6 +4,8 @@
     prorl data build datasets/prorl-mix.yaml -o runs/data/sample --sample-data      # the bundled samples
     prorl data build datasets/prorl-mix.yaml -o out --set sources.math.path=/data/deepscaler.json
     prorl data build RECIPE -o out --filter-model runs/demo/sft --samples 8 --keep '0.0<p<1.0'
+
+`prorl data export BUILD -o DIR --format verl`: the built mixture as verl's Parquet files (prorl.data.export).
 """
 
 from __future__ import annotations
@@ -43,6 +45,12 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     f.add_argument("--filter-max-new-tokens", type=int, default=1024, help="completion length cap (default 1024)")
     f.add_argument("--filter-batch-size", type=int, default=64, help="sequences per generate call (default 64)")
     b.add_argument("-q", "--quiet", action="store_true", help="print only errors and the output path")
+    e = sub.add_parser("export", help="Write a built mixture in another trainer's format (verl's Parquet)")
+    e.add_argument("build", help="a `prorl data build` output folder (or one .parquet / .jsonl file of its rows)")
+    e.add_argument("-o", "--output", required=True, help="output folder (train.parquet; heldout.parquet when the "
+                   "build has held-out rows)")
+    e.add_argument("--format", default="verl", choices=("verl",), help="verl: rows {data_source, prompt, ability, "
+                   "reward_model, extra_info} scored by prorl.trainer.verl_reward.compute_score (default)")
 
 
 def _difficulty(args, console: Console):
@@ -102,7 +110,22 @@ def _kept(out: Path) -> str:
     return note
 
 
+def _export(args: argparse.Namespace) -> int:
+    from prorl.data.export import export
+
+    try:
+        written = export(args.build, args.output, args.format)
+    except (ValueError, OSError) as exc:
+        Console(stderr=True).print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, highlight=False,
+                                   soft_wrap=True)
+        return 2
+    print(f"wrote {', '.join(f'{args.output}/{f} ({n} rows)' for f, n in written.items())} in {args.format}'s format")
+    return 0
+
+
 def run(args: argparse.Namespace, name: str) -> int:
+    if args.data_command == "export":
+        return _export(args)
     from prorl.data.build import DataError, build
     from prorl.data.card import card_dict, discard_stage, make_stage
     from prorl.data.recipe import RecipeError, load_recipe
