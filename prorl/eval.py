@@ -364,10 +364,11 @@ def run(args: argparse.Namespace, name: str) -> int:
     if args.output:
         out = Path(args.output)
         with open(out / "completions.jsonl", "w") as f:
-            for res in results:
-                for p in res["per_prompt"]:
-                    for s in p.pop("samples", []):
-                        f.write(json.dumps({"model": res["model"], "id": p["id"], "env": p["env"], **s}) + "\n")
+            for res in results:  # `prompt`: the prompt's index in results.json's per_prompt (ids may repeat)
+                for i, p in enumerate(res["per_prompt"]):
+                    for j, s in enumerate(p.pop("samples", [])):
+                        f.write(json.dumps({"model": res["model"], "prompt": i, "sample": j, "id": p["id"],
+                                            "env": p["env"], **s}) + "\n")
         (out / "results.json").write_text(json.dumps(results if len(results) > 1 else results[0], indent=2) + "\n")
         plot(results, out / "passk.png")
         for path in checkpoints.values():

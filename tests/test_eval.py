@@ -202,6 +202,15 @@ def test_eval_cli_compares_two_models_and_writes_json_png_and_completions(models
     assert (out / "passk.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     lines = (out / "completions.jsonl").read_text().splitlines()
     assert len(lines) == 2 * 3 * 4 and {"model", "id", "env", "completion", "reward", "status"} <= json.loads(lines[0]).keys()
+    # each sample names its prompt (its index in per_prompt: ids may repeat in a user's data) and its draw, so the
+    # per-prompt counts can be recomputed from the samples alone
+    rows = [json.loads(line) for line in lines]
+    assert len({(r["model"], r["prompt"], r["sample"]) for r in rows}) == len(rows)
+    for res in results:
+        for i, p in enumerate(res["per_prompt"]):
+            mine = [r for r in rows if r["model"] == res["model"] and r["prompt"] == i]
+            assert [r["sample"] for r in mine] == [0, 1, 2, 3] and {r["id"] for r in mine} == {p["id"]}
+            assert sum(r["reward"] == 1.0 for r in mine) == p["correct"]
 
 
 def test_eval_cli_reports_bad_arguments(models, tmp_path, capsys):
