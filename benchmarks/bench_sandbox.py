@@ -17,7 +17,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from prorl.sandbox.docker import IMAGE, DockerSandbox, DockerSandboxConfig
+from prorl.sandbox.container import default_image
+from prorl.sandbox.docker import DockerSandbox, DockerSandboxConfig
 
 
 def programs(n: int) -> list[tuple[str, str, str]]:
@@ -83,7 +84,7 @@ def main() -> None:
     ap.add_argument("--out", help="also write the figures as JSON here")
     args = ap.parse_args()
     progs = programs(args.n)
-    cfg = DockerSandboxConfig(image=IMAGE, pool_size=args.pool_size)
+    cfg = DockerSandboxConfig(image=default_image(), pool_size=args.pool_size)  # PRORL_SANDBOX_IMAGE, else py3
 
     def pool_pass(sb: DockerSandbox) -> tuple[float, int]:
         t0 = time.monotonic()
