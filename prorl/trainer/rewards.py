@@ -164,7 +164,7 @@ class EnvReward:
                 env.as_task(row_task(row))
             except Exception as exc:  # any error of the environment's task_from_dict, named with the row
                 raise ValueError(f"EnvReward: {where} ({env.id}){task_error(exc)}") from exc
-        for env in {id(e): e for e in self._envs.values()}.values():
+        for env in self._envs.values():  # one per id, each built once
             env.preflight()
         self._checked = dataset
 
